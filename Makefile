@@ -1,0 +1,31 @@
+# spillway: `make run` shows what spillway would scale on local brokers; `make test` runs every test.
+# Both set up a fresh machine by themselves (scripts/install-deps.sh).
+
+CARGO ?= cargo
+
+.PHONY: run test services-up services-down services-status lint deps build
+
+run: deps
+	scripts/run.sh
+
+test: deps
+	scripts/test.sh
+
+services-up: deps
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
+services-status:
+	scripts/services.sh status
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+build:
+	$(CARGO) build --release --locked
+
+deps:
+	scripts/install-deps.sh

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `make test`: builds the tests, starts the services that are not already running, runs every
+# test, and stops what it started, also when tests fail.
+SERVICE_NAME=test
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+# Build first, so services do not idle through a long compile and a build error fails fast.
+cargo test --no-run --all-targets --locked 2>&1 | grep -vE '^\s+(Compiling|Checking|Downloaded|Downloading)' >&2
+
+started=()
+for s in kafka rabbitmq nats prometheus; do
+  "scripts/$s.sh" status | grep -q running || started+=("$s")
+done
+stop_started() {
+  local rc=$?
+  if ((${#started[@]})); then scripts/services.sh down "${started[@]}" || rc=1; fi
+  exit "$rc"
+}
+trap stop_started EXIT
+trap 'exit 130' INT TERM
+scripts/services.sh up
+
+export RUST_BACKTRACE="${SPILLWAY_TEST_BACKTRACE:-0}"
+# Each harness test prints the version of the real server it talked to.
+cargo test --all-targets --locked --no-fail-fast -- --nocapture

@@ -1,0 +1,391 @@
+//! The standalone configuration file (`spillway serve --config FILE`) and its validation.
+//!
+//! YAML, camelCase keys like Kubernetes resources, unknown keys rejected. Every error names
+//! the file, the line and column, and the field path, e.g. `spillway.yaml:7:5: server.listen: ...`:
+//! serde locates type and syntax errors, [`Config::validate`] locates the rules it checks.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a configuration file could not be used. Each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Malformed YAML, a wrong type, an unknown or missing field, or a value out of range.
+    #[error("{path}:{line}:{column}: {detail}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// Field path and message as serde reports them, e.g. `server.listen: invalid socket address syntax`.
+        detail: String,
+    },
+    /// Well-formed, but a value breaks a rule (a range, or a relation between fields).
+    #[error("{path}:{line}:{column}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Where the metrics API and spillway's own `/metrics` listen.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// How often every trigger is polled (KEDA's `pollingInterval`, in seconds).
+    #[serde(default)]
+    pub polling_interval: PollingInterval,
+}
+
+/// Listen addresses and TLS material of the API server.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// HTTPS address of the external metrics API.
+    #[serde(default = "ServerConfig::default_listen")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address of spillway's own Prometheus metrics.
+    #[serde(default = "ServerConfig::default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// Serving certificate and key; without them a self-signed pair is made at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+impl ServerConfig {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 6443))
+    }
+    fn default_metrics_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: Self::default_listen(),
+            metrics_listen: Self::default_metrics_listen(),
+            tls: None,
+        }
+    }
+}
+
+/// PEM files for the serving certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// A polling interval in whole seconds, 1 to 3600; KEDA's default is 30.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollingInterval(Duration);
+
+impl PollingInterval {
+    pub const MAX_SECONDS: u64 = 3600;
+
+    pub fn as_duration(self) -> Duration {
+        self.0
+    }
+}
+
+impl Default for PollingInterval {
+    fn default() -> Self {
+        Self(Duration::from_secs(30))
+    }
+}
+
+impl<'de> Deserialize<'de> for PollingInterval {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The range is checked in Config::validate, where the error can be located.
+        u64::deserialize(deserializer).map(|seconds| Self(Duration::from_secs(seconds)))
+    }
+}
+
+impl Serialize for PollingInterval {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0.as_secs())
+    }
+}
+
+impl fmt::Display for PollingInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0.as_secs())
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates configuration text; `path` only names the source in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            // serde would report a puzzling "missing field" for an empty document.
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                line: 1,
+                column: 1,
+                detail: "the file is empty; write `{}` for all defaults".into(),
+            });
+        }
+        let config: Config = serde_norway::from_str(text).map_err(|err| parse_error(path, &err))?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express: ranges and relations between fields.
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| {
+            let (line, column) = locate_field(text, field).unwrap_or((1, 1));
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                field: field.to_owned(),
+                message,
+            })
+        };
+        let polling = self.polling_interval.as_duration().as_secs();
+        if !(1..=PollingInterval::MAX_SECONDS).contains(&polling) {
+            return invalid(
+                "pollingInterval",
+                format!(
+                    "must be between 1 and {} seconds, got {polling}",
+                    PollingInterval::MAX_SECONDS
+                ),
+            );
+        }
+        if self.server.listen == self.server.metrics_listen {
+            return invalid(
+                "server.metricsListen",
+                format!(
+                    "must differ from server.listen ({}): the metrics API and /metrics need their own ports",
+                    self.server.listen
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration as spillway understands it, defaults filled in.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("a Config always serializes")
+    }
+}
+
+/// serde_norway's message ends in " at line L column C"; the location moves to the front so
+/// every error reads `file:line:column: field.path: message`.
+fn parse_error(path: &Path, err: &serde_norway::Error) -> ConfigError {
+    let message = err.to_string();
+    let (line, column) = err
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    let suffix = format!(" at line {line} column {column}");
+    let detail = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        detail,
+    }
+}
+
+/// Line and column (both from 1) of the value at a serde path such as `triggers[0].kafka.lagThreshold`.
+fn locate_field(text: &str, field: &str) -> Option<(usize, usize)> {
+    use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+    use yaml_rust2::scanner::Marker;
+
+    /// Tracks the path of the node each event belongs to.
+    struct Walker<'a> {
+        want: &'a str,
+        /// One entry per open collection: its path, and for a mapping the pending key,
+        /// for a sequence the next index.
+        stack: Vec<(String, Frame)>,
+        found: Option<Marker>,
+    }
+    enum Frame {
+        Mapping { key: Option<String> },
+        Sequence { next: usize },
+    }
+    impl Walker<'_> {
+        /// The path of the node now starting, or None when this event is a mapping key.
+        fn node_path(&mut self, scalar: Option<&str>) -> Option<String> {
+            let Some((parent, frame)) = self.stack.last_mut() else {
+                return Some(String::new());
+            };
+            match frame {
+                Frame::Mapping { key } => match key.take() {
+                    None => {
+                        *key = Some(scalar.unwrap_or_default().to_owned());
+                        None
+                    }
+                    Some(k) if parent.is_empty() => Some(k),
+                    Some(k) => Some(format!("{parent}.{k}")),
+                },
+                Frame::Sequence { next } => {
+                    *next += 1;
+                    Some(format!("{parent}[{}]", *next - 1))
+                }
+            }
+        }
+    }
+    impl MarkedEventReceiver for Walker<'_> {
+        fn on_event(&mut self, event: Event, mark: Marker) {
+            if self.found.is_some() {
+                return;
+            }
+            let (scalar, opens) = match &event {
+                Event::Scalar(value, ..) => (Some(value.as_str()), None),
+                Event::Alias(_) => (None, None),
+                Event::MappingStart(..) => (None, Some(Frame::Mapping { key: None })),
+                Event::SequenceStart(..) => (None, Some(Frame::Sequence { next: 0 })),
+                Event::MappingEnd | Event::SequenceEnd => {
+                    self.stack.pop();
+                    return;
+                }
+                _ => return,
+            };
+            let Some(path) = self.node_path(scalar) else {
+                return;
+            };
+            if path == self.want {
+                self.found = Some(mark);
+            }
+            if let Some(frame) = opens {
+                self.stack.push((path, frame));
+            }
+        }
+    }
+
+    let mut walker = Walker {
+        want: field,
+        stack: Vec::new(),
+        found: None,
+    };
+    Parser::new_from_str(text).load(&mut walker, false).ok()?;
+    walker.found.map(|m| (m.line(), m.col() + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("spillway.yaml"), text)
+    }
+
+    #[test]
+    fn empty_mapping_gives_defaults() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config.server, ServerConfig::default());
+        assert_eq!(
+            config.polling_interval.as_duration(),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn full_file_round_trips() {
+        let text = "server:\n  listen: 127.0.0.1:7443\n  metricsListen: '[::1]:9191'\n  tls:\n    certFile: /etc/spillway/tls.crt\n    keyFile: /etc/spillway/tls.key\npollingInterval: 5\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(config.server.metrics_listen, "[::1]:9191".parse().unwrap());
+        assert_eq!(config.polling_interval.to_string(), "5s");
+        assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+    }
+
+    /// Each bad input names file, line, column and field.
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let cases = [
+            (
+                "server:\n  tls:\n    certFile: a\n    keyFile: b\n    keyfile: c\n",
+                "spillway.yaml:5:5: server.tls: unknown field `keyfile`",
+            ),
+            (
+                "server:\n  listen: 127.0.0.1:1\n  lisen: x\n",
+                "spillway.yaml:3:3: server: unknown field `lisen`",
+            ),
+            (
+                "server:\n  listen: nope\n",
+                "spillway.yaml:2:11: server.listen: invalid socket address syntax",
+            ),
+            (
+                "pollingInterval: 0\n",
+                "spillway.yaml:1:18: pollingInterval: must be between 1 and 3600 seconds, got 0",
+            ),
+            (
+                "pollingInterval: -5\n",
+                "spillway.yaml:1:18: pollingInterval: invalid type: integer `-5`",
+            ),
+            (
+                "triggerz: []\n",
+                "spillway.yaml:1:1: unknown field `triggerz`",
+            ),
+            ("server: [\n", "spillway.yaml:"),
+            ("", "spillway.yaml:1:1: the file is empty"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(want),
+                "{text:?}: got {err:?}, want prefix {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_port_for_api_and_metrics_is_rejected() {
+        let err = parse("server:\n  listen: 127.0.0.1:9000\n  metricsListen: 127.0.0.1:9000\n")
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { field, line: 3, column: 18, .. } if field == "server.metricsListen"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn locates_fields_inside_sequences_and_flow_mappings() {
+        let text = "a:\n  - x: 1\n  - x: 2\n    y: {z: 3}\n";
+        assert_eq!(locate_field(text, "a[1].y.z"), Some((4, 12)));
+        assert_eq!(locate_field(text, "a[0].x"), Some((2, 8)));
+        assert_eq!(locate_field(text, "a[2]"), None);
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/spillway.yaml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read config file /nonexistent/spillway.yaml"
+        );
+        assert!(
+            matches!(err, ConfigError::Read { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        );
+    }
+}

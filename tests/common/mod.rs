@@ -1,0 +1,101 @@
+//! What integration tests share: the endpoints of the services `make` started, and unique names.
+//!
+//! Nothing here starts a server. `scripts/services.sh up` writes `target/services/endpoints.env`;
+//! a variable set in the environment wins over the file.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn endpoints() -> &'static HashMap<String, String> {
+    static ENDPOINTS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    ENDPOINTS.get_or_init(|| {
+        let file = std::env::var_os("SPILLWAY_SERVICES_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/services"))
+            .join("endpoints.env");
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|err| {
+            panic!(
+                "cannot read {}: {err}; start the services with `make services-up`",
+                file.display()
+            )
+        });
+        text.lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect()
+    })
+}
+
+/// An endpoint by its variable name, e.g. `SPILLWAY_KAFKA_BOOTSTRAP`.
+pub fn endpoint(name: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .or_else(|| endpoints().get(name).cloned())
+        .unwrap_or_else(|| {
+            panic!("{name} is not in endpoints.env; start the services with `make services-up`")
+        })
+}
+
+/// A name no other test (or earlier run) uses: `prefix-<pid>-<nanos>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// Polls `probe` every 250 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// GET a URL (credentials in the URL become basic auth) and parse the JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let mut parsed = reqwest::Url::parse(url).unwrap_or_else(|err| panic!("bad url {url}: {err}"));
+    let (user, password) = (
+        parsed.username().to_owned(),
+        parsed.password().map(str::to_owned),
+    );
+    // Credentials travel as a header; RabbitMQ answers 400 when they also stay in the URL.
+    parsed
+        .set_username("")
+        .and_then(|()| parsed.set_password(None))
+        .expect("http URL");
+    let mut request = reqwest::Client::new()
+        .get(parsed)
+        .timeout(Duration::from_secs(10));
+    if !user.is_empty() {
+        request = request.basic_auth(user, password);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    let status = response.status();
+    assert!(status.is_success(), "GET {url}: HTTP {status}");
+    response
+        .json()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: body is not JSON: {err}"))
+}
