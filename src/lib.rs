@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod scalers;
+pub mod secret;
 pub mod telemetry;
 
 /// Errors at the top of the crate; each layer below has its own enum.

@@ -1,0 +1,1 @@
+//! cron scaler: to be written.

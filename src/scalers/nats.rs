@@ -1,0 +1,1 @@
+//! nats scaler: to be written.

@@ -1,0 +1,1 @@
+//! prometheus scaler: to be written.

@@ -1,0 +1,1 @@
+//! rabbitmq scaler: to be written.
