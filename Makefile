@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test services-up services-down services-status lint deps build
+.PHONY: run test bench services-up services-down services-status lint deps build
 
 run: deps
 	scripts/run.sh
@@ -29,3 +29,7 @@ build:
 
 deps:
 	scripts/install-deps.sh
+
+# Figures, not assertions: Kafka tick time over 10,000 partitions and requests per tick.
+bench: services-up
+	$(CARGO) bench --locked --bench kafka_lag

@@ -23,4 +23,4 @@ scripts/services.sh up
 
 export RUST_BACKTRACE="${SPILLWAY_TEST_BACKTRACE:-0}"
 # Each harness test prints the version of the real server it talked to.
-cargo test --all-targets --locked --no-fail-fast -- --nocapture
+cargo test --locked --no-fail-fast --lib --bins --tests -- --nocapture

@@ -15,7 +15,12 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Log filter in RUST_LOG syntax, e.g. `info` or `spillway=debug,rdkafka=warn`.
-    #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,lapin=off,pinky_swear=off",
+        env = "RUST_LOG"
+    )]
     pub log_level: String,
 
     #[command(subcommand)]
@@ -24,6 +29,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Poll every trigger of a config file each pollingInterval and show the backlog and the
+    /// replicas each scaled object would get, live, until Ctrl-C.
+    Watch {
+        /// The YAML configuration file with `scaledObjects`.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Poll once, print the table and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+    },
     /// Validate a configuration file and print it as spillway reads it, defaults filled in.
     Check {
         /// The YAML configuration file.

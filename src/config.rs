@@ -11,6 +11,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cache::TriggerId;
+use crate::scalers::cron::CronTrigger;
+use crate::scalers::kafka::KafkaTrigger;
+use crate::scalers::nats::NatsJetStreamTrigger;
+use crate::scalers::prometheus::PrometheusTrigger;
+use crate::scalers::rabbitmq::RabbitMqTrigger;
+use crate::scalers::{ScalerError, Trigger, TriggerParams};
+
 /// Why a configuration file could not be used. Each variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,6 +58,75 @@ pub struct Config {
     /// How often every trigger is polled (KEDA's `pollingInterval`, in seconds).
     #[serde(default)]
     pub polling_interval: PollingInterval,
+    /// What to scale on which triggers, shaped like ScaledObjects (standalone mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scaled_objects: Vec<ScaledObjectConfig>,
+}
+
+/// A scaled workload in a config file: KEDA's ScaledObject fields that standalone mode uses.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScaledObjectConfig {
+    pub name: String,
+    #[serde(default = "ScaledObjectConfig::default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub min_replica_count: u32,
+    #[serde(default = "ScaledObjectConfig::default_max_replica_count")]
+    pub max_replica_count: u32,
+    pub triggers: Vec<TriggerConfig>,
+}
+
+impl ScaledObjectConfig {
+    fn default_namespace() -> String {
+        "default".into()
+    }
+    fn default_max_replica_count() -> u32 {
+        100
+    }
+}
+
+/// One trigger: exactly one broker key, typed, so a misspelt parameter is an error.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TriggerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitMqTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_jet_stream: Option<NatsJetStreamTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronTrigger>,
+}
+
+impl TriggerConfig {
+    /// The one trigger this entry names, or the keys it sets (none, or more than one).
+    pub fn trigger(&self) -> Result<Trigger, Vec<&'static str>> {
+        let mut set: Vec<(&'static str, Trigger)> = Vec::new();
+        if let Some(t) = &self.kafka {
+            set.push(("kafka", Trigger::Kafka(t.clone())));
+        }
+        if let Some(t) = &self.rabbitmq {
+            set.push(("rabbitmq", Trigger::RabbitMq(t.clone())));
+        }
+        if let Some(t) = &self.nats_jet_stream {
+            set.push(("natsJetStream", Trigger::NatsJetStream(t.clone())));
+        }
+        if let Some(t) = &self.prometheus {
+            set.push(("prometheus", Trigger::Prometheus(t.clone())));
+        }
+        if let Some(t) = &self.cron {
+            set.push(("cron", Trigger::Cron(t.clone())));
+        }
+        if set.len() == 1 {
+            Ok(set.remove(0).1)
+        } else {
+            Err(set.into_iter().map(|(k, _)| k).collect())
+        }
+    }
 }
 
 /// Listen addresses and TLS material of the API server.
@@ -179,6 +256,68 @@ impl Config {
                 ),
             );
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, so) in self.scaled_objects.iter().enumerate() {
+            let at = format!("scaledObjects[{i}]");
+            if so.name.trim().is_empty() {
+                return invalid(&format!("{at}.name"), "must not be empty".into());
+            }
+            if !names.insert((so.namespace.as_str(), so.name.as_str())) {
+                return invalid(
+                    &format!("{at}.name"),
+                    format!("{}/{} is defined twice", so.namespace, so.name),
+                );
+            }
+            if so.min_replica_count > so.max_replica_count {
+                return invalid(
+                    &format!("{at}.minReplicaCount"),
+                    format!(
+                        "{} is above maxReplicaCount {}",
+                        so.min_replica_count, so.max_replica_count
+                    ),
+                );
+            }
+            if so.triggers.is_empty() {
+                return invalid(
+                    &format!("{at}.triggers"),
+                    "needs at least one trigger".into(),
+                );
+            }
+            for (j, entry) in so.triggers.iter().enumerate() {
+                let at = format!("{at}.triggers[{j}]");
+                let trigger = match entry.trigger() {
+                    Ok(trigger) => trigger,
+                    Err(keys) if keys.is_empty() => {
+                        return invalid(&at, "names no broker: set one of kafka, rabbitmq, natsJetStream, prometheus, cron".into());
+                    }
+                    Err(keys) => {
+                        return invalid(
+                            &at,
+                            format!("sets {}: one broker per trigger", keys.join(" and ")),
+                        );
+                    }
+                };
+                if let Err(ScalerError::InvalidTrigger {
+                    broker,
+                    field,
+                    message,
+                }) = trigger.validate()
+                {
+                    let key = if broker == "nats-jetstream" {
+                        "natsJetStream"
+                    } else {
+                        broker
+                    };
+                    let field_path = format!("{at}.{key}.{field}");
+                    let located = if locate_field(text, &field_path).is_some() {
+                        field_path
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    return invalid(&located, message);
+                }
+            }
+        }
         if self.server.listen == self.server.metrics_listen {
             return invalid(
                 "server.metricsListen",
@@ -189,6 +328,24 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Every trigger with its id, in file order.
+    pub fn triggers(&self) -> Vec<(TriggerId, Trigger)> {
+        let mut triggers = Vec::new();
+        for so in &self.scaled_objects {
+            for (index, entry) in so.triggers.iter().enumerate() {
+                if let Ok(trigger) = entry.trigger() {
+                    let id = TriggerId {
+                        namespace: so.namespace.clone(),
+                        scaled_object: so.name.clone(),
+                        index,
+                    };
+                    triggers.push((id, trigger));
+                }
+            }
+        }
+        triggers
     }
 
     /// The configuration as spillway understands it, defaults filled in.
@@ -367,6 +524,35 @@ mod tests {
             matches!(&err, ConfigError::Invalid { field, line: 3, column: 18, .. } if field == "server.metricsListen"),
             "{err}"
         );
+    }
+
+    const ORDERS: &str = "scaledObjects:\n  - name: orders\n    maxReplicaCount: 12\n    triggers:\n      - kafka:\n          bootstrapServers: 127.0.0.1:9092\n          consumerGroup: orders\n          topic: orders\n";
+
+    #[test]
+    fn scaled_objects_give_typed_triggers() {
+        let config = parse(ORDERS).unwrap();
+        let triggers = config.triggers();
+        assert_eq!(triggers.len(), 1);
+        assert_eq!(triggers[0].0.to_string(), "default/orders[0]");
+        assert_eq!(triggers[0].1.kind(), "kafka");
+        assert_eq!(triggers[0].1.metric_name(), "kafka-orders");
+        assert_eq!(config.scaled_objects[0].max_replica_count, 12);
+        assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_triggers_are_located() {
+        let cases = [
+            (ORDERS.replace("topic: orders", "topic: orders\n          lagThreshold: 0"), "spillway.yaml:9:25: scaledObjects[0].triggers[0].kafka.lagThreshold: must be positive number"),
+            (ORDERS.replace("topic: orders", "topik: orders"), "spillway.yaml:8:11: scaledObjects[0].triggers[0].kafka: unknown field `topik`"),
+            (ORDERS.replace("      - kafka:", "      - cron: {timezone: UTC, start: '0 8 * * *', end: '0 9 * * *', desiredReplicas: 1}\n        kafka:"), "spillway.yaml:5:13: scaledObjects[0].triggers[0]: sets kafka and cron"),
+            (ORDERS.replace("maxReplicaCount: 12", "maxReplicaCount: 12\n    minReplicaCount: 13"), "spillway.yaml:4:22: scaledObjects[0].minReplicaCount: 13 is above maxReplicaCount 12"),
+            ("scaledObjects:\n  - name: a\n    triggers: [{}]\n".to_owned(), "spillway.yaml:3:16: scaledObjects[0].triggers[0]: names no broker"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with(want), "got {err:?}, want prefix {want:?}");
+        }
     }
 
     #[test]

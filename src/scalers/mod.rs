@@ -166,6 +166,54 @@ pub trait Scaler: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Vec<Result<Reading, ScalerError>>> + Send;
 }
 
+/// One trigger of any broker kind: what a ScaledObject's `triggers` list (or a config file)
+/// holds. Adding a broker adds one variant here and one file beside this one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    Kafka(kafka::KafkaTrigger),
+    RabbitMq(rabbitmq::RabbitMqTrigger),
+    NatsJetStream(nats::NatsJetStreamTrigger),
+    Prometheus(prometheus::PrometheusTrigger),
+    Cron(cron::CronTrigger),
+}
+
+impl Trigger {
+    /// The broker kind, as in metric labels: `kafka`, `rabbitmq`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kafka(_) => <kafka::KafkaScaler as Scaler>::KIND,
+            Self::RabbitMq(_) => <rabbitmq::RabbitMqScaler as Scaler>::KIND,
+            Self::NatsJetStream(_) => <nats::NatsJetStreamScaler as Scaler>::KIND,
+            Self::Prometheus(_) => <prometheus::PrometheusScaler as Scaler>::KIND,
+            Self::Cron(_) => <cron::CronScaler as Scaler>::KIND,
+        }
+    }
+
+    fn params(&self) -> &dyn TriggerParams {
+        match self {
+            Self::Kafka(t) => t,
+            Self::RabbitMq(t) => t,
+            Self::NatsJetStream(t) => t,
+            Self::Prometheus(t) => t,
+            Self::Cron(t) => t,
+        }
+    }
+}
+
+impl TriggerParams for Trigger {
+    fn target_value(&self) -> f64 {
+        self.params().target_value()
+    }
+
+    fn metric_name(&self) -> String {
+        self.params().metric_name()
+    }
+
+    fn validate(&self) -> Result<(), ScalerError> {
+        self.params().validate()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,260 @@
+//! Kafka lag figures on the harness's real broker (run: `make bench` or
+//! `cargo bench --bench kafka_lag`; needs `make services-up`). Prints figures, asserts nothing.
+//!
+//! 1. Time per tick for one consumer group over 10,000 partitions (10 topics x 1,000).
+//! 2. Kafka requests per tick for 1, 10 and 200 triggers on one cluster, counted by librdkafka's
+//!    own statistics: all sharing one scaler (spillway) against one scaler per trigger (KEDA's
+//!    architecture: a client per ScaledObject), for triggers on one group and on a group each.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use spillway::scalers::Scaler;
+use spillway::scalers::kafka::{KafkaScaler, KafkaTrigger, RequestCounts};
+
+const STATS: [(&str, &str); 1] = [("statistics.interval.ms", "100")];
+
+fn config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set(
+        "bootstrap.servers",
+        common::endpoint("SPILLWAY_KAFKA_BOOTSTRAP"),
+    );
+    config
+}
+
+async fn create_topics(names: &[String], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for chunk in topics.chunks(5) {
+        let result = admin
+            .create_topics(
+                chunk,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(120))),
+            )
+            .await
+            .unwrap();
+        assert!(result.iter().all(|r| r.is_ok()), "{result:?}");
+    }
+}
+
+async fn delete_topics(names: &[String]) {
+    let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+}
+
+/// Two records per partition, the group committed at 1: every partition lags by one.
+fn fill_and_commit(topics: &[String], partitions: i32, group: &str) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        config().set("linger.ms", "20").create().unwrap();
+    for topic in topics {
+        for p in 0..partitions {
+            for _ in 0..2 {
+                while producer
+                    .send(BaseRecord::<(), _>::to(topic).partition(p).payload("x"))
+                    .is_err()
+                {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    let committer: BaseConsumer = config().set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(1))
+                .unwrap();
+        }
+    }
+    committer.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn tick_time_over_10k_partitions() {
+    let topics: Vec<String> = (0..10).map(|_| common::unique_name("bench10k")).collect();
+    let group = common::unique_name("bench10k-group");
+    let started = Instant::now();
+    create_topics(&topics, 1000).await;
+    fill_and_commit(&topics, 1000, &group);
+    println!(
+        "setup: 10 topics x 1,000 partitions, 20,000 records, 10,000 commits in {:.1?}",
+        started.elapsed()
+    );
+
+    let trigger = KafkaTrigger {
+        timeout: 30_000,
+        allow_idle_consumers: true,
+        ..KafkaTrigger::new(common::endpoint("SPILLWAY_KAFKA_BOOTSTRAP"), &group, None)
+    };
+    let scaler = KafkaScaler::connect(&trigger).unwrap();
+    let cold = Instant::now();
+    let first = scaler
+        .poll_detailed(std::slice::from_ref(&trigger))
+        .await
+        .remove(0)
+        .expect("first tick");
+    let cold = cold.elapsed();
+    assert_eq!(first.partitions.len(), 10_000);
+    assert_eq!(first.total.metric, 10_000);
+    let mut ticks = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let report = scaler
+            .poll_detailed(std::slice::from_ref(&trigger))
+            .await
+            .remove(0)
+            .expect("tick");
+        ticks.push(t.elapsed());
+        assert_eq!(report.total.metric, 10_000);
+    }
+    ticks.sort();
+    println!(
+        "tick, 1 group over 10,000 partitions (lag + lag seconds): cold {cold:.1?} (metadata + 10,000 record timestamps); warm median {:.1?}, p90 {:.1?}, min {:.1?}, max {:.1?} over {} ticks (target < 100 ms)",
+        percentile(&ticks, 0.5),
+        percentile(&ticks, 0.9),
+        ticks[0],
+        ticks[ticks.len() - 1],
+        ticks.len()
+    );
+    delete_topics(&topics).await;
+}
+
+/// Requests per tick, by API, over `ticks` ticks after one warm-up tick.
+async fn requests_per_tick(
+    scalers: &[(KafkaScaler, Vec<KafkaTrigger>)],
+    ticks: u32,
+) -> RequestCounts {
+    let snapshot = |scalers: &[(KafkaScaler, Vec<KafkaTrigger>)]| {
+        let mut total = RequestCounts::new();
+        for (scaler, _) in scalers {
+            for (api, n) in scaler.request_counts() {
+                *total.entry(api).or_default() += n;
+            }
+        }
+        total
+    };
+    for (scaler, triggers) in scalers {
+        for r in scaler.poll(triggers).await {
+            r.expect("warm-up tick");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = snapshot(scalers);
+    for _ in 0..ticks {
+        for (scaler, triggers) in scalers {
+            for r in scaler.poll(triggers).await {
+                r.expect("tick");
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = snapshot(scalers);
+    let mut per_tick = RequestCounts::new();
+    for (api, n) in after {
+        let delta = (n - before.get(&api).copied().unwrap_or(0)) / i64::from(ticks);
+        if delta > 0 {
+            per_tick.insert(api, delta);
+        }
+    }
+    per_tick
+}
+
+fn describe(counts: &RequestCounts) -> String {
+    let total: i64 = counts.values().sum();
+    let mut parts: Vec<String> = counts.iter().map(|(api, n)| format!("{api} {n}")).collect();
+    parts.sort();
+    format!("{total:>4} ({})", parts.join(", "))
+}
+
+async fn requests_by_trigger_count() {
+    let topics: Vec<String> = (0..200).map(|_| common::unique_name("benchreq")).collect();
+    let shared_group = common::unique_name("benchreq-shared");
+    create_topics(&topics, 3).await;
+    fill_and_commit(&topics, 3, &shared_group);
+    let own_groups: Vec<String> = topics.iter().map(|t| format!("{t}-group")).collect();
+    for (topic, group) in topics.iter().zip(&own_groups) {
+        let committer: BaseConsumer = config().set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(topic, p, Offset::Offset(1))
+                .unwrap();
+        }
+        committer.commit(&tpl, CommitMode::Sync).unwrap();
+    }
+    let bootstrap = common::endpoint("SPILLWAY_KAFKA_BOOTSTRAP");
+    let mut rows: HashMap<(usize, &str, &str), RequestCounts> = HashMap::new();
+    for n in [1usize, 10, 200] {
+        for (grouping, groups) in [
+            ("one group", vec![shared_group.clone(); n]),
+            ("a group each", own_groups[..n].to_vec()),
+        ] {
+            let triggers: Vec<KafkaTrigger> = topics[..n]
+                .iter()
+                .zip(&groups)
+                .map(|(topic, group)| KafkaTrigger::new(&bootstrap, group, Some(topic)))
+                .collect();
+            let shared = vec![(
+                KafkaScaler::connect_with(&triggers[0], &STATS).unwrap(),
+                triggers.clone(),
+            )];
+            rows.insert(
+                (n, grouping, "spillway, one shared client"),
+                requests_per_tick(&shared, 5).await,
+            );
+            let separate: Vec<(KafkaScaler, Vec<KafkaTrigger>)> = triggers
+                .iter()
+                .map(|t| {
+                    (
+                        KafkaScaler::connect_with(t, &STATS).unwrap(),
+                        vec![t.clone()],
+                    )
+                })
+                .collect();
+            rows.insert(
+                (n, grouping, "one client per trigger (KEDA's shape)"),
+                requests_per_tick(&separate, 5).await,
+            );
+        }
+    }
+    println!(
+        "Kafka requests per tick (librdkafka statistics; 1 broker, 3 partitions per topic, each trigger its own topic):"
+    );
+    for grouping in ["one group", "a group each"] {
+        for n in [1usize, 10, 200] {
+            for shape in [
+                "spillway, one shared client",
+                "one client per trigger (KEDA's shape)",
+            ] {
+                println!(
+                    "  {n:>3} triggers, {grouping:<12} {shape:<40} {}",
+                    describe(&rows[&(n, grouping, shape)])
+                );
+            }
+        }
+    }
+    delete_topics(&topics).await;
+}
+
+#[tokio::main]
+async fn main() {
+    requests_by_trigger_count().await;
+    tick_time_over_10k_partitions().await;
+}

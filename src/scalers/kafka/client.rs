@@ -1,0 +1,563 @@
+//! One librdkafka client per Kafka cluster (bootstrap servers plus credentials), shared by
+//! every trigger on that cluster.
+//!
+//! Per tick it answers all triggers with a handful of requests: committed offsets of each
+//! group (one OffsetFetch to the group's coordinator, groups in parallel), end offsets of every
+//! needed partition in one `offsets_for_times` call (librdkafka sends one ListOffsets per
+//! partition leader), and metadata only when the cache is stale or a topic is new. The calls
+//! block, so the scaler runs them on tokio's blocking pool.
+//!
+//! Committed offsets are read through librdkafka's consumer API (`rd_kafka_committed`), with one
+//! light client per consumer group that never joins the group and connects only to its
+//! coordinator. The admin API's ListConsumerGroupOffsets would need no extra clients, but in
+//! librdkafka 2.12 a coordinator request outstanding while the broker restarts trips an
+//! `enq_once` refcount assertion and aborts the process (reproduced here); an autoscaler must
+//! survive exactly that, so the admin path is not used.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::scalers::ScalerError;
+
+const KIND: &str = "kafka";
+
+/// How metadata (topic -> partitions) stays fresh: new partitions are seen within this time.
+const METADATA_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// A topic partition.
+pub type TopicPartition = (String, i32);
+
+/// Request counts by Kafka API name, summed over brokers, from librdkafka's statistics.
+pub type RequestCounts = HashMap<String, i64>;
+
+/// Per-client context: keeps the latest librdkafka statistics (request counters) and routes
+/// librdkafka's own log lines into `tracing`.
+#[derive(Default)]
+pub struct ClusterContext {
+    requests: Mutex<RequestCounts>,
+}
+
+impl ClientContext for ClusterContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut totals = RequestCounts::new();
+        for broker in statistics.brokers.values() {
+            for (api, count) in &broker.req {
+                *totals.entry(api.clone()).or_default() += count;
+            }
+        }
+        *self.requests.lock().expect("stats lock") = totals;
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
+                tracing::info!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+}
+
+impl ConsumerContext for ClusterContext {}
+
+/// Committed offsets of one group: every partition it has committed, over all topics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupOffsets {
+    pub committed: HashMap<TopicPartition, i64>,
+}
+
+impl GroupOffsets {
+    /// Topics the group has committed offsets for (KEDA's topic discovery when `topic` is empty).
+    pub fn topics(&self) -> HashSet<&str> {
+        self.committed.keys().map(|(t, _)| t.as_str()).collect()
+    }
+}
+
+struct CachedTopic {
+    partitions: Result<Vec<i32>, ScalerError>,
+    fetched: Instant,
+}
+
+/// A Kafka cluster as spillway reads it.
+pub struct KafkaCluster {
+    consumer: BaseConsumer<ClusterContext>,
+    /// The settings every client of this cluster shares.
+    config: ClientConfig,
+    /// One offsets-reading client per consumer group.
+    group_clients: Mutex<HashMap<String, Arc<BaseConsumer<ClusterContext>>>>,
+    topic_list: Mutex<Option<(Instant, Vec<String>)>>,
+    /// The bootstrap servers, for error messages (never credentials).
+    target: String,
+    timeout: Duration,
+    metadata: Mutex<HashMap<String, CachedTopic>>,
+    /// Serialises the record fetches, which change the client's assignment.
+    fetch_lock: Mutex<()>,
+}
+
+impl KafkaCluster {
+    /// Builds the client; nothing is sent until the first call, so a down cluster fails a poll,
+    /// not the construction.
+    pub fn new(
+        mut config: ClientConfig,
+        target: String,
+        timeout: Duration,
+    ) -> Result<Self, ScalerError> {
+        let timeout_ms = timeout.as_millis().max(1).to_string();
+        config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false")
+            .set("socket.timeout.ms", &timeout_ms)
+            .set("socket.connection.setup.timeout.ms", &timeout_ms)
+            // Record fetches for lag seconds want one record per partition, not megabytes.
+            .set("fetch.max.bytes", "1048576")
+            .set("max.partition.fetch.bytes", "4096")
+            .set("fetch.wait.max.ms", "100")
+            .set("queued.min.messages", "1")
+            .set("auto.offset.reset", "earliest")
+            .set("topic.metadata.refresh.interval.ms", "60000");
+        let consumer: BaseConsumer<ClusterContext> = config
+            .clone()
+            // librdkafka assigns partitions only with a group id. This one never joins (no
+            // subscribe) and never commits: it only reads the records behind lag seconds.
+            .set("group.id", "spillway-lag-reader")
+            .create_with_context(ClusterContext::default())
+            .map_err(|err| ScalerError::InvalidTrigger {
+                broker: KIND,
+                field: "bootstrapServers".into(),
+                message: format!("cannot create a Kafka client: {err}"),
+            })?;
+        Ok(Self {
+            consumer,
+            config,
+            group_clients: Mutex::default(),
+            topic_list: Mutex::default(),
+            target,
+            timeout,
+            metadata: Mutex::new(HashMap::new()),
+            fetch_lock: Mutex::new(()),
+        })
+    }
+
+    /// Request counts since the client started (needs `statistics.interval.ms` in the config).
+    pub fn request_counts(&self) -> RequestCounts {
+        // Statistics arrive through the client's queue: serve it first.
+        let _ = self.consumer.poll(Duration::ZERO);
+        self.consumer
+            .context()
+            .requests
+            .lock()
+            .expect("stats lock")
+            .clone()
+    }
+
+    /// Committed offsets of each group for the given partitions, groups in parallel. A
+    /// partition the group never committed is left out of the answer.
+    pub fn committed_offsets(
+        &self,
+        requests: &[(&str, Vec<TopicPartition>)],
+    ) -> HashMap<String, Result<GroupOffsets, ScalerError>> {
+        let clients: Vec<_> = requests
+            .iter()
+            .map(|(group, _)| self.group_client(group))
+            .collect();
+        let mut results = HashMap::new();
+        // Bounded parallelism: each OffsetFetch blocks its thread until answered or timed out.
+        for chunk in requests.iter().zip(clients).collect::<Vec<_>>().chunks(16) {
+            let answers: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|((group, partitions), client)| {
+                        scope.spawn(move || {
+                            (
+                                group.to_string(),
+                                self.fetch_committed(group, client, partitions),
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("offset fetch thread"))
+                    .collect()
+            });
+            results.extend(answers);
+        }
+        // Clients of groups no trigger asks about any more are closed.
+        let asked: HashSet<&str> = requests.iter().map(|(g, _)| *g).collect();
+        self.group_clients
+            .lock()
+            .expect("group clients lock")
+            .retain(|g, _| asked.contains(g.as_str()));
+        results
+    }
+
+    fn fetch_committed(
+        &self,
+        group: &str,
+        client: &Result<Arc<BaseConsumer<ClusterContext>>, ScalerError>,
+        partitions: &[TopicPartition],
+    ) -> Result<GroupOffsets, ScalerError> {
+        let client = client.as_ref().map_err(Clone::clone)?;
+        if partitions.is_empty() {
+            return Ok(GroupOffsets::default());
+        }
+        let mut request = TopicPartitionList::with_capacity(partitions.len());
+        for (topic, partition) in partitions {
+            request.add_partition(topic, *partition);
+        }
+        let answer = client
+            .committed_offsets(request, self.timeout)
+            .map_err(|err| {
+                self.error_from_kafka(&err, &format!("consumer group {group} offsets"))
+            })?;
+        let mut committed = HashMap::new();
+        for element in answer.elements() {
+            if let Err(err) = element.error() {
+                return Err(self.error_from_kafka(
+                    &err,
+                    &format!(
+                        "consumer group {group} partition {}/{}",
+                        element.topic(),
+                        element.partition()
+                    ),
+                ));
+            }
+            // No commit reads as an invalid offset; the caller applies the reset policy.
+            if let Offset::Offset(offset) = element.offset()
+                && offset >= 0
+            {
+                committed.insert((element.topic().to_owned(), element.partition()), offset);
+            }
+        }
+        Ok(GroupOffsets { committed })
+    }
+
+    /// The client that reads `group`'s offsets, created on first use.
+    fn group_client(&self, group: &str) -> Result<Arc<BaseConsumer<ClusterContext>>, ScalerError> {
+        let mut clients = self.group_clients.lock().expect("group clients lock");
+        if let Some(client) = clients.get(group) {
+            return Ok(Arc::clone(client));
+        }
+        let client: BaseConsumer<ClusterContext> = self
+            .config
+            .clone()
+            .set("group.id", group)
+            .create_with_context(ClusterContext::default())
+            .map_err(|err| ScalerError::InvalidTrigger {
+                broker: KIND,
+                field: "consumerGroup".into(),
+                message: format!("cannot create a Kafka client for group {group:?}: {err}"),
+            })?;
+        let client = Arc::new(client);
+        clients.insert(group.to_owned(), Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// Whether each group is known to its coordinator (has members or committed offsets).
+    /// Asked only for groups with no commits, to tell "never committed" from "no such group".
+    pub fn groups_exist(&self, groups: &[&str]) -> HashMap<String, Result<bool, ScalerError>> {
+        groups
+            .iter()
+            .map(|group| {
+                let known = self
+                    .consumer
+                    .fetch_group_list(Some(group), self.timeout)
+                    .map(|list| {
+                        list.groups()
+                            .iter()
+                            .any(|g| g.name() == *group && !g.state().eq_ignore_ascii_case("dead"))
+                    })
+                    .map_err(|err| self.error_from_kafka(&err, &format!("consumer group {group}")));
+                (group.to_string(), known)
+            })
+            .collect()
+    }
+
+    /// Names of every topic in the cluster (for triggers without `topic`), cached like metadata.
+    pub fn all_topics(&self) -> Result<Vec<String>, ScalerError> {
+        let mut cache = self.topic_list.lock().expect("topic list lock");
+        if let Some((fetched, topics)) = cache.as_ref()
+            && fetched.elapsed() < METADATA_MAX_AGE
+        {
+            return Ok(topics.clone());
+        }
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, self.timeout)
+            .map_err(|err| self.error_from_kafka(&err, "metadata"))?;
+        let mut topics: Vec<String> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.name().starts_with("__"))
+            .map(|t| t.name().to_owned())
+            .collect();
+        topics.sort();
+        *cache = Some((Instant::now(), topics.clone()));
+        Ok(topics)
+    }
+
+    /// Partitions of each topic, from the metadata cache; stale or unknown topics are fetched
+    /// in one Metadata request. A topic the cluster says does not exist is `NotFound`.
+    pub fn partitions(&self, topics: &[&str]) -> HashMap<String, Result<Vec<i32>, ScalerError>> {
+        let mut cache = self.metadata.lock().expect("metadata lock");
+        let stale: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| {
+                cache
+                    .get(*t)
+                    .is_none_or(|c| c.fetched.elapsed() > METADATA_MAX_AGE || c.partitions.is_err())
+            })
+            .collect();
+        if !stale.is_empty() {
+            // One topic: a topic-scoped request. Several: one request for all topics, keeping
+            // only those we need (KEDA's clients cached the whole cluster's metadata each).
+            let only = (stale.len() == 1).then(|| stale[0]);
+            match self.consumer.fetch_metadata(only, self.timeout) {
+                Ok(metadata) => {
+                    let now = Instant::now();
+                    let listed: HashMap<&str, _> =
+                        metadata.topics().iter().map(|t| (t.name(), t)).collect();
+                    for topic in &stale {
+                        let partitions = match listed.get(topic) {
+                            Some(t) if t.error().is_none() => {
+                                let mut ids: Vec<i32> =
+                                    t.partitions().iter().map(|p| p.id()).collect();
+                                ids.sort_unstable();
+                                Ok(ids)
+                            }
+                            Some(t) => {
+                                let code: RDKafkaErrorCode = t.error().expect("checked").into();
+                                Err(self.error_from_code(code, "", &format!("topic {topic}")))
+                            }
+                            None => Err(self.not_found(format!("topic {topic}"))),
+                        };
+                        cache.insert(
+                            topic.to_string(),
+                            CachedTopic {
+                                partitions,
+                                fetched: now,
+                            },
+                        );
+                    }
+                }
+                Err(err) => {
+                    let error = self.error_from_kafka(&err, "metadata");
+                    return topics
+                        .iter()
+                        .map(|t| (t.to_string(), Err(error.clone())))
+                        .collect();
+                }
+            }
+        }
+        topics
+            .iter()
+            .map(|t| {
+                let partitions = cache
+                    .get(*t)
+                    .map(|c| c.partitions.clone())
+                    .unwrap_or_else(|| Err(self.not_found(format!("topic {t}"))));
+                (t.to_string(), partitions)
+            })
+            .collect()
+    }
+
+    /// Forgets cached metadata so the next call asks the cluster (after an offsets error).
+    pub fn invalidate_metadata(&self, topics: &[&str]) {
+        let mut cache = self.metadata.lock().expect("metadata lock");
+        for topic in topics {
+            cache.remove(*topic);
+        }
+    }
+
+    /// Log-end offsets of `partitions`, in one call that librdkafka splits by partition leader.
+    /// The outer error fails the whole round; inner errors fail only their partition.
+    pub fn end_offsets(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, Result<i64, ScalerError>>, ScalerError> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut request = TopicPartitionList::with_capacity(partitions.len());
+        for (topic, partition) in partitions {
+            request
+                .add_partition_offset(topic, *partition, Offset::End)
+                .map_err(|err| self.error_from_kafka(&err, "end offsets"))?;
+        }
+        let answer = self
+            .consumer
+            .offsets_for_times(request, self.timeout)
+            .map_err(|err| self.error_from_kafka(&err, "end offsets"))?;
+        let mut offsets = HashMap::with_capacity(partitions.len());
+        for element in answer.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            let value = match (element.error(), element.offset()) {
+                (Err(err), _) => {
+                    Err(self.error_from_kafka(&err, &format!("partition {}/{}", key.0, key.1)))
+                }
+                (Ok(()), Offset::Offset(end)) => Ok(end),
+                (Ok(()), other) => Err(ScalerError::BadResponse {
+                    broker: KIND,
+                    target: self.target.clone(),
+                    cause: format!("no end offset for partition {}/{}: {other:?}", key.0, key.1),
+                }),
+            };
+            offsets.insert(key, value);
+        }
+        // A partition the answer left out is an error, never lag 0 (KEDA reads 0 there).
+        for tp in partitions {
+            offsets.entry(tp.clone()).or_insert_with(|| {
+                Err(ScalerError::BadResponse {
+                    broker: KIND,
+                    target: self.target.clone(),
+                    cause: format!(
+                        "partition {}/{} missing from the ListOffsets answer",
+                        tp.0, tp.1
+                    ),
+                })
+            });
+        }
+        Ok(offsets)
+    }
+
+    /// Timestamps (ms since the epoch) of the records at the given offsets: the oldest
+    /// unconsumed message of each partition. Best effort within the timeout: partitions whose
+    /// record did not arrive are left out, and the caller reports no age for them.
+    pub fn record_timestamps(
+        &self,
+        wanted: &[(TopicPartition, Offset)],
+    ) -> HashMap<TopicPartition, i64> {
+        let mut found = HashMap::new();
+        if wanted.is_empty() {
+            return found;
+        }
+        let _guard = self.fetch_lock.lock().expect("fetch lock");
+        let mut assignment = TopicPartitionList::with_capacity(wanted.len());
+        for ((topic, partition), offset) in wanted {
+            if assignment
+                .add_partition_offset(topic, *partition, *offset)
+                .is_err()
+            {
+                return found;
+            }
+        }
+        if let Err(err) = self.consumer.assign(&assignment) {
+            tracing::warn!(cluster = %self.target, error = %err, "cannot assign partitions to read record timestamps");
+            return found;
+        }
+        let deadline = Instant::now() + self.timeout;
+        while found.len() < wanted.len() && Instant::now() < deadline {
+            match self
+                .consumer
+                .poll(deadline.saturating_duration_since(Instant::now()))
+            {
+                Some(Ok(message)) => {
+                    let key = (message.topic().to_owned(), message.partition());
+                    if let Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) =
+                        message.timestamp()
+                    {
+                        found.entry(key.clone()).or_insert(ms);
+                    }
+                    // One record is all we need from this partition: stop fetching it.
+                    let mut done = TopicPartitionList::new();
+                    done.add_partition(&key.0, key.1);
+                    let _ = self.consumer.pause(&done);
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(cluster = %self.target, error = %err, "record fetch for lag seconds");
+                }
+                None => {}
+            }
+        }
+        let _ = self.consumer.unassign();
+        found
+    }
+
+    fn not_found(&self, what: String) -> ScalerError {
+        ScalerError::NotFound {
+            broker: KIND,
+            target: self.target.clone(),
+            what,
+        }
+    }
+
+    fn error_from_kafka(&self, err: &KafkaError, what: &str) -> ScalerError {
+        match err.rdkafka_error_code() {
+            Some(code) => self.error_from_code(code, &err.to_string(), what),
+            None => ScalerError::Broker {
+                broker: KIND,
+                target: self.target.clone(),
+                cause: format!("{what}: {err}"),
+            },
+        }
+    }
+
+    /// Maps a Kafka error code to the scaler error a user can act on.
+    fn error_from_code(&self, code: RDKafkaErrorCode, message: &str, what: &str) -> ScalerError {
+        use RDKafkaErrorCode as C;
+        let target = self.target.clone();
+        let cause = if message.is_empty() {
+            format!("{what}: {code}")
+        } else {
+            format!("{what}: {message}")
+        };
+        match code {
+            C::OperationTimedOut | C::RequestTimedOut | C::TimedOutQueue => ScalerError::Timeout {
+                broker: KIND,
+                target,
+                after: self.timeout,
+            },
+            C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::NetworkException
+            | C::BrokerNotAvailable
+            | C::CoordinatorNotAvailable => ScalerError::Unreachable {
+                broker: KIND,
+                target,
+                cause,
+            },
+            C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::GroupIdNotFound => ScalerError::NotFound {
+                broker: KIND,
+                target,
+                what: what.to_owned(),
+            },
+            C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication => ScalerError::Unauthorized {
+                broker: KIND,
+                target,
+                cause,
+            },
+            _ => ScalerError::Broker {
+                broker: KIND,
+                target,
+                cause,
+            },
+        }
+    }
+}

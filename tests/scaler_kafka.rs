@@ -1,0 +1,497 @@
+//! The Kafka scaler against the harness's real Kafka 4.x: KEDA's lag semantics, lag seconds,
+//! typed errors, and a cross-check with Kafka's own consumer-groups tool.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use spillway::scalers::kafka::{KafkaScaler, KafkaTrigger, OffsetResetPolicy};
+use spillway::scalers::{Scaler, ScalerError};
+
+fn bootstrap() -> String {
+    common::endpoint("SPILLWAY_KAFKA_BOOTSTRAP")
+}
+
+fn client_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap());
+    config
+}
+
+async fn create_topic(partitions: i32) -> String {
+    let topic = common::unique_name("lag");
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin");
+    let result = admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .expect("CreateTopics");
+    assert!(result.iter().all(|r| r.is_ok()), "{result:?}");
+    topic
+}
+
+async fn delete_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin");
+    let result = admin
+        .delete_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .expect("DeleteTopics");
+    assert!(result.iter().all(|r| r.is_ok()), "{result:?}");
+}
+
+/// Produces `counts[p]` messages to partition p, stamped `age` in the past.
+async fn produce(topic: &str, counts: &[i64], age: Duration) {
+    let producer: FutureProducer = client_config()
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let stamp = (SystemTime::now() - age)
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut sends = Vec::new();
+    for (partition, count) in counts.iter().enumerate() {
+        for i in 0..*count {
+            let producer = &producer;
+            sends.push(async move {
+                let payload = format!("m{i}");
+                producer
+                    .send(
+                        FutureRecord::<(), _>::to(topic)
+                            .partition(partition as i32)
+                            .payload(&payload)
+                            .timestamp(stamp),
+                        Duration::from_secs(20),
+                    )
+                    .await
+            });
+        }
+    }
+    for result in futures::future::join_all(sends).await {
+        result.expect("delivery");
+    }
+}
+
+/// Commits `offsets` (topic, partition, offset) for `group` without joining it.
+fn commit(group: &str, offsets: &[(&str, i32, i64)]) {
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .unwrap();
+    }
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+}
+
+/// A group member that has joined but never commits; the group exists while it lives.
+fn join_without_commit(group: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "consumer never got an assignment"
+        );
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    consumer
+}
+
+fn trigger(group: &str, topic: Option<&str>) -> KafkaTrigger {
+    KafkaTrigger::new(bootstrap(), group, topic)
+}
+
+#[tokio::test]
+async fn lag_per_partition_with_commits_at_chosen_positions() {
+    let topic = create_topic(12).await;
+    let group = common::unique_name("group");
+    let counts: Vec<i64> = (0..12).map(|p| 20 + p).collect();
+    produce(&topic, &counts, Duration::ZERO).await;
+    // Partition p committed at p (so lag = 20), except 11 left uncommitted.
+    let commits: Vec<(&str, i32, i64)> = (0..11).map(|p| (topic.as_str(), p, p as i64)).collect();
+    commit(&group, &commits);
+
+    let uncapped = KafkaTrigger {
+        allow_idle_consumers: true,
+        ..trigger(&group, Some(&topic))
+    };
+    let scaler = KafkaScaler::connect(&uncapped).unwrap();
+    let report = scaler
+        .poll_detailed(std::slice::from_ref(&uncapped))
+        .await
+        .remove(0)
+        .expect("lag");
+    assert_eq!(report.partitions.len(), 12);
+    for p in &report.partitions {
+        assert_eq!(p.end_offset, 20 + p.partition as i64);
+        if p.partition < 11 {
+            assert_eq!(
+                (p.committed_offset, p.lag),
+                (Some(p.partition as i64), 20),
+                "partition {}",
+                p.partition
+            );
+        } else {
+            // No commit + latest policy: KEDA's lag 1, "scale to one so consumption can start".
+            assert_eq!((p.committed_offset, p.lag), (None, 1));
+        }
+    }
+    assert_eq!(report.total.metric, 11 * 20 + 1);
+    assert!(report.active);
+
+    // KEDA's default cap: no more consumers than partitions (12 x lagThreshold 10 = 120).
+    let capped = trigger(&group, Some(&topic));
+    let partitions = KafkaTrigger {
+        partition_limitation: Some("0-2,7".into()),
+        allow_idle_consumers: true,
+        ..trigger(&group, Some(&topic))
+    };
+    let readings = scaler.poll(&[capped, partitions]).await;
+    assert_eq!(readings[0].as_ref().unwrap().value, 120.0);
+    assert_eq!(readings[1].as_ref().unwrap().value, 80.0);
+    delete_topic(&topic).await;
+}
+
+#[tokio::test]
+async fn group_without_commits_follows_reset_policy() {
+    let topic = create_topic(3).await;
+    produce(&topic, &[5, 7, 9], Duration::ZERO).await;
+    let group = common::unique_name("fresh");
+    let member = join_without_commit(&group, &topic);
+
+    let latest = trigger(&group, Some(&topic));
+    let earliest = KafkaTrigger {
+        offset_reset_policy: OffsetResetPolicy::Earliest,
+        ..trigger(&group, Some(&topic))
+    };
+    let to_zero = KafkaTrigger {
+        scale_to_zero_on_invalid_offset: true,
+        ..trigger(&group, Some(&topic))
+    };
+    let scaler = KafkaScaler::connect(&latest).unwrap();
+    let readings = scaler.poll(&[latest, earliest, to_zero]).await;
+    let latest = readings[0].as_ref().expect("latest");
+    assert_eq!((latest.value, latest.active), (3.0, true));
+    let earliest = readings[1].as_ref().expect("earliest");
+    assert_eq!((earliest.value, earliest.active), (21.0, true));
+    let to_zero = readings[2].as_ref().expect("scaleToZeroOnInvalidOffset");
+    assert_eq!((to_zero.value, to_zero.active), (0.0, false));
+    drop(member);
+    delete_topic(&topic).await;
+}
+
+#[tokio::test]
+async fn unknown_group_and_missing_topic_are_errors_not_zero() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[3, 3], Duration::ZERO).await;
+    let known = common::unique_name("known");
+    commit(&known, &[(&topic, 0, 1)]);
+
+    let unknown_group = trigger(&common::unique_name("nobody"), Some(&topic));
+    let missing_topic = trigger(&known, Some(&common::unique_name("no-such-topic")));
+    let scaler = KafkaScaler::connect(&unknown_group).unwrap();
+    let readings = scaler
+        .poll(&[unknown_group, missing_topic, trigger(&known, Some(&topic))])
+        .await;
+    assert!(
+        matches!(&readings[0], Err(ScalerError::NotFound { what, .. }) if what.starts_with("consumer group")),
+        "{:?}",
+        readings[0]
+    );
+    assert!(
+        matches!(&readings[1], Err(ScalerError::NotFound { what, .. }) if what.starts_with("topic")),
+        "{:?}",
+        readings[1]
+    );
+    // The failures of other triggers do not spill over.
+    assert_eq!(
+        readings[2].as_ref().expect("healthy trigger").value,
+        2.0 + 1.0
+    );
+    delete_topic(&topic).await;
+}
+
+#[tokio::test]
+async fn deleted_topic_becomes_an_error() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[4, 4], Duration::ZERO).await;
+    let group = common::unique_name("deleted");
+    commit(&group, &[(&topic, 0, 1), (&topic, 1, 1)]);
+    let t = trigger(&group, Some(&topic));
+    let scaler = KafkaScaler::connect(&t).unwrap();
+    assert_eq!(
+        scaler.poll(std::slice::from_ref(&t)).await[0]
+            .as_ref()
+            .unwrap()
+            .value,
+        6.0
+    );
+
+    delete_topic(&topic).await;
+    let after = common::eventually(
+        "the deleted topic to read as an error",
+        Duration::from_secs(20),
+        || async { scaler.poll(std::slice::from_ref(&t)).await.remove(0).err() },
+    )
+    .await;
+    assert!(matches!(after, ScalerError::NotFound { .. }), "{after:?}");
+}
+
+#[tokio::test]
+async fn persistent_lag_is_excluded_but_still_activates() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[30, 30], Duration::ZERO).await;
+    let group = common::unique_name("stuck");
+    commit(&group, &[(&topic, 0, 10), (&topic, 1, 10)]);
+    let t = KafkaTrigger {
+        exclude_persistent_lag: true,
+        allow_idle_consumers: true,
+        ..trigger(&group, Some(&topic))
+    };
+    let scaler = KafkaScaler::connect(&t).unwrap();
+    let first = scaler
+        .poll(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(
+        (first.value, first.active),
+        (40.0, true),
+        "first sighting counts"
+    );
+    let second = scaler
+        .poll(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(
+        (second.value, second.active),
+        (0.0, true),
+        "unchanged commits: excluded, still active"
+    );
+    commit(&group, &[(&topic, 0, 15)]);
+    let third = scaler
+        .poll(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(third.value, 15.0, "the partition that moved counts again");
+    delete_topic(&topic).await;
+}
+
+#[tokio::test]
+async fn group_across_many_topics_without_topic_parameter() {
+    let group = common::unique_name("multi");
+    let mut topics = Vec::new();
+    for n in 0..4 {
+        let topic = create_topic(3).await;
+        produce(&topic, &[10, 10, 10], Duration::ZERO).await;
+        commit(&group, &[(&topic, 0, n), (&topic, 1, 10), (&topic, 2, 10)]);
+        topics.push(topic);
+    }
+    let other = create_topic(1).await; // the group never committed here: not counted
+    produce(&other, &[50], Duration::ZERO).await;
+
+    let t = KafkaTrigger {
+        allow_idle_consumers: true,
+        ..trigger(&group, None)
+    };
+    let scaler = KafkaScaler::connect(&t).unwrap();
+    let report = scaler
+        .poll_detailed(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(report.partitions.len(), 12);
+    assert_eq!(report.total.metric, 10 + 9 + 8 + 7);
+    for topic in topics.iter().chain([&other]) {
+        delete_topic(topic).await;
+    }
+}
+
+#[tokio::test]
+async fn lag_seconds_is_the_age_of_the_oldest_unconsumed_message() {
+    let topic = create_topic(2).await;
+    let group = common::unique_name("age");
+    produce(&topic, &[5, 0], Duration::from_secs(120)).await;
+    produce(&topic, &[5, 5], Duration::from_secs(10)).await;
+    // Partition 0: next to consume is a 120 s old record; partition 1: a 10 s old one.
+    commit(&group, &[(&topic, 0, 2), (&topic, 1, 0)]);
+    let t = trigger(&group, Some(&topic));
+    let scaler = KafkaScaler::connect(&t).unwrap();
+    let report = scaler
+        .poll_detailed(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    let ages: HashMap<i32, f64> = report
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.lag_seconds.expect("age known")))
+        .collect();
+    assert!(
+        (119.0..180.0).contains(&ages[&0]),
+        "partition 0 age {}",
+        ages[&0]
+    );
+    assert!(
+        (9.0..60.0).contains(&ages[&1]),
+        "partition 1 age {}",
+        ages[&1]
+    );
+    assert_eq!(report.lag_seconds, Some(ages[&0]));
+    let reading = scaler
+        .poll(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    let extra = reading
+        .extra
+        .iter()
+        .find(|(name, _)| *name == "lag-seconds")
+        .expect("lag-seconds metric")
+        .1;
+    assert!(
+        extra >= ages[&0],
+        "second poll reads the cached timestamp, older by now"
+    );
+
+    // Caught up: no lag, no age.
+    commit(&group, &[(&topic, 0, 10), (&topic, 1, 5)]);
+    let report = scaler
+        .poll_detailed(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!((report.total.metric, report.lag_seconds), (0, Some(0.0)));
+    assert!(!report.active);
+    delete_topic(&topic).await;
+}
+
+#[tokio::test]
+async fn unreachable_cluster_is_an_error_within_the_timeout() {
+    let t = KafkaTrigger {
+        bootstrap_servers: "127.0.0.1:1".into(),
+        timeout: 1000,
+        ..trigger("any", Some("orders"))
+    };
+    let scaler = KafkaScaler::connect(&t).unwrap();
+    let started = Instant::now();
+    let result = scaler.poll(std::slice::from_ref(&t)).await.remove(0);
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            result,
+            Err(ScalerError::Unreachable { .. } | ScalerError::Timeout { .. })
+        ),
+        "{result:?}"
+    );
+    // The round's bound is five broker calls of 1 s each, plus one second.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    println!(
+        "kafka: unreachable cluster reported as {:?} after {took:?}",
+        result.unwrap_err().reason()
+    );
+}
+
+/// spillway's per-partition lag equals what Kafka's own `kafka-consumer-groups --describe` prints.
+#[tokio::test]
+async fn lag_matches_kafka_consumer_groups_tool() {
+    let topic = create_topic(12).await;
+    let group = common::unique_name("tool");
+    let counts: Vec<i64> = (0..12).map(|p| 3 * p + 1).collect();
+    produce(&topic, &counts, Duration::ZERO).await;
+    let commits: Vec<(&str, i32, i64)> = (0..12)
+        .map(|p| (topic.as_str(), p, (p as i64) % 4))
+        .collect();
+    commit(&group, &commits);
+
+    let t = trigger(&group, Some(&topic));
+    let scaler = KafkaScaler::connect(&t).unwrap();
+    let report = scaler
+        .poll_detailed(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    let ours: HashMap<i32, (i64, i64, i64)> = report
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition,
+                (p.committed_offset.unwrap(), p.end_offset, p.lag),
+            )
+        })
+        .collect();
+
+    let classpath = format!("{}/*", common::endpoint("SPILLWAY_KAFKA_CLASSPATH"));
+    let output = tokio::process::Command::new("java")
+        .args([
+            "-Xmx256m",
+            "-cp",
+            &classpath,
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        ])
+        .args([
+            "--bootstrap-server",
+            &bootstrap(),
+            "--describe",
+            "--group",
+            &group,
+        ])
+        .output()
+        .await
+        .expect("run ConsumerGroupCommand");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ConsumerGroupCommand failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut theirs = HashMap::new();
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+        if fields.len() >= 6 && fields[1] == topic {
+            let number = |i: usize| {
+                fields[i]
+                    .parse::<i64>()
+                    .unwrap_or_else(|_| panic!("bad field {i} in {line:?}"))
+            };
+            theirs.insert(number(2) as i32, (number(3), number(4), number(5)));
+        }
+    }
+    assert_eq!(theirs.len(), 12, "tool output:\n{stdout}");
+    assert_eq!(ours, theirs);
+    println!(
+        "kafka: per-partition lag of 12 partitions equals ConsumerGroupCommand --describe (total {})",
+        report.total.uncapped
+    );
+    delete_topic(&topic).await;
+}
