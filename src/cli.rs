@@ -29,6 +29,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the external metrics API (HTTPS, unauthenticated for now) from a config file's
+    /// scaled objects, polling every trigger each pollingInterval, until Ctrl-C or SIGTERM.
+    Serve {
+        /// The YAML configuration file with `server` and `scaledObjects`.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Poll every trigger of a config file each pollingInterval and show the backlog and the
     /// replicas each scaled object would get, live, until Ctrl-C.
     Watch {
@@ -39,11 +46,71 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Produce to and consume from a broker at set rates, for a real, changing backlog.
+    Loadgen {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(subcommand)]
+        target: LoadTarget,
+    },
     /// Validate a configuration file and print it as spillway reads it, defaults filled in.
     Check {
         /// The YAML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+/// How much load `spillway loadgen` makes.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// How the production rate changes: constant, ramp (0 to --rate each --period), burst.
+    #[arg(long, value_enum, default_value_t = crate::loadgen::Shape::Constant, global = true)]
+    pub shape: crate::loadgen::Shape,
+    /// Peak messages produced per second.
+    #[arg(long, default_value_t = 50.0, global = true)]
+    pub rate: f64,
+    /// Messages consumed per second (0: produce only).
+    #[arg(long, default_value_t = 0.0, global = true)]
+    pub consume_rate: f64,
+    /// Seconds per ramp or burst cycle.
+    #[arg(long, default_value_t = 30, global = true)]
+    pub period: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, global = true)]
+    pub duration: Option<u64>,
+}
+
+/// The broker `spillway loadgen` drives.
+#[derive(Debug, Subcommand)]
+pub enum LoadTarget {
+    /// A Kafka topic (created if missing) and a consumer group committing as it goes.
+    Kafka {
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        bootstrap_servers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// The consumer group of the draining consumer.
+        #[arg(long)]
+        group: String,
+    },
+    /// A RabbitMQ queue (declared if missing) with an acking consumer.
+    Rabbitmq {
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:35772/%2f")]
+        url: String,
+        #[arg(long)]
+        queue: String,
+    },
+    /// A NATS JetStream stream and durable pull consumer (created if missing).
+    Nats {
+        #[arg(long, default_value = "nats://127.0.0.1:34222")]
+        url: String,
+        #[arg(long)]
+        stream: String,
+        #[arg(long, default_value = "worker")]
+        consumer: String,
     },
 }
 

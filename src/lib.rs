@@ -5,10 +5,12 @@
 //! the metric cache; the external metrics API serves the cache to the HPA. This crate holds
 //! every part; `main.rs` only wires the CLI to them.
 
+pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod live;
+pub mod loadgen;
 pub mod poller;
 pub mod replicas;
 pub mod scalers;

@@ -3,13 +3,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use spillway::cli::{Cli, Command};
+use spillway::cli::{Cli, Command, LoadTarget};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
+use spillway::api;
 use spillway::cache::MetricCache;
 use spillway::config::Config;
 use spillway::live::render_table;
+use spillway::loadgen;
 use spillway::poller::Poller;
 use spillway::telemetry;
 
@@ -30,6 +32,39 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Loadgen { load, target } => {
+            let target = match target {
+                LoadTarget::Kafka {
+                    bootstrap_servers,
+                    topic,
+                    partitions,
+                    group,
+                } => loadgen::Target::Kafka {
+                    bootstrap: bootstrap_servers,
+                    topic,
+                    partitions,
+                    group,
+                },
+                LoadTarget::Rabbitmq { url, queue } => loadgen::Target::RabbitMq { url, queue },
+                LoadTarget::Nats {
+                    url,
+                    stream,
+                    consumer,
+                } => loadgen::Target::Nats {
+                    url,
+                    stream,
+                    consumer,
+                },
+            };
+            let load = loadgen::Load {
+                shape: load.shape,
+                rate: load.rate,
+                consume_rate: load.consume_rate,
+                period: std::time::Duration::from_secs(load.period),
+                duration: load.duration.map(std::time::Duration::from_secs),
+            };
+            tokio::runtime::Runtime::new()?.block_on(loadgen::run(target, load))
+        }
         Command::Watch { config, once } => {
             let loaded = Config::load(&config)?;
             anyhow::ensure!(
@@ -39,6 +74,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(watch(loaded, once))
+        }
+        Command::Serve { config } => {
+            let loaded = Config::load(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(serve(loaded))
         }
         Command::Check { config } => {
             let loaded = Config::load(&config)?;
@@ -81,5 +120,65 @@ async fn watch(config: Config, once: bool) -> anyhow::Result<()> {
             _ = tokio::time::sleep(interval) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+/// `spillway serve`: the metrics API from the first moment, the poller behind it in its own
+/// task, both until Ctrl-C or SIGTERM.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let cache = Arc::new(MetricCache::new());
+    let triggers = config.triggers();
+    let state = api::AppState {
+        cache: Arc::clone(&cache),
+        metrics: api::external::catalog(&triggers).into(),
+    };
+    let tls = api::tls_config(config.server.tls.as_ref())?;
+    let listener = api::bind(config.server.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::warn!(%addr, "the metrics API is unauthenticated: anyone who can reach this address can read every metric");
+    tracing::info!(%addr, metrics = state.metrics.len(), interval = %config.polling_interval, "serving the external metrics API");
+    let interval = config.polling_interval.as_duration();
+    let poller = tokio::spawn(async move {
+        let mut poller = Poller::new(cache);
+        // Ticks start every interval; a slow round delays the next instead of bunching up.
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            poller.tick(&triggers).await;
+        }
+    });
+    api::serve(listener, tls, state, shutdown_signal()).await;
+    // The poller holds no state worth finishing: a reading cut short is simply not recorded.
+    poller.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM (what Kubernetes sends to stop a pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
     }
 }

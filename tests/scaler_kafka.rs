@@ -382,6 +382,25 @@ async fn lag_seconds_is_the_age_of_the_oldest_unconsumed_message() {
         "second poll reads the cached timestamp, older by now"
     );
 
+    // The consumer moved to a younger record: the new record is read (not the cached one).
+    commit(&group, &[(&topic, 0, 7)]);
+    let report = scaler
+        .poll_detailed(std::slice::from_ref(&t))
+        .await
+        .remove(0)
+        .unwrap();
+    let moved = report
+        .partitions
+        .iter()
+        .find(|p| p.partition == 0)
+        .unwrap()
+        .lag_seconds
+        .expect("age of the new record");
+    assert!(
+        (9.0..60.0).contains(&moved),
+        "partition 0 after the commit: age {moved}"
+    );
+
     // Caught up: no lag, no age.
     commit(&group, &[(&topic, 0, 10), (&topic, 1, 5)]);
     let report = scaler

@@ -23,7 +23,6 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, Timestamp};
-use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -48,9 +47,23 @@ pub struct ClusterContext {
 }
 
 impl ClientContext for ClusterContext {
-    fn stats(&self, statistics: Statistics) {
+    /// Reads the request counters from the raw statistics JSON: rdkafka's typed `Statistics`
+    /// fails to parse some librdkafka 2.12 fields and then drops the whole report.
+    fn stats_raw(&self, statistics: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Report {
+            brokers: HashMap<String, BrokerReport>,
+        }
+        #[derive(serde::Deserialize)]
+        struct BrokerReport {
+            #[serde(default)]
+            req: HashMap<String, i64>,
+        }
+        let Ok(report) = serde_json::from_slice::<Report>(statistics) else {
+            return;
+        };
         let mut totals = RequestCounts::new();
-        for broker in statistics.brokers.values() {
+        for broker in report.brokers.values() {
             for (api, count) in &broker.req {
                 *totals.entry(api.clone()).or_default() += count;
             }
@@ -125,12 +138,18 @@ impl KafkaCluster {
             .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false")
             .set("socket.timeout.ms", &timeout_ms)
-            .set("socket.connection.setup.timeout.ms", &timeout_ms)
+            // librdkafka's floor for connection setup is one second.
+            .set(
+                "socket.connection.setup.timeout.ms",
+                timeout.as_millis().max(1000).to_string(),
+            )
             // Record fetches for lag seconds want one record per partition, not megabytes.
             .set("fetch.max.bytes", "1048576")
             .set("max.partition.fetch.bytes", "4096")
             .set("fetch.wait.max.ms", "100")
-            .set("queued.min.messages", "1")
+            .set("queued.min.messages", "10")
+            // librdkafka backs a partition off for a second once its queue is full; we read one record.
+            .set("fetch.queue.backoff.ms", "10")
             .set("auto.offset.reset", "earliest")
             .set("topic.metadata.refresh.interval.ms", "60000");
         let consumer: BaseConsumer<ClusterContext> = config
@@ -158,14 +177,27 @@ impl KafkaCluster {
 
     /// Request counts since the client started (needs `statistics.interval.ms` in the config).
     pub fn request_counts(&self) -> RequestCounts {
-        // Statistics arrive through the client's queue: serve it first.
-        let _ = self.consumer.poll(Duration::ZERO);
-        self.consumer
-            .context()
-            .requests
+        let clients: Vec<_> = self
+            .group_clients
             .lock()
-            .expect("stats lock")
-            .clone()
+            .expect("group clients lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut totals = RequestCounts::new();
+        // The main client may hold an assignment only inside record_timestamps.
+        let _guard = self.fetch_lock.lock().expect("fetch lock");
+        for client in std::iter::once(&self.consumer).chain(clients.iter().map(|c| c.as_ref())) {
+            // Statistics arrive as events on each client's queue and a poll serves at most one
+            // (returning nothing either way), so poll enough times to reach the newest report.
+            for _ in 0..2_000 {
+                let _ = client.poll(Duration::ZERO);
+            }
+            for (api, n) in client.context().requests.lock().expect("stats lock").iter() {
+                *totals.entry(api.clone()).or_default() += n;
+            }
+        }
+        totals
     }
 
     /// Committed offsets of each group for the given partitions, groups in parallel. A
@@ -403,10 +435,19 @@ impl KafkaCluster {
                 .add_partition_offset(topic, *partition, Offset::End)
                 .map_err(|err| self.error_from_kafka(&err, "end offsets"))?;
         }
-        let answer = self
+        let answer = match self
             .consumer
-            .offsets_for_times(request, self.timeout)
-            .map_err(|err| self.error_from_kafka(&err, "end offsets"))?;
+            .offsets_for_times(request.clone(), self.timeout)
+        {
+            // A leader moved (broker restart, new topic): librdkafka refreshes its metadata on
+            // this error, so one more try usually lands on the new leader.
+            Err(err) if is_leader_change(&err) => {
+                std::thread::sleep(Duration::from_millis(200));
+                self.consumer.offsets_for_times(request, self.timeout)
+            }
+            other => other,
+        }
+        .map_err(|err| self.error_from_kafka(&err, "end offsets"))?;
         let mut offsets = HashMap::with_capacity(partitions.len());
         for element in answer.elements() {
             let key = (element.topic().to_owned(), element.partition());
@@ -464,6 +505,8 @@ impl KafkaCluster {
             tracing::warn!(cluster = %self.target, error = %err, "cannot assign partitions to read record timestamps");
             return found;
         }
+        // librdkafka keeps a partition's pause across unassign and assign: undo the last round's.
+        let _ = self.consumer.resume(&assignment);
         let deadline = Instant::now() + self.timeout;
         while found.len() < wanted.len() && Instant::now() < deadline {
             match self
@@ -489,6 +532,7 @@ impl KafkaCluster {
             }
         }
         let _ = self.consumer.unassign();
+        tracing::debug!(cluster = %self.target, wanted = wanted.len(), found = found.len(), "read record timestamps for lag seconds");
         found
     }
 
@@ -560,4 +604,18 @@ impl KafkaCluster {
             },
         }
     }
+}
+
+/// The error says a partition's leader is unknown or moved: worth one retry.
+fn is_leader_change(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::UnknownLeaderEpoch
+                | C::FencedLeaderEpoch
+        )
+    )
 }

@@ -528,6 +528,10 @@ fn poll_round(
             .collect()
     };
 
+    // Time per phase, for the debug log: where a slow tick spends its time.
+    let mut phases: Vec<(&str, Duration)> = Vec::new();
+    let mut phase_started = std::time::Instant::now();
+
     // 1. Candidate topics: the named one, or (no `topic`) every topic of the cluster, narrowed
     //    below to those the group has committed to.
     let mut candidates: HashMap<usize, Vec<String>> = HashMap::new();
@@ -548,6 +552,8 @@ fn poll_round(
     let all_topics: Vec<&str> = all_topics.into_iter().collect();
     let partitions = cluster.partitions(&all_topics);
 
+    phases.push(("metadata", phase_started.elapsed()));
+    phase_started = std::time::Instant::now();
     // 2. Committed offsets: one OffsetFetch per group for the partitions its triggers need.
     let mut asked: BTreeMap<&str, BTreeSet<TopicPartition>> = BTreeMap::new();
     for (i, topics) in &candidates {
@@ -595,6 +601,8 @@ fn poll_round(
         }
     }
 
+    phases.push(("committed", phase_started.elapsed()));
+    phase_started = std::time::Instant::now();
     // Topics of each trigger: the named one, or every topic the group committed to (KEDA).
     let mut trigger_topics: HashMap<usize, Vec<String>> = HashMap::new();
     for i in open(&results) {
@@ -647,6 +655,8 @@ fn poll_round(
         }
     }
 
+    phases.push(("partitions", phase_started.elapsed()));
+    phase_started = std::time::Instant::now();
     // 4. End offsets of every partition any trigger counts, in one call.
     let needed: BTreeSet<&TopicPartition> = trigger_partitions.values().flatten().collect();
     let needed: Vec<TopicPartition> = needed.into_iter().cloned().collect();
@@ -668,6 +678,8 @@ fn poll_round(
         cluster.invalidate_metadata(&failed_topics.into_iter().collect::<Vec<_>>());
     }
 
+    phases.push(("end_offsets", phase_started.elapsed()));
+    phase_started = std::time::Instant::now();
     // 5. Lag per trigger.
     let mut state = state.lock().expect("lag state lock");
     let mut reports: HashMap<usize, KafkaLagReport> = HashMap::new();
@@ -744,6 +756,8 @@ fn poll_round(
         }
     }
 
+    phases.push(("lag", phase_started.elapsed()));
+    phase_started = std::time::Instant::now();
     // 6. Lag seconds: the record at each lagging partition's next offset to consume.
     let mut wanted: BTreeSet<(TopicPartition, i64)> = BTreeSet::new();
     for (i, report) in &reports {
@@ -823,6 +837,8 @@ fn poll_round(
         .timestamps
         .retain(|key, _| key.1 != OFFSET_BEGINNING_KEY && wanted.contains(key));
 
+    phases.push(("lag_seconds", phase_started.elapsed()));
+    tracing::debug!(triggers = triggers.len(), ?phases, "kafka poll round");
     for (i, report) in reports {
         results[i] = Some(Ok(report));
     }
