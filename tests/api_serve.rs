@@ -6,10 +6,6 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-
 /// Kills the server when the test ends, passed or failed.
 struct Server(Child);
 
@@ -31,46 +27,9 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn serve_answers_the_backlog_over_https_and_503_for_a_down_broker() {
     const MESSAGES: usize = 37;
-    let queue = common::unique_name("serve");
-    let amqp = common::endpoint("SPILLWAY_RABBITMQ_AMQP");
-    let connection = Connection::connect(&amqp, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for _ in 0..MESSAGES {
-        channel
-            .basic_publish(
-                "",
-                &queue,
-                BasicPublishOptions::default(),
-                b"job",
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    let amqp_port = amqp
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (_connection, channel, queue) =
+        common::rabbitmq::queue_with_messages("serve", MESSAGES).await;
+    let amqp_port = common::rabbitmq::amqp_port();
 
     let port = free_port();
     let metrics_port = free_port();

@@ -6,15 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use common::{kafka, rabbitmq};
 
 fn spillway(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
@@ -30,78 +22,14 @@ fn spillway(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test]
 async fn watch_once_shows_backlogs_and_replicas() {
-    let bootstrap = common::endpoint("SPILLWAY_KAFKA_BOOTSTRAP");
-    let topic = common::unique_name("watch");
+    let bootstrap = kafka::bootstrap();
+    let topic = kafka::create_topic(4).await;
     let group = common::unique_name("watch-group");
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", &bootstrap);
-    let admin: AdminClient<DefaultClientContext> = kafka.create().unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.create().unwrap();
-    for i in 0..400 {
-        producer
-            .send(
-                BaseRecord::<(), _>::to(&topic)
-                    .partition(i % 4)
-                    .payload("x"),
-            )
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(20)).unwrap();
-    let committer: BaseConsumer = kafka.clone().set("group.id", &group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(25))
-            .unwrap();
-    }
-    committer.commit(&tpl, CommitMode::Sync).unwrap();
-
-    let queue = common::unique_name("watch");
-    let amqp = common::endpoint("SPILLWAY_RABBITMQ_AMQP");
-    let connection = Connection::connect(&amqp, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for _ in 0..45 {
-        channel
-            .basic_publish(
-                "",
-                &queue,
-                BasicPublishOptions::default(),
-                b"job",
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    let amqp_port = amqp
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    kafka::produce(&topic, &[100; 4], Duration::ZERO).await;
+    let commits: Vec<(&str, i32, i64)> = (0..4).map(|p| (topic.as_str(), p, 25)).collect();
+    kafka::commit(&group, &commits);
+    let (_connection, channel, queue) = rabbitmq::queue_with_messages("watch", 45).await;
+    let amqp_port = rabbitmq::amqp_port();
 
     let config = std::env::temp_dir().join(format!("{}.yaml", common::unique_name("watch")));
     std::fs::write(
@@ -152,10 +80,7 @@ async fn watch_once_shows_backlogs_and_replicas() {
         .queue_delete(&queue, Default::default())
         .await
         .unwrap();
-    admin
-        .delete_topics(&[&topic], &AdminOptions::new())
-        .await
-        .unwrap();
+    kafka::delete_topic(&topic).await;
 }
 
 #[test]

@@ -9,12 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use common::kafka;
 use spillway::scalers::kafka::{KafkaScaler, KafkaTrigger};
 use spillway::scalers::{Scaler, ScalerError};
 
@@ -30,38 +25,12 @@ fn kafka_script(action: &str) {
 
 #[tokio::test]
 async fn next_tick_after_a_broker_restart_recovers() {
-    let bootstrap = common::endpoint("SPILLWAY_KAFKA_BOOTSTRAP");
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &bootstrap);
-    let topic = common::unique_name("restart");
+    let bootstrap = kafka::bootstrap();
+    let topic = kafka::create_topic(3).await;
     let group = common::unique_name("restart-group");
-    let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-    let producer: ThreadedProducer<DefaultProducerContext> = config.create().unwrap();
-    for i in 0..30 {
-        producer
-            .send(
-                BaseRecord::<(), _>::to(&topic)
-                    .partition(i % 3)
-                    .payload("x"),
-            )
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(20)).unwrap();
-    let committer: BaseConsumer = config.clone().set("group.id", &group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(2))
-            .unwrap();
-    }
-    committer.commit(&tpl, CommitMode::Sync).unwrap();
+    kafka::produce(&topic, &[10, 10, 10], Duration::ZERO).await;
+    let commits: Vec<(&str, i32, i64)> = (0..3).map(|p| (topic.as_str(), p, 2)).collect();
+    kafka::commit(&group, &commits);
 
     let trigger = KafkaTrigger {
         timeout: 2000,
@@ -107,8 +76,5 @@ async fn next_tick_after_a_broker_restart_recovers() {
         down.unwrap_err().reason(),
         after.value
     );
-    admin
-        .delete_topics(&[&topic], &AdminOptions::new())
-        .await
-        .unwrap();
+    kafka::delete_topic(&topic).await;
 }

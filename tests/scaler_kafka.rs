@@ -4,104 +4,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use spillway::scalers::kafka::{KafkaScaler, KafkaTrigger, OffsetResetPolicy};
 use spillway::scalers::{Scaler, ScalerError};
 
-fn bootstrap() -> String {
-    common::endpoint("SPILLWAY_KAFKA_BOOTSTRAP")
-}
-
-fn client_config() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap());
-    config
-}
-
-async fn create_topic(partitions: i32) -> String {
-    let topic = common::unique_name("lag");
-    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin");
-    let result = admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .expect("CreateTopics");
-    assert!(result.iter().all(|r| r.is_ok()), "{result:?}");
-    topic
-}
-
-async fn delete_topic(topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin");
-    let result = admin
-        .delete_topics(
-            &[topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .expect("DeleteTopics");
-    assert!(result.iter().all(|r| r.is_ok()), "{result:?}");
-}
-
-/// Produces `counts[p]` messages to partition p, stamped `age` in the past.
-async fn produce(topic: &str, counts: &[i64], age: Duration) {
-    let producer: FutureProducer = client_config()
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let stamp = (SystemTime::now() - age)
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let mut sends = Vec::new();
-    for (partition, count) in counts.iter().enumerate() {
-        for i in 0..*count {
-            let producer = &producer;
-            sends.push(async move {
-                let payload = format!("m{i}");
-                producer
-                    .send(
-                        FutureRecord::<(), _>::to(topic)
-                            .partition(partition as i32)
-                            .payload(&payload)
-                            .timestamp(stamp),
-                        Duration::from_secs(20),
-                    )
-                    .await
-            });
-        }
-    }
-    for result in futures::future::join_all(sends).await {
-        result.expect("delivery");
-    }
-}
-
-/// Commits `offsets` (topic, partition, offset) for `group` without joining it.
-fn commit(group: &str, offsets: &[(&str, i32, i64)]) {
-    let consumer: BaseConsumer = client_config()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in offsets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .unwrap();
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
-}
+use common::kafka::{bootstrap, client_config, commit, create_topic, delete_topic, produce};
 
 /// A group member that has joined but never commits; the group exists while it lives.
 fn join_without_commit(group: &str, topic: &str) -> BaseConsumer {

@@ -4,6 +4,9 @@
 //! a variable set in the environment wins over the file.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod kafka;
+pub mod rabbitmq;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
