@@ -1,13 +1,10 @@
-//! Proves the RabbitMQ harness is a real broker: 500 confirmed publishes, then the queue depth
-//! from a passive declare.
+//! Proves the RabbitMQ harness is a real broker: 500 confirmed publishes (common::rabbitmq),
+//! then the queue depth from a passive declare.
 
 mod common;
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 const MESSAGES: u32 = 500;
 
@@ -15,41 +12,8 @@ const MESSAGES: u32 = 500;
 async fn passive_declare_reports_queue_depth() {
     let amqp = common::endpoint("SPILLWAY_RABBITMQ_AMQP");
     let http = common::endpoint("SPILLWAY_RABBITMQ_HTTP");
-    let queue = common::unique_name("harness");
-
-    let connection = Connection::connect(&amqp, ConnectionProperties::default())
-        .await
-        .expect("AMQP connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
-    channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare queue");
-
-    for i in 0..MESSAGES {
-        let confirm = channel
-            .basic_publish(
-                "",
-                &queue,
-                BasicPublishOptions::default(),
-                format!("job {i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
-        assert!(
-            confirm.await.expect("confirm").is_ack(),
-            "message {i} not acked by the broker"
-        );
-    }
+    let (connection, channel, queue) =
+        common::rabbitmq::queue_with_messages("harness", MESSAGES as usize).await;
 
     let passive = channel
         .queue_declare(
