@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 # command or file that proves a package is there -> Debian package
 declare -A NEED=(
   [/usr/lib/rabbitmq/bin/rabbitmq-server]=rabbitmq-server
-  [/usr/bin/nats-server]=nats-server
+  [/usr/sbin/nats-server]=nats-server
   [/usr/bin/prometheus]=prometheus
   [/usr/bin/promtool]=prometheus
   [/usr/bin/mvn]=maven
