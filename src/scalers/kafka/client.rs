@@ -634,7 +634,7 @@ fn is_leader_change(err: &KafkaError) -> bool {
 /// searches that grow with the square of the list (10,000 partitions in one `offsets_for_times`
 /// took ~0.9 s here, almost all of it on the client), so big rounds are split into calls of
 /// this size, run in parallel; up to this size a call is still one request per leader.
-const PARTITIONS_PER_CALL: usize = 1000;
+const PARTITIONS_PER_CALL: usize = 500;
 
 /// Runs `call` on chunks of `partitions` in parallel (at most 8 at a time) and collects the
 /// answers in order; the first error wins.
@@ -676,10 +676,12 @@ mod tests {
 
     #[test]
     fn chunks_keep_order_and_cover_every_partition() {
-        let sizes = in_chunks(&partitions(8_500), |chunk| Ok((chunk[0].1, chunk.len()))).unwrap();
+        let per_call = PARTITIONS_PER_CALL as i32;
+        let total = per_call * 17 + per_call / 2; // more than 8 chunks: two parallel batches
+        let sizes = in_chunks(&partitions(total), |chunk| Ok((chunk[0].1, chunk.len()))).unwrap();
         let starts: Vec<i32> = sizes.iter().map(|(start, _)| *start).collect();
-        assert_eq!(starts, (0..9).map(|i| i * 1000).collect::<Vec<_>>());
-        assert_eq!(sizes.iter().map(|(_, n)| n).sum::<usize>(), 8_500);
+        assert_eq!(starts, (0..18).map(|i| i * per_call).collect::<Vec<_>>());
+        assert_eq!(sizes.iter().map(|(_, n)| n).sum::<usize>(), total as usize);
         assert_eq!(
             in_chunks(&partitions(10), |chunk| Ok(chunk.len())).unwrap(),
             vec![10]
@@ -688,8 +690,9 @@ mod tests {
 
     #[test]
     fn one_failed_chunk_fails_the_call() {
-        let result = in_chunks(&partitions(3_000), |chunk| {
-            if chunk[0].1 == 1000 {
+        let per_call = PARTITIONS_PER_CALL as i32;
+        let result = in_chunks(&partitions(per_call * 3), |chunk| {
+            if chunk[0].1 == per_call {
                 Err(ScalerError::Timeout {
                     broker: KIND,
                     target: "k".into(),
