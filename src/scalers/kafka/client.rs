@@ -630,22 +630,26 @@ fn is_leader_change(err: &KafkaError) -> bool {
     )
 }
 
-/// Partitions per librdkafka offsets call. librdkafka matches answers to requests with list
-/// searches that grow with the square of the list (10,000 partitions in one `offsets_for_times`
-/// took ~0.9 s here, almost all of it on the client), so big rounds are split into calls of
-/// this size, run in parallel; up to this size a call is still one request per leader.
+/// Partitions per librdkafka offsets call in a big round. librdkafka matches answers to
+/// requests with list searches that grow with the square of the list (10,000 partitions in one
+/// `offsets_for_times` took ~0.9 s here, almost all of it on the client), so rounds above
+/// [`SPLIT_ABOVE`] partitions are split into calls of this size, run in parallel.
 const PARTITIONS_PER_CALL: usize = 500;
 
-/// Runs `call` on chunks of `partitions` in parallel (at most 8 at a time) and collects the
-/// answers in order; the first error wins.
+/// Up to this many partitions a round is one call (one request per leader): the list matching
+/// costs a few milliseconds there, and requests stay flat.
+const SPLIT_ABOVE: usize = 2000;
+
+/// Runs `call` on all of `partitions`, or for a big round on chunks of them in parallel (at most
+/// 8 at a time), and collects the answers in order; the first error wins.
 fn in_chunks<T: Send>(
     partitions: &[TopicPartition],
     call: impl Fn(&[TopicPartition]) -> Result<T, ScalerError> + Sync,
 ) -> Result<Vec<T>, ScalerError> {
-    let chunks: Vec<&[TopicPartition]> = partitions.chunks(PARTITIONS_PER_CALL).collect();
-    if chunks.len() == 1 {
-        return Ok(vec![call(chunks[0])?]);
+    if partitions.len() <= SPLIT_ABOVE {
+        return Ok(vec![call(partitions)?]);
     }
+    let chunks: Vec<&[TopicPartition]> = partitions.chunks(PARTITIONS_PER_CALL).collect();
     let mut answers = Vec::with_capacity(chunks.len());
     for batch in chunks.chunks(8) {
         let results: Vec<Result<T, ScalerError>> = std::thread::scope(|scope| {
@@ -677,21 +681,23 @@ mod tests {
     #[test]
     fn chunks_keep_order_and_cover_every_partition() {
         let per_call = PARTITIONS_PER_CALL as i32;
-        let total = per_call * 17 + per_call / 2; // more than 8 chunks: two parallel batches
+        let total = per_call * 17 + per_call / 2; // above SPLIT_ABOVE, more than 8 chunks
+        assert!(total as usize > SPLIT_ABOVE);
         let sizes = in_chunks(&partitions(total), |chunk| Ok((chunk[0].1, chunk.len()))).unwrap();
         let starts: Vec<i32> = sizes.iter().map(|(start, _)| *start).collect();
         assert_eq!(starts, (0..18).map(|i| i * per_call).collect::<Vec<_>>());
         assert_eq!(sizes.iter().map(|(_, n)| n).sum::<usize>(), total as usize);
+        let small = SPLIT_ABOVE as i32;
         assert_eq!(
-            in_chunks(&partitions(10), |chunk| Ok(chunk.len())).unwrap(),
-            vec![10]
+            in_chunks(&partitions(small), |chunk| Ok(chunk.len())).unwrap(),
+            vec![SPLIT_ABOVE]
         );
     }
 
     #[test]
     fn one_failed_chunk_fails_the_call() {
         let per_call = PARTITIONS_PER_CALL as i32;
-        let result = in_chunks(&partitions(per_call * 3), |chunk| {
+        let result = in_chunks(&partitions(SPLIT_ABOVE as i32 + 1), |chunk| {
             if chunk[0].1 == per_call {
                 Err(ScalerError::Timeout {
                     broker: KIND,
