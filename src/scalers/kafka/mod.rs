@@ -438,8 +438,9 @@ impl KafkaScaler {
         let cluster = Arc::clone(&self.cluster);
         let state = Arc::clone(&self.state);
         let owned = triggers.to_vec();
-        // Each broker call is bounded by the timeout; a round makes at most five in sequence.
-        let bound = self.timeout * 5 + Duration::from_secs(1);
+        // Each broker call is bounded by the timeout; a round makes at most six in sequence
+        // (metadata, committed offsets, group lookup, end offsets and its one retry, records).
+        let bound = self.timeout * 6 + Duration::from_secs(1);
         let round = tokio::task::spawn_blocking(move || poll_round(&cluster, &state, &owned));
         match tokio::time::timeout(bound, round).await {
             Ok(Ok(reports)) => reports,
