@@ -30,6 +30,8 @@ build:
 deps:
 	scripts/install-deps.sh
 
-# Figures, not assertions: Kafka tick time over 10,000 partitions and requests per tick.
+# Figures, not assertions: Kafka tick time over 10,000 partitions and requests per tick;
+# latency of one external-metrics GET through kube-apiserver against its own GET.
 bench: services-up
 	$(CARGO) bench --locked --bench kafka_lag
+	$(CARGO) bench --locked --bench metrics_api

@@ -15,6 +15,7 @@ declare -A NEED=(
   [/usr/bin/cmake]=cmake
   [/usr/bin/pkg-config]=pkg-config
   [/usr/bin/curl]=curl
+  [/usr/bin/openssl]=openssl
   [/usr/bin/g++]=g++
   [/usr/include/openssl/ssl.h]=libssl-dev
   [/usr/include/sasl/sasl.h]=libsasl2-dev
@@ -41,6 +42,8 @@ fi
 java_major=$(java -XshowSettings:properties -version 2>&1 | awk -F= '/java.specification.version/ {gsub(/ /, "", $2); print $2}')
 ((java_major >= 17)) || die "Kafka 4 needs Java 17 or newer; found Java $java_major"
 command -v cargo >/dev/null || die "cargo not found: install Rust (1.85 or newer) with rustup"
+# Go builds the Kubernetes control plane of the end-to-end tests (scripts/k8s.sh), once.
+command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || die "go not found: the control plane of the end-to-end tests is built with Go 1.24 or newer"
 
 "$REPO_ROOT/scripts/kafka.sh" install
 log "dependencies present"

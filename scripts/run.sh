@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-scripts/services.sh up
+scripts/services.sh up kafka rabbitmq nats prometheus
 
 # Production outruns consumption in bursts and ramps, so backlogs rise and fall.
 "$SPILLWAY" loadgen --shape burst --rate 200 --consume-rate 45 --period 40 \

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Starts, stops or lists every local service the tests and `make run` need.
-# usage: scripts/services.sh up|down|status [service...]   (default: all)
+# usage: scripts/services.sh up|down|status [service...]   (default: all, k8s included)
 SERVICE_NAME=services
 source "$(dirname "$0")/lib.sh"
 
-ALL=(kafka rabbitmq nats prometheus)
+# The brokers `make run` needs, and the Kubernetes control plane the end-to-end tests need.
+BROKERS=(kafka rabbitmq nats prometheus)
+ALL=("${BROKERS[@]}" k8s)
 cmd="${1:-}"
 shift || true
 services=("$@")

@@ -6,10 +6,14 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 # Build first, so services do not idle through a long compile and a build error fails fast.
+# The control plane (Go, cached after the first time) builds alongside the Rust tests.
+scripts/k8s.sh install &
+k8s_build=$!
 cargo test --no-run --all-targets --locked 2>&1 | grep -vE '^\s+(Compiling|Checking|Downloaded|Downloading)' >&2
+wait "$k8s_build" || die "the Kubernetes control plane did not build; see the lines above"
 
 started=()
-for s in kafka rabbitmq nats prometheus; do
+for s in kafka rabbitmq nats prometheus k8s; do
   "scripts/$s.sh" status | grep -q running || started+=("$s")
 done
 stop_started() {

@@ -3,10 +3,15 @@
 //! The poller writes it once per tick; readers (the metrics API, the live view, the controller)
 //! take a snapshot without ever waiting on a broker. A std `RwLock` is enough: writes are one
 //! per trigger per tick and no lock is held across an `.await`.
+//!
+//! The one wait it offers is bounded: [`MetricCache::first_outcome`] lets a request for a
+//! trigger not polled since start wait (up to a timeout) for that first poll.
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
 
 use crate::scalers::{Reading, ScalerError};
 
@@ -57,9 +62,22 @@ impl TriggerState {
 }
 
 /// Latest state of every trigger.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MetricCache {
     entries: RwLock<BTreeMap<TriggerId, TriggerState>>,
+    /// Bumped after every record. One channel for all triggers, not one per trigger: only
+    /// requests for not-yet-polled triggers wait on it, and a watch wakes each waiter once per
+    /// burst of records however many land.
+    recorded: watch::Sender<u64>,
+}
+
+impl Default for MetricCache {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            recorded: watch::Sender::new(0),
+        }
+    }
 }
 
 impl MetricCache {
@@ -95,6 +113,27 @@ impl MetricCache {
                 poll_duration,
             },
         );
+        drop(entries);
+        self.recorded.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// `id`'s state once it has one: at once if it was polled already, else when its first
+    /// poll is recorded; `None` if that takes longer than `timeout`.
+    pub async fn first_outcome(&self, id: &TriggerId, timeout: Duration) -> Option<TriggerState> {
+        // Subscribing before looking means a record between the look and the wait still wakes us.
+        let mut recorded = self.recorded.subscribe();
+        let wait = async {
+            loop {
+                if let Some(state) = self.get(id) {
+                    return state;
+                }
+                // The sender lives in `self`, so the channel cannot close while we borrow it.
+                if recorded.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
     }
 
     /// One trigger's state.
@@ -158,6 +197,34 @@ mod tests {
         );
         cache.record(id(0), Ok(Reading::new(7.0, true)), Default::default());
         assert_eq!(cache.get(&id(0)).unwrap().consecutive_failures, 0);
+    }
+
+    #[tokio::test]
+    async fn first_outcome_waits_for_the_first_record_or_times_out() {
+        let cache = std::sync::Arc::new(MetricCache::new());
+        let short = Duration::from_millis(50);
+        assert!(
+            cache.first_outcome(&id(0), short).await.is_none(),
+            "timed out"
+        );
+
+        let writer = std::sync::Arc::clone(&cache);
+        let recorded = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            writer.record(id(1), Ok(Reading::new(1.0, true)), Default::default());
+            writer.record(id(0), Err(down()), Default::default());
+        });
+        let state = cache.first_outcome(&id(0), Duration::from_secs(5)).await;
+        assert_eq!(
+            state.unwrap().consecutive_failures,
+            1,
+            "a failure is an outcome too"
+        );
+        recorded.await.unwrap();
+        assert!(
+            cache.first_outcome(&id(1), short).await.is_some(),
+            "already there"
+        );
     }
 
     #[test]

@@ -29,12 +29,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the external metrics API (HTTPS, unauthenticated for now) from a config file's
-    /// scaled objects, polling every trigger each pollingInterval, until Ctrl-C or SIGTERM.
+    /// Serve the external metrics API (HTTPS) from a config file's scaled objects, polling
+    /// every trigger each pollingInterval, until Ctrl-C or SIGTERM.
+    ///
+    /// Callers are authenticated and authorized through the cluster (the aggregator's
+    /// front-proxy certificate, client certificates, bearer tokens, SubjectAccessReview),
+    /// found in-cluster, from --kubeconfig or from KUBECONFIG.
     Serve {
         /// The YAML configuration file with `server` and `scaledObjects`.
         #[arg(long, short)]
         config: PathBuf,
+        /// The kubeconfig of the cluster that authenticates and authorizes callers
+        /// (default: in-cluster, then KUBECONFIG, then ~/.kube/config).
+        #[arg(long, env = "SPILLWAY_KUBECONFIG_PATH")]
+        kubeconfig: Option<PathBuf>,
+        /// Serve without authentication or authorization: anyone who can reach the listen
+        /// address reads every metric. For a laptop with no cluster, never for production.
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Poll every trigger of a config file each pollingInterval and show the backlog and the
     /// replicas each scaled object would get, live, until Ctrl-C.
@@ -59,6 +71,8 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the ScaledObject CustomResourceDefinition as YAML, for `kubectl apply -f -`.
+    Crd,
 }
 
 /// How much load `spillway loadgen` makes.
@@ -122,6 +136,13 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn crd_takes_no_arguments() {
+        let cli = Cli::try_parse_from(["spillway", "crd"]).unwrap();
+        assert!(matches!(cli.command, Command::Crd));
+        assert!(Cli::try_parse_from(["spillway", "crd", "extra"]).is_err());
     }
 
     #[test]

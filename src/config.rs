@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cache::TriggerId;
+use crate::names;
 use crate::scalers::cron::CronTrigger;
 use crate::scalers::kafka::KafkaTrigger;
 use crate::scalers::nats::NatsJetStreamTrigger;
@@ -74,6 +75,10 @@ pub struct ScaledObjectConfig {
     pub min_replica_count: u32,
     #[serde(default = "ScaledObjectConfig::default_max_replica_count")]
     pub max_replica_count: u32,
+    /// The workload this scaled object scales; its triggers' values are then also served as
+    /// that object's custom metrics. Optional in standalone mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target_ref: Option<ScaleTargetRef>,
     pub triggers: Vec<TriggerConfig>,
 }
 
@@ -86,9 +91,97 @@ impl ScaledObjectConfig {
     }
 }
 
-/// One trigger: exactly one broker key, typed, so a misspelt parameter is an error.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+/// The scaled workload, as KEDA's `scaleTargetRef`: a Deployment unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    #[serde(default = "ScaleTargetRef::default_api_version")]
+    pub api_version: String,
+    #[serde(default = "ScaleTargetRef::default_kind")]
+    pub kind: String,
+    pub name: String,
+}
+
+impl ScaleTargetRef {
+    fn default_api_version() -> String {
+        "apps/v1".into()
+    }
+    fn default_kind() -> String {
+        "Deployment".into()
+    }
+
+    /// The API group: `apps` for `apps/v1`, empty for the core group (`v1`).
+    pub fn group(&self) -> &str {
+        self.api_version
+            .split_once('/')
+            .map_or("", |(group, _)| group)
+    }
+
+    /// The resource: the lower-case plural of the kind, guessed as apimachinery's
+    /// `UnsafeGuessKindToResource` does (`Deployment` -> `deployments`, `Ingress` ->
+    /// `ingresses`, `Policy` -> `policies`), which is what discovery names for these kinds.
+    pub fn resource(&self) -> String {
+        let singular = self.kind.to_ascii_lowercase();
+        if singular.ends_with('s') {
+            format!("{singular}es")
+        } else if let Some(stem) = singular.strip_suffix('y') {
+            format!("{stem}ies")
+        } else {
+            format!("{singular}s")
+        }
+    }
+
+    /// The resource as a custom metrics path names it: `deployments.apps`, or `pods` for the
+    /// core group (what the HPA sends: `GroupResource.String()`).
+    pub fn group_resource(&self) -> String {
+        match self.group() {
+            "" => self.resource(),
+            group => format!("{}.{group}", self.resource()),
+        }
+    }
+
+    /// Why this reference cannot name an object, with the field at fault.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        names::check_dns1123_subdomain(&self.name).map_err(|m| ("name", m))?;
+        if !self.kind.starts_with(|c: char| c.is_ascii_uppercase())
+            || !self.kind.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err((
+                "kind",
+                format!(
+                    "{:?} is not a kind: letters and digits, starting with an upper-case letter (Deployment, StatefulSet)",
+                    self.kind
+                ),
+            ));
+        }
+        let (group, version) = self
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", &self.api_version));
+        if !group.is_empty() {
+            names::check_dns1123_subdomain(group)
+                .map_err(|m| ("apiVersion", format!("the group {m}")))?;
+        }
+        names::check_dns1123_label(version).map_err(|m| {
+            (
+                "apiVersion",
+                format!("{:?}: the version {m}", self.api_version),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// One trigger: exactly one broker key, typed, so a misspelt parameter is an error.
+// The same entry is a ScaledObject's `triggers[]` item; its schema says "exactly one" in CEL.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.kafka) ? 1 : 0) + (has(self.rabbitmq) ? 1 : 0) + (has(self.natsJetStream) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) + (has(self.cron) ? 1 : 0) == 1",
+        "message": "a trigger names exactly one of kafka, rabbitmq, natsJetStream, prometheus, cron"
+    }
+]))]
 pub struct TriggerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaTrigger>,
@@ -256,13 +349,40 @@ impl Config {
                 ),
             );
         }
-        let mut names = std::collections::HashSet::new();
+        let mut defined = std::collections::HashSet::new();
+        // (namespace, group, kind, name) -> the scaled object scaling it: KEDA's admission
+        // webhook refuses a second ScaledObject for one workload, and so does this check.
+        let mut targets = std::collections::HashMap::new();
         for (i, so) in self.scaled_objects.iter().enumerate() {
             let at = format!("scaledObjects[{i}]");
             if so.name.trim().is_empty() {
                 return invalid(&format!("{at}.name"), "must not be empty".into());
             }
-            if !names.insert((so.namespace.as_str(), so.name.as_str())) {
+            // A namespace no request path can name would leave its metrics unreachable.
+            if let Err(message) = names::check_dns1123_label(&so.namespace) {
+                return invalid(&format!("{at}.namespace"), message);
+            }
+            if let Some(target) = &so.scale_target_ref {
+                if let Err((field, message)) = target.check() {
+                    return invalid(&format!("{at}.scaleTargetRef.{field}"), message);
+                }
+                let key = (
+                    so.namespace.as_str(),
+                    target.group(),
+                    target.kind.as_str(),
+                    target.name.as_str(),
+                );
+                if let Some(other) = targets.insert(key, so.name.as_str()) {
+                    return invalid(
+                        &format!("{at}.scaleTargetRef.name"),
+                        format!(
+                            "{} {}/{} is already scaled by scaled object {other}",
+                            target.kind, so.namespace, target.name
+                        ),
+                    );
+                }
+            }
+            if !defined.insert((so.namespace.as_str(), so.name.as_str())) {
                 return invalid(
                     &format!("{at}.name"),
                     format!("{}/{} is defined twice", so.namespace, so.name),
@@ -552,6 +672,89 @@ mod tests {
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.starts_with(want), "got {err:?}, want prefix {want:?}");
+        }
+    }
+
+    #[test]
+    fn scale_targets_default_to_deployments_and_name_their_resource() {
+        let text = ORDERS.replace(
+            "    maxReplicaCount: 12\n",
+            "    maxReplicaCount: 12\n    scaleTargetRef: {name: orders-consumer}\n",
+        );
+        let config = parse(&text).unwrap();
+        let target = config.scaled_objects[0].scale_target_ref.as_ref().unwrap();
+        assert_eq!(
+            (target.api_version.as_str(), target.kind.as_str()),
+            ("apps/v1", "Deployment")
+        );
+        assert_eq!(target.group_resource(), "deployments.apps");
+        assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+
+        let cases = [
+            ("apps/v1", "StatefulSet", "statefulsets.apps"),
+            ("v1", "Service", "services"),
+            (
+                "networking.k8s.io/v1",
+                "Ingress",
+                "ingresses.networking.k8s.io",
+            ),
+            ("example.com/v1", "Policy", "policies.example.com"),
+        ];
+        for (api_version, kind, resource) in cases {
+            let target = ScaleTargetRef {
+                api_version: api_version.into(),
+                kind: kind.into(),
+                name: "x".into(),
+            };
+            assert_eq!(target.group_resource(), resource, "{kind}");
+            assert!(target.check().is_ok(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn bad_scale_targets_and_namespaces_are_located() {
+        let with = |target: &str| {
+            ORDERS.replace(
+                "    maxReplicaCount: 12\n",
+                &format!("    maxReplicaCount: 12\n    scaleTargetRef: {target}\n"),
+            )
+        };
+        let twice = format!(
+            "{}  - name: again\n    scaleTargetRef: {{name: orders-consumer}}\n    triggers: [{{cron: {{timezone: UTC, start: '0 6 * * *', end: '0 20 * * *', desiredReplicas: 1}}}}]\n",
+            with("{name: orders-consumer}")
+        );
+        let cases = [
+            (
+                with("{name: Orders}"),
+                "scaledObjects[0].scaleTargetRef.name: \"Orders\" must consist",
+            ),
+            (
+                with("{name: a, kind: deployment}"),
+                "scaledObjects[0].scaleTargetRef.kind: \"deployment\" is not a kind",
+            ),
+            (
+                with("{name: a, apiVersion: apps/}"),
+                "scaledObjects[0].scaleTargetRef.apiVersion: \"apps/\": the version must not be empty",
+            ),
+            (
+                with("{name: a, replicas: 3}"),
+                "scaledObjects[0].scaleTargetRef: unknown field `replicas`",
+            ),
+            (
+                twice,
+                "scaledObjects[1].scaleTargetRef.name: Deployment default/orders-consumer is already scaled by scaled object orders",
+            ),
+            (
+                ORDERS.replace(
+                    "  - name: orders\n",
+                    "  - name: orders\n    namespace: Team_A\n",
+                ),
+                "scaledObjects[0].namespace: \"Team_A\" must consist",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "got {err:?}, want {want:?}");
         }
     }
 

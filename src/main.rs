@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use spillway::cli::{Cli, Command, LoadTarget};
 use std::io::{IsTerminal, Write};
@@ -12,7 +13,7 @@ use spillway::cache::MetricCache;
 use spillway::config::Config;
 use spillway::live::render_table;
 use spillway::loadgen;
-use spillway::poller::Poller;
+use spillway::poller::{PollRequests, Poller};
 use spillway::telemetry;
 
 fn main() -> ExitCode {
@@ -75,14 +76,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(watch(loaded, once))
         }
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            kubeconfig,
+            no_auth,
+        } => {
             let loaded = Config::load(&config)?;
-            tokio::runtime::Runtime::new()?.block_on(serve(loaded))
+            tokio::runtime::Runtime::new()?.block_on(serve(loaded, kubeconfig, no_auth))
         }
         Command::Check { config } => {
             let loaded = Config::load(&config)?;
             tracing::info!(file = %config.display(), polling_interval = %loaded.polling_interval, "configuration is valid");
             print!("{}", loaded.to_yaml());
+            Ok(())
+        }
+        Command::Crd => {
+            print!("{}", spillway::controller::crd::crd_yaml());
             Ok(())
         }
     }
@@ -125,30 +134,56 @@ async fn watch(config: Config, once: bool) -> anyhow::Result<()> {
 
 /// `spillway serve`: the metrics API from the first moment, the poller behind it in its own
 /// task, both until Ctrl-C or SIGTERM.
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    kubeconfig: Option<std::path::PathBuf>,
+    no_auth: bool,
+) -> anyhow::Result<()> {
     let cache = Arc::new(MetricCache::new());
     let triggers = config.triggers();
-    let state = api::AppState {
-        cache: Arc::clone(&cache),
-        metrics: api::external::catalog(&triggers).into(),
+    let (poll_requests, poll_asks) = PollRequests::channel();
+    let state =
+        api::AppState::from_config(&config, Arc::clone(&cache)).with_poll_requests(poll_requests);
+    let auth = if no_auth {
+        None
+    } else {
+        let client = spillway::kube_client::client(kubeconfig.as_deref())
+            .await
+            .context("authentication needs a cluster to ask (pass --no-auth to serve without, on a trusted machine only)")?;
+        Some(api::auth::Authenticator::new(client).await?)
     };
-    let tls = api::tls_config(config.server.tls.as_ref())?;
+    let verifier = auth.clone().map(|a| {
+        Arc::new(api::auth::ClientCertPolicy::new(a))
+            as Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>
+    });
+    let tls = api::tls_config(config.server.tls.as_ref(), verifier)?;
     let listener = api::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
-    tracing::warn!(%addr, "the metrics API is unauthenticated: anyone who can reach this address can read every metric");
+    let reload = auth.clone().map(|a| tokio::spawn(a.reload_forever()));
+    if auth.is_none() {
+        tracing::warn!(%addr, "--no-auth: the metrics API is unauthenticated; anyone who can reach this address can read every metric");
+    }
     tracing::info!(%addr, metrics = state.metrics.len(), interval = %config.polling_interval, "serving the external metrics API");
+    let metrics_listener = api::bind(config.server.metrics_listen).await?;
+    tracing::info!(addr = %metrics_listener.local_addr()?, "serving spillway's own metrics on /metrics (plain HTTP)");
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = tokio::spawn(spillway::metrics::serve_metrics(
+        metrics_listener,
+        Arc::clone(&state.own_metrics),
+        async {
+            let _ = metrics_stopped.await;
+        },
+    ));
     let interval = config.polling_interval.as_duration();
-    let poller = tokio::spawn(async move {
-        let mut poller = Poller::new(cache);
-        // Ticks start every interval; a slow round delays the next instead of bunching up.
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            poller.tick(&triggers).await;
-        }
-    });
-    api::serve(listener, tls, state, shutdown_signal()).await;
+    let poller = Poller::new(cache).with_metrics(Arc::clone(&state.own_metrics));
+    let poller = tokio::spawn(poller.run(triggers, interval, poll_asks));
+    api::serve(listener, tls, state, auth, shutdown_signal()).await;
+    let _ = stop_metrics.send(());
+    // A scraper holding its connection open must not hold up the exit.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), metrics_server).await;
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     // The poller holds no state worth finishing: a reading cut short is simply not recorded.
     poller.abort();
     tracing::info!("stopped");

@@ -4,14 +4,20 @@
 //! answered by one scaler in one batched round, and all groups run concurrently. Scalers are
 //! kept between ticks (their connections, metadata and caches with them) and dropped when no
 //! trigger uses their connection any more.
+//!
+//! Between ticks it also answers [`PollRequests`]: the API asks for the first poll of a trigger
+//! a request wants before its first tick has read it (a cold miss), and every ask for the same
+//! trigger within [`ASK_INTERVAL`] is one poll.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use tokio::sync::mpsc;
 
 use crate::cache::{MetricCache, TriggerId};
+use crate::metrics::Metrics;
 use crate::scalers::cron::CronScaler;
 use crate::scalers::kafka::KafkaScaler;
 use crate::scalers::nats::NatsJetStreamScaler;
@@ -46,8 +52,23 @@ impl<S: Scaler> ScalerPool<S> {
     }
 
     /// Reads all `triggers` of this kind: invalid ones fail alone, the rest are grouped by
-    /// connection and each group is polled once, all groups concurrently.
+    /// connection and each group is polled once, all groups concurrently. Connections no
+    /// trigger of this list uses are closed: `triggers` is every trigger of the kind.
     pub async fn poll(&mut self, triggers: &[(TriggerId, S::Trigger)]) -> Vec<PollOutcome> {
+        self.round(triggers, true).await
+    }
+
+    /// Reads some triggers of this kind, as [`ScalerPool::poll`], but keeps every connection
+    /// open: the other triggers still need theirs.
+    pub async fn poll_some(&mut self, triggers: &[(TriggerId, S::Trigger)]) -> Vec<PollOutcome> {
+        self.round(triggers, false).await
+    }
+
+    async fn round(
+        &mut self,
+        triggers: &[(TriggerId, S::Trigger)],
+        close_unused: bool,
+    ) -> Vec<PollOutcome> {
         let mut outcomes = Vec::with_capacity(triggers.len());
         let mut groups: HashMap<String, Vec<&(TriggerId, S::Trigger)>> = HashMap::new();
         for entry in triggers {
@@ -60,7 +81,9 @@ impl<S: Scaler> ScalerPool<S> {
             }
         }
         // Connections nobody uses any more are closed by dropping their scaler.
-        self.scalers.retain(|key, _| groups.contains_key(key));
+        if close_unused {
+            self.scalers.retain(|key, _| groups.contains_key(key));
+        }
         let mut rounds = Vec::with_capacity(groups.len());
         for (key, members) in groups {
             let scaler = match self.scalers.get(&key) {
@@ -97,15 +120,85 @@ impl<S: Scaler> ScalerPool<S> {
     }
 }
 
-/// Writes a round's outcomes to the cache and logs failures (structured, one line each).
-pub fn record_outcomes(cache: &MetricCache, kind: &'static str, outcomes: Vec<PollOutcome>) {
+/// Writes a round's outcomes to the cache, counts them in `metrics` and logs failures
+/// (structured, one line each).
+pub fn record_outcomes(
+    cache: &MetricCache,
+    metrics: &Metrics,
+    kind: &'static str,
+    outcomes: Vec<PollOutcome>,
+) {
     for (id, result, took) in outcomes {
         if let Err(err) = &result {
             tracing::warn!(trigger = %id, broker = kind, reason = err.reason(), error = %err, "poll failed");
         } else {
             tracing::debug!(trigger = %id, broker = kind, took_ms = took.as_millis() as u64, "polled");
         }
+        metrics.observe_poll(&id, kind, result.as_ref().map(|_| ()), took);
         cache.record(id, result, took);
+    }
+}
+
+/// Reads `triggers` with `pool` and records the outcomes as soon as this kind is done, so a
+/// slow broker of another kind does not hold them back.
+async fn poll_kind<S: Scaler>(
+    pool: &mut ScalerPool<S>,
+    triggers: &[(TriggerId, S::Trigger)],
+    every_trigger: bool,
+    cache: &MetricCache,
+    metrics: &Metrics,
+) {
+    if triggers.is_empty() && !every_trigger {
+        return;
+    }
+    let outcomes = if every_trigger {
+        pool.poll(triggers).await
+    } else {
+        pool.poll_some(triggers).await
+    };
+    record_outcomes(cache, metrics, S::KIND, outcomes);
+}
+
+/// At most one poll per trigger per this interval is asked for by requests: the coalescing
+/// window of [`PollRequests`]. Equal to the API's wait for a first poll, so a trigger whose
+/// first poll outlasts one wait is asked for again by the next request, not by every request.
+pub const ASK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The API's side of the poll-now channel: asks the poller to poll a trigger that has no cache
+/// entry yet. Cheap to clone; every clone shares the coalescing.
+#[derive(Debug, Clone)]
+pub struct PollRequests {
+    sender: mpsc::UnboundedSender<TriggerId>,
+    /// When each trigger was last asked for. Entries older than [`ASK_INTERVAL`] are dropped
+    /// at the next ask, so this holds at most the triggers asked for recently.
+    asked: Arc<Mutex<HashMap<TriggerId, Instant>>>,
+}
+
+impl PollRequests {
+    /// A new channel: the requests side, and the receiver to hand to [`Poller::run`].
+    /// Unbounded, because the coalescing bounds it: one message per trigger per interval.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<TriggerId>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let requests = Self {
+            sender,
+            asked: Arc::default(),
+        };
+        (requests, receiver)
+    }
+
+    /// Asks for a poll of `id` now, unless it was asked for within [`ASK_INTERVAL`] (that poll
+    /// is still coming). False when the poller no longer listens: no poll will come.
+    pub fn ask(&self, id: &TriggerId) -> bool {
+        let mut asked = self.asked.lock().expect("poll requests lock");
+        asked.retain(|_, at| at.elapsed() < ASK_INTERVAL);
+        if asked.contains_key(id) {
+            return !self.sender.is_closed();
+        }
+        if self.sender.send(id.clone()).is_err() {
+            return false;
+        }
+        asked.insert(id.clone(), Instant::now());
+        true
     }
 }
 
@@ -113,6 +206,7 @@ pub fn record_outcomes(cache: &MetricCache, kind: &'static str, outcomes: Vec<Po
 /// the cache in step with the trigger list.
 pub struct Poller {
     cache: Arc<MetricCache>,
+    metrics: Arc<Metrics>,
     kafka: ScalerPool<KafkaScaler>,
     rabbitmq: ScalerPool<RabbitMqScaler>,
     nats: ScalerPool<NatsJetStreamScaler>,
@@ -121,8 +215,11 @@ pub struct Poller {
 }
 
 impl Poller {
+    /// A poller writing to `cache`, counting into a registry of its own until
+    /// [`Poller::with_metrics`] gives it the served one.
     pub fn new(cache: Arc<MetricCache>) -> Self {
         Self {
+            metrics: Arc::new(Metrics::new(Arc::clone(&cache))),
             cache,
             kafka: ScalerPool::new(),
             rabbitmq: ScalerPool::new(),
@@ -130,6 +227,12 @@ impl Poller {
             prometheus: ScalerPool::new(),
             cron: ScalerPool::new(),
         }
+    }
+
+    /// Counts polls into `metrics` (the registry `/metrics` serves).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Open broker connections (scalers), summed over kinds.
@@ -143,6 +246,58 @@ impl Poller {
 
     /// One round over `triggers`; returns when every outcome is in the cache.
     pub async fn tick(&mut self, triggers: &[(TriggerId, Trigger)]) {
+        self.metrics.track_triggers(triggers);
+        self.poll(triggers, true).await;
+        let live: std::collections::HashSet<&TriggerId> =
+            triggers.iter().map(|(id, _)| id).collect();
+        self.cache.retain(|id| live.contains(id));
+    }
+
+    /// Polls those of `ids` that are in `triggers` and still have no cache entry (a tick may
+    /// have read them since they were asked for), keeping every connection open.
+    pub async fn poll_cold(&mut self, triggers: &[(TriggerId, Trigger)], ids: &[TriggerId]) {
+        let cold: Vec<(TriggerId, Trigger)> = triggers
+            .iter()
+            .filter(|(id, _)| ids.contains(id) && self.cache.get(id).is_none())
+            .cloned()
+            .collect();
+        if !cold.is_empty() {
+            tracing::debug!(triggers = cold.len(), "polling cold triggers now");
+            self.poll(&cold, false).await;
+        }
+    }
+
+    /// Ticks every `interval` (the first at once) and, between ticks, polls what `requests`
+    /// asks for; until the task is dropped. A slow round delays the next tick instead of
+    /// bunching ticks up.
+    pub async fn run(
+        mut self,
+        triggers: Vec<(TriggerId, Trigger)>,
+        interval: Duration,
+        mut requests: mpsc::UnboundedReceiver<TriggerId>,
+    ) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // A due tick first: it reads every trigger, the cold ones included.
+                biased;
+                _ = ticks.tick() => self.tick(&triggers).await,
+                Some(first) = requests.recv() => {
+                    let mut ids = vec![first];
+                    while let Ok(id) = requests.try_recv() {
+                        ids.push(id);
+                    }
+                    self.poll_cold(&triggers, &ids).await;
+                }
+            }
+        }
+    }
+
+    /// Polls `triggers`, grouped by kind, all kinds concurrently; each kind's outcomes are
+    /// recorded as soon as that kind is done. `every_trigger` says `triggers` is the whole
+    /// list, so unused connections may close.
+    async fn poll(&mut self, triggers: &[(TriggerId, Trigger)], every_trigger: bool) {
         let mut kafka = Vec::new();
         let mut rabbitmq = Vec::new();
         let mut nats = Vec::new();
@@ -158,20 +313,19 @@ impl Poller {
                 Trigger::Cron(t) => cron.push((id, t.clone())),
             }
         }
-        let (k, r, n, p, c) = tokio::join!(
-            self.kafka.poll(&kafka),
-            self.rabbitmq.poll(&rabbitmq),
-            self.nats.poll(&nats),
-            self.prometheus.poll(&prometheus),
-            self.cron.poll(&cron),
+        let (cache, metrics) = (&*self.cache, &*self.metrics);
+        tokio::join!(
+            poll_kind(&mut self.kafka, &kafka, every_trigger, cache, metrics),
+            poll_kind(&mut self.rabbitmq, &rabbitmq, every_trigger, cache, metrics),
+            poll_kind(&mut self.nats, &nats, every_trigger, cache, metrics),
+            poll_kind(
+                &mut self.prometheus,
+                &prometheus,
+                every_trigger,
+                cache,
+                metrics
+            ),
+            poll_kind(&mut self.cron, &cron, every_trigger, cache, metrics),
         );
-        record_outcomes(&self.cache, KafkaScaler::KIND, k);
-        record_outcomes(&self.cache, RabbitMqScaler::KIND, r);
-        record_outcomes(&self.cache, NatsJetStreamScaler::KIND, n);
-        record_outcomes(&self.cache, PrometheusScaler::KIND, p);
-        record_outcomes(&self.cache, CronScaler::KIND, c);
-        let live: std::collections::HashSet<&TriggerId> =
-            triggers.iter().map(|(id, _)| id).collect();
-        self.cache.retain(|id| live.contains(id));
     }
 }

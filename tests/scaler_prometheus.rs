@@ -324,9 +324,7 @@ async fn scrape_mode_sends_credentials_and_headers_once_per_url() {
     std::fs::write(dir.join("password"), "s3cret-pw").unwrap();
 
     let mut by_queue = scrape_trigger(&target.url(), "queue_depth", &[("queue", "a")]);
-    by_queue.bearer_token = Some(SecretSource {
-        file: dir.join("token"),
-    });
+    by_queue.bearer_token = Some(SecretSource::file(dir.join("token")));
     by_queue.custom_headers = KeyValues::parse("X-Scope-OrgID=tenant-a").unwrap();
     let mut total = by_queue.clone();
     total.labels.clear();
@@ -359,9 +357,7 @@ async fn scrape_mode_sends_credentials_and_headers_once_per_url() {
 
     let mut basic = scrape_trigger(&target.url(), "queue_depth", &[]);
     basic.username = Some("spillway".into());
-    basic.password = Some(SecretSource {
-        file: dir.join("password"),
-    });
+    basic.password = Some(SecretSource::file(dir.join("password")));
     assert_ne!(
         PrometheusScaler::connection_key(&basic),
         PrometheusScaler::connection_key(&by_queue),

@@ -1,5 +1,6 @@
 //! Discovery documents: what the aggregator reads to mark the APIService available and what
-//! `kubectl get --raw /apis/external.metrics.k8s.io/v1beta1` lists.
+//! `kubectl get --raw /apis/external.metrics.k8s.io/v1beta1` lists. The types serve both
+//! groups; the custom metrics group's documents are built in [`super::custom`].
 
 use std::collections::BTreeSet;
 
@@ -8,11 +9,32 @@ use axum::extract::State;
 use serde::Serialize;
 
 use super::AppState;
-use super::external::{GROUP_VERSION, MetricSource};
+use super::external::MetricSource;
 use crate::cache::MetricCache;
 
-const GROUP: &str = "external.metrics.k8s.io";
-const VERSION: &str = "v1beta1";
+/// An API group spillway serves, in its one version.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedGroup {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// `<name>/<version>`.
+    pub group_version: &'static str,
+}
+
+/// `external.metrics.k8s.io/v1beta1`, for External metrics.
+pub const EXTERNAL: ServedGroup = ServedGroup {
+    name: "external.metrics.k8s.io",
+    version: "v1beta1",
+    group_version: super::external::GROUP_VERSION,
+};
+
+/// `custom.metrics.k8s.io/v1beta2`, for Object metrics; the HPA's custom metrics client picks
+/// the preferred version from discovery and works in v1beta2.
+pub const CUSTOM: ServedGroup = ServedGroup {
+    name: "custom.metrics.k8s.io",
+    version: "v1beta2",
+    group_version: super::custom::GROUP_VERSION,
+};
 
 /// `GroupVersionForDiscovery`. All types here carry the Go types' JSON field names.
 #[derive(Debug, Clone, Serialize)]
@@ -66,17 +88,42 @@ pub struct ApiResourceList {
     pub resources: Vec<ApiResource>,
 }
 
-fn group(typed: bool) -> ApiGroup {
+/// The `APIGroup` document of `served`; `typed` for the group's own document, untyped inside
+/// the `/apis` list.
+pub fn group(served: ServedGroup, typed: bool) -> ApiGroup {
     let version = || GroupVersion {
-        group_version: GROUP_VERSION,
-        version: VERSION,
+        group_version: served.group_version,
+        version: served.version,
     };
     ApiGroup {
         kind: typed.then_some("APIGroup"),
         api_version: typed.then_some("v1"),
-        name: GROUP,
+        name: served.name,
         versions: vec![version()],
         preferred_version: version(),
+    }
+}
+
+/// An `APIResourceList` of `served` with one namespaced, get-only resource per name.
+pub fn resource_list(
+    served: ServedGroup,
+    kind: &'static str,
+    names: impl IntoIterator<Item = String>,
+) -> ApiResourceList {
+    ApiResourceList {
+        kind: "APIResourceList",
+        api_version: "v1",
+        group_version: served.group_version,
+        resources: names
+            .into_iter()
+            .map(|name| ApiResource {
+                name,
+                singular_name: "",
+                namespaced: true,
+                kind,
+                verbs: vec!["get"],
+            })
+            .collect(),
     }
 }
 
@@ -85,25 +132,32 @@ pub async fn api_groups() -> Json<ApiGroupList> {
     Json(ApiGroupList {
         kind: "APIGroupList",
         api_version: "v1",
-        groups: vec![group(false)],
+        groups: vec![group(EXTERNAL, false), group(CUSTOM, false)],
     })
 }
 
 /// `GET /apis/external.metrics.k8s.io`.
 pub async fn api_group() -> Json<ApiGroup> {
-    Json(group(true))
+    Json(group(EXTERNAL, true))
 }
 
 /// `GET /apis/external.metrics.k8s.io/v1beta1`.
 pub async fn api_resources(State(state): State<AppState>) -> Json<ApiResourceList> {
-    Json(resource_list(&state.metrics, &state.cache))
+    Json(resource_list(
+        EXTERNAL,
+        "ExternalMetricValueList",
+        metric_names(state.metrics.iter(), &state.cache),
+    ))
 }
 
-/// Every served metric name, sorted and deduplicated (one name may serve several scaled
+/// The served names of `sources`, sorted and deduplicated (one name may serve several scaled
 /// objects): the main metrics, and the extras readings have shown so far.
-pub fn resource_list(metrics: &[MetricSource], cache: &MetricCache) -> ApiResourceList {
+pub fn metric_names<'a>(
+    sources: impl IntoIterator<Item = &'a MetricSource>,
+    cache: &MetricCache,
+) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for source in metrics {
+    for source in sources {
         names.insert(source.metric.clone());
         if let Some(reading) = cache.get(&source.id).and_then(|s| s.last_reading) {
             for (suffix, _) in &reading.extra {
@@ -111,19 +165,5 @@ pub fn resource_list(metrics: &[MetricSource], cache: &MetricCache) -> ApiResour
             }
         }
     }
-    ApiResourceList {
-        kind: "APIResourceList",
-        api_version: "v1",
-        group_version: GROUP_VERSION,
-        resources: names
-            .into_iter()
-            .map(|name| ApiResource {
-                name,
-                singular_name: "",
-                namespaced: true,
-                kind: "ExternalMetricValueList",
-                verbs: vec!["get"],
-            })
-            .collect(),
-    }
+    names
 }

@@ -1,20 +1,26 @@
-//! The external metrics API server: discovery and `external.metrics.k8s.io/v1beta1` values
-//! from the metric cache, over TLS (rustls), plus `/healthz`, `/livez`, `/readyz`.
+//! The metrics API server: discovery, `external.metrics.k8s.io/v1beta1` and
+//! `custom.metrics.k8s.io/v1beta2` values from the metric cache and their OpenAPI documents,
+//! over TLS (rustls), plus `/healthz`, `/livez`, `/readyz`. Bad input (unknown paths, malformed
+//! names or selectors, oversized headers or bodies) is a metav1 Status with its code.
 //!
-//! **Unauthenticated for now**: this standalone server checks no client certificate, token or
-//! SubjectAccessReview (the aggregator's front-proxy authentication is a later issue), so anyone
-//! who can reach `server.listen` (default `127.0.0.1:6443`, loopback only) can read every
-//! metric. Bind it to a non-loopback address only on a network you trust.
+//! Callers are authenticated and authorized as kube-apiserver's aggregator expects of an
+//! aggregated API server (front-proxy certificate, client certificates, bearer tokens,
+//! SubjectAccessReview; see [`auth`]). Only an explicit `--no-auth` serves without.
 //!
 //! One port speaks both TLS and plain HTTP: a connection whose first byte is not a TLS
 //! handshake gets only the health endpoints, so kubelet probes and `curl` work without
 //! certificates while metrics stay behind TLS.
 
+pub mod auth;
+pub mod custom;
 pub mod discovery;
 pub mod external;
+pub mod limits;
+pub mod openapi;
 pub mod quantity;
 pub mod selector;
 pub mod status;
+pub mod values;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,8 +39,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use crate::cache::MetricCache;
-use crate::config::TlsFiles;
+use crate::cache::{MetricCache, TriggerId};
+use crate::config::{Config, TlsFiles};
+use crate::metrics::Metrics;
+use crate::poller::PollRequests;
+use crate::scalers::Trigger;
+use custom::ScaleTarget;
 use external::MetricSource;
 use status::Status;
 
@@ -75,40 +85,131 @@ pub enum ApiError {
     },
 }
 
-/// What the handlers read: the cache and the metrics it serves. Cheap to clone.
+/// What the handlers read: the cache and the metrics it serves. Cheap to clone. Built by
+/// [`AppState::new`] alone, so a new field has one place to be filled.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// Where every answer comes from; the poller fills it.
     pub cache: Arc<MetricCache>,
     /// Every trigger's served metric name, fixed at start (standalone mode).
     pub metrics: Arc<[MetricSource]>,
+    /// The workloads the scaled objects scale: the objects custom metrics describe.
+    pub targets: Arc<[ScaleTarget]>,
+    /// spillway's own Prometheus metrics, shared with the poller and `/metrics`.
+    pub own_metrics: Arc<Metrics>,
+    /// Where a cold miss asks for a first poll; without it (no poller running) a trigger not
+    /// polled yet is a 503 at once.
+    pub poll_requests: Option<PollRequests>,
 }
 
-/// Every route of the TLS side: discovery, values, health; Status JSON for anything else.
+impl AppState {
+    /// The state serving `triggers` and the custom metrics of `targets` from `cache`, with a
+    /// fresh registry of spillway's own metrics and no poll requests.
+    pub fn new(
+        cache: Arc<MetricCache>,
+        triggers: &[(TriggerId, Trigger)],
+        targets: Vec<ScaleTarget>,
+    ) -> Self {
+        Self {
+            own_metrics: Arc::new(Metrics::new(Arc::clone(&cache))),
+            metrics: external::catalog(triggers).into(),
+            targets: targets.into(),
+            poll_requests: None,
+            cache,
+        }
+    }
+
+    /// The state serving a config file's scaled objects (standalone mode).
+    pub fn from_config(config: &Config, cache: Arc<MetricCache>) -> Self {
+        Self::new(cache, &config.triggers(), custom::scale_targets(config))
+    }
+
+    /// Lets cold misses ask the poller for a first poll.
+    pub fn with_poll_requests(mut self, requests: PollRequests) -> Self {
+        self.poll_requests = Some(requests);
+        self
+    }
+}
+
+/// Every route of the TLS side: discovery, values, OpenAPI, health; Status JSON for anything
+/// else. Requests are size-checked and counted in spillway's own metrics by route template.
+/// Nobody is authenticated: see [`authenticated_router`].
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    routes_with(state, None)
+}
+
+/// [`router`] with every request but health authenticated and authorized by `auth`. Size
+/// limits run first (an oversized request never costs a TokenReview), and refusals are
+/// counted like every other answer.
+pub fn authenticated_router(state: AppState, auth: Arc<auth::Authenticator>) -> Router {
+    routes_with(state, Some(auth))
+}
+
+fn routes_with(state: AppState, auth: Option<Arc<auth::Authenticator>>) -> Router {
+    let own_metrics = Arc::clone(&state.own_metrics);
+    let routes = Router::new()
         .route("/apis", get(discovery::api_groups))
         .route("/apis/external.metrics.k8s.io", get(discovery::api_group))
+        // With and without the slash: the OpenAPI paths end in one, as kube-openapi's do.
         .route(
             "/apis/external.metrics.k8s.io/v1beta1",
+            get(discovery::api_resources),
+        )
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1/",
             get(discovery::api_resources),
         )
         .route(
             "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
             get(external::get_metric),
         )
+        .route("/apis/custom.metrics.k8s.io", get(custom::api_group))
+        .route(
+            "/apis/custom.metrics.k8s.io/v1beta2",
+            get(custom::api_resources),
+        )
+        .route(
+            "/apis/custom.metrics.k8s.io/v1beta2/",
+            get(custom::api_resources),
+        )
+        .route(
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/{resource}/{name}/{metric}",
+            get(custom::get_metric),
+        )
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_discovery))
+        .route(
+            "/openapi/v3/apis/{group}/{version}",
+            get(openapi::v3_group_version),
+        )
         .merge(health_routes())
         // Set on the merged router: fallbacks of a merged-in router do not carry over.
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    let routes = match auth {
+        Some(auth) => routes.layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_authorization,
+        )),
+        None => routes,
+    };
+    routes
+        .layer(axum::middleware::from_fn(limits::limit_requests))
+        // Outermost, so refusals for size count too.
+        .layer(axum::middleware::from_fn_with_state(
+            own_metrics,
+            crate::metrics::track_requests,
+        ))
         .with_state(state)
 }
 
-/// The health endpoints alone, with the same Status fallbacks; served to plain-HTTP clients.
+/// The health endpoints alone, with the same Status fallbacks and size limits; served to
+/// plain-HTTP clients.
 pub fn health_router() -> Router {
     health_routes()
         .fallback(not_found_without_tls)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(limits::limit_requests))
 }
 
 fn health_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
@@ -140,16 +241,25 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Status {
 
 /// The rustls server config: the PEM files of `files`, or a fresh self-signed certificate for
 /// localhost, 127.0.0.1 and ::1 when there are none.
-pub fn tls_config(files: Option<&TlsFiles>) -> Result<rustls::ServerConfig, ApiError> {
+///
+/// `client_certs` asks clients for a certificate and checks it (the front proxy's, a user's);
+/// without it no certificate is asked for.
+pub fn tls_config(
+    files: Option<&TlsFiles>,
+    client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<rustls::ServerConfig, ApiError> {
     let (certs, key) = match files {
         Some(files) => (read_certs(&files.cert_file)?, read_key(&files.key_file)?),
         None => self_signed()?,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_certs {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -215,15 +325,20 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, then lets open requests finish
-/// (up to ten seconds).
+/// (up to ten seconds). With `auth`, every request but the health endpoints is authenticated
+/// and authorized first; without it (standalone `--no-auth`) none is.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     state: AppState,
+    auth: Option<Arc<auth::Authenticator>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let app = router(state);
+    let app = match auth {
+        Some(auth) => authenticated_router(state, auth),
+        None => router(state),
+    };
     let health = health_router();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -245,6 +360,7 @@ pub async fn serve(
         // The handshake runs in the connection's task so one slow client never stalls accept.
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
+            limits::configure_connections(&mut builder);
             // A client that opens a connection and never finishes its headers is cut off.
             builder
                 .http1()
@@ -254,6 +370,17 @@ pub async fn serve(
                 Ok(Some(TLS_HANDSHAKE)) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
+                            // The verified chain, for the authenticator: per connection, since
+                            // a front proxy keeps its connection for many users' requests.
+                            let certs = auth::ClientCertificates(Arc::new(
+                                stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                                    .unwrap_or_default(),
+                            ));
+                            let app = tower::Layer::layer(&axum::Extension(certs), app);
                             let service = TowerToHyperService::new(app);
                             watcher
                                 .watch(builder.serve_connection(TokioIo::new(stream), service))

@@ -8,9 +8,11 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use super::custom::ScaleTarget;
 use super::external::MetricSource;
 use super::{AppState, router};
 use crate::cache::{MetricCache, TriggerId};
+use crate::config::ScaleTargetRef;
 use crate::scalers::{Reading, ScalerError};
 
 fn id(scaled_object: &str, index: usize) -> TriggerId {
@@ -74,10 +76,25 @@ fn state() -> AppState {
         Ok(Reading::new(3.0, true)),
         Default::default(),
     );
-    AppState {
-        cache,
-        metrics: metrics.into(),
-    }
+    // Custom metrics: orders and broken scale Deployments, jobs a StatefulSet.
+    let target = |scaled_object: &str, kind: &str, name: &str| ScaleTarget {
+        namespace: "default".into(),
+        scaled_object: scaled_object.into(),
+        target: ScaleTargetRef {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+        },
+    };
+    let targets = vec![
+        target("orders", "Deployment", "orders-consumer"),
+        target("jobs", "StatefulSet", "jobs-worker"),
+        target("broken", "Deployment", "broken"),
+        target("fresh", "Deployment", "fresh"),
+    ];
+    let mut state = AppState::new(cache, &[], targets);
+    state.metrics = metrics.into();
+    state
 }
 
 async fn send(method: &str, uri: &str) -> (StatusCode, Value) {
@@ -86,12 +103,23 @@ async fn send(method: &str, uri: &str) -> (StatusCode, Value) {
         .uri(uri)
         .body(Body::empty())
         .unwrap();
-    let response = router(state()).oneshot(request).await.unwrap();
+    let (code, _, body) = call(&state(), request).await;
+    (code, body)
+}
+
+/// One request through the router of `state`: code, headers and the body as JSON (or as a
+/// JSON string when it is not JSON).
+async fn call(
+    state: &AppState,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = router(state.clone()).oneshot(request).await.unwrap();
     let code = response.status();
+    let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (code, body)
+    (code, headers, body)
 }
 
 async fn get(uri: &str) -> (StatusCode, Value) {
@@ -99,6 +127,20 @@ async fn get(uri: &str) -> (StatusCode, Value) {
 }
 
 const METRICS: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default";
+
+/// The `name` of each element of a JSON list.
+fn names_in(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect()
+}
+
+/// The resource names of an `APIResourceList`.
+fn resource_names(body: &Value) -> Vec<&str> {
+    names_in(&body["resources"])
+}
 
 fn assert_status(body: &Value, code: u16, reason: &str) {
     assert_eq!(body["kind"], "Status", "{body}");
@@ -128,14 +170,8 @@ async fn discovery_documents() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(body["kind"], "APIResourceList");
     assert_eq!(body["groupVersion"], "external.metrics.k8s.io/v1beta1");
-    let names: Vec<&str> = body["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        resource_names(&body),
         [
             "s0-kafka-orders",
             "s0-kafka-orders-lag-seconds",
@@ -273,7 +309,7 @@ async fn unknown_metric_namespace_or_path_is_404() {
         format!("{METRICS}/s0-kafka-orders-nope"),
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/other/s0-kafka-orders".to_owned(),
         "/nowhere".to_owned(),
-        "/apis/custom.metrics.k8s.io/v1beta2".to_owned(),
+        "/apis/custom.metrics.k8s.io/v1beta1".to_owned(),
     ] {
         let (code, body) = get(&uri).await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{uri}");
@@ -325,11 +361,11 @@ fn tls_config_reads_pem_files_or_makes_its_own() {
         key_file: key_file.to_owned(),
     };
 
-    tls_config(Some(&files(&cert, &key))).expect("PEM files load");
-    tls_config(None).expect("a self-signed certificate is made");
-    let swapped = tls_config(Some(&files(&key, &cert))).unwrap_err();
+    tls_config(Some(&files(&cert, &key)), None).expect("PEM files load");
+    tls_config(None, None).expect("a self-signed certificate is made");
+    let swapped = tls_config(Some(&files(&key, &cert)), None).unwrap_err();
     assert!(matches!(swapped, ApiError::BadTlsFile { .. }), "{swapped}");
-    let missing = tls_config(Some(&files(&dir.join("nope.crt"), &key))).unwrap_err();
+    let missing = tls_config(Some(&files(&dir.join("nope.crt"), &key)), None).unwrap_err();
     assert!(matches!(missing, ApiError::ReadTls { .. }), "{missing}");
     assert!(missing.to_string().contains("nope.crt"), "{missing}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -354,5 +390,424 @@ async fn plain_http_gets_health_only() {
     assert!(
         body["message"].as_str().unwrap().contains("HTTPS"),
         "{body}"
+    );
+}
+
+fn get_request(uri: &str) -> Request<Body> {
+    Request::builder().uri(uri).body(Body::empty()).unwrap()
+}
+
+const CUSTOM: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default";
+
+#[tokio::test]
+async fn custom_metrics_discovery() {
+    let (_, body) = get("/apis").await;
+    assert_eq!(
+        names_in(&body["groups"]),
+        ["external.metrics.k8s.io", "custom.metrics.k8s.io"]
+    );
+
+    let (code, body) = get("/apis/custom.metrics.k8s.io").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["kind"], "APIGroup");
+    assert_eq!(
+        body["preferredVersion"],
+        json!({"groupVersion": "custom.metrics.k8s.io/v1beta2", "version": "v1beta2"})
+    );
+
+    for path in [
+        "/apis/custom.metrics.k8s.io/v1beta2",
+        "/apis/custom.metrics.k8s.io/v1beta2/",
+    ] {
+        let (code, body) = get(path).await;
+        assert_eq!(code, StatusCode::OK, "{path}");
+        assert_eq!(body["groupVersion"], "custom.metrics.k8s.io/v1beta2");
+        assert_eq!(
+            resource_names(&body),
+            [
+                "deployments.apps/s0-kafka-orders",
+                "deployments.apps/s0-kafka-orders-lag-seconds",
+                "deployments.apps/s0-nats-work",
+                "deployments.apps/s0-rabbitmq-gone",
+                "statefulsets.apps/s0-rabbitmq-jobs",
+            ]
+        );
+        assert_eq!(body["resources"][0]["kind"], "MetricValueList");
+        assert_eq!(body["resources"][0]["namespaced"], true);
+    }
+}
+
+#[tokio::test]
+async fn an_object_metric_describes_the_scale_target() {
+    let (code, body) = get(&format!(
+        "{CUSTOM}/deployments.apps/orders-consumer/s0-kafka-orders"
+    ))
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["kind"], "MetricValueList");
+    assert_eq!(body["apiVersion"], "custom.metrics.k8s.io/v1beta2");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0]["describedObject"],
+        json!({"kind": "Deployment", "namespace": "default", "name": "orders-consumer", "apiVersion": "apps/v1"})
+    );
+    assert_eq!(
+        items[0]["metric"],
+        json!({"name": "s0-kafka-orders", "selector": null})
+    );
+    assert_eq!(items[0]["value"], "1500m");
+    assert!(items[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(items[0].get("windowSeconds").is_none());
+
+    // An extra, and a metric label selector echoed in structured form.
+    let selector = "scaledobject.spillway.dev%2Fname%3Dorders%2Cteam+notin+%28b%29%2C%21gone";
+    let (code, body) = get(&format!(
+        "{CUSTOM}/deployments.apps/orders-consumer/s0-kafka-orders-lag-seconds?metricLabelSelector={selector}"
+    ))
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["value"], "12");
+    assert_eq!(
+        body["items"][0]["metric"]["selector"],
+        json!({
+            "matchLabels": {"scaledobject.spillway.dev/name": "orders"},
+            "matchExpressions": [
+                {"key": "team", "operator": "NotIn", "values": ["b"]},
+                {"key": "gone", "operator": "DoesNotExist"}
+            ]
+        })
+    );
+
+    let (code, body) = get(&format!(
+        "{CUSTOM}/statefulsets.apps/jobs-worker/s0-rabbitmq-jobs"
+    ))
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["value"], "45", "jobs only, not jobs-eu");
+    assert_eq!(body["items"][0]["describedObject"]["kind"], "StatefulSet");
+}
+
+#[tokio::test]
+async fn object_metrics_keep_the_404_and_503_rules() {
+    let (code, body) = get(&format!(
+        "{CUSTOM}/deployments.apps/broken/s0-rabbitmq-gone"
+    ))
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_status(&body, 503, "ServiceUnavailable");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("latest poll failed"),
+        "{body}"
+    );
+    let (code, _) = get(&format!("{CUSTOM}/deployments.apps/fresh/s0-nats-work")).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "not polled yet");
+
+    for path in [
+        // Another scaled object's metric on this workload.
+        "deployments.apps/orders-consumer/s0-rabbitmq-jobs",
+        // The group is part of the resource.
+        "deployments/orders-consumer/s0-kafka-orders",
+        "statefulsets.apps/orders-consumer/s0-kafka-orders",
+        "deployments.apps/nobody/s0-kafka-orders",
+        "deployments.apps/orders-consumer/s0-kafka-orders-nope",
+        // Pods metrics are not served.
+        "pods/*/s0-kafka-orders",
+    ] {
+        let (code, body) = get(&format!("{CUSTOM}/{path}")).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_status(&body, 404, "NotFound");
+    }
+    let selector = "scaledobject.spillway.dev%2Fname%3Dother";
+    let (code, body) = get(&format!(
+        "{CUSTOM}/deployments.apps/orders-consumer/s0-kafka-orders?metricLabelSelector={selector}"
+    ))
+    .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("metric label selector"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_names_and_selectors_are_400_status() {
+    let long = "m".repeat(300);
+    for uri in [
+        format!("{METRICS}/s0-kafka-orders?labelSelector=a+in+%28x"),
+        format!("{METRICS}/{long}"),
+        format!("{METRICS}/a%2Fb"),
+        format!("{METRICS}/.."),
+        format!("{METRICS}/bad%FFutf8"),
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/Default/s0-kafka-orders".to_owned(),
+        format!(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/s0-kafka-orders",
+            "n".repeat(64)
+        ),
+        format!(
+            "{CUSTOM}/deployments.apps/orders-consumer/s0-kafka-orders?metricLabelSelector=%3D%3D"
+        ),
+        format!("{CUSTOM}/deployments.apps/Orders/s0-kafka-orders"),
+        format!("{CUSTOM}/deployments.apps/orders-consumer/{long}"),
+    ] {
+        let (code, body) = get(&uri).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_status(&body, 400, "BadRequest");
+    }
+}
+
+#[tokio::test]
+async fn oversized_headers_and_bodies_are_refused_with_status() {
+    let state = state();
+    let request = Request::builder()
+        .uri(format!("{METRICS}/s0-kafka-orders"))
+        .header("x-padding", "p".repeat(super::limits::MAX_HEADER_BYTES))
+        .body(Body::empty())
+        .unwrap();
+    let (code, _, body) = call(&state, request).await;
+    assert_eq!(code, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_status(&body, 431, "BadRequest");
+
+    let declared = Request::builder()
+        .uri(format!("{METRICS}/s0-kafka-orders"))
+        .header("content-length", (2 << 20).to_string())
+        .body(Body::empty())
+        .unwrap();
+    let (code, _, body) = call(&state, declared).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_status(&body, 413, "RequestEntityTooLarge");
+
+    // A streamed body without a length is counted as it arrives.
+    let chunks =
+        futures::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(vec![0u8; 512 * 1024])));
+    let streamed = Request::builder()
+        .uri(format!("{METRICS}/s0-kafka-orders"))
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let (code, _, _) = call(&state, streamed).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A small body is drained and ignored; bad Content-Length is a 400.
+    let small = Request::builder()
+        .uri(format!("{METRICS}/s0-kafka-orders"))
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(call(&state, small).await.0, StatusCode::OK);
+    let bad = Request::builder()
+        .uri("/healthz")
+        .header("content-length", "lots")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&state, bad).await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn openapi_documents_are_served_with_etags() {
+    let state = state();
+    let (code, headers, v2) = call(&state, get_request("/openapi/v2")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(v2["swagger"], "2.0");
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let again = Request::builder()
+        .uri("/openapi/v2")
+        .header("if-none-match", &etag)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&state, again).await.0, StatusCode::NOT_MODIFIED);
+
+    let (code, _, discovery) = call(&state, get_request("/openapi/v3")).await;
+    assert_eq!(code, StatusCode::OK);
+    for group_version in [
+        "apis/external.metrics.k8s.io/v1beta1",
+        "apis/custom.metrics.k8s.io/v1beta2",
+    ] {
+        let url = discovery["paths"][group_version]["serverRelativeURL"]
+            .as_str()
+            .unwrap();
+        let (code, headers, doc) = call(&state, get_request(url)).await;
+        assert_eq!(code, StatusCode::OK, "{url}");
+        assert_eq!(doc["openapi"], "3.0.0");
+        assert_eq!(headers["cache-control"], "public, immutable");
+        let stale = format!("/openapi/v3/{group_version}?hash=0");
+        let (code, headers, _) = call(&state, get_request(&stale)).await;
+        assert_eq!(code, StatusCode::PERMANENT_REDIRECT, "{stale}");
+        assert_eq!(headers["location"], url);
+    }
+    let (code, _, body) = call(&state, get_request("/openapi/v3/apis/apps/v1")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_status(&body, 404, "NotFound");
+    let protobuf = Request::builder()
+        .uri("/openapi/v2")
+        .header(
+            "accept",
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&state, protobuf).await.0, StatusCode::NOT_ACCEPTABLE);
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_template() {
+    let state = state();
+    call(&state, get_request(&format!("{METRICS}/s0-kafka-orders"))).await;
+    call(&state, get_request(&format!("{METRICS}/s0-rabbitmq-gone"))).await;
+    call(&state, get_request("/some/random/path/1")).await;
+    call(&state, get_request("/some/random/path/2")).await;
+    let text = state.own_metrics.encode().unwrap();
+    let route = "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}";
+    for line in [
+        format!(r#"spillway_api_requests_total{{route="{route}",code="200"}} 1"#),
+        format!(r#"spillway_api_requests_total{{route="{route}",code="503"}} 1"#),
+        r#"spillway_api_requests_total{route="unmatched",code="404"} 2"#.to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    assert!(
+        !text.contains("/some/random"),
+        "raw paths never become labels"
+    );
+}
+
+/// A cold trigger's state, a poller stand-in that counts the polls it is asked for and
+/// records `outcome` after a short while, and the state serving with those requests.
+fn cold_start(
+    outcome: Result<Reading, ScalerError>,
+) -> (AppState, Arc<std::sync::atomic::AtomicUsize>) {
+    let (requests, mut asks) = crate::poller::PollRequests::channel();
+    let state = state().with_poll_requests(requests);
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (cache, counter) = (Arc::clone(&state.cache), Arc::clone(&polls));
+    tokio::spawn(async move {
+        while let Some(id) = asks.recv().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            cache.record(id, outcome.clone(), Default::default());
+        }
+    });
+    (state, polls)
+}
+
+#[tokio::test]
+async fn concurrent_cold_misses_cause_one_poll() {
+    let (state, polls) = cold_start(Ok(Reading::new(8.0, true)));
+    let asks = (0..20).map(|_| {
+        let state = state.clone();
+        async move { call(&state, get_request(&format!("{METRICS}/s0-nats-work"))).await }
+    });
+    for (code, _, body) in futures::future::join_all(asks).await {
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["items"][0]["value"], "8");
+    }
+    assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Object metrics take the same path.
+    let (code, body) = {
+        let (code, _, body) = call(
+            &state,
+            get_request(&format!("{CUSTOM}/deployments.apps/fresh/s0-nats-work")),
+        )
+        .await;
+        (code, body)
+    };
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        polls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "warm now"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_first_poll_is_still_503() {
+    let (state, polls) = cold_start(Err(down()));
+    let (code, _, body) = call(&state, get_request(&format!("{METRICS}/s0-nats-work"))).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("latest poll failed"),
+        "{body}"
+    );
+    assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_wait_for_a_first_poll_is_bounded() {
+    // A poller that takes the ask and never polls.
+    let (requests, _asks) = crate::poller::PollRequests::channel();
+    let cache = MetricCache::new();
+    let started = std::time::Instant::now();
+    super::values::await_first_polls(
+        &cache,
+        &requests,
+        &[id("fresh", 0)],
+        std::time::Duration::from_millis(100),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(100)
+            && waited < std::time::Duration::from_secs(2),
+        "{waited:?}"
+    );
+
+    // No poller listening: nothing to wait for, a 503 at once.
+    let (requests, asks) = crate::poller::PollRequests::channel();
+    drop(asks);
+    let state = state().with_poll_requests(requests);
+    let started = std::time::Instant::now();
+    let (code, _, _) = call(&state, get_request(&format!("{METRICS}/s0-nats-work"))).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn the_real_poller_polls_a_cold_trigger_once() {
+    use crate::scalers::Trigger;
+    let trigger: Trigger = Trigger::Cron(
+        serde_json::from_value(json!({
+            "timezone": "UTC", "start": "0 6 * * *", "end": "0 20 * * *", "desiredReplicas": 4
+        }))
+        .unwrap(),
+    );
+    let triggers = vec![(id("office", 0), trigger)];
+    let (requests, mut asks) = crate::poller::PollRequests::channel();
+    let state = AppState::new(Arc::new(MetricCache::new()), &triggers, Vec::new())
+        .with_poll_requests(requests);
+    let mut poller = crate::poller::Poller::new(Arc::clone(&state.cache))
+        .with_metrics(Arc::clone(&state.own_metrics));
+    // The loop of `Poller::run` without its ticks: only asks poll.
+    tokio::spawn(async move {
+        while let Some(first) = asks.recv().await {
+            let mut ids = vec![first];
+            while let Ok(id) = asks.try_recv() {
+                ids.push(id);
+            }
+            poller.poll_cold(&triggers, &ids).await;
+        }
+    });
+    let metric = &state.metrics[0].metric;
+    let asks = (0..20).map(|_| {
+        let state = state.clone();
+        let uri = format!("{METRICS}/{metric}");
+        async move { call(&state, get_request(&uri)).await }
+    });
+    for (code, _, body) in futures::future::join_all(asks).await {
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    let text = state.own_metrics.encode().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"spillway_poll_duration_seconds_count{broker="cron"} 1"#),
+        "{text}"
     );
 }

@@ -52,16 +52,20 @@ const BROKER: &str = "cron";
 const SEARCH_DAYS: i64 = 8 * 366 + 2;
 
 /// A `cron` trigger: KEDA's parameter names.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CronTrigger {
     /// IANA time zone name, e.g. `Europe/Berlin`.
+    #[schemars(length(min = 1, max = 64))]
     pub timezone: String,
     /// 5-field cron expression at which the window opens.
+    #[schemars(length(min = 1, max = 256))]
     pub start: String,
     /// 5-field cron expression at which the window closes.
+    #[schemars(length(min = 1, max = 256))]
     pub end: String,
     /// Replicas asked for inside the window.
+    #[schemars(range(min = 1))]
     pub desired_replicas: u32,
 }
 

@@ -129,6 +129,13 @@ pub trait TriggerParams {
     fn validate(&self) -> Result<(), ScalerError>;
 }
 
+/// The name a trigger's main metric is served under and its HPA asks for,
+/// `s<index>-<metric_name>`, `index` being the trigger's position in its scaled object (KEDA's
+/// `s0-kafka-orders`).
+pub fn served_metric_name(index: usize, trigger: &impl TriggerParams) -> String {
+    format!("s{index}-{}", trigger.metric_name())
+}
+
 /// Lower-cases and replaces every character outside `[a-z0-9-]` with `-`, as KEDA's
 /// `NormalizeString` does for metric names (`orders.v1` -> `orders-v1`).
 pub fn normalize_metric_name(name: &str) -> String {

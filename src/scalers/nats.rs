@@ -56,13 +56,15 @@ pub const DEFAULT_ACCOUNT: &str = "$G";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A `nats-jetstream` trigger: KEDA's parameter names and defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NatsJetStreamTrigger {
     /// `host[:port]` of the monitoring port, no scheme, e.g. `nats.nats.svc:8222`.
+    #[schemars(length(min = 1, max = 512))]
     pub nats_server_monitoring_endpoint: String,
     /// Account name; `$G` when neither it nor `accountID` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub account: Option<String>,
     /// Account id (an account public key in operator mode); defaults to `account`.
     #[serde(
@@ -71,13 +73,17 @@ pub struct NatsJetStreamTrigger {
         alias = "accountId",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(length(min = 1))]
     pub account_id: Option<String>,
     /// Stream name.
+    #[schemars(length(min = 1))]
     pub stream: String,
     /// Consumer name (durable name for durable consumers).
+    #[schemars(length(min = 1))]
     pub consumer: String,
     /// Target lag per replica (the HPA's AverageValue).
     #[serde(default = "default_lag_threshold")]
+    #[schemars(range(min = 1))]
     pub lag_threshold: u64,
     /// The trigger is active when the lag is above this.
     #[serde(default)]

@@ -55,8 +55,32 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
 const QUERY_EXCERPT: usize = 120;
 
 /// A `prometheus` trigger in query mode or scrape mode (see the module docs).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+// The schema's rules repeat the mode and credential checks of `validate`, so a ScaledObject
+// mixing the modes is refused when written.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.serverAddress) != has(self.scrapeUrl)",
+        "message": "set either serverAddress (query mode) or scrapeUrl (scrape mode)"
+    },
+    {
+        "rule": "!has(self.serverAddress) || (has(self.query) && !has(self.metricName) && !has(self.aggregation))",
+        "message": "query mode (serverAddress) needs query, and takes no metricName or aggregation"
+    },
+    {
+        "rule": "!has(self.scrapeUrl) || (has(self.metricName) && !has(self.query) && !has(self.ignoreNullValues) && !has(self.namespace))",
+        "message": "scrape mode (scrapeUrl) needs metricName, and takes no query, ignoreNullValues or namespace"
+    },
+    {
+        "rule": "has(self.username) == has(self.password)",
+        "message": "username and password go together"
+    },
+    {
+        "rule": "!(has(self.bearerToken) && has(self.username))",
+        "message": "set bearerToken or username and password, not both"
+    }
+]))]
 pub struct PrometheusTrigger {
     /// Query mode: base URL of the Prometheus HTTP API, e.g. `http://prometheus:9090`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +113,7 @@ pub struct PrometheusTrigger {
     pub aggregation: Option<Aggregation>,
 
     /// Target value per replica (the HPA's AverageValue).
+    #[schemars(extend("minimum" = 0, "exclusiveMinimum" = true))]
     pub threshold: f64,
     /// The trigger is active when the value is above this.
     #[serde(default)]
@@ -110,11 +135,14 @@ pub struct PrometheusTrigger {
     pub unsafe_ssl: bool,
     /// HTTP timeout in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub timeout: Option<u64>,
 }
 
 /// How the samples matched in scrape mode are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {
     /// Total of the matching samples (e.g. messages over all queues).
@@ -187,6 +215,21 @@ impl<'de> Deserialize<'de> for KeyValues {
             }
         }
         deserializer.deserialize_any(KeyValuesVisitor)
+    }
+}
+
+/// A map of strings in the ScaledObject schema: a structural schema cannot also allow KEDA's
+/// `"k=v,k2=v2"` string, which stays a config-file form.
+impl schemars::JsonSchema for KeyValues {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KeyValues".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "additionalProperties": {"type": "string"}
+        })
     }
 }
 
@@ -361,9 +404,9 @@ impl PrometheusTrigger {
     /// Which credentials are used, by reference (file paths), never by content.
     fn auth_identity(&self) -> String {
         match (&self.bearer_token, &self.username, &self.password) {
-            (Some(token), _, _) => format!("bearer:{}", token.file.display()),
+            (Some(token), _, _) => format!("bearer:{}", token.identity()),
             (None, Some(user), Some(password)) => {
-                format!("basic:{user}:{}", password.file.display())
+                format!("basic:{user}:{}", password.identity())
             }
             _ => "none".into(),
         }
@@ -1150,9 +1193,7 @@ latency_seconds_count 3
             PrometheusScaler::connection_key(&b)
         );
         let mut token = a.clone();
-        token.bearer_token = Some(SecretSource {
-            file: "/run/secrets/token".into(),
-        });
+        token.bearer_token = Some(SecretSource::file("/run/secrets/token"));
         let key = PrometheusScaler::connection_key(&token);
         assert_ne!(key, PrometheusScaler::connection_key(&a));
         assert!(key.contains("bearer:/run/secrets/token"), "{key}");
@@ -1175,7 +1216,7 @@ latency_seconds_count 3
         let file = dir.join("token");
         std::fs::write(&file, "s3cret-token\n").unwrap();
         let mut t = query_trigger("up");
-        t.bearer_token = Some(SecretSource { file: file.clone() });
+        t.bearer_token = Some(SecretSource::file(file.clone()));
         let auth = t.auth().unwrap();
         assert!(matches!(&auth, HttpAuth::Bearer(s) if s.expose() == "s3cret-token"));
         assert!(!format!("{auth:?} {t:?}").contains("s3cret"));

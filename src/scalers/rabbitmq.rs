@@ -117,8 +117,17 @@ const LISTING_COLUMNS: &str = "name,messages,messages_ready,messages_unacknowled
 message_stats.publish_details.rate,message_stats.deliver_get_details.rate";
 
 /// One `rabbitmq` trigger as written in a ScaledObject or a config file (KEDA's names).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+// In the ScaledObject schema the numbers and booleans take their native types only (a
+// structural schema cannot say "number or string"), except the integers, which are
+// int-or-string; the string forms remain for config files copied from KEDA's metadata.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.host) != has(self.hostFromSecret)",
+        "message": "set one of host (a URL without password) or hostFromSecret (a Secret holding the URL)"
+    }
+]))]
 pub struct RabbitMqTrigger {
     /// The server URL without a password; exclusive with `host_from_secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +139,7 @@ pub struct RabbitMqTrigger {
     #[serde(default)]
     pub protocol: Protocol,
     /// The queue, or a regex over queue names with `use_regex`.
+    #[schemars(length(min = 1))]
     pub queue_name: String,
     /// Overrides the vhost the URL names; empty means unset, as in KEDA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +149,7 @@ pub struct RabbitMqTrigger {
     pub mode: Mode,
     /// The HPA's AverageValue target.
     #[serde(deserialize_with = "lenient::parse")]
+    #[schemars(extend("minimum" = 0, "exclusiveMinimum" = true))]
     pub value: f64,
     /// The trigger is active when its value is above this.
     #[serde(default, deserialize_with = "lenient::parse")]
@@ -157,18 +168,22 @@ pub struct RabbitMqTrigger {
         default = "RabbitMqTrigger::default_page_size",
         deserialize_with = "lenient::parse"
     )]
+    #[schemars(schema_with = "lenient::page_size_schema")]
     pub page_size: u32,
     /// Bound on connecting and on each request, in milliseconds.
     #[serde(
         default = "RabbitMqTrigger::default_timeout",
         deserialize_with = "lenient::parse"
     )]
+    #[schemars(schema_with = "lenient::timeout_schema")]
     pub timeout: u64,
     /// HTTPS only: accept any server certificate.
     #[serde(default, deserialize_with = "lenient::parse")]
     pub unsafe_ssl: bool,
-    /// AMQPS only: CA and client identity files.
+    /// AMQPS only: CA and client identity files. Left out of the ScaledObject schema: the files
+    /// would have to be in spillway's own pod, which a ScaledObject's author cannot provide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
     pub tls: Option<RabbitMqTls>,
 }
 
@@ -191,7 +206,9 @@ pub struct RabbitMqTls {
 }
 
 /// KEDA's `protocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// By the host URL's scheme: `amqp(s)` or `http(s)`.
@@ -204,7 +221,9 @@ pub enum Protocol {
 }
 
 /// KEDA's `mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 pub enum Mode {
     /// Messages in the queue.
     #[default]
@@ -214,7 +233,9 @@ pub enum Mode {
 }
 
 /// KEDA's `operation`: how regex-matched queues combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
     /// The total of the matched queues.
@@ -671,6 +692,36 @@ mod lenient {
     enum NativeOrText<T> {
         Native(T),
         Text(String),
+    }
+
+    /// The schema of `pageSize`: an integer from 1 to [`super::MAX_PAGE_SIZE`], or its digits.
+    pub fn page_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        int_or_digits(
+            "Queues per page of the management API listing, 1 to 500 (default 100).",
+            super::MAX_PAGE_SIZE.into(),
+        )
+    }
+
+    /// The schema of `timeout`: milliseconds from 1 to [`super::MAX_TIMEOUT_MS`], or digits.
+    pub fn timeout_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        int_or_digits(
+            "Bound on connecting and on each request, in milliseconds, 1 to 60000 (default 3000).",
+            super::MAX_TIMEOUT_MS,
+        )
+    }
+
+    /// Kubernetes' int-or-string shape, which `parse` accepts: the range bounds the integer,
+    /// the pattern the string (JSON Schema applies each keyword to its own type only). Not
+    /// nullable: `parse` refuses null, so the API server must prune it and apply the default.
+    fn int_or_digits(description: &str, max: u64) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": description,
+            "x-kubernetes-int-or-string": true,
+            "nullable": false,
+            "minimum": 1,
+            "maximum": max,
+            "pattern": "^\\s*[0-9]+\\s*$"
+        })
     }
 
     /// `T` from its native form or from a string `T::from_str` accepts.

@@ -2,7 +2,17 @@
 //! `getLagForPartition` and `getTotalLag`), kept free of I/O so every rule is unit-tested.
 
 /// What to assume for a partition the group has never committed (KEDA's `offsetResetPolicy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OffsetResetPolicy {
     /// A new consumer starts at the end: lag 1 per partition, enough to start one consumer.

@@ -43,7 +43,9 @@ use crate::secret::{SecretSource, SecretString};
 const KIND: &str = "kafka";
 
 /// SASL mechanism, with KEDA's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SaslMechanism {
     #[default]
@@ -57,7 +59,9 @@ pub enum SaslMechanism {
 }
 
 /// Whether the connection uses TLS (KEDA's `tls: enable|disable`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     #[default]
@@ -66,17 +70,45 @@ pub enum TlsMode {
 }
 
 /// The `kafka` trigger: KEDA's parameter names and defaults, typed.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+// The schema's rules repeat the cross-field checks of `validate` that the API server can make,
+// so a ScaledObject breaking them is refused when written, not when polled.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.sasl) || self.sasl == 'none' || (has(self.username) && self.username != '' && has(self.password))",
+        "message": "sasl needs username and password"
+    },
+    {
+        "rule": "has(self.cert) == has(self.key)",
+        "message": "cert and key go together"
+    },
+    {
+        "rule": "(has(self.tls) && self.tls == 'enable') || !(has(self.ca) || has(self.cert) || has(self.key) || has(self.keyPassword) || (has(self.unsafeSsl) && self.unsafeSsl))",
+        "message": "ca, cert, key, keyPassword and unsafeSsl need tls: enable"
+    },
+    {
+        "rule": "has(self.topic) || !(has(self.partitionLimitation) || (has(self.limitToPartitionsWithLag) && self.limitToPartitionsWithLag) || (has(self.ensureEvenDistributionOfPartitions) && self.ensureEvenDistributionOfPartitions))",
+        "message": "partitionLimitation, limitToPartitionsWithLag and ensureEvenDistributionOfPartitions need topic"
+    },
+    {
+        "rule": "!(has(self.limitToPartitionsWithLag) && self.limitToPartitionsWithLag && ((has(self.allowIdleConsumers) && self.allowIdleConsumers) || (has(self.ensureEvenDistributionOfPartitions) && self.ensureEvenDistributionOfPartitions)))",
+        "message": "limitToPartitionsWithLag cannot be set with allowIdleConsumers or ensureEvenDistributionOfPartitions"
+    }
+]))]
 pub struct KafkaTrigger {
     /// Comma-separated `host:port` list.
+    #[schemars(length(min = 1, max = 4096))]
     pub bootstrap_servers: String,
+    #[schemars(length(min = 1, max = 1024))]
     pub consumer_group: String,
     /// One topic; empty means every topic the group has committed offsets for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249))]
     pub topic: Option<String>,
     /// The HPA's AverageValue target: lag one consumer should handle. Default 10.
     #[serde(default = "default_lag_threshold")]
+    #[schemars(range(min = 1))]
     pub lag_threshold: u64,
     /// Active (scale from zero) when total lag is strictly greater. Default 0.
     #[serde(default)]
@@ -95,6 +127,7 @@ pub struct KafkaTrigger {
     pub ensure_even_distribution_of_partitions: bool,
     /// Partitions to count, e.g. `"0,1,10-12"`; needs `topic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub partition_limitation: Option<String>,
     #[serde(default)]
     pub sasl: SaslMechanism,
@@ -119,6 +152,7 @@ pub struct KafkaTrigger {
     pub unsafe_ssl: bool,
     /// Bound on each broker call, in milliseconds (not in KEDA). Default 5000.
     #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 100, max = 60_000))]
     pub timeout: u64,
 }
 
@@ -481,11 +515,11 @@ impl Scaler for KafkaScaler {
             servers.join(","),
             trigger.sasl,
             trigger.username.as_deref().unwrap_or(""),
-            trigger.password.as_ref().map(|s| &s.file),
+            trigger.password.as_ref().map(SecretSource::identity),
             trigger.tls,
-            trigger.ca.as_ref().map(|s| &s.file),
-            trigger.cert.as_ref().map(|s| &s.file),
-            trigger.key.as_ref().map(|s| &s.file),
+            trigger.ca.as_ref().map(SecretSource::identity),
+            trigger.cert.as_ref().map(SecretSource::identity),
+            trigger.key.as_ref().map(SecretSource::identity),
             trigger.unsafe_ssl,
             trigger.timeout,
         )
@@ -901,7 +935,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let secret = || Some(SecretSource { file: "/pw".into() });
+        let secret = || Some(SecretSource::file("/pw"));
         let cases: Vec<(KafkaTrigger, &str)> = vec![
             (
                 KafkaTrigger {
@@ -1021,13 +1055,9 @@ mod tests {
         let t = KafkaTrigger {
             sasl: SaslMechanism::ScramSha256,
             username: Some("svc".into()),
-            password: Some(SecretSource {
-                file: dir.join("pw"),
-            }),
+            password: Some(SecretSource::file(dir.join("pw"))),
             tls: TlsMode::Enable,
-            ca: Some(SecretSource {
-                file: dir.join("ca"),
-            }),
+            ca: Some(SecretSource::file(dir.join("ca"))),
             ..trigger()
         };
         t.validate().unwrap();
@@ -1041,9 +1071,7 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
         let missing = KafkaTrigger {
-            password: Some(SecretSource {
-                file: "/nonexistent/pw".into(),
-            }),
+            password: Some(SecretSource::file("/nonexistent/pw")),
             ..t
         };
         assert!(

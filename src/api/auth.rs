@@ -1,0 +1,976 @@
+//! Authentication and authorization of an aggregated API server, delegated to kube-apiserver
+//! the way `k8s.io/apiserver` does it for metrics-server and prometheus-adapter:
+//!
+//! - **Front proxy**: kube-apiserver's aggregator calls with its proxy client certificate.
+//!   A certificate that chains to the request-header CA (and, when the list is not empty,
+//!   whose common name is an allowed name) makes the `X-Remote-User`, `X-Remote-Group` and
+//!   `X-Remote-Extra-*` headers the caller's identity. The CA, the allowed names and the
+//!   header names come from the `kube-system/extension-apiserver-authentication` ConfigMap,
+//!   re-read every minute so a rotated CA is picked up without a restart.
+//! - **Client certificates** that chain to the cluster's client CA (same ConfigMap): the
+//!   common name is the user, the organizations the groups.
+//! - **Bearer tokens**: a TokenReview, cached briefly.
+//!
+//! Every request but the health endpoints is then authorized with a SubjectAccessReview
+//! built from the path exactly as kube-apiserver would (`list` on resource `<metric>` in
+//! group `external.metrics.k8s.io`, the verb the HPA controller's role grants), with short
+//! allow/deny caches, so an HPA asking every 15 s costs kube-apiserver almost nothing.
+//! `system:masters` is always allowed, as in kube-apiserver.
+//!
+//! X-Remote-* headers from anyone but a verified front proxy are ignored: they would let any
+//! client claim any identity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::DistinguishedName;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+
+use super::status::Status;
+
+/// Where kube-apiserver publishes how aggregated servers must authenticate callers.
+pub const AUTHENTICATION_CONFIG_MAP: (&str, &str) =
+    ("kube-system", "extension-apiserver-authentication");
+/// Paths anyone may call, as kube-apiserver's `--authorization-always-allow-paths` default.
+const ALWAYS_ALLOWED_PATHS: [&str; 3] = ["/healthz", "/livez", "/readyz"];
+/// Groups allowed without asking, as kube-apiserver does for its superusers.
+const ALWAYS_ALLOWED_GROUPS: [&str; 1] = ["system:masters"];
+/// The group every authenticated caller belongs to.
+const AUTHENTICATED_GROUP: &str = "system:authenticated";
+/// How long a TokenReview or SubjectAccessReview answer is reused (k8s.io/apiserver's
+/// delegating defaults are 10 s for both outcomes).
+const REVIEW_TTL: Duration = Duration::from_secs(10);
+/// A review kube-apiserver has not answered by then fails the request instead of holding it.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Entries kept per cache; beyond that expired ones are dropped, then all (a flood of
+/// distinct tokens must not grow memory without bound).
+const CACHE_CAPACITY: usize = 4096;
+/// How often the ConfigMap is re-read.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Errors of setting up delegated authentication.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read ConfigMap {}/{}: {source}", AUTHENTICATION_CONFIG_MAP.0, AUTHENTICATION_CONFIG_MAP.1)]
+    ReadConfigMap { source: kube::Error },
+    #[error("ConfigMap {}/{}: {key}: {message}", AUTHENTICATION_CONFIG_MAP.0, AUTHENTICATION_CONFIG_MAP.1)]
+    BadConfigMap { key: &'static str, message: String },
+    #[error("invalid client CA {what}: {message}")]
+    BadCa { what: &'static str, message: String },
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: Option<String>,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The verified certificate chain a TLS client presented, as a request extension.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+/// How callers are authenticated, as published in the ConfigMap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthenticationConfig {
+    /// PEM of the CA that signs users' client certificates (`client-ca-file`).
+    pub client_ca: Option<String>,
+    /// PEM of the CA that signs the front proxy's certificate.
+    pub requestheader_ca: Option<String>,
+    /// Common names a front proxy may have; empty means any the CA signed.
+    pub allowed_names: Vec<String>,
+    pub username_headers: Vec<String>,
+    pub uid_headers: Vec<String>,
+    pub group_headers: Vec<String>,
+    pub extra_headers_prefixes: Vec<String>,
+}
+
+impl AuthenticationConfig {
+    /// Parses the ConfigMap's data (list values are JSON arrays of strings).
+    pub fn from_data(data: &BTreeMap<String, String>) -> Result<Self, AuthError> {
+        let list = |key: &'static str| -> Result<Vec<String>, AuthError> {
+            match data.get(key) {
+                None => Ok(Vec::new()),
+                Some(text) if text.trim().is_empty() => Ok(Vec::new()),
+                Some(text) => serde_json::from_str(text).map_err(|err| AuthError::BadConfigMap {
+                    key,
+                    message: format!("not a JSON list of strings: {err}"),
+                }),
+            }
+        };
+        let pem = |key: &str| data.get(key).filter(|v| !v.trim().is_empty()).cloned();
+        Ok(Self {
+            client_ca: pem("client-ca-file"),
+            requestheader_ca: pem("requestheader-client-ca-file"),
+            allowed_names: list("requestheader-allowed-names")?,
+            username_headers: list("requestheader-username-headers")?,
+            uid_headers: list("requestheader-uid-headers")?,
+            group_headers: list("requestheader-group-headers")?,
+            extra_headers_prefixes: list("requestheader-extra-headers-prefix")?,
+        })
+    }
+}
+
+/// The certificate verifiers built from one [`AuthenticationConfig`].
+struct Verifiers {
+    config: AuthenticationConfig,
+    requestheader: Option<Arc<dyn ClientCertVerifier>>,
+    client: Option<Arc<dyn ClientCertVerifier>>,
+    /// Accepts a chain to either CA: what the TLS handshake checks.
+    either: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Verifiers {
+    fn new(config: AuthenticationConfig) -> Result<Self, AuthError> {
+        let requestheader = config
+            .requestheader_ca
+            .as_deref()
+            .map(|pem| verifier("requestheader-client-ca-file", &[pem]))
+            .transpose()?;
+        let client = config
+            .client_ca
+            .as_deref()
+            .map(|pem| verifier("client-ca-file", &[pem]))
+            .transpose()?;
+        let pems: Vec<&str> = [&config.requestheader_ca, &config.client_ca]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let either = if pems.is_empty() {
+            None
+        } else {
+            Some(verifier("client CAs", &pems)?)
+        };
+        Ok(Self {
+            config,
+            requestheader,
+            client,
+            either,
+        })
+    }
+}
+
+fn verifier(what: &'static str, pems: &[&str]) -> Result<Arc<dyn ClientCertVerifier>, AuthError> {
+    let bad = |message: String| AuthError::BadCa { what, message };
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in pems {
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            let cert = cert.map_err(|err| bad(err.to_string()))?;
+            roots.add(cert).map_err(|err| bad(err.to_string()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate found".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|err| bad(err.to_string()))
+}
+
+/// The TLS side: asks for a client certificate and accepts one that chains to the current
+/// request-header or client CA; clients without one (token bearers) are let through to be
+/// authenticated per request. Swapped in place when the ConfigMap changes.
+#[derive(Debug)]
+pub struct ClientCertPolicy {
+    authenticator: Arc<Authenticator>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertPolicy {
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self {
+            authenticator,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientCertPolicy {
+    fn offer_client_auth(&self) -> bool {
+        self.authenticator.verifiers().either.is_some()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: Go clients then send their certificate whatever CA it has, and the
+        // hints could not follow a CA swapped after the handshake config was built.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match &self.authenticator.verifiers().either {
+            Some(verifier) => verifier.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General(
+                "no client CA is configured; use a bearer token".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A cached review outcome.
+#[derive(Debug, Clone)]
+struct Cached<T> {
+    value: T,
+    until: Instant,
+}
+
+/// A small TTL cache; see [`CACHE_CAPACITY`].
+#[derive(Debug)]
+struct TtlCache<K, V> {
+    entries: Mutex<HashMap<K, Cached<V>>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
+    fn new() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let entries = self.entries.lock().expect("cache lock");
+        entries
+            .get(key)
+            .filter(|c| c.until > Instant::now())
+            .map(|c| c.value.clone())
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut entries = self.entries.lock().expect("cache lock");
+        let now = Instant::now();
+        if entries.len() >= CACHE_CAPACITY {
+            entries.retain(|_, c| c.until > now);
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            key,
+            Cached {
+                value,
+                until: now + REVIEW_TTL,
+            },
+        );
+    }
+}
+
+/// Authenticates and authorizes requests against a kube-apiserver.
+pub struct Authenticator {
+    client: kube::Client,
+    verifiers: RwLock<Arc<Verifiers>>,
+    tokens: TtlCache<String, Result<UserInfo, String>>,
+    decisions: TtlCache<String, Result<(), String>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("config", &self.verifiers().config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Reads the ConfigMap once; fails when it cannot (without it no front proxy can be
+    /// trusted, so serving would answer every aggregated request with 401).
+    pub async fn new(client: kube::Client) -> Result<Arc<Self>, AuthError> {
+        let config = load_config(&client).await?;
+        Self::with_config(client, config)
+    }
+
+    /// An authenticator with a fixed configuration (tests, or a config given in files).
+    pub fn with_config(
+        client: kube::Client,
+        config: AuthenticationConfig,
+    ) -> Result<Arc<Self>, AuthError> {
+        tracing::info!(
+            requestheader_ca = config.requestheader_ca.is_some(),
+            client_ca = config.client_ca.is_some(),
+            allowed_names = ?config.allowed_names,
+            "delegated authentication configured"
+        );
+        Ok(Arc::new(Self {
+            client,
+            verifiers: RwLock::new(Arc::new(Verifiers::new(config)?)),
+            tokens: TtlCache::new(),
+            decisions: TtlCache::new(),
+        }))
+    }
+
+    fn verifiers(&self) -> Arc<Verifiers> {
+        Arc::clone(&self.verifiers.read().expect("verifier lock"))
+    }
+
+    /// Re-reads the ConfigMap every minute until the task is dropped; a bad or unreadable
+    /// ConfigMap keeps the previous configuration.
+    pub async fn reload_forever(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            match load_config(&self.client).await.and_then(Verifiers::new) {
+                Ok(new) if new.config != self.verifiers().config => {
+                    tracing::info!("extension-apiserver-authentication changed; reloaded");
+                    *self.verifiers.write().expect("verifier lock") = Arc::new(new);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "keeping the previous authentication configuration")
+                }
+            }
+        }
+    }
+
+    /// Who made the request, or why nobody can tell. Every identity found is in
+    /// `system:authenticated`, as kube-apiserver adds it (RBAC's discovery and openapi rights
+    /// are granted to that group; the aggregator's own requests carry no groups).
+    pub async fn authenticate(
+        &self,
+        certs: Option<&ClientCertificates>,
+        headers: &HeaderMap,
+    ) -> Result<UserInfo, Status> {
+        let mut user = self.identify(certs, headers).await?;
+        if !user.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+            user.groups.push(AUTHENTICATED_GROUP.to_owned());
+        }
+        Ok(user)
+    }
+
+    async fn identify(
+        &self,
+        certs: Option<&ClientCertificates>,
+        headers: &HeaderMap,
+    ) -> Result<UserInfo, Status> {
+        let verifiers = self.verifiers();
+        if let Some(ClientCertificates(chain)) = certs
+            && let Some((leaf, intermediates)) = chain.split_first()
+        {
+            let verified_by = |v: &Option<Arc<dyn ClientCertVerifier>>| {
+                v.as_ref().is_some_and(|v| {
+                    v.verify_client_cert(leaf, intermediates, UnixTime::now())
+                        .is_ok()
+                })
+            };
+            if verified_by(&verifiers.requestheader) {
+                return front_proxy_user(&verifiers.config, leaf, headers);
+            }
+            if verified_by(&verifiers.client) {
+                return certificate_user(leaf);
+            }
+        }
+        if let Some(token) = bearer_token(headers)? {
+            return self.review_token(token).await;
+        }
+        Err(Status::unauthorized(
+            "no credentials: present a client certificate or a bearer token",
+        ))
+    }
+
+    async fn review_token(&self, token: &str) -> Result<UserInfo, Status> {
+        if let Some(cached) = self.tokens.get(&token.to_owned()) {
+            return cached.map_err(Status::unauthorized);
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let answer =
+            tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
+                .await
+                .map_err(|_| format!("TokenReview did not answer within {REVIEW_TIMEOUT:?}"))
+                .and_then(|r| r.map_err(|err| format!("TokenReview failed: {err}")));
+        let status = match answer {
+            Ok(review) => review.status.unwrap_or_default(),
+            // Not cached: kube-apiserver being briefly away must not lock users out for 10 s.
+            Err(message) => return Err(Status::unauthorized(message)),
+        };
+        let outcome = match (status.authenticated, status.user) {
+            (Some(true), Some(user)) => Ok(UserInfo {
+                name: user.username.unwrap_or_default(),
+                uid: user.uid,
+                groups: user.groups.unwrap_or_default(),
+                extra: user.extra.unwrap_or_default().into_iter().collect(),
+            }),
+            _ => Err(format!(
+                "the bearer token is not valid{}",
+                status.error.map(|e| format!(": {e}")).unwrap_or_default()
+            )),
+        };
+        self.tokens.put(token.to_owned(), outcome.clone());
+        outcome.map_err(Status::unauthorized)
+    }
+
+    /// Whether `user` may make this request.
+    pub async fn authorize(
+        &self,
+        user: &UserInfo,
+        method: &Method,
+        path: &str,
+    ) -> Result<(), Status> {
+        if ALWAYS_ALLOWED_PATHS.contains(&path)
+            || user
+                .groups
+                .iter()
+                .any(|g| ALWAYS_ALLOWED_GROUPS.contains(&g.as_str()))
+        {
+            return Ok(());
+        }
+        let attributes = RequestAttributes::from_request(method, path);
+        let spec = SubjectAccessReviewSpec {
+            user: Some(user.name.clone()),
+            uid: user.uid.clone(),
+            groups: Some(user.groups.clone()),
+            extra: (!user.extra.is_empty()).then(|| user.extra.clone().into_iter().collect()),
+            resource_attributes: attributes.resource.clone(),
+            non_resource_attributes: attributes.non_resource.clone(),
+        };
+        let key = serde_json::to_string(&spec).expect("a review spec serializes");
+        let decision = match self.decisions.get(&key) {
+            Some(decision) => decision,
+            None => {
+                let review = SubjectAccessReview {
+                    spec,
+                    ..Default::default()
+                };
+                let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+                let answer = tokio::time::timeout(
+                    REVIEW_TIMEOUT,
+                    api.create(&PostParams::default(), &review),
+                )
+                .await;
+                let status = match answer {
+                    Ok(Ok(review)) => review.status.unwrap_or_default(),
+                    Ok(Err(err)) => {
+                        return Err(Status::internal(format!(
+                            "cannot authorize: SubjectAccessReview failed: {err}"
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(Status::internal(format!(
+                            "cannot authorize: SubjectAccessReview did not answer within {REVIEW_TIMEOUT:?}"
+                        )));
+                    }
+                };
+                let decision = if status.allowed && !status.denied.unwrap_or(false) {
+                    Ok(())
+                } else {
+                    Err(status.reason.unwrap_or_default())
+                };
+                self.decisions.put(key, decision.clone());
+                decision
+            }
+        };
+        decision.map_err(|reason| {
+            let mut message = format!("{}: {}", attributes.describe(), user_phrase(user));
+            if !reason.is_empty() {
+                message.push_str(&format!(": {reason}"));
+            }
+            Status::forbidden(message)
+        })
+    }
+}
+
+fn user_phrase(user: &UserInfo) -> String {
+    format!("User \"{}\" is not allowed", user.name)
+}
+
+async fn load_config(client: &kube::Client) -> Result<AuthenticationConfig, AuthError> {
+    let (namespace, name) = AUTHENTICATION_CONFIG_MAP;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let map = api
+        .get(name)
+        .await
+        .map_err(|source| AuthError::ReadConfigMap { source })?;
+    AuthenticationConfig::from_data(&map.data.unwrap_or_default())
+}
+
+/// The identity a verified front proxy passes in its headers.
+fn front_proxy_user(
+    config: &AuthenticationConfig,
+    leaf: &CertificateDer<'_>,
+    headers: &HeaderMap,
+) -> Result<UserInfo, Status> {
+    let subject = Subject::of(leaf)?;
+    if !config.allowed_names.is_empty() && !config.allowed_names.contains(&subject.common_name) {
+        return Err(Status::unauthorized(format!(
+            "the front-proxy certificate's common name {:?} is not one of requestheader-allowed-names {:?}",
+            subject.common_name, config.allowed_names
+        )));
+    }
+    let first = |names: &[String]| {
+        names.iter().find_map(|name| {
+            headers
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find(|v| !v.is_empty())
+                .map(str::to_owned)
+        })
+    };
+    let Some(name) = first(&config.username_headers) else {
+        return Err(Status::unauthorized(format!(
+            "the front proxy sent no user in {:?}",
+            config.username_headers
+        )));
+    };
+    let groups = config
+        .group_headers
+        .iter()
+        .flat_map(|h| headers.get_all(h.as_str()).iter())
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (header, value) in headers {
+        let header = header.as_str();
+        let key = config.extra_headers_prefixes.iter().find_map(|prefix| {
+            let prefix = prefix.to_ascii_lowercase();
+            header.strip_prefix(prefix.as_str())
+        });
+        if let (Some(key), Ok(value)) = (key, value.to_str()) {
+            // Extra keys are percent-encoded by the proxy (they may hold '/' and ':').
+            let key = percent_encoding::percent_decode_str(key)
+                .decode_utf8_lossy()
+                .to_lowercase();
+            extra.entry(key).or_default().push(value.to_owned());
+        }
+    }
+    Ok(UserInfo {
+        name,
+        uid: first(&config.uid_headers),
+        groups,
+        extra,
+    })
+}
+
+/// A client certificate's user: CN is the name, O the groups (kube-apiserver's rule).
+fn certificate_user(leaf: &CertificateDer<'_>) -> Result<UserInfo, Status> {
+    let subject = Subject::of(leaf)?;
+    if subject.common_name.is_empty() {
+        return Err(Status::unauthorized(
+            "the client certificate has no common name",
+        ));
+    }
+    Ok(UserInfo {
+        name: subject.common_name,
+        uid: None,
+        groups: subject.organizations,
+        extra: BTreeMap::new(),
+    })
+}
+
+struct Subject {
+    common_name: String,
+    organizations: Vec<String>,
+}
+
+impl Subject {
+    fn of(cert: &CertificateDer<'_>) -> Result<Self, Status> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|err| Status::unauthorized(format!("unreadable client certificate: {err}")))?;
+        let subject = parsed.subject();
+        let text = |attr: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+            attr.as_str().map(str::to_owned).unwrap_or_default()
+        };
+        Ok(Self {
+            common_name: subject
+                .iter_common_name()
+                .next()
+                .map(text)
+                .unwrap_or_default(),
+            organizations: subject.iter_organization().map(text).collect(),
+        })
+    }
+}
+
+/// `Authorization: Bearer <token>`, if present; any other scheme is an error, not ignored.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Status> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthorized("the Authorization header is not ASCII"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(Status::unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        )),
+    }
+}
+
+/// What a request asks to do, in RBAC's terms (kube-apiserver's RequestInfo rules).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestAttributes {
+    pub resource: Option<ResourceAttributes>,
+    pub non_resource: Option<NonResourceAttributes>,
+}
+
+impl RequestAttributes {
+    /// `/apis/<group>/<version>/[namespaces/<ns>/]<resource>[/<name>[/<subresource>]]` is a
+    /// resource request (`list` without a name, `get` with one); everything else
+    /// (discovery, openapi) is a non-resource URL.
+    pub fn from_request(method: &Method, path: &str) -> Self {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let resource_request = parts.len() >= 4 && parts[0] == "apis";
+        if !resource_request {
+            return Self {
+                resource: None,
+                non_resource: Some(NonResourceAttributes {
+                    path: Some(path.to_owned()),
+                    verb: Some(http_verb(method).to_owned()),
+                }),
+            };
+        }
+        let (group, version) = (parts[1], parts[2]);
+        let mut rest = &parts[3..];
+        let mut namespace = None;
+        if rest.len() >= 3 && rest[0] == "namespaces" {
+            namespace = Some(rest[1].to_owned());
+            rest = &rest[2..];
+        }
+        let name = rest.get(1).map(|s| (*s).to_owned());
+        let subresource = (rest.len() > 2).then(|| rest[2..].join("/"));
+        let verb = match (method.as_str(), &name) {
+            ("GET" | "HEAD", None) => "list",
+            ("GET" | "HEAD", Some(_)) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", None) => "deletecollection",
+            ("DELETE", Some(_)) => "delete",
+            _ => http_verb(method),
+        };
+        Self {
+            resource: Some(ResourceAttributes {
+                group: Some(group.to_owned()),
+                version: Some(version.to_owned()),
+                namespace,
+                resource: rest.first().map(|s| (*s).to_owned()),
+                name,
+                subresource,
+                verb: Some(verb.to_owned()),
+                ..Default::default()
+            }),
+            non_resource: None,
+        }
+    }
+
+    /// The request in the words of kube-apiserver's 403 messages.
+    fn describe(&self) -> String {
+        if let Some(r) = &self.resource {
+            let mut text = format!(
+                "forbidden: cannot {} resource {:?}",
+                r.verb.as_deref().unwrap_or(""),
+                r.resource.as_deref().unwrap_or("")
+            );
+            if let Some(sub) = &r.subresource {
+                text.push_str(&format!(" (subresource {sub:?})"));
+            }
+            text.push_str(&format!(
+                " in API group {:?}",
+                r.group.as_deref().unwrap_or("")
+            ));
+            if let Some(ns) = &r.namespace {
+                text.push_str(&format!(" in the namespace {ns:?}"));
+            }
+            text
+        } else if let Some(n) = &self.non_resource {
+            format!(
+                "forbidden: cannot {} path {:?}",
+                n.verb.as_deref().unwrap_or(""),
+                n.path.as_deref().unwrap_or("")
+            )
+        } else {
+            "forbidden".into()
+        }
+    }
+}
+
+fn http_verb(method: &Method) -> &'static str {
+    match *method {
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "post",
+        Method::PUT => "put",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        Method::OPTIONS => "options",
+        _ => "unknown",
+    }
+}
+
+/// The middleware: authenticate, authorize, then run the handler; 401/403 Status otherwise.
+pub async fn require_authorization(
+    State(auth): State<Arc<Authenticator>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    if ALWAYS_ALLOWED_PATHS.contains(&path.as_str()) {
+        return next.run(request).await;
+    }
+    let certs = request.extensions().get::<ClientCertificates>();
+    let user = match auth.authenticate(certs, request.headers()).await {
+        Ok(user) => user,
+        Err(status) => {
+            tracing::info!(%path, message = %status.message, "unauthenticated request refused");
+            return status.into_response();
+        }
+    };
+    if let Err(status) = auth.authorize(&user, request.method(), &path).await {
+        tracing::info!(%path, user = %user.name, code = status.code.as_u16(), message = %status.message, "request refused");
+        return status.into_response();
+    }
+    tracing::trace!(%path, user = %user.name, "authorized");
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_metric_reads_are_lists_of_the_metric_resource() {
+        let a = RequestAttributes::from_request(
+            &Method::GET,
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/s0-lag",
+        );
+        let r = a.resource.unwrap();
+        assert_eq!(r.verb.as_deref(), Some("list"));
+        assert_eq!(r.group.as_deref(), Some("external.metrics.k8s.io"));
+        assert_eq!(r.version.as_deref(), Some("v1beta1"));
+        assert_eq!(r.namespace.as_deref(), Some("shop"));
+        assert_eq!(r.resource.as_deref(), Some("s0-lag"));
+        assert_eq!(r.name, None);
+    }
+
+    #[test]
+    fn object_metrics_are_gets_of_a_subresource() {
+        let a = RequestAttributes::from_request(
+            &Method::GET,
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/shop/deployments.apps/orders/s0-lag",
+        );
+        let r = a.resource.unwrap();
+        assert_eq!(r.verb.as_deref(), Some("get"));
+        assert_eq!(r.resource.as_deref(), Some("deployments.apps"));
+        assert_eq!(r.name.as_deref(), Some("orders"));
+        assert_eq!(r.subresource.as_deref(), Some("s0-lag"));
+    }
+
+    #[test]
+    fn discovery_and_openapi_are_non_resource_urls() {
+        for path in [
+            "/apis",
+            "/apis/external.metrics.k8s.io",
+            "/apis/external.metrics.k8s.io/v1beta1",
+            "/openapi/v2",
+        ] {
+            let a = RequestAttributes::from_request(&Method::GET, path);
+            assert!(a.resource.is_none(), "{path}");
+            let n = a.non_resource.unwrap();
+            assert_eq!(n.path.as_deref(), Some(path));
+            assert_eq!(n.verb.as_deref(), Some("get"));
+        }
+    }
+
+    #[test]
+    fn config_map_lists_are_json() {
+        let data = BTreeMap::from([
+            (
+                "requestheader-allowed-names".to_owned(),
+                r#"["front-proxy-client"]"#.to_owned(),
+            ),
+            (
+                "requestheader-username-headers".to_owned(),
+                r#"["X-Remote-User"]"#.to_owned(),
+            ),
+            (
+                "requestheader-group-headers".to_owned(),
+                r#"["X-Remote-Group"]"#.to_owned(),
+            ),
+            (
+                "requestheader-extra-headers-prefix".to_owned(),
+                r#"["X-Remote-Extra-"]"#.to_owned(),
+            ),
+        ]);
+        let config = AuthenticationConfig::from_data(&data).unwrap();
+        assert_eq!(config.allowed_names, ["front-proxy-client"]);
+        assert_eq!(config.username_headers, ["X-Remote-User"]);
+        assert!(config.requestheader_ca.is_none());
+        let bad = BTreeMap::from([(
+            "requestheader-allowed-names".to_owned(),
+            "front-proxy-client".to_owned(),
+        )]);
+        let err = AuthenticationConfig::from_data(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("requestheader-allowed-names: not a JSON list"),
+            "{err}"
+        );
+    }
+
+    fn proxy_config() -> AuthenticationConfig {
+        AuthenticationConfig {
+            allowed_names: vec!["front-proxy-client".into()],
+            username_headers: vec!["X-Remote-User".into()],
+            group_headers: vec!["X-Remote-Group".into()],
+            extra_headers_prefixes: vec!["X-Remote-Extra-".into()],
+            ..Default::default()
+        }
+    }
+
+    fn cert(cn: &str, org: Option<&str>) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        if let Some(org) = org {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, org);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn front_proxy_headers_become_the_identity() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-remote-user",
+            "system:serviceaccount:kube-system:hpa".parse().unwrap(),
+        );
+        headers.append("x-remote-group", "system:serviceaccounts".parse().unwrap());
+        headers.append("x-remote-group", "system:authenticated".parse().unwrap());
+        headers.insert("x-remote-extra-scopes%2fone", "a".parse().unwrap());
+        let user =
+            front_proxy_user(&proxy_config(), &cert("front-proxy-client", None), &headers).unwrap();
+        assert_eq!(user.name, "system:serviceaccount:kube-system:hpa");
+        assert_eq!(
+            user.groups,
+            ["system:serviceaccounts", "system:authenticated"]
+        );
+        assert_eq!(user.extra["scopes/one"], ["a"]);
+    }
+
+    #[test]
+    fn a_front_proxy_with_another_name_or_no_user_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-remote-user", "admin".parse().unwrap());
+        let err =
+            front_proxy_user(&proxy_config(), &cert("someone-else", None), &headers).unwrap_err();
+        assert_eq!(err.code, 401);
+        assert!(
+            err.message
+                .contains("not one of requestheader-allowed-names"),
+            "{}",
+            err.message
+        );
+        let err = front_proxy_user(
+            &proxy_config(),
+            &cert("front-proxy-client", None),
+            &HeaderMap::new(),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("no user"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_client_certificate_names_user_and_groups() {
+        let user = certificate_user(&cert("jane", Some("ops"))).unwrap();
+        assert_eq!(user.name, "jane");
+        assert_eq!(user.groups, ["ops"]);
+    }
+
+    #[test]
+    fn only_bearer_authorization_is_accepted() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers).unwrap(), None);
+        headers.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers).unwrap(), Some("abc"));
+        headers.insert("authorization", "Basic YTpi".parse().unwrap());
+        assert_eq!(bearer_token(&headers).unwrap_err().code, 401);
+    }
+
+    #[test]
+    fn cache_expires_and_stays_bounded() {
+        let cache: TtlCache<usize, u8> = TtlCache::new();
+        for i in 0..CACHE_CAPACITY + 10 {
+            cache.put(i, 1);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= CACHE_CAPACITY);
+        assert_eq!(cache.get(&(CACHE_CAPACITY + 9)), Some(1));
+    }
+}

@@ -1,0 +1,274 @@
+//! Metric values from the cache, shared by the external and the custom metrics APIs: which
+//! triggers a metric name and a label selector pick, their values as quantities, and the
+//! 404/503 rules (a trigger without a current reading is a 503, never a zero).
+//!
+//! A trigger not polled since start is a cold miss: the request asks the poller for that one
+//! poll (asks for the same trigger are coalesced into one poll) and waits for it, bounded by
+//! [`FIRST_POLL_TIMEOUT`], so an HPA never waits on a broker for long.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use futures::future::join_all;
+
+use super::AppState;
+use super::external::{MetricSource, SCALED_OBJECT_LABEL};
+use super::quantity::format_quantity;
+use super::selector::Selector;
+use super::status::Status;
+use crate::cache::{MetricCache, TriggerId};
+use crate::names;
+use crate::poller::PollRequests;
+
+/// How long a request waits for the first poll of a trigger not polled since start before it
+/// answers 503. Below the aggregator's and the HPA client's timeouts, so the HPA gets our
+/// Status rather than a timeout of its own.
+pub const FIRST_POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One value of a metric, ready for either API's item type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricValue {
+    /// The trigger it comes from.
+    pub id: TriggerId,
+    /// The labels the selector was matched against.
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339, UTC, whole seconds: when the broker was read.
+    pub timestamp: String,
+    /// A canonical quantity string.
+    pub value: String,
+}
+
+/// Why a lookup has no values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Miss {
+    /// No trigger serves this metric name here; each API words its own 404.
+    Unknown,
+    /// Triggers serve the name, but the label selector picks none of them (a 404 too: an
+    /// empty list is an error to the HPA anyway, and this one says why).
+    NoneSelected,
+    /// A selected trigger has no current value (503), or a value that cannot be served (500).
+    Failed(Status),
+}
+
+/// Which value of a trigger a metric name asks for.
+#[derive(Debug, Clone, Copy)]
+enum Part<'a> {
+    Main,
+    Extra(&'a str),
+}
+
+/// A trigger the name and selector picked.
+struct Selected<'a> {
+    source: &'a MetricSource,
+    part: Part<'a>,
+    labels: BTreeMap<String, String>,
+}
+
+/// The labels every value of `id` carries.
+pub fn metric_labels(id: &TriggerId) -> BTreeMap<String, String> {
+    BTreeMap::from([(SCALED_OBJECT_LABEL.to_owned(), id.scaled_object.clone())])
+}
+
+/// The query parameter `name` (`labelSelector`, `metricLabelSelector`) parsed as a label
+/// selector; absent means everything, malformed is a 400.
+pub fn selector_param(query: Option<&str>, name: &str) -> Result<Selector, Status> {
+    let text = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    Selector::parse(&text).map_err(|err| Status::bad_request(format!("{name}: {err}")))
+}
+
+/// A path whose segments do not decode (bad percent-encoding, not UTF-8) is a 400 Status,
+/// not axum's plain-text rejection.
+pub fn bad_path(rejection: PathRejection) -> Status {
+    Status::bad_request(format!("invalid request path: {}", rejection.body_text()))
+}
+
+/// A 400 unless `namespace` is a valid namespace name.
+pub fn check_namespace(namespace: &str) -> Result<(), Status> {
+    names::check_dns1123_label(namespace)
+        .map_err(|m| Status::bad_request(format!("invalid namespace in the path: {m}")))
+}
+
+/// A 400 unless `metric` can be a metric name (the `resource` of the request path).
+pub fn check_metric_name(metric: &str) -> Result<(), Status> {
+    names::check_path_segment(metric)
+        .map_err(|m| Status::bad_request(format!("invalid metric name in the path: {m}")))
+}
+
+/// The values of `metric` among `sources` whose labels `selector` matches, first waiting
+/// (bounded) for the first poll of any picked trigger not polled since start.
+///
+/// Errors: [`Miss::Unknown`] and [`Miss::NoneSelected`] for the caller's 404, or a 503 when
+/// any picked trigger has no current reading, since a partial sum would under-scale.
+pub async fn lookup(
+    state: &AppState,
+    sources: &[&MetricSource],
+    metric: &str,
+    selector: &Selector,
+) -> Result<Vec<MetricValue>, Miss> {
+    let cold: Vec<TriggerId> = select(sources, &state.cache, metric, selector)?
+        .iter()
+        .filter(|s| state.cache.get(&s.source.id).is_none())
+        .map(|s| s.source.id.clone())
+        .collect();
+    if !cold.is_empty() {
+        if let Some(requests) = &state.poll_requests {
+            await_first_polls(&state.cache, requests, &cold, FIRST_POLL_TIMEOUT).await;
+        }
+    }
+    // Selected again: a first reading tells which extras a trigger really has.
+    let selected = select(sources, &state.cache, metric, selector)?;
+    read(&selected, &state.cache, metric)
+}
+
+/// Asks the poller for the first poll of each of `ids` (coalesced with every other ask for the
+/// same trigger) and waits until each has an outcome in `cache`, or `timeout` has passed.
+pub async fn await_first_polls(
+    cache: &MetricCache,
+    requests: &PollRequests,
+    ids: &[TriggerId],
+    timeout: Duration,
+) {
+    let waits = ids.iter().filter(|id| requests.ask(id)).map(|id| {
+        tracing::debug!(trigger = %id, "cold miss: waiting for the first poll");
+        cache.first_outcome(id, timeout)
+    });
+    join_all(waits).await;
+}
+
+/// The triggers among `sources` serving `metric` whose labels `selector` matches.
+fn select<'a>(
+    sources: &[&'a MetricSource],
+    cache: &MetricCache,
+    metric: &'a str,
+    selector: &Selector,
+) -> Result<Vec<Selected<'a>>, Miss> {
+    // A main metric wins over an extra spelled the same (queue `jobs-eu` vs `jobs` + `-eu`).
+    let main = sources.iter().any(|s| s.metric == metric);
+    let mut known = false;
+    let mut selected = Vec::new();
+    for &source in sources {
+        let part = if source.metric == metric {
+            Part::Main
+        } else if main {
+            continue;
+        } else if let Some(suffix) = metric
+            .strip_prefix(source.metric.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+        {
+            // Extras are known from readings; before the first one, any suffix of a
+            // not-yet-polled trigger may be real, so it waits like the main metric.
+            let seen = cache
+                .get(&source.id)
+                .and_then(|s| s.last_reading)
+                .map(|r| r.extra.iter().any(|(n, _)| *n == suffix));
+            match seen {
+                Some(true) | None => Part::Extra(suffix),
+                Some(false) => continue,
+            }
+        } else {
+            continue;
+        };
+        known = true;
+        let labels = metric_labels(&source.id);
+        if selector.matches(&labels) {
+            selected.push(Selected {
+                source,
+                part,
+                labels,
+            });
+        }
+    }
+    match (known, selected.is_empty()) {
+        (false, _) => Err(Miss::Unknown),
+        (true, true) => Err(Miss::NoneSelected),
+        (true, false) => Ok(selected),
+    }
+}
+
+/// The current value of each selected trigger; the first that has none fails the lookup.
+fn read(
+    selected: &[Selected<'_>],
+    cache: &MetricCache,
+    metric: &str,
+) -> Result<Vec<MetricValue>, Miss> {
+    let unavailable = |id: &TriggerId, why: String| {
+        Miss::Failed(Status::service_unavailable(format!(
+            "metric {metric} of {id}: {why}"
+        )))
+    };
+    let mut values = Vec::with_capacity(selected.len());
+    for Selected {
+        source,
+        part,
+        labels,
+    } in selected
+    {
+        let id = &source.id;
+        let Some(state) = cache.get(id) else {
+            return Err(unavailable(
+                id,
+                "no reading yet (the first poll has not finished)".into(),
+            ));
+        };
+        let reading = match (state.current(), &state.error) {
+            (Some(reading), _) => reading,
+            (None, Some(err)) => {
+                return Err(unavailable(
+                    id,
+                    format!(
+                        "the latest poll failed ({} in a row): {err}",
+                        state.consecutive_failures
+                    ),
+                ));
+            }
+            (None, None) => return Err(unavailable(id, "no reading yet".into())),
+        };
+        let value = match part {
+            Part::Main => reading.value,
+            Part::Extra(suffix) => match reading.extra.iter().find(|(n, _)| n == suffix) {
+                Some((_, v)) => *v,
+                None => {
+                    return Err(unavailable(
+                        id,
+                        format!("the latest reading has no {suffix}"),
+                    ));
+                }
+            },
+        };
+        let quantity = format_quantity(value).map_err(|err| {
+            Miss::Failed(Status::internal(format!("metric {metric} of {id}: {err}")))
+        })?;
+        if quantity.capped {
+            tracing::warn!(trigger = %id, %metric, value, served = %quantity.text, "value capped to what the HPA can read");
+        }
+        values.push(MetricValue {
+            id: id.clone(),
+            labels: labels.clone(),
+            timestamp: chrono::DateTime::<chrono::Utc>::from(reading.timestamp)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            value: quantity.text,
+        });
+    }
+    Ok(values)
+}
+
+/// Logs how a metric request was answered: a value at debug, a refusal at info (the HPA's own
+/// condition says the same, but only in its namespace), malformed input at debug (whoever
+/// sends it gets the reason; a scanner must not fill the log). `answer` is the item count or
+/// the Status.
+pub fn log_answer(path: &str, answer: Result<usize, &Status>) {
+    match answer {
+        Ok(items) => tracing::debug!(path, items, "served metric"),
+        Err(status) if status.code == axum::http::StatusCode::BAD_REQUEST => tracing::debug!(
+            path, code = status.code.as_u16(), message = %status.message, "malformed metric request"
+        ),
+        Err(status) => tracing::info!(
+            path, code = status.code.as_u16(), reason = status.reason,
+            message = %status.message, "metric not served"
+        ),
+    }
+}

@@ -1,0 +1,599 @@
+//! The autoscaling/v2 HorizontalPodAutoscaler a ScaledObject owns: built from the spec alone
+//! ([`desired_hpa`]), and compared with what is in the cluster in the fields spillway owns
+//! ([`hpa_drift`]), so a hand edit is repaired and an unchanged HPA is left alone.
+//!
+//! The HPA scales between `max(1, minReplicaCount)` and `maxReplicaCount` on one External metric
+//! per trigger; scaling to and from zero is the controller's job, because an HPA stops at one.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, ExternalMetricSource, HPAScalingPolicy, HPAScalingRules,
+    HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::Resource;
+
+use super::crd::ScaledObject;
+use super::triggers::SpecError;
+use crate::api::external::SCALED_OBJECT_LABEL;
+use crate::api::quantity::format_quantity;
+use crate::config::TriggerConfig;
+use crate::scalers::{TriggerParams, served_metric_name};
+
+/// The label every object spillway creates carries, with [`MANAGED_BY`] as its value.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "spillway";
+
+/// Why no HPA can be built for a ScaledObject.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HpaError {
+    /// The object lacks what the API server always sets (name, namespace, uid), or its spec
+    /// breaks a rule the schema also checks.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The object has no uid, so nothing can name it as owner.
+    #[error("metadata.uid is not set: the HPA cannot name its owner")]
+    MissingUid,
+    /// A trigger's target cannot be written as a quantity.
+    #[error("spec.triggers[{index}]: target {value} is not a quantity")]
+    Target { index: usize, value: f64 },
+}
+
+/// The HPA's name: `advanced.horizontalPodAutoscalerConfig.name`, else `spillway-<name>`.
+pub fn hpa_name(so: &ScaledObject) -> Result<String, HpaError> {
+    let configured = so
+        .spec
+        .advanced
+        .as_ref()
+        .and_then(|a| a.horizontal_pod_autoscaler_config.as_ref())
+        .and_then(|c| c.name.clone());
+    match configured {
+        Some(name) => Ok(name),
+        None => Ok(format!("spillway-{}", so.name_and_namespace()?.0)),
+    }
+}
+
+/// The HPA as spillway wants it for `so`: owned by it, one External metric per trigger named
+/// as the metrics API serves it and selected by the ScaledObject's label, each with the
+/// trigger's target as an AverageValue (so the HPA asks for `ceil(value / target)` replicas).
+pub fn desired_hpa(so: &ScaledObject) -> Result<HorizontalPodAutoscaler, HpaError> {
+    let config = so.to_config()?;
+    let name = hpa_name(so)?;
+    let mut owner = so.controller_owner_ref(&()).ok_or(HpaError::MissingUid)?;
+    // Garbage collection waits for the HPA before it removes a foreground-deleted ScaledObject.
+    owner.block_owner_deletion = Some(true);
+    let selector = LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            SCALED_OBJECT_LABEL.to_owned(),
+            config.name.clone(),
+        )])),
+        match_expressions: None,
+    };
+    let metrics = config
+        .triggers
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| external_metric(index, entry, &selector))
+        .collect::<Result<Vec<_>, _>>()?;
+    let target = &so.spec.scale_target_ref;
+    Ok(HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(owned_labels(&config.name)),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(target.api_version.clone()),
+                kind: target.kind.clone(),
+                name: target.name.clone(),
+            },
+            min_replicas: Some(so.spec.min_replica_count.max(1)),
+            max_replicas: so.spec.max_replica_count,
+            behavior: so
+                .spec
+                .advanced
+                .as_ref()
+                .and_then(|a| a.horizontal_pod_autoscaler_config.as_ref())
+                .and_then(|c| c.behavior.clone()),
+            metrics: Some(metrics),
+        }),
+        status: None,
+    })
+}
+
+/// The labels spillway sets on the HPA of the ScaledObject `name`.
+fn owned_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (SCALED_OBJECT_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+fn external_metric(
+    index: usize,
+    entry: &TriggerConfig,
+    selector: &LabelSelector,
+) -> Result<MetricSpec, HpaError> {
+    let trigger = entry
+        .trigger()
+        .expect("to_config checked that each trigger names one broker");
+    let value = trigger.target_value();
+    let quantity = format_quantity(value).map_err(|_| HpaError::Target { index, value })?;
+    Ok(MetricSpec {
+        type_: "External".to_owned(),
+        external: Some(ExternalMetricSource {
+            metric: MetricIdentifier {
+                name: served_metric_name(index, &trigger),
+                selector: Some(selector.clone()),
+            },
+            target: MetricTarget {
+                type_: "AverageValue".to_owned(),
+                average_value: Some(Quantity(quantity.text)),
+                average_utilization: None,
+                value: None,
+            },
+        }),
+        ..MetricSpec::default()
+    })
+}
+
+/// The fields spillway owns in which `existing` differs from `desired`, as paths (empty when
+/// the HPA needs no update). Fields others may own are not compared: extra labels and owner
+/// references, annotations, the status. The API server's defaults for `behavior` are applied to
+/// the desired side first, so a stored HPA is not mistaken for a hand edit.
+pub fn hpa_drift(
+    existing: &HorizontalPodAutoscaler,
+    desired: &HorizontalPodAutoscaler,
+) -> Vec<&'static str> {
+    let mut drift = Vec::new();
+    let has_all = |have: &Option<BTreeMap<String, String>>,
+                   want: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|have| have.get(k)) == Some(v))
+    };
+    if !has_all(&existing.metadata.labels, &desired.metadata.labels) {
+        drift.push("metadata.labels");
+    }
+    let owners = |meta: &ObjectMeta| -> Vec<OwnerReference> {
+        meta.owner_references.clone().unwrap_or_default()
+    };
+    let existing_owners = owners(&existing.metadata);
+    if !owners(&desired.metadata)
+        .iter()
+        .all(|want| existing_owners.contains(want))
+    {
+        drift.push("metadata.ownerReferences");
+    }
+    let empty = HorizontalPodAutoscalerSpec::default();
+    let have = existing.spec.as_ref().unwrap_or(&empty);
+    let want = desired.spec.as_ref().unwrap_or(&empty);
+    if have.scale_target_ref != want.scale_target_ref {
+        drift.push("spec.scaleTargetRef");
+    }
+    // The API server stores an unset minReplicas as 1.
+    if have.min_replicas.unwrap_or(1) != want.min_replicas.unwrap_or(1) {
+        drift.push("spec.minReplicas");
+    }
+    if have.max_replicas != want.max_replicas {
+        drift.push("spec.maxReplicas");
+    }
+    if have.metrics != want.metrics {
+        drift.push("spec.metrics");
+    }
+    if have.behavior != stored_behavior(want.behavior.as_ref(), have.behavior.as_ref()) {
+        drift.push("spec.behavior");
+    }
+    drift
+}
+
+/// `behavior` as the API server stores it (k8s.io/kubernetes pkg/apis/autoscaling/v2
+/// defaults.go): a set behavior gets both rule sets, each unset field filled from the defaults;
+/// an unset one stays unset. `stored` is the behavior in the cluster: where it lacks a
+/// `tolerance` we asked for, the server dropped it (the feature gate is off), and asking again
+/// would never converge.
+fn stored_behavior(
+    desired: Option<&HorizontalPodAutoscalerBehavior>,
+    stored: Option<&HorizontalPodAutoscalerBehavior>,
+) -> Option<HorizontalPodAutoscalerBehavior> {
+    let desired = desired?;
+    let rules = |rules: Option<&HPAScalingRules>,
+                 defaults: HPAScalingRules,
+                 stored: Option<&HPAScalingRules>| {
+        let rules = rules.cloned().unwrap_or_default();
+        let tolerance = match stored {
+            Some(stored) if stored.tolerance.is_none() => None,
+            _ => rules.tolerance,
+        };
+        HPAScalingRules {
+            select_policy: rules.select_policy.or(defaults.select_policy),
+            stabilization_window_seconds: rules
+                .stabilization_window_seconds
+                .or(defaults.stabilization_window_seconds),
+            policies: rules.policies.or(defaults.policies),
+            tolerance,
+        }
+    };
+    let policy = |type_: &str, value: i32| HPAScalingPolicy {
+        type_: type_.to_owned(),
+        value,
+        period_seconds: 15,
+    };
+    let scale_up = HPAScalingRules {
+        select_policy: Some("Max".to_owned()),
+        stabilization_window_seconds: Some(0),
+        policies: Some(vec![policy("Pods", 4), policy("Percent", 100)]),
+        tolerance: None,
+    };
+    // The scale-down window stays unset: the controller manager's flag supplies it.
+    let scale_down = HPAScalingRules {
+        select_policy: Some("Max".to_owned()),
+        stabilization_window_seconds: None,
+        policies: Some(vec![policy("Percent", 100)]),
+        tolerance: None,
+    };
+    Some(HorizontalPodAutoscalerBehavior {
+        scale_up: Some(rules(
+            desired.scale_up.as_ref(),
+            scale_up,
+            stored.and_then(|s| s.scale_up.as_ref()),
+        )),
+        scale_down: Some(rules(
+            desired.scale_down.as_ref(),
+            scale_down,
+            stored.and_then(|s| s.scale_down.as_ref()),
+        )),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::api::external::catalog;
+    use crate::controller::triggers::triggers;
+
+    /// A ScaledObject as a user writes it, with the uid the API server adds.
+    fn scaled_object(text: &str) -> ScaledObject {
+        let mut so: ScaledObject = serde_norway::from_str(text).unwrap();
+        so.metadata.uid = Some("7f1d3c2a-0000-4000-8000-000000000001".into());
+        so
+    }
+
+    const ORDERS: &str = r#"
+apiVersion: spillway.dev/v1alpha1
+kind: ScaledObject
+metadata:
+  name: orders-consumer
+  namespace: shop
+spec:
+  scaleTargetRef:
+    name: orders-consumer
+  maxReplicaCount: 30
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown:
+          stabilizationWindowSeconds: 60
+  triggers:
+    - kafka:
+        bootstrapServers: kafka:9092
+        consumerGroup: orders
+        topic: Orders.v1
+        lagThreshold: 1500
+    - rabbitmq:
+        host: http://rabbitmq:15672/
+        queueName: retry
+        value: "2.5"
+    - prometheus:
+        serverAddress: http://prometheus:9090
+        query: sum(rate(http_requests_total[1m]))
+        threshold: 12000
+    - cron:
+        timezone: Europe/Berlin
+        start: "0 8 * * 1-5"
+        end: "0 18 * * 1-5"
+        desiredReplicas: 3
+"#;
+
+    #[test]
+    fn builds_the_owned_hpa_from_a_scaled_object_as_users_write_it() {
+        let so = scaled_object(ORDERS);
+        let hpa = desired_hpa(&so).unwrap();
+        let expected = serde_json::json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {
+                "name": "spillway-orders-consumer",
+                "namespace": "shop",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "spillway",
+                    "scaledobject.spillway.dev/name": "orders-consumer"
+                },
+                "ownerReferences": [{
+                    "apiVersion": "spillway.dev/v1alpha1",
+                    "kind": "ScaledObject",
+                    "name": "orders-consumer",
+                    "uid": "7f1d3c2a-0000-4000-8000-000000000001",
+                    "controller": true,
+                    "blockOwnerDeletion": true
+                }]
+            },
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders-consumer"},
+                // minReplicaCount 0: the HPA stops at one, the controller does 1 -> 0.
+                "minReplicas": 1,
+                "maxReplicas": 30,
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}},
+                "metrics": [
+                    external("s0-kafka-orders-v1", "1500"),
+                    external("s1-rabbitmq-retry", "2500m"),
+                    external("s2-prometheus", "12k"),
+                    external("s3-cron-europe-berlin-08xx1-5-018xx1-5", "1"),
+                ]
+            }
+        });
+        let actual = serde_json::to_value(&hpa).unwrap();
+        let metric_names: Vec<&str> = actual["spec"]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["external"]["metric"]["name"].as_str().unwrap())
+            .collect();
+        // The cron name is whatever the metrics API serves; compared below against the catalog.
+        let mut expected = expected;
+        expected["spec"]["metrics"][3]["external"]["metric"]["name"] = metric_names[3].into();
+        assert_eq!(actual, expected);
+    }
+
+    fn external(name: &str, target: &str) -> serde_json::Value {
+        serde_json::json!({
+            "type": "External",
+            "external": {
+                "metric": {
+                    "name": name,
+                    "selector": {"matchLabels": {"scaledobject.spillway.dev/name": "orders-consumer"}}
+                },
+                "target": {"type": "AverageValue", "averageValue": target}
+            }
+        })
+    }
+
+    #[test]
+    fn metric_names_are_the_ones_the_metrics_api_serves() {
+        let so = scaled_object(ORDERS);
+        let hpa = desired_hpa(&so).unwrap();
+        let asked: Vec<String> = hpa
+            .spec
+            .unwrap()
+            .metrics
+            .unwrap()
+            .into_iter()
+            .map(|m| m.external.unwrap().metric.name)
+            .collect();
+        let served: Vec<String> = catalog(&triggers(&so.to_config().unwrap()).unwrap())
+            .into_iter()
+            .map(|m| m.metric)
+            .collect();
+        assert_eq!(asked, served);
+        assert!(
+            asked[3].starts_with("s3-cron-europe-berlin-"),
+            "{}",
+            asked[3]
+        );
+    }
+
+    #[test]
+    fn name_min_replicas_and_target_follow_the_spec() {
+        let mut so = scaled_object(ORDERS);
+        so.spec.min_replica_count = 4;
+        so.spec.scale_target_ref.api_version = "argoproj.io/v1alpha1".into();
+        so.spec.scale_target_ref.kind = "Rollout".into();
+        so.spec
+            .advanced
+            .as_mut()
+            .unwrap()
+            .horizontal_pod_autoscaler_config
+            .as_mut()
+            .unwrap()
+            .name = Some("orders-hpa".into());
+        let hpa = desired_hpa(&so).unwrap();
+        assert_eq!(hpa.metadata.name.as_deref(), Some("orders-hpa"));
+        let spec = hpa.spec.unwrap();
+        assert_eq!(spec.min_replicas, Some(4));
+        assert_eq!(spec.scale_target_ref.kind, "Rollout");
+        assert_eq!(
+            spec.scale_target_ref.api_version.as_deref(),
+            Some("argoproj.io/v1alpha1")
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_build() {
+        let mut so = scaled_object(ORDERS);
+        so.metadata.uid = None;
+        assert_eq!(desired_hpa(&so).unwrap_err(), HpaError::MissingUid);
+        let mut so = scaled_object(ORDERS);
+        so.spec.triggers.clear();
+        assert_eq!(
+            desired_hpa(&so).unwrap_err().to_string(),
+            "spec.triggers: needs at least one trigger"
+        );
+        let mut so = scaled_object(ORDERS);
+        so.spec.triggers[0] = TriggerConfig::default();
+        assert!(
+            desired_hpa(&so)
+                .unwrap_err()
+                .to_string()
+                .starts_with("spec.triggers[0]: names no broker")
+        );
+    }
+
+    /// The HPA as the API server returns it after a create: defaults filled in, fields of
+    /// its own added.
+    fn as_stored(desired: &HorizontalPodAutoscaler) -> HorizontalPodAutoscaler {
+        let mut stored = desired.clone();
+        stored.metadata.resource_version = Some("4711".into());
+        stored
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "shop".into());
+        let spec = stored.spec.as_mut().unwrap();
+        spec.behavior = Some(
+            serde_json::from_value(serde_json::json!({
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "selectPolicy": "Max",
+                    "policies": [
+                        {"type": "Pods", "value": 4, "periodSeconds": 15},
+                        {"type": "Percent", "value": 100, "periodSeconds": 15}
+                    ]
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 60,
+                    "selectPolicy": "Max",
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]
+                }
+            }))
+            .unwrap(),
+        );
+        stored
+    }
+
+    #[test]
+    fn a_stored_hpa_with_server_defaults_has_no_drift() {
+        let desired = desired_hpa(&scaled_object(ORDERS)).unwrap();
+        assert_eq!(
+            hpa_drift(&as_stored(&desired), &desired),
+            Vec::<&str>::new()
+        );
+        // Without behavior, the server stores none.
+        let mut so = scaled_object(ORDERS);
+        so.spec.advanced = None;
+        let plain = desired_hpa(&so).unwrap();
+        assert_eq!(hpa_drift(&plain.clone(), &plain), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn hand_edits_of_owned_fields_are_drift() {
+        let desired = desired_hpa(&scaled_object(ORDERS)).unwrap();
+        let stored = as_stored(&desired);
+        let edit = |change: fn(&mut HorizontalPodAutoscaler)| {
+            let mut edited = stored.clone();
+            change(&mut edited);
+            hpa_drift(&edited, &desired)
+        };
+        assert_eq!(
+            edit(|h| h.spec.as_mut().unwrap().max_replicas = 3),
+            ["spec.maxReplicas"]
+        );
+        assert_eq!(
+            edit(|h| h.spec.as_mut().unwrap().min_replicas = None),
+            Vec::<&str>::new(),
+            "an unset minReplicas is stored as 1"
+        );
+        assert_eq!(
+            edit(|h| h.spec.as_mut().unwrap().min_replicas = Some(2)),
+            ["spec.minReplicas"]
+        );
+        assert_eq!(
+            edit(|h| {
+                h.spec.as_mut().unwrap().metrics.as_mut().unwrap().pop();
+            }),
+            ["spec.metrics"]
+        );
+        assert_eq!(
+            edit(|h| {
+                let metric = &mut h.spec.as_mut().unwrap().metrics.as_mut().unwrap()[0];
+                metric.external.as_mut().unwrap().target.average_value =
+                    Some(Quantity("10".into()));
+            }),
+            ["spec.metrics"]
+        );
+        assert_eq!(
+            edit(|h| h.spec.as_mut().unwrap().scale_target_ref.name = "other".into()),
+            ["spec.scaleTargetRef"]
+        );
+        assert_eq!(
+            edit(|h| {
+                let behavior = h.spec.as_mut().unwrap().behavior.as_mut().unwrap();
+                behavior
+                    .scale_down
+                    .as_mut()
+                    .unwrap()
+                    .stabilization_window_seconds = Some(300);
+            }),
+            ["spec.behavior"]
+        );
+        assert_eq!(
+            edit(|h| h.spec.as_mut().unwrap().behavior = None),
+            ["spec.behavior"]
+        );
+        assert_eq!(
+            edit(|h| {
+                h.metadata
+                    .labels
+                    .as_mut()
+                    .unwrap()
+                    .remove(SCALED_OBJECT_LABEL);
+            }),
+            ["metadata.labels"]
+        );
+        assert_eq!(
+            edit(|h| h.metadata.owner_references = None),
+            ["metadata.ownerReferences"]
+        );
+        assert_eq!(
+            edit(|h| h.metadata.annotations = Some(BTreeMap::from([("a".into(), "b".into())]))),
+            Vec::<&str>::new(),
+            "annotations are not ours"
+        );
+    }
+
+    #[test]
+    fn a_tolerance_the_server_dropped_is_not_asked_for_forever() {
+        let mut so = scaled_object(ORDERS);
+        let config = so
+            .spec
+            .advanced
+            .as_mut()
+            .unwrap()
+            .horizontal_pod_autoscaler_config
+            .as_mut()
+            .unwrap();
+        config
+            .behavior
+            .as_mut()
+            .unwrap()
+            .scale_down
+            .as_mut()
+            .unwrap()
+            .tolerance = Some(Quantity("50m".into()));
+        let desired = desired_hpa(&so).unwrap();
+        // Feature gate off: stored without tolerance.
+        let stored = as_stored(&desired);
+        assert_eq!(hpa_drift(&stored, &desired), Vec::<&str>::new());
+        // Feature gate on but a different tolerance stored: drift.
+        let mut other = stored.clone();
+        other
+            .spec
+            .as_mut()
+            .unwrap()
+            .behavior
+            .as_mut()
+            .unwrap()
+            .scale_down
+            .as_mut()
+            .unwrap()
+            .tolerance = Some(Quantity("100m".into()));
+        assert_eq!(hpa_drift(&other, &desired), ["spec.behavior"]);
+    }
+}

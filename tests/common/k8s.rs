@@ -1,0 +1,295 @@
+//! Fixtures on the local control plane (`scripts/k8s.sh`): clients with the generated
+//! identities, server-side apply of plain JSON manifests, and a `spillway serve` registered
+//! with the aggregator through an ExternalName Service `localhost` and an APIService.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use serde_json::json;
+
+/// The port the e2e spillway listens on; the APIService points at it, so it is fixed.
+pub const SPILLWAY_PORT: u16 = 36450;
+/// Where the aggregator looks for spillway (the serving certificate names this Service).
+pub const SPILLWAY_NAMESPACE: &str = "spillway-system";
+pub const SPILLWAY_SERVICE: &str = "spillway";
+
+/// Files of the generated PKI and kubeconfigs.
+pub fn k8s_dir() -> PathBuf {
+    PathBuf::from(super::endpoint("SPILLWAY_K8S_DIR"))
+}
+
+pub fn pki(name: &str) -> PathBuf {
+    k8s_dir().join("pki").join(name)
+}
+
+/// A client acting as the user of `<identity>.kubeconfig` (admin, nobody, spillway-client).
+pub async fn client_as(identity: &str) -> kube::Client {
+    let path = k8s_dir().join(format!("{identity}.kubeconfig"));
+    let file = kube::config::Kubeconfig::read_from(&path)
+        .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+    let config =
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+    kube::Client::try_from(config).expect("client")
+}
+
+pub async fn admin() -> kube::Client {
+    client_as("admin").await
+}
+
+/// Server-side applies one object given as JSON (apiVersion, kind, metadata.name and, when
+/// namespaced, metadata.namespace set) and returns what the API server stored.
+pub async fn apply(client: &kube::Client, object: serde_json::Value) -> DynamicObject {
+    let api_version = object["apiVersion"].as_str().expect("apiVersion");
+    let kind = object["kind"].as_str().expect("kind");
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|err| panic!("discover {api_version} {kind}: {err}"));
+    let name = object["metadata"]["name"].as_str().expect("metadata.name");
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(ns) if capabilities.scope == kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        _ => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("spillway-tests").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("apply {kind} {name}: {err}"))
+}
+
+/// An `Api` for any kind, namespaced when `namespace` is given.
+pub fn dynamic_api(
+    client: &kube::Client,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
+    let name = super::unique_name(prefix).replace('_', "-");
+    apply(
+        client,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await;
+    name
+}
+
+/// What spillway needs from the cluster to serve as an aggregated API server: its user
+/// (`spillway`, from the generated client certificate) may create TokenReviews and
+/// SubjectAccessReviews and read the authentication ConfigMap, and the ExternalName Service
+/// `localhost` the APIService points at.
+pub async fn install_spillway_access(client: &kube::Client) {
+    apply(
+        client,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "spillway-e2e:system:auth-delegator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "spillway"}]}),
+    )
+    .await;
+    apply(
+        client,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "spillway-e2e-auth-reader", "namespace": "kube-system"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "extension-apiserver-authentication-reader"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "spillway"}]}),
+    )
+    .await;
+    apply(
+        client,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SPILLWAY_NAMESPACE}}),
+    )
+    .await;
+    // Endpoints refuse loopback addresses; an ExternalName Service does not need any, and the
+    // aggregator resolves it to https://localhost:<APIService port>.
+    apply(
+        client,
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": SPILLWAY_SERVICE, "namespace": SPILLWAY_NAMESPACE},
+            "spec": {"type": "ExternalName", "externalName": "localhost",
+                     "ports": [{"name": "https", "port": SPILLWAY_PORT, "protocol": "TCP"}]}}),
+    )
+    .await;
+}
+
+/// Registers `group/version` as served by spillway on [`SPILLWAY_PORT`], trusting the
+/// cluster CA that signed spillway's serving certificate.
+pub async fn register_api_service(client: &kube::Client, group: &str, version: &str) {
+    use base64::Engine;
+    let ca = std::fs::read(pki("ca.crt")).expect("ca.crt");
+    apply(
+        client,
+        json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": format!("{version}.{group}")},
+            "spec": {"group": group, "version": version,
+                     "service": {"namespace": SPILLWAY_NAMESPACE, "name": SPILLWAY_SERVICE, "port": SPILLWAY_PORT},
+                     "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
+                     "groupPriorityMinimum": 100, "versionPriority": 100}}),
+    )
+    .await;
+}
+
+/// The APIService's Available condition: (status, reason, message).
+pub async fn api_service_available(
+    client: &kube::Client,
+    name: &str,
+) -> Option<(String, String, String)> {
+    let api = dynamic_api(
+        client,
+        "apiregistration.k8s.io",
+        "v1",
+        "APIService",
+        "apiservices",
+        None,
+    );
+    let service = api.get(name).await.ok()?;
+    let conditions = service.data["status"]["conditions"].as_array()?.clone();
+    conditions
+        .iter()
+        .find(|c| c["type"] == "Available")
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (text("status"), text("reason"), text("message"))
+        })
+}
+
+/// Waits until the APIService is Available=True.
+pub async fn wait_available(client: &kube::Client, name: &str, timeout: Duration) {
+    let mut last = None;
+    let found = tokio::time::timeout(timeout, async {
+        loop {
+            let now = api_service_available(client, name).await;
+            if now.as_ref().is_some_and(|(s, _, _)| s == "True") {
+                return;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "APIService {name} not Available after {timeout:?}; last condition: {last:?}"
+    );
+}
+
+/// GET `path` through kube-apiserver as `client`; the HTTP status and body.
+pub async fn get_raw(client: &kube::Client, path: &str) -> (u16, String) {
+    let request = axum::http::Request::get(path).body(Vec::new()).unwrap();
+    match client.request_text(request).await {
+        Ok(body) => (200, body),
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        Err(err) => panic!("GET {path}: {err}"),
+    }
+}
+
+/// A `spillway serve` process with the generated serving certificate and the `spillway`
+/// client identity; killed when dropped.
+pub struct Spillway {
+    child: Child,
+    pub config: PathBuf,
+}
+
+impl Spillway {
+    /// Starts spillway with `scaled_objects` (YAML list items, indented by 2) on
+    /// [`SPILLWAY_PORT`], and waits for its health endpoint.
+    pub async fn start(scaled_objects: &str) -> Self {
+        let config = std::env::temp_dir().join(format!("{}.yaml", super::unique_name("e2e")));
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            &config,
+            format!(
+                "server:\n  listen: 127.0.0.1:{SPILLWAY_PORT}\n  metricsListen: 127.0.0.1:{metrics_port}\n  tls:\n    certFile: {}\n    keyFile: {}\npollingInterval: 1\nscaledObjects:\n{scaled_objects}",
+                pki("spillway-serving.crt").display(),
+                pki("spillway-serving.key").display(),
+            ),
+        )
+        .unwrap();
+        Self::start_with(config).await
+    }
+
+    /// Starts spillway on an existing config file (a restart keeps the same file).
+    pub async fn start_with(config: PathBuf) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(k8s_dir().join("spillway-client.kubeconfig"))
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start spillway serve");
+        let spillway = Self { child, config };
+        super::eventually(
+            "spillway to answer /healthz",
+            Duration::from_secs(30),
+            || async {
+                let response = reqwest::get(format!("http://127.0.0.1:{SPILLWAY_PORT}/healthz"))
+                    .await
+                    .ok()?;
+                response.status().is_success().then_some(())
+            },
+        )
+        .await;
+        spillway
+    }
+
+    /// Stops the process (SIGKILL: the aggregator must cope with a vanished backend).
+    pub fn kill(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut self.config)
+    }
+}
+
+impl Drop for Spillway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reqwest client that trusts the cluster CA and presents `<identity>.crt/.key` from the
+/// generated PKI (none for `None`), for calling spillway directly.
+pub fn direct_client(identity: Option<&str>) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki("ca.crt")).unwrap()).unwrap();
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .use_rustls_tls()
+        .timeout(Duration::from_secs(10));
+    if let Some(identity) = identity {
+        let mut pem = std::fs::read(pki(&format!("{identity}.crt"))).unwrap();
+        pem.extend(std::fs::read(pki(&format!("{identity}.key"))).unwrap());
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+    }
+    builder.build().unwrap()
+}
