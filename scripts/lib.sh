@@ -29,6 +29,9 @@ K8S_ETCD_PEER_PORT="${SPILLWAY_K8S_ETCD_PEER_PORT:-32380}"
 K8S_APISERVER_PORT="${SPILLWAY_K8S_APISERVER_PORT:-36443}"
 K8S_CONTROLLER_MANAGER_PORT="${SPILLWAY_K8S_CONTROLLER_MANAGER_PORT:-30257}"
 
+# Go (for the control plane build) lives in /usr/local/go on these machines, not always on PATH.
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="$PATH:/usr/local/go/bin"; fi
+
 log() { printf '[%s] %s\n' "${SERVICE_NAME:-harness}" "$*" >&2; }
 die() {
   log "error: $*"

@@ -73,6 +73,75 @@ pub enum Command {
     },
     /// Print the ScaledObject CustomResourceDefinition as YAML, for `kubectl apply -f -`.
     Crd,
+    /// Show the replicas an HPA would choose for a scaled object at a given backlog, and why:
+    /// each trigger's proposal ceil(value / target) and tolerance test, the maximum, min/max,
+    /// scaling to zero, and the behavior's stabilization and rate limits for one step.
+    Plan(PlanArgs),
+    /// Run in a cluster: watch ScaledObjects in every namespace, serve their metrics to the
+    /// aggregator (authenticated and authorized through the cluster), and, while holding the
+    /// leader Lease, keep their HPAs, scale to and from zero, and write their status.
+    Run {
+        /// A config file with `server` settings (listen, metricsListen, tls); scaled objects
+        /// come from ScaledObject resources. Defaults apply without it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The cluster's kubeconfig (default: in-cluster, then KUBECONFIG, then ~/.kube/config).
+        #[arg(long, env = "SPILLWAY_KUBECONFIG_PATH")]
+        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        election: ElectionArgs,
+    },
+}
+
+/// Leader election on a coordination.k8s.io Lease (client-go's defaults).
+#[derive(Debug, clap::Args)]
+pub struct ElectionArgs {
+    /// Namespace of the Lease (default: the pod's, from POD_NAMESPACE, else spillway-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "spillway-system")]
+    pub lease_namespace: String,
+    #[arg(long, default_value = "spillway-controller")]
+    pub lease_name: String,
+    /// How long a leader's Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// A leader that cannot renew within this steps down.
+    #[arg(long, default_value_t = 10)]
+    pub renew_deadline_seconds: u64,
+    /// How often candidates retry and the leader renews.
+    #[arg(long, default_value_t = 2)]
+    pub retry_period_seconds: u64,
+    /// This replica's name in the Lease (default: POD_NAME, else hostname and a random suffix).
+    #[arg(long)]
+    pub identity: Option<String>,
+}
+
+/// What `spillway plan` plans for, and with which values.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["filename", "config"])))]
+#[command(group(clap::ArgGroup::new("readings").required(true).args(["values", "live"])))]
+pub struct PlanArgs {
+    /// A ScaledObject manifest (spillway.dev/v1alpha1), as written for `kubectl apply -f`.
+    #[arg(long, short = 'f')]
+    pub filename: Option<PathBuf>,
+    /// A configuration file: plans each of its scaledObjects.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Only the scaled object with this name (`name` or `namespace/name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A trigger's value by its index in `triggers`, e.g. `s0=450`; once per trigger.
+    #[arg(long = "value", value_name = "sINDEX=VALUE")]
+    pub values: Vec<crate::replicas::TriggerValue>,
+    /// Read every trigger's value from its broker instead: one poll, as `watch --once` does.
+    #[arg(long, conflicts_with = "values")]
+    pub live: bool,
+    /// The target's replicas now: adds the tolerance test and the HPA's next step from there.
+    #[arg(long)]
+    pub current_replicas: Option<u32>,
+    /// With --live: the cluster to read a ScaledObject's secretKeyRefs from (without it they
+    /// stay unread and their triggers fail).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// How much load `spillway loadgen` makes.
@@ -143,6 +212,39 @@ mod tests {
         let cli = Cli::try_parse_from(["spillway", "crd"]).unwrap();
         assert!(matches!(cli.command, Command::Crd));
         assert!(Cli::try_parse_from(["spillway", "crd", "extra"]).is_err());
+    }
+
+    #[test]
+    fn plan_takes_one_source_and_values_or_live() {
+        let cli = Cli::try_parse_from([
+            "spillway",
+            "plan",
+            "-f",
+            "so.yaml",
+            "--value",
+            "s0=450",
+            "--value",
+            "1=3",
+            "--current-replicas",
+            "4",
+        ])
+        .unwrap();
+        let Command::Plan(args) = cli.command else {
+            panic!("not plan");
+        };
+        assert_eq!(args.values.len(), 2);
+        assert_eq!((args.values[1].index, args.values[1].value), (1, 3.0));
+        assert_eq!(args.current_replicas, Some(4));
+        let refused = [
+            vec!["spillway", "plan", "--value", "s0=1"],
+            vec!["spillway", "plan", "-f", "a", "-c", "b", "--live"],
+            vec!["spillway", "plan", "-f", "a"],
+            vec!["spillway", "plan", "-f", "a", "--live", "--value", "s0=1"],
+            vec!["spillway", "plan", "-f", "a", "--value", "s0=-1"],
+        ];
+        for args in refused {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

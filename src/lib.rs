@@ -16,6 +16,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod names;
 pub mod poller;
+pub mod registry;
 pub mod replicas;
 pub mod scalers;
 pub mod secret;

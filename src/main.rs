@@ -11,7 +11,7 @@ use std::sync::Arc;
 use spillway::api;
 use spillway::cache::MetricCache;
 use spillway::config::Config;
-use spillway::live::render_table;
+use spillway::live::LiveTable;
 use spillway::loadgen;
 use spillway::poller::{PollRequests, Poller};
 use spillway::telemetry;
@@ -94,6 +94,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", spillway::controller::crd::crd_yaml());
             Ok(())
         }
+        Command::Plan(args) => plan_command(args),
+        Command::Run {
+            config,
+            kubeconfig,
+            election,
+        } => {
+            let loaded = match &config {
+                Some(path) => {
+                    let loaded = Config::load(path)?;
+                    anyhow::ensure!(
+                        loaded.scaled_objects.is_empty(),
+                        "{}: scaledObjects are not read by `spillway run`; create ScaledObject resources instead",
+                        path.display()
+                    );
+                    loaded
+                }
+                None => Config::default(),
+            };
+            tokio::runtime::Runtime::new()?.block_on(run_in_cluster(loaded, kubeconfig, election))
+        }
     }
 }
 
@@ -104,10 +124,12 @@ async fn watch(config: Config, once: bool) -> anyhow::Result<()> {
     let triggers = config.triggers();
     let interval = config.polling_interval.as_duration();
     let redraw = std::io::stdout().is_terminal() && !once;
+    // Keeps each trigger's previous reading, for the rate column.
+    let mut live = LiveTable::new();
     tracing::info!(triggers = triggers.len(), interval = %config.polling_interval, "watching");
     loop {
         poller.tick(&triggers).await;
-        let table = render_table(&config, &cache);
+        let table = live.render(&config, &cache);
         let mut stdout = std::io::stdout().lock();
         if redraw {
             // Clear the screen and home the cursor: a refreshing table, not a scrolling log.
@@ -132,6 +154,82 @@ async fn watch(config: Config, once: bool) -> anyhow::Result<()> {
     }
 }
 
+/// `spillway plan`: the scaled objects of a ScaledObject manifest or a config file, their
+/// values as given (or polled once), and the HPA's decision for each, printed.
+fn plan_command(args: spillway::cli::PlanArgs) -> anyhow::Result<()> {
+    use spillway::replicas::{PlanSource, parse_scaled_objects, plan};
+    anyhow::ensure!(
+        args.live || args.kubeconfig.is_none(),
+        "--kubeconfig is read with --live only: given values need no Secrets"
+    );
+    let mut sources = match (&args.filename, &args.config) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            parse_scaled_objects(path, &text)?
+                .iter()
+                .map(PlanSource::from_scaled_object)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| path.display().to_string())?
+        }
+        (None, Some(path)) => Config::load(path)?
+            .scaled_objects
+            .iter()
+            .map(PlanSource::from_config)
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, None) => anyhow::bail!("give a ScaledObject manifest (-f) or a config file (-c)"),
+    };
+    if let Some(name) = &args.name {
+        sources.retain(|s| s.input.object == *name || s.config.name == *name);
+        anyhow::ensure!(!sources.is_empty(), "no scaled object named {name}");
+    }
+    anyhow::ensure!(!sources.is_empty(), "no scaled objects to plan");
+    if args.live {
+        tokio::runtime::Runtime::new()?.block_on(async {
+            if let Some(kubeconfig) = &args.kubeconfig {
+                let client = spillway::kube_client::client(Some(kubeconfig)).await?;
+                for source in &mut sources {
+                    spillway::controller::triggers::resolve_secrets(&mut source.config, &client)
+                        .await?;
+                }
+            }
+            let cache = Arc::new(MetricCache::new());
+            let mut poller = Poller::new(Arc::clone(&cache));
+            let mut triggers = Vec::new();
+            for source in &sources {
+                triggers.extend(source.triggers()?);
+            }
+            poller.tick(&triggers).await;
+            for source in &mut sources {
+                let states: Vec<_> = source
+                    .triggers()?
+                    .iter()
+                    .map(|(id, _)| cache.get(id))
+                    .collect();
+                source.set_states(&states);
+            }
+            anyhow::Ok(())
+        })?;
+    } else {
+        let names: Vec<&str> = sources.iter().map(|s| s.input.object.as_str()).collect();
+        anyhow::ensure!(
+            sources.len() == 1,
+            "--value names the triggers of one scaled object; pick one of {} with --name",
+            names.join(", ")
+        );
+        sources[0].set_values(&args.values)?;
+    }
+    let plans: Vec<String> = sources
+        .iter_mut()
+        .map(|source| {
+            source.input.current_replicas = args.current_replicas;
+            plan(&source.input).to_string()
+        })
+        .collect();
+    print!("{}", plans.join("\n"));
+    Ok(())
+}
+
 /// `spillway serve`: the metrics API from the first moment, the poller behind it in its own
 /// task, both until Ctrl-C or SIGTERM.
 async fn serve(
@@ -152,6 +250,98 @@ async fn serve(
             .context("authentication needs a cluster to ask (pass --no-auth to serve without, on a trusted machine only)")?;
         Some(api::auth::Authenticator::new(client).await?)
     };
+    let interval = config.polling_interval.as_duration();
+    let poller = Poller::new(cache).with_metrics(Arc::clone(&state.own_metrics));
+    let poller = tokio::spawn(poller.run(triggers, interval, poll_asks));
+    tracing::info!(metrics = state.metrics().len(), interval = %config.polling_interval, "polling");
+    serve_api(&config, state, auth, shutdown_signal()).await?;
+    // The poller holds no state worth finishing: a reading cut short is simply not recorded.
+    poller.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `spillway run`: ScaledObjects from the cluster, their metrics served to the aggregator by
+/// every replica, reconciled by the one holding the Lease.
+async fn run_in_cluster(
+    config: Config,
+    kubeconfig: Option<std::path::PathBuf>,
+    election: spillway::cli::ElectionArgs,
+) -> anyhow::Result<()> {
+    use spillway::controller::{leader, reconcile};
+    let client = spillway::kube_client::client(kubeconfig.as_deref()).await?;
+    let cache = Arc::new(MetricCache::new());
+    let registry = Arc::new(spillway::registry::Registry::new());
+    let (poll_requests, poll_asks) = PollRequests::channel();
+    let state = api::AppState::new(Arc::clone(&cache), Arc::clone(&registry))
+        .with_poll_requests(poll_requests);
+    let auth = api::auth::Authenticator::new(client.clone()).await?;
+    let poller = Poller::new(Arc::clone(&cache)).with_metrics(Arc::clone(&state.own_metrics));
+    let poller = tokio::spawn(poller.run_registry(Arc::clone(&registry), poll_asks));
+
+    let identity = election.identity.unwrap_or_else(leader::default_identity);
+    let elector = leader::LeaderElector::new(
+        client.clone(),
+        &election.lease_namespace,
+        &election.lease_name,
+        identity.clone(),
+        leader::LeaderElectionConfig {
+            lease_duration: std::time::Duration::from_secs(election.lease_duration_seconds),
+            renew_deadline: std::time::Duration::from_secs(election.renew_deadline_seconds),
+            retry_period: std::time::Duration::from_secs(election.retry_period_seconds),
+        },
+    )?;
+    let leading = elector.subscribe();
+    // One stop signal for the API server, the controller and the elector.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let elector = tokio::spawn(elector.run(until_stopped()));
+    let own_metrics = Arc::clone(&state.own_metrics);
+    let mut leader_gauge = leading.clone();
+    tokio::spawn(async move {
+        loop {
+            own_metrics.set_leader(*leader_gauge.borrow_and_update());
+            if leader_gauge.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let context = Arc::new(reconcile::Context::new(
+        client,
+        registry,
+        cache,
+        leading,
+        Arc::clone(&state.own_metrics),
+        identity.clone(),
+    ));
+    let controller = tokio::spawn(reconcile::run(context, until_stopped()));
+    tracing::info!(%identity, lease = %format!("{}/{}", election.lease_namespace, election.lease_name), "running the ScaledObject controller");
+    let stop_all = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    serve_api(&config, state, Some(auth), stop_all).await?;
+    // The Lease is released so a successor leads at once; bounded like every other wait.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), elector).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controller).await;
+    poller.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The metrics API on `server.listen` and spillway's own `/metrics` on `server.metricsListen`,
+/// until `shutdown` completes.
+async fn serve_api(
+    config: &Config,
+    state: api::AppState,
+    auth: Option<Arc<api::auth::Authenticator>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let verifier = auth.clone().map(|a| {
         Arc::new(api::auth::ClientCertPolicy::new(a))
             as Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>
@@ -163,7 +353,7 @@ async fn serve(
     if auth.is_none() {
         tracing::warn!(%addr, "--no-auth: the metrics API is unauthenticated; anyone who can reach this address can read every metric");
     }
-    tracing::info!(%addr, metrics = state.metrics.len(), interval = %config.polling_interval, "serving the external metrics API");
+    tracing::info!(%addr, "serving the external metrics API");
     let metrics_listener = api::bind(config.server.metrics_listen).await?;
     tracing::info!(addr = %metrics_listener.local_addr()?, "serving spillway's own metrics on /metrics (plain HTTP)");
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -174,19 +364,13 @@ async fn serve(
             let _ = metrics_stopped.await;
         },
     ));
-    let interval = config.polling_interval.as_duration();
-    let poller = Poller::new(cache).with_metrics(Arc::clone(&state.own_metrics));
-    let poller = tokio::spawn(poller.run(triggers, interval, poll_asks));
-    api::serve(listener, tls, state, auth, shutdown_signal()).await;
+    api::serve(listener, tls, state, auth, shutdown).await;
     let _ = stop_metrics.send(());
     // A scraper holding its connection open must not hold up the exit.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), metrics_server).await;
     if let Some(reload) = reload {
         reload.abort();
     }
-    // The poller holds no state worth finishing: a reading cut short is simply not recorded.
-    poller.abort();
-    tracing::info!("stopped");
     Ok(())
 }
 

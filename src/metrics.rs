@@ -6,6 +6,14 @@
 //! into the cache, API requests in a router middleware. Per-trigger state (value, active,
 //! failures in a row, cache age) is read from the cache at scrape time instead, so it is
 //! exactly what the API serves and a removed trigger's series disappear with its cache entry.
+//!
+//! The backlog behind each trigger's value is exported the same way, for teams that graph and
+//! alert in Prometheus without an HPA: `spillway_kafka_consumer_lag{,_seconds}` per partition,
+//! `spillway_rabbitmq_queue_*` per queue, `spillway_nats_jetstream_consumer_{pending,ack_pending}`
+//! per consumer. Their cardinality is bounded per trigger by [`MAX_BACKLOG_SAMPLES`] (1,000)
+//! partitions or queues, those with the most backlog; `spillway_backlog_series_truncated` counts
+//! the ones left out. A trigger whose latest poll failed exports no backlog at all, never a
+//! stale or zero one.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -21,14 +29,14 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
 use crate::api::external::served_metric_name;
 use crate::cache::{MetricCache, TriggerId};
-use crate::scalers::{ScalerError, Trigger};
+use crate::scalers::{Backlog, BacklogSample, MAX_BACKLOG_SAMPLES, ScalerError, Trigger};
 
 /// The content type of the OpenMetrics text format, which `prometheus-client` writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -70,6 +78,60 @@ struct RequestLabels {
     code: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    /// `ok` or `error`.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaledObjectLabels {
+    namespace: String,
+    scaled_object: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScalingLabels {
+    namespace: String,
+    scaled_object: String,
+    /// The Event reason of the action: `ScaledFromIdle`, `ScaledToIdle`, `PausedReplicas`,
+    /// `FallbackFromZero`.
+    action: String,
+}
+
+/// Whose backlog a backlog series shows: the first labels of each.
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct BacklogOwnerLabels {
+    namespace: String,
+    scaled_object: String,
+    trigger: String,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct KafkaPartitionLabels {
+    #[prometheus(flatten)]
+    owner: BacklogOwnerLabels,
+    consumer_group: String,
+    topic: String,
+    partition: i32,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct RabbitMqQueueLabels {
+    #[prometheus(flatten)]
+    owner: BacklogOwnerLabels,
+    vhost: String,
+    queue: String,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct NatsConsumerLabels {
+    #[prometheus(flatten)]
+    owner: BacklogOwnerLabels,
+    stream: String,
+    consumer: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// One trigger as the poller last listed it: what its series are labelled with.
@@ -90,6 +152,11 @@ pub struct Metrics {
     api_request_duration: HistogramFamily<RequestLabels>,
     api_requests: Family<RequestLabels, Counter>,
     triggers: Arc<RwLock<Vec<TrackedTrigger>>>,
+    reconciles: Family<ReconcileLabels, Counter>,
+    scaling_actions: Family<ScalingLabels, Counter>,
+    fallback: Family<ScaledObjectLabels, Gauge>,
+    paused: Family<ScaledObjectLabels, Gauge>,
+    leader: Gauge,
 }
 
 impl Metrics {
@@ -126,6 +193,36 @@ impl Metrics {
             "Metrics API requests answered, by route template and HTTP code",
             api_requests.clone(),
         );
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "controller_reconciles",
+            "ScaledObject reconciles by the leader, by result",
+            reconciles.clone(),
+        );
+        let scaling_actions = Family::<ScalingLabels, Counter>::default();
+        registry.register(
+            "controller_scaling_actions",
+            "Replica changes spillway made itself through the scale subresource (to and from idle, paused replicas, fallback from zero)",
+            scaling_actions.clone(),
+        );
+        let fallback = Family::<ScaledObjectLabels, Gauge>::default();
+        registry.register(
+            "scaled_object_fallback",
+            "1 while a ScaledObject serves fallback replicas",
+            fallback.clone(),
+        );
+        let paused = Family::<ScaledObjectLabels, Gauge>::default();
+        registry.register(
+            "scaled_object_paused",
+            "1 while a ScaledObject is paused",
+            paused.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the controller's leader Lease",
+            leader.clone(),
+        );
         let triggers = Arc::new(RwLock::new(Vec::new()));
         registry.register_collector(Box::new(TriggerCollector {
             cache,
@@ -138,7 +235,64 @@ impl Metrics {
             api_request_duration,
             api_requests,
             triggers,
+            reconciles,
+            scaling_actions,
+            fallback,
+            paused,
+            leader,
         }
+    }
+
+    /// Counts one reconcile of the leader.
+    pub fn observe_reconcile(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { result })
+            .inc();
+    }
+
+    /// Counts one replica change spillway made, by its Event reason.
+    pub fn observe_scaling(&self, namespace: &str, scaled_object: &str, action: &str) {
+        self.scaling_actions
+            .get_or_create(&ScalingLabels {
+                namespace: namespace.to_owned(),
+                scaled_object: scaled_object.to_owned(),
+                action: action.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets a ScaledObject's fallback and pause gauges.
+    pub fn set_scaled_object_state(
+        &self,
+        namespace: &str,
+        scaled_object: &str,
+        fallback: bool,
+        paused: bool,
+    ) {
+        let labels = ScaledObjectLabels {
+            namespace: namespace.to_owned(),
+            scaled_object: scaled_object.to_owned(),
+        };
+        self.fallback
+            .get_or_create(&labels)
+            .set(i64::from(fallback));
+        self.paused.get_or_create(&labels).set(i64::from(paused));
+    }
+
+    /// Drops a deleted ScaledObject's gauges, so its series end with it.
+    pub fn forget_scaled_object(&self, namespace: &str, scaled_object: &str) {
+        let labels = ScaledObjectLabels {
+            namespace: namespace.to_owned(),
+            scaled_object: scaled_object.to_owned(),
+        };
+        self.fallback.remove(&labels);
+        self.paused.remove(&labels);
+    }
+
+    /// Sets whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Sets the triggers whose state is exported (the poller's current list).
@@ -206,13 +360,14 @@ struct TriggerCollector {
 }
 
 impl TriggerCollector {
-    /// One gauge family: a descriptor, then one sample per `(labels, value)`.
-    fn encode_gauges<V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
+    /// One gauge family: a descriptor, then one sample per `(labels, value)`; nothing at all
+    /// without samples.
+    fn encode_gauges<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
         encoder: &mut DescriptorEncoder,
         name: &str,
         help: &str,
         unit: Option<&Unit>,
-        samples: &[(TriggerLabels, V)],
+        samples: &[(L, V)],
     ) -> Result<(), std::fmt::Error> {
         if samples.is_empty() {
             return Ok(());
@@ -237,6 +392,7 @@ impl Collector for TriggerCollector {
         let mut active = Vec::new();
         let mut failures = Vec::new();
         let mut ages = Vec::new();
+        let mut backlog = BacklogSeries::default();
         for trigger in &tracked {
             let Some(state) = self.cache.get(&trigger.id) else {
                 continue;
@@ -263,6 +419,7 @@ impl Collector for TriggerCollector {
                     values.push((labels(format!("{}-{suffix}", trigger.metric)), *value));
                 }
                 active.push((labels(trigger.metric.clone()), i64::from(reading.active)));
+                backlog.add(&trigger.id, &reading.backlog);
             }
         }
         Self::encode_gauges(
@@ -292,6 +449,175 @@ impl Collector for TriggerCollector {
             "Time since the trigger's latest poll finished, at scrape",
             Some(&Unit::Seconds),
             &ages,
+        )?;
+        backlog.encode(&mut encoder)
+    }
+}
+
+/// The backlog series of the triggers' current readings, one list per family.
+#[derive(Default)]
+struct BacklogSeries {
+    kafka_lag: Vec<(KafkaPartitionLabels, i64)>,
+    kafka_lag_seconds: Vec<(KafkaPartitionLabels, f64)>,
+    rabbitmq_messages: Vec<(RabbitMqQueueLabels, f64)>,
+    rabbitmq_ready: Vec<(RabbitMqQueueLabels, f64)>,
+    rabbitmq_unacked: Vec<(RabbitMqQueueLabels, f64)>,
+    rabbitmq_publish_rate: Vec<(RabbitMqQueueLabels, f64)>,
+    rabbitmq_deliver_rate: Vec<(RabbitMqQueueLabels, f64)>,
+    nats_pending: Vec<(NatsConsumerLabels, u64)>,
+    nats_ack_pending: Vec<(NatsConsumerLabels, u64)>,
+    truncated: Vec<(BacklogOwnerLabels, usize)>,
+}
+
+impl BacklogSeries {
+    /// Adds one trigger's backlog samples; a trigger without any adds nothing.
+    fn add(&mut self, id: &TriggerId, backlog: &Backlog) {
+        if backlog.is_empty() && backlog.left_out() == 0 {
+            return;
+        }
+        let owner = BacklogOwnerLabels {
+            namespace: id.namespace.clone(),
+            scaled_object: id.scaled_object.clone(),
+            trigger: id.index.to_string(),
+        };
+        self.truncated.push((owner.clone(), backlog.left_out()));
+        for sample in backlog.samples() {
+            match sample {
+                BacklogSample::KafkaPartition {
+                    consumer_group,
+                    topic,
+                    partition,
+                    lag,
+                    lag_seconds,
+                } => {
+                    let labels = KafkaPartitionLabels {
+                        owner: owner.clone(),
+                        consumer_group: consumer_group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    };
+                    if let Some(seconds) = lag_seconds {
+                        self.kafka_lag_seconds.push((labels.clone(), *seconds));
+                    }
+                    self.kafka_lag.push((labels, *lag));
+                }
+                BacklogSample::RabbitMqQueue {
+                    vhost,
+                    queue,
+                    messages,
+                    messages_ready,
+                    messages_unacknowledged,
+                    publish_rate,
+                    deliver_rate,
+                } => {
+                    let labels = RabbitMqQueueLabels {
+                        owner: owner.clone(),
+                        vhost: vhost.clone(),
+                        queue: queue.clone(),
+                    };
+                    for (series, value) in [
+                        (&mut self.rabbitmq_messages, *messages),
+                        (&mut self.rabbitmq_unacked, *messages_unacknowledged),
+                        (&mut self.rabbitmq_publish_rate, *publish_rate),
+                        (&mut self.rabbitmq_deliver_rate, *deliver_rate),
+                    ] {
+                        if let Some(value) = value {
+                            series.push((labels.clone(), value));
+                        }
+                    }
+                    self.rabbitmq_ready.push((labels, *messages_ready));
+                }
+                BacklogSample::NatsConsumer {
+                    stream,
+                    consumer,
+                    pending,
+                    ack_pending,
+                } => {
+                    let labels = NatsConsumerLabels {
+                        owner: owner.clone(),
+                        stream: stream.clone(),
+                        consumer: consumer.clone(),
+                    };
+                    self.nats_pending.push((labels.clone(), *pending));
+                    self.nats_ack_pending.push((labels, *ack_pending));
+                }
+            }
+        }
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use TriggerCollector as C;
+        C::encode_gauges(
+            encoder,
+            "kafka_consumer_lag",
+            "Records the consumer group is behind, per partition the trigger counts (before the caps on the total; persistent lag included)",
+            None,
+            &self.kafka_lag,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "kafka_consumer_lag",
+            "Age of the record at the group's committed offset, per partition the trigger counts (0 without lag; absent while unknown)",
+            Some(&Unit::Seconds),
+            &self.kafka_lag_seconds,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "rabbitmq_queue_messages",
+            "Messages in the queue, ready plus unacknowledged (management API triggers)",
+            None,
+            &self.rabbitmq_messages,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "rabbitmq_queue_messages_ready",
+            "Messages ready for delivery in the queue",
+            None,
+            &self.rabbitmq_ready,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "rabbitmq_queue_messages_unacked",
+            "Messages delivered and not yet acknowledged (management API triggers)",
+            None,
+            &self.rabbitmq_unacked,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "rabbitmq_queue_publish_rate",
+            "Messages published to the queue per second, as the management API reports (management API triggers)",
+            None,
+            &self.rabbitmq_publish_rate,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "rabbitmq_queue_deliver_rate",
+            "Messages delivered or fetched from the queue per second, as the management API reports (management API triggers)",
+            None,
+            &self.rabbitmq_deliver_rate,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "nats_jetstream_consumer_pending",
+            "Messages of the stream not yet delivered to the consumer",
+            None,
+            &self.nats_pending,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "nats_jetstream_consumer_ack_pending",
+            "Messages delivered to the consumer and not yet acknowledged",
+            None,
+            &self.nats_ack_pending,
+        )?;
+        C::encode_gauges(
+            encoder,
+            "backlog_series_truncated",
+            &format!(
+                "Partitions or queues of the trigger left out of the backlog series, beyond the {MAX_BACKLOG_SAMPLES} with the most backlog"
+            ),
+            None,
+            &self.truncated,
         )
     }
 }
@@ -457,6 +783,227 @@ mod tests {
         metrics.track_triggers(&[(id("office", 0), cron())]);
         let text = metrics.encode().unwrap();
         assert!(!text.contains(r#"scaled_object="broken",trigger="0",broker="cron",metric"#));
+    }
+
+    fn kafka_trigger() -> Trigger {
+        Trigger::Kafka(crate::scalers::kafka::KafkaTrigger::new(
+            "k:9092",
+            "billing",
+            Some("orders"),
+        ))
+    }
+
+    fn partition(partition: i32, lag: i64, lag_seconds: Option<f64>) -> BacklogSample {
+        BacklogSample::KafkaPartition {
+            consumer_group: "billing".into(),
+            topic: "orders".into(),
+            partition,
+            lag,
+            lag_seconds,
+        }
+    }
+
+    #[test]
+    fn backlog_series_are_labelled_by_trigger_and_source() {
+        let cache = Arc::new(MetricCache::new());
+        let metrics = Metrics::new(Arc::clone(&cache));
+        let (kafka_id, queues_id, nats_id, broken_id) = (
+            id("orders", 0),
+            id("jobs", 1),
+            id("events", 0),
+            id("broken", 0),
+        );
+        metrics.track_triggers(&[
+            (kafka_id.clone(), kafka_trigger()),
+            (queues_id.clone(), kafka_trigger()),
+            (nats_id.clone(), kafka_trigger()),
+            (broken_id.clone(), kafka_trigger()),
+        ]);
+        let record = |id: &TriggerId, backlog: Vec<BacklogSample>| {
+            cache.record(
+                id.clone(),
+                Ok(Reading::new(1.0, true).with_backlog(backlog)),
+                Duration::ZERO,
+            )
+        };
+        record(
+            &kafka_id,
+            vec![
+                partition(0, 40, Some(2.5)),
+                partition(1, 0, Some(0.0)),
+                partition(2, 7, None),
+            ],
+        );
+        record(
+            &queues_id,
+            vec![
+                BacklogSample::RabbitMqQueue {
+                    vhost: "/".into(),
+                    queue: "jobs".into(),
+                    messages: Some(12.0),
+                    messages_ready: 10.0,
+                    messages_unacknowledged: Some(2.0),
+                    publish_rate: Some(1.5),
+                    deliver_rate: Some(0.0),
+                },
+                // Over AMQP only the ready count is known.
+                BacklogSample::RabbitMqQueue {
+                    vhost: "/".into(),
+                    queue: "amqp".into(),
+                    messages: None,
+                    messages_ready: 3.0,
+                    messages_unacknowledged: None,
+                    publish_rate: None,
+                    deliver_rate: None,
+                },
+            ],
+        );
+        record(
+            &nats_id,
+            vec![BacklogSample::NatsConsumer {
+                stream: "events".into(),
+                consumer: "worker".into(),
+                pending: 5,
+                ack_pending: 2,
+            }],
+        );
+        // A good poll then a failed one: no backlog, not the stale one, not zero.
+        record(&broken_id, vec![partition(0, 99, Some(1.0))]);
+        cache.record(broken_id.clone(), Err(down()), Duration::ZERO);
+
+        let text = metrics.encode().unwrap();
+        println!("{text}");
+        let owner = |so: &str, trigger: usize| {
+            format!(r#"namespace="default",scaled_object="{so}",trigger="{trigger}""#)
+        };
+        let kafka = |p: i32| {
+            format!(
+                r#"{{{},consumer_group="billing",topic="orders",partition="{p}"}}"#,
+                owner("orders", 0)
+            )
+        };
+        assert_eq!(
+            samples(&text, "spillway_kafka_consumer_lag{"),
+            [0, 1, 2].map(|p| format!(
+                "spillway_kafka_consumer_lag{} {}",
+                kafka(p),
+                [40, 0, 7][p as usize]
+            ))
+        );
+        assert_eq!(
+            samples(&text, "spillway_kafka_consumer_lag_seconds{"),
+            [
+                format!("spillway_kafka_consumer_lag_seconds{} 2.5", kafka(0)),
+                format!("spillway_kafka_consumer_lag_seconds{} 0.0", kafka(1)),
+            ],
+            "partition 2's age is unknown"
+        );
+        assert!(text.contains("# TYPE spillway_kafka_consumer_lag gauge"));
+        assert!(text.contains("# UNIT spillway_kafka_consumer_lag_seconds seconds"));
+        let queue = |q: &str| format!(r#"{{{},vhost="/",queue="{q}"}}"#, owner("jobs", 1));
+        for (family, want) in [
+            ("messages", vec![format!("{} 12.0", queue("jobs"))]),
+            (
+                "messages_ready",
+                vec![
+                    format!("{} 10.0", queue("jobs")),
+                    format!("{} 3.0", queue("amqp")),
+                ],
+            ),
+            ("messages_unacked", vec![format!("{} 2.0", queue("jobs"))]),
+            ("publish_rate", vec![format!("{} 1.5", queue("jobs"))]),
+            ("deliver_rate", vec![format!("{} 0.0", queue("jobs"))]),
+        ] {
+            let name = format!("spillway_rabbitmq_queue_{family}");
+            let want: Vec<String> = want.into_iter().map(|w| format!("{name}{w}")).collect();
+            assert_eq!(samples(&text, &format!("{name}{{")), want);
+        }
+        let consumer = format!(
+            r#"{{{},stream="events",consumer="worker"}}"#,
+            owner("events", 0)
+        );
+        assert_eq!(
+            samples(&text, "spillway_nats_jetstream_consumer_pending{"),
+            [format!(
+                "spillway_nats_jetstream_consumer_pending{consumer} 5"
+            )]
+        );
+        assert_eq!(
+            samples(&text, "spillway_nats_jetstream_consumer_ack_pending{"),
+            [format!(
+                "spillway_nats_jetstream_consumer_ack_pending{consumer} 2"
+            )]
+        );
+        assert_eq!(
+            samples(&text, "spillway_backlog_series_truncated{"),
+            [
+                format!(
+                    "spillway_backlog_series_truncated{{{}}} 0",
+                    owner("orders", 0)
+                ),
+                format!(
+                    "spillway_backlog_series_truncated{{{}}} 0",
+                    owner("jobs", 1)
+                ),
+                format!(
+                    "spillway_backlog_series_truncated{{{}}} 0",
+                    owner("events", 0)
+                ),
+            ]
+        );
+        assert!(!text.contains(r#"scaled_object="broken",trigger="0",consumer_group"#));
+
+        // Past the bound: the most lagging partitions, and the count of the others.
+        record(
+            &kafka_id,
+            (0..MAX_BACKLOG_SAMPLES as i32 + 3)
+                .map(|p| partition(p, i64::from(p), None))
+                .collect(),
+        );
+        // A trigger no longer listed loses its backlog series.
+        metrics.track_triggers(&[(kafka_id.clone(), kafka_trigger())]);
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            samples(&text, "spillway_kafka_consumer_lag{").len(),
+            MAX_BACKLOG_SAMPLES
+        );
+        assert!(
+            !text.contains(r#"partition="2"}"#),
+            "the smallest lags left out"
+        );
+        assert_eq!(
+            samples(&text, "spillway_backlog_series_truncated{"),
+            [format!(
+                "spillway_backlog_series_truncated{{{}}} 3",
+                owner("orders", 0)
+            )]
+        );
+        assert!(!text.contains("spillway_rabbitmq_queue"));
+        assert!(!text.contains("spillway_nats_jetstream"));
+    }
+
+    #[test]
+    fn backlog_label_values_are_escaped() {
+        let cache = Arc::new(MetricCache::new());
+        let metrics = Metrics::new(Arc::clone(&cache));
+        metrics.track_triggers(&[(id("jobs", 0), kafka_trigger())]);
+        let reading = Reading::new(1.0, true).with_backlog(vec![BacklogSample::RabbitMqQueue {
+            vhost: "a\\b".into(),
+            queue: "say \"hi\"\n".into(),
+            messages: None,
+            messages_ready: 1.0,
+            messages_unacknowledged: None,
+            publish_rate: None,
+            deliver_rate: None,
+        }]);
+        cache.record(id("jobs", 0), Ok(reading), Duration::ZERO);
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            samples(&text, "spillway_rabbitmq_queue_messages_ready{"),
+            [
+                r#"spillway_rabbitmq_queue_messages_ready{namespace="default",scaled_object="jobs",trigger="0",vhost="a\\b",queue="say \"hi\"\n"} 1.0"#
+            ]
+        );
     }
 
     #[tokio::test]

@@ -18,12 +18,44 @@ use tokio::sync::mpsc;
 
 use crate::cache::{MetricCache, TriggerId};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::scalers::cron::CronScaler;
 use crate::scalers::kafka::KafkaScaler;
 use crate::scalers::nats::NatsJetStreamScaler;
 use crate::scalers::prometheus::PrometheusScaler;
 use crate::scalers::rabbitmq::RabbitMqScaler;
 use crate::scalers::{Reading, Scaler, ScalerError, Trigger, TriggerParams};
+
+/// Triggers split by broker kind, each list typed for its scaler pool.
+#[derive(Default)]
+struct ByKind {
+    kafka: Vec<(TriggerId, <KafkaScaler as Scaler>::Trigger)>,
+    rabbitmq: Vec<(TriggerId, <RabbitMqScaler as Scaler>::Trigger)>,
+    nats: Vec<(TriggerId, <NatsJetStreamScaler as Scaler>::Trigger)>,
+    prometheus: Vec<(TriggerId, <PrometheusScaler as Scaler>::Trigger)>,
+    cron: Vec<(TriggerId, <CronScaler as Scaler>::Trigger)>,
+}
+
+impl ByKind {
+    fn split(triggers: &[(TriggerId, Trigger)]) -> Self {
+        let mut kinds = Self::default();
+        for (id, trigger) in triggers {
+            let id = id.clone();
+            match trigger {
+                Trigger::Kafka(t) => kinds.kafka.push((id, t.clone())),
+                Trigger::RabbitMq(t) => kinds.rabbitmq.push((id, t.clone())),
+                Trigger::NatsJetStream(t) => kinds.nats.push((id, t.clone())),
+                Trigger::Prometheus(t) => kinds.prometheus.push((id, t.clone())),
+                Trigger::Cron(t) => kinds.cron.push((id, t.clone())),
+            }
+        }
+        kinds
+    }
+}
+
+/// How often [`Poller::run_registry`] looks for scaled objects due for a poll: the finest
+/// polling interval there is (KEDA's is in whole seconds too).
+const SCHEDULER_RESOLUTION: Duration = Duration::from_secs(1);
 
 /// One outcome of a round: the trigger, its reading or error, and how long its group took.
 pub type PollOutcome = (TriggerId, Result<Reading, ScalerError>, Duration);
@@ -62,6 +94,13 @@ impl<S: Scaler> ScalerPool<S> {
     /// open: the other triggers still need theirs.
     pub async fn poll_some(&mut self, triggers: &[(TriggerId, S::Trigger)]) -> Vec<PollOutcome> {
         self.round(triggers, false).await
+    }
+
+    /// Closes the connections no trigger of `triggers` (every trigger of the kind) uses.
+    pub fn close_unused(&mut self, triggers: &[(TriggerId, S::Trigger)]) {
+        let used: std::collections::HashSet<String> =
+            triggers.iter().map(|(_, t)| S::connection_key(t)).collect();
+        self.scalers.retain(|key, _| used.contains(key));
     }
 
     async fn round(
@@ -294,25 +333,79 @@ impl Poller {
         }
     }
 
+    /// Polls the scaled objects of `registry`, each every its own polling interval (checked
+    /// once a second), and, between rounds, polls what `requests` asks for; until the task
+    /// is dropped. Objects that come and go in the registry are picked up at the next
+    /// second; their cache entries and unused connections go with them.
+    pub async fn run_registry(
+        mut self,
+        registry: Arc<Registry>,
+        mut requests: mpsc::UnboundedReceiver<TriggerId>,
+    ) {
+        let mut due: HashMap<(String, String), Instant> = HashMap::new();
+        let mut seconds = tokio::time::interval(SCHEDULER_RESOLUTION);
+        seconds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = seconds.tick() => {
+                    let served = registry.served();
+                    let now = Instant::now();
+                    let mut round = Vec::new();
+                    for (key, object) in &served.objects {
+                        if due.get(key).is_none_or(|at| *at <= now) {
+                            round.extend(object.triggers.iter().cloned());
+                            due.insert(key.clone(), now + object.polling_interval);
+                        }
+                    }
+                    due.retain(|key, _| served.objects.contains_key(key));
+                    let every = served.triggers();
+                    self.metrics.track_triggers(&every);
+                    if !round.is_empty() {
+                        self.poll(&round, false).await;
+                    }
+                    self.forget_unused(&every);
+                }
+                Some(first) = requests.recv() => {
+                    let mut ids = vec![first];
+                    while let Ok(id) = requests.try_recv() {
+                        ids.push(id);
+                    }
+                    self.poll_cold(&registry.served().triggers(), &ids).await;
+                }
+            }
+        }
+    }
+
+    /// Drops cache entries and connections of triggers no longer in `every`.
+    fn forget_unused(&mut self, every: &[(TriggerId, Trigger)]) {
+        let live: std::collections::HashSet<&TriggerId> = every.iter().map(|(id, _)| id).collect();
+        self.cache.retain(|id| live.contains(id));
+        let ByKind {
+            kafka,
+            rabbitmq,
+            nats,
+            prometheus,
+            cron,
+        } = ByKind::split(every);
+        self.kafka.close_unused(&kafka);
+        self.rabbitmq.close_unused(&rabbitmq);
+        self.nats.close_unused(&nats);
+        self.prometheus.close_unused(&prometheus);
+        self.cron.close_unused(&cron);
+    }
+
     /// Polls `triggers`, grouped by kind, all kinds concurrently; each kind's outcomes are
     /// recorded as soon as that kind is done. `every_trigger` says `triggers` is the whole
     /// list, so unused connections may close.
     async fn poll(&mut self, triggers: &[(TriggerId, Trigger)], every_trigger: bool) {
-        let mut kafka = Vec::new();
-        let mut rabbitmq = Vec::new();
-        let mut nats = Vec::new();
-        let mut prometheus = Vec::new();
-        let mut cron = Vec::new();
-        for (id, trigger) in triggers {
-            let id = id.clone();
-            match trigger {
-                Trigger::Kafka(t) => kafka.push((id, t.clone())),
-                Trigger::RabbitMq(t) => rabbitmq.push((id, t.clone())),
-                Trigger::NatsJetStream(t) => nats.push((id, t.clone())),
-                Trigger::Prometheus(t) => prometheus.push((id, t.clone())),
-                Trigger::Cron(t) => cron.push((id, t.clone())),
-            }
-        }
+        let ByKind {
+            kafka,
+            rabbitmq,
+            nats,
+            prometheus,
+            cron,
+        } = ByKind::split(triggers);
         let (cache, metrics) = (&*self.cache, &*self.metrics);
         tokio::join!(
             poll_kind(&mut self.kafka, &kafka, every_trigger, cache, metrics),

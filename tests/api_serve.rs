@@ -343,3 +343,57 @@ async fn serve_speaks_custom_metrics_openapi_own_metrics_and_survives_bad_input(
     drop(server);
     std::fs::remove_file(&config).unwrap();
 }
+
+/// Slow clients: connections that never send a byte, stall in the middle of a TLS handshake,
+/// or trickle their headers hold no one else up, and the server cuts each off at its bound
+/// (10 s to finish a handshake).
+#[tokio::test]
+async fn slow_clients_neither_stall_the_server_nor_stay_forever() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_server, _config, port, _) = start_serve(
+        "serve-slow",
+        "  - name: office\n    triggers:\n      - cron: {timezone: UTC, start: '0 6 * * *', end: '0 20 * * *', desiredReplicas: 3}\n",
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    // Half a TLS record header: a handshake that never completes.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    // Plain-HTTP headers trickled without an end.
+    let mut trickle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+
+    // Meanwhile everyone else is served: the client's own 10 s timeout would fail this if
+    // the slow connections held up accepting or handshaking (the server's bound is 10 s too).
+    let response = https_client()
+        .get(format!(
+            "https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // The stalled handshake is closed by the server within its bound (plus slack).
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), stalled.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a handshake stalled for 20 s must be cut off: {closed:?}"
+    );
+    drop((silent, trickle));
+}

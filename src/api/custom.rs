@@ -151,9 +151,10 @@ pub async fn api_group() -> Json<ApiGroup> {
 /// named `<resource>/<metric>` (`deployments.apps/s0-kafka-orders`).
 pub async fn api_resources(State(state): State<AppState>) -> Json<ApiResourceList> {
     let mut names = BTreeSet::new();
-    for target in state.targets.iter() {
+    let metrics = state.metrics();
+    for target in state.targets().iter() {
         let resource = target.target.group_resource();
-        let sources = sources_of(&state, &target.namespace, &[target]);
+        let sources = sources_of(&metrics, &target.namespace, &[target]);
         for metric in discovery::metric_names(sources, &state.cache) {
             names.insert(format!("{resource}/{metric}"));
         }
@@ -213,8 +214,8 @@ pub async fn object_metric(
             "the server could not find the metric {metric} for {resource} {name}"
         ))
     };
-    let targets: Vec<&ScaleTarget> = state
-        .targets
+    let all_targets = state.targets();
+    let targets: Vec<&ScaleTarget> = all_targets
         .iter()
         .filter(|t| {
             t.namespace == namespace
@@ -225,7 +226,8 @@ pub async fn object_metric(
     if targets.is_empty() {
         return Err(not_found());
     }
-    let sources = sources_of(state, namespace, &targets);
+    let metrics = state.metrics();
+    let sources = sources_of(&metrics, namespace, &targets);
     let found = values::lookup(state, &sources, metric, &selector)
         .await
         .map_err(|miss| match miss {
@@ -268,12 +270,11 @@ pub async fn object_metric(
 
 /// The served metrics of the scaled objects behind `targets` in `namespace`.
 fn sources_of<'a>(
-    state: &'a AppState,
+    metrics: &'a [MetricSource],
     namespace: &str,
     targets: &[&ScaleTarget],
 ) -> Vec<&'a MetricSource> {
-    state
-        .metrics
+    metrics
         .iter()
         .filter(|s| {
             s.id.namespace == namespace

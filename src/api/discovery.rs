@@ -146,7 +146,7 @@ pub async fn api_resources(State(state): State<AppState>) -> Json<ApiResourceLis
     Json(resource_list(
         EXTERNAL,
         "ExternalMetricValueList",
-        metric_names(state.metrics.iter(), &state.cache),
+        metric_names(state.metrics().iter(), &state.cache),
     ))
 }
 

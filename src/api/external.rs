@@ -27,12 +27,15 @@ pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
 pub const SCALED_OBJECT_LABEL: &str = "scaledobject.spillway.dev/name";
 
 /// One trigger's main metric, as served: `s<index>-<metric_name>` in the scaled object's namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricSource {
     /// The trigger whose cache entry holds the value.
     pub id: TriggerId,
     /// The served name of the main metric; extras are `<metric>-<suffix>`.
     pub metric: String,
+    /// What the main metric serves once the trigger has failed often enough (the scaled
+    /// object's `fallback`); without it a failing trigger is a 503.
+    pub fallback: Option<crate::registry::FallbackValue>,
 }
 
 /// The served metrics of `triggers`, in order (the names `spillway watch` shows).
@@ -42,6 +45,7 @@ pub fn catalog(triggers: &[(TriggerId, Trigger)]) -> Vec<MetricSource> {
         .map(|(id, trigger)| MetricSource {
             id: id.clone(),
             metric: served_metric_name(id, trigger),
+            fallback: None,
         })
         .collect()
 }
@@ -102,8 +106,8 @@ pub async fn metric_values(
     values::check_namespace(namespace)?;
     values::check_metric_name(metric)?;
     let selector = values::selector_param(query, "labelSelector")?;
-    let sources: Vec<&MetricSource> = state
-        .metrics
+    let metrics = state.metrics();
+    let sources: Vec<&MetricSource> = metrics
         .iter()
         .filter(|s| s.id.namespace == namespace)
         .collect();

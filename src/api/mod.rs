@@ -39,11 +39,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use crate::cache::{MetricCache, TriggerId};
+use crate::cache::MetricCache;
 use crate::config::{Config, TlsFiles};
 use crate::metrics::Metrics;
 use crate::poller::PollRequests;
-use crate::scalers::Trigger;
+use crate::registry::Registry;
 use custom::ScaleTarget;
 use external::MetricSource;
 use status::Status;
@@ -91,10 +91,9 @@ pub enum ApiError {
 pub struct AppState {
     /// Where every answer comes from; the poller fills it.
     pub cache: Arc<MetricCache>,
-    /// Every trigger's served metric name, fixed at start (standalone mode).
-    pub metrics: Arc<[MetricSource]>,
-    /// The workloads the scaled objects scale: the objects custom metrics describe.
-    pub targets: Arc<[ScaleTarget]>,
+    /// The scaled objects served: metric names, the workloads custom metrics describe,
+    /// fallback values. Fixed in standalone mode, kept by the controller in cluster mode.
+    pub registry: Arc<Registry>,
     /// spillway's own Prometheus metrics, shared with the poller and `/metrics`.
     pub own_metrics: Arc<Metrics>,
     /// Where a cold miss asks for a first poll; without it (no poller running) a trigger not
@@ -105,15 +104,10 @@ pub struct AppState {
 impl AppState {
     /// The state serving `triggers` and the custom metrics of `targets` from `cache`, with a
     /// fresh registry of spillway's own metrics and no poll requests.
-    pub fn new(
-        cache: Arc<MetricCache>,
-        triggers: &[(TriggerId, Trigger)],
-        targets: Vec<ScaleTarget>,
-    ) -> Self {
+    pub fn new(cache: Arc<MetricCache>, registry: Arc<Registry>) -> Self {
         Self {
             own_metrics: Arc::new(Metrics::new(Arc::clone(&cache))),
-            metrics: external::catalog(triggers).into(),
-            targets: targets.into(),
+            registry,
             poll_requests: None,
             cache,
         }
@@ -121,7 +115,17 @@ impl AppState {
 
     /// The state serving a config file's scaled objects (standalone mode).
     pub fn from_config(config: &Config, cache: Arc<MetricCache>) -> Self {
-        Self::new(cache, &config.triggers(), custom::scale_targets(config))
+        Self::new(cache, Arc::new(Registry::from_config(config)))
+    }
+
+    /// Every trigger's served metric, as registered now.
+    pub fn metrics(&self) -> Arc<[MetricSource]> {
+        Arc::clone(&self.registry.served().metrics)
+    }
+
+    /// The workloads the scaled objects scale, as registered now.
+    pub fn targets(&self) -> Arc<[ScaleTarget]> {
+        Arc::clone(&self.registry.served().targets)
     }
 
     /// Lets cold misses ask the poller for a first poll.

@@ -27,6 +27,7 @@ fn source(scaled_object: &str, index: usize, metric: &str) -> MetricSource {
     MetricSource {
         id: id(scaled_object, index),
         metric: metric.into(),
+        fallback: None,
     }
 }
 
@@ -92,9 +93,10 @@ fn state() -> AppState {
         target("broken", "Deployment", "broken"),
         target("fresh", "Deployment", "fresh"),
     ];
-    let mut state = AppState::new(cache, &[], targets);
-    state.metrics = metrics.into();
-    state
+    AppState::new(
+        cache,
+        Arc::new(crate::registry::Registry::with_catalog(metrics, targets)),
+    )
 }
 
 async fn send(method: &str, uri: &str) -> (StatusCode, Value) {
@@ -277,6 +279,52 @@ async fn a_failed_poll_is_503_never_zero() {
             .unwrap()
             .contains("connection refused"),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_trigger_failing_past_its_threshold_serves_the_fallback_value() {
+    let cache = Arc::new(MetricCache::new());
+    let mut broken = source("broken", 0, "s0-rabbitmq-gone");
+    broken.fallback = Some(crate::registry::FallbackValue {
+        failure_threshold: 2,
+        replicas: 3,
+        value: 60.0,
+    });
+    let state = AppState::new(
+        Arc::clone(&cache),
+        Arc::new(crate::registry::Registry::with_catalog(
+            vec![broken],
+            Vec::new(),
+        )),
+    );
+    let request = || {
+        Request::builder()
+            .uri(format!("{METRICS}/s0-rabbitmq-gone"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    cache.record(id("broken", 0), Err(down()), Default::default());
+    let (code, _, _) = call(&state, request()).await;
+    assert_eq!(
+        code,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "one failure is below the threshold"
+    );
+    cache.record(id("broken", 0), Err(down()), Default::default());
+    let (code, _, body) = call(&state, request()).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // 3 replicas of a target of 20: the HPA settles on ceil(60 / 20) = 3.
+    assert_eq!(body["items"][0]["value"], "60", "{body}");
+    cache.record(
+        id("broken", 0),
+        Ok(Reading::new(5.0, true)),
+        Default::default(),
+    );
+    let (_, _, body) = call(&state, request()).await;
+    assert_eq!(
+        body["items"][0]["value"], "5",
+        "the first good poll ends the fallback"
     );
 }
 
@@ -781,8 +829,14 @@ async fn the_real_poller_polls_a_cold_trigger_once() {
     );
     let triggers = vec![(id("office", 0), trigger)];
     let (requests, mut asks) = crate::poller::PollRequests::channel();
-    let state = AppState::new(Arc::new(MetricCache::new()), &triggers, Vec::new())
-        .with_poll_requests(requests);
+    let state = AppState::new(
+        Arc::new(MetricCache::new()),
+        Arc::new(crate::registry::Registry::from_triggers(
+            &triggers,
+            std::time::Duration::from_secs(1),
+        )),
+    )
+    .with_poll_requests(requests);
     let mut poller = crate::poller::Poller::new(Arc::clone(&state.cache))
         .with_metrics(Arc::clone(&state.own_metrics));
     // The loop of `Poller::run` without its ticks: only asks poll.
@@ -795,7 +849,7 @@ async fn the_real_poller_polls_a_cold_trigger_once() {
             poller.poll_cold(&triggers, &ids).await;
         }
     });
-    let metric = &state.metrics[0].metric;
+    let metric = &state.metrics()[0].metric;
     let asks = (0..20).map(|_| {
         let state = state.clone();
         let uri = format!("{METRICS}/{metric}");

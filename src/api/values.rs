@@ -216,6 +216,28 @@ fn read(
         };
         let reading = match (state.current(), &state.error) {
             (Some(reading), _) => reading,
+            // Failed often enough: the value that holds the HPA at fallback.replicas. Only the
+            // main metric has one; extras stay unavailable.
+            (None, Some(err))
+                if matches!(part, Part::Main)
+                    && source
+                        .fallback
+                        .is_some_and(|f| state.consecutive_failures >= f.failure_threshold) =>
+            {
+                let fallback = source.fallback.expect("checked");
+                tracing::debug!(trigger = %id, %metric, replicas = fallback.replicas, error = %err, "serving the fallback value");
+                let quantity = format_quantity(fallback.value).map_err(|err| {
+                    Miss::Failed(Status::internal(format!("metric {metric} of {id}: {err}")))
+                })?;
+                values.push(MetricValue {
+                    id: id.clone(),
+                    labels: labels.clone(),
+                    timestamp: chrono::Utc::now()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    value: quantity.text,
+                });
+                continue;
+            }
             (None, Some(err)) => {
                 return Err(unavailable(
                     id,

@@ -35,7 +35,7 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// At least one trigger asks for replicas (activation).
     pub const ACTIVE: &str = "Active";
-    /// A trigger failed more than `fallback.failureThreshold` times and fallback replicas apply.
+    /// A trigger failed `fallback.failureThreshold` polls in a row and fallback replicas apply.
     pub const FALLBACK: &str = "Fallback";
     /// Scaling is paused (`paused` or `pausedReplicas`).
     pub const PAUSED: &str = "Paused";
@@ -171,8 +171,8 @@ impl ScaleTargetRef {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
-    /// Consecutive failed polls of a trigger after which fallback applies (after more than
-    /// this many, as in KEDA).
+    /// Consecutive failed polls of a trigger at which fallback applies: with 3, the third
+    /// failure in a row starts it (KEDA waits for the fourth). 0 counts as 1.
     #[schemars(range(min = 0))]
     pub failure_threshold: i32,
     /// Replicas the HPA is steered to while fallback applies.

@@ -5,4 +5,5 @@
 pub mod crd;
 pub mod hpa;
 pub mod leader;
+pub mod reconcile;
 pub mod triggers;

@@ -5,6 +5,11 @@
 //! A scaler never turns a failure into a number: an unreachable broker, a missing queue or a
 //! bad answer is a [`ScalerError`], which the poller records (and the controller may map to a
 //! configured fallback). Reading zero means the broker said the backlog is zero.
+//!
+//! Beside its value a reading carries the backlog it was made of ([`Backlog`]: per Kafka
+//! partition, RabbitMQ queue or JetStream consumer), from the answers the scaler already had,
+//! for spillway's own `/metrics`. It is bounded: at most [`MAX_BACKLOG_SAMPLES`] per trigger,
+//! those with the most backlog, and the count of the others.
 
 pub mod cron;
 pub mod http;
@@ -14,6 +19,7 @@ pub mod prometheus;
 pub mod rabbitmq;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// What one trigger reported at one poll.
@@ -26,6 +32,9 @@ pub struct Reading {
     pub active: bool,
     /// Further metrics of the same trigger, by suffix, e.g. `("lag-seconds", 12.5)`.
     pub extra: Vec<(&'static str, f64)>,
+    /// The partitions, queues or consumers behind `value`, for spillway's own `/metrics`;
+    /// empty for brokers without such detail.
+    pub backlog: Backlog,
     /// When the broker was read.
     pub timestamp: SystemTime,
 }
@@ -36,6 +45,7 @@ impl Reading {
             value,
             active,
             extra: Vec::new(),
+            backlog: Backlog::default(),
             timestamp: SystemTime::now(),
         }
     }
@@ -43,6 +53,119 @@ impl Reading {
     pub fn with_extra(mut self, suffix: &'static str, value: f64) -> Self {
         self.extra.push((suffix, value));
         self
+    }
+
+    /// Attaches the backlog detail, keeping at most [`MAX_BACKLOG_SAMPLES`] samples (see
+    /// [`Backlog::bounded`]).
+    pub fn with_backlog(mut self, samples: Vec<BacklogSample>) -> Self {
+        self.backlog = Backlog::bounded(samples);
+        self
+    }
+}
+
+/// The most backlog samples (partitions, queues) one trigger exports. Each sample is a few
+/// series on `/metrics`, so this bounds what one trigger on a huge topic, or a queue regex
+/// matching thousands of queues, can add to every scrape.
+pub const MAX_BACKLOG_SAMPLES: usize = 1_000;
+
+/// One partition, queue or consumer a trigger read, with the figures its scaler had.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BacklogSample {
+    /// A partition a Kafka trigger counts.
+    KafkaPartition {
+        consumer_group: String,
+        topic: String,
+        partition: i32,
+        /// Records behind, by KEDA's per-partition rules, before the caps on the total; a
+        /// stuck consumer's lag is included even with `excludePersistentLag`.
+        lag: i64,
+        /// Age of the record at the committed offset (0 without lag); `None` when unknown.
+        lag_seconds: Option<f64>,
+    },
+    /// A queue a RabbitMQ trigger reads (each of those its regex matched).
+    RabbitMqQueue {
+        vhost: String,
+        queue: String,
+        /// Ready plus unacknowledged; `None` over AMQP, which counts ready messages only.
+        messages: Option<f64>,
+        messages_ready: f64,
+        /// `None` over AMQP.
+        messages_unacknowledged: Option<f64>,
+        /// Messages per second, from the management API; `None` over AMQP.
+        publish_rate: Option<f64>,
+        deliver_rate: Option<f64>,
+    },
+    /// The JetStream consumer a NATS trigger reads.
+    NatsConsumer {
+        stream: String,
+        consumer: String,
+        /// Messages not yet delivered.
+        pending: u64,
+        /// Messages delivered and not yet acknowledged.
+        ack_pending: u64,
+    },
+}
+
+impl BacklogSample {
+    /// What the bound ranks samples by: the work waiting there.
+    fn size(&self) -> f64 {
+        match self {
+            Self::KafkaPartition { lag, .. } => *lag as f64,
+            Self::RabbitMqQueue {
+                messages,
+                messages_ready,
+                ..
+            } => messages.unwrap_or(*messages_ready),
+            Self::NatsConsumer {
+                pending,
+                ack_pending,
+                ..
+            } => pending.saturating_add(*ack_pending) as f64,
+        }
+    }
+}
+
+/// A reading's backlog samples, at most [`MAX_BACKLOG_SAMPLES`]. Shared (`Arc`): every cache
+/// read clones the reading, and the samples of a large topic should not be copied each time.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Backlog {
+    samples: Arc<[BacklogSample]>,
+    left_out: usize,
+}
+
+impl Backlog {
+    /// Keeps the [`MAX_BACKLOG_SAMPLES`] samples with the most backlog (the first ones among
+    /// equals), in their original order, and counts the rest.
+    pub fn bounded(samples: Vec<BacklogSample>) -> Self {
+        Self::bounded_to(samples, MAX_BACKLOG_SAMPLES)
+    }
+
+    fn bounded_to(mut samples: Vec<BacklogSample>, bound: usize) -> Self {
+        let left_out = samples.len().saturating_sub(bound);
+        if left_out > 0 {
+            let mut ranked: Vec<(usize, BacklogSample)> = samples.into_iter().enumerate().collect();
+            ranked.sort_by(|(i, a), (j, b)| b.size().total_cmp(&a.size()).then(i.cmp(j)));
+            ranked.truncate(bound);
+            ranked.sort_by_key(|(i, _)| *i);
+            samples = ranked.into_iter().map(|(_, sample)| sample).collect();
+        }
+        Self {
+            samples: samples.into(),
+            left_out,
+        }
+    }
+
+    pub fn samples(&self) -> &[BacklogSample] {
+        &self.samples
+    }
+
+    /// Samples dropped by the bound (the ones with the least backlog).
+    pub fn left_out(&self) -> usize {
+        self.left_out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
     }
 }
 
@@ -224,6 +347,89 @@ impl TriggerParams for Trigger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn partition(partition: i32, lag: i64) -> BacklogSample {
+        BacklogSample::KafkaPartition {
+            consumer_group: "g".into(),
+            topic: "t".into(),
+            partition,
+            lag,
+            lag_seconds: None,
+        }
+    }
+
+    fn partitions(backlog: &Backlog) -> Vec<i32> {
+        backlog
+            .samples()
+            .iter()
+            .map(|s| match s {
+                BacklogSample::KafkaPartition { partition, .. } => *partition,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backlog_keeps_the_largest_in_order_and_counts_the_rest() {
+        let lags = [5, 0, 9, 5, 1, 9];
+        let samples = || {
+            lags.iter()
+                .enumerate()
+                .map(|(p, lag)| partition(p as i32, *lag))
+                .collect::<Vec<_>>()
+        };
+        let cases: [(usize, &[i32], usize); 5] = [
+            (10, &[0, 1, 2, 3, 4, 5], 0),
+            (6, &[0, 1, 2, 3, 4, 5], 0),
+            // Among equal lags the first partitions stay.
+            (3, &[0, 2, 5], 3),
+            (2, &[2, 5], 4),
+            (0, &[], 6),
+        ];
+        for (bound, kept, left_out) in cases {
+            let backlog = Backlog::bounded_to(samples(), bound);
+            assert_eq!(partitions(&backlog), kept, "bound {bound}");
+            assert_eq!(backlog.left_out(), left_out, "bound {bound}");
+        }
+    }
+
+    #[test]
+    fn backlog_ranks_each_broker_by_its_waiting_work() {
+        let queue = |queue: &str, messages: Option<f64>, ready: f64| BacklogSample::RabbitMqQueue {
+            vhost: "/".into(),
+            queue: queue.into(),
+            messages,
+            messages_ready: ready,
+            messages_unacknowledged: None,
+            publish_rate: None,
+            deliver_rate: None,
+        };
+        assert_eq!(queue("http", Some(7.0), 2.0).size(), 7.0);
+        assert_eq!(queue("amqp", None, 3.0).size(), 3.0);
+        let consumer = BacklogSample::NatsConsumer {
+            stream: "s".into(),
+            consumer: "c".into(),
+            pending: 4,
+            ack_pending: u64::MAX,
+        };
+        assert_eq!(consumer.size(), u64::MAX as f64, "saturates");
+    }
+
+    #[test]
+    fn a_reading_is_bounded_at_the_documented_limit() {
+        let samples = (0..MAX_BACKLOG_SAMPLES as i32 + 5)
+            .map(|p| partition(p, i64::from(p)))
+            .collect();
+        let reading = Reading::new(1.0, true).with_backlog(samples);
+        assert_eq!(reading.backlog.samples().len(), MAX_BACKLOG_SAMPLES);
+        assert_eq!(reading.backlog.left_out(), 5);
+        assert_eq!(
+            partitions(&reading.backlog)[0],
+            5,
+            "the five smallest lags left out"
+        );
+        assert!(Reading::new(1.0, true).backlog.is_empty());
+    }
 
     #[test]
     fn metric_names_are_normalised() {

@@ -3,7 +3,8 @@
 //!
 //! The lag of a trigger is `num_pending + num_ack_pending` of its consumer: messages not yet
 //! delivered plus messages delivered and not yet acknowledged (KEDA's `getMaxMsgLag`). Both parts
-//! are also reported as the extra metrics `pending` and `ack-pending`.
+//! are also reported as the extra metrics `pending` and `ack-pending`, and as the trigger's
+//! backlog detail for spillway's `/metrics` (`spillway_nats_jetstream_consumer_{pending,ack_pending}`).
 //!
 //! One scaler serves every trigger on one monitoring endpoint and reads them all from ONE
 //! `GET /jsz?accounts=true&streams=true&consumers=true&config=true` per tick (plus `acc=<name>`
@@ -44,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::http::{HttpAuth, HttpClient};
-use super::{Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{BacklogSample, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
 
 /// The broker name in errors, logs and metric labels; KEDA's trigger type.
 const BROKER: &str = "nats-jetstream";
@@ -377,6 +378,12 @@ fn reading(trigger: &NatsJetStreamTrigger, consumer: &ConsumerDetail) -> Reading
     Reading::new(lag as f64, lag > trigger.activation_lag_threshold)
         .with_extra("pending", consumer.num_pending as f64)
         .with_extra("ack-pending", consumer.num_ack_pending as f64)
+        .with_backlog(vec![BacklogSample::NatsConsumer {
+            stream: trigger.stream.clone(),
+            consumer: trigger.consumer.clone(),
+            pending: consumer.num_pending,
+            ack_pending: consumer.num_ack_pending,
+        }])
 }
 
 /// The parts of `/varz` used to map server names to monitoring URLs.
@@ -910,6 +917,15 @@ mod tests {
         assert_eq!(r.value, 7.0);
         assert!(r.active);
         assert_eq!(r.extra, vec![("pending", 5.0), ("ack-pending", 2.0)]);
+        assert_eq!(
+            r.backlog.samples(),
+            [BacklogSample::NatsConsumer {
+                stream: t.stream.clone(),
+                consumer: t.consumer.clone(),
+                pending: 5,
+                ack_pending: 2,
+            }]
+        );
     }
 
     #[test]

@@ -41,6 +41,10 @@
 //!   reading also carries `deliver-rate` (`message_stats.deliver_get_details.rate`) as an extra
 //!   metric, plus `publish-rate` (QueueLength) or `messages` (MessageRate). RabbitMQ omits
 //!   `message_stats` until a queue sees traffic, so an absent rate reads 0.
+//! - **Backlog detail** for spillway's `/metrics`, from the same answers: over HTTP each matched
+//!   queue's messages, ready, unacknowledged, publish and deliver rates (at most
+//!   [`MAX_BACKLOG_SAMPLES`](super::MAX_BACKLOG_SAMPLES) queues per trigger, the fullest);
+//!   over AMQP the queue's ready messages only, which is all a passive declare tells.
 //!
 //! # Where spillway differs from KEDA
 //!
@@ -87,7 +91,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::http::{HttpAuth, HttpClient};
-use super::{Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{BacklogSample, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
 use crate::secret::{SecretSource, SecretString};
 
 const BROKER: &str = "rabbitmq";
@@ -876,15 +880,18 @@ fn answer_from_listing(
     trigger: &RabbitMqTrigger,
     selector: &Selector,
     listing: &HashMap<String, QueueItem>,
+    vhost: &str,
     target: String,
 ) -> Result<Reading, ScalerError> {
-    let matched: Vec<&QueueItem> = match selector {
+    let mut matched: Vec<&QueueItem> = match selector {
         Selector::Name(name) => listing.get(name).into_iter().collect(),
         Selector::Regex(regex) => listing
             .values()
             .filter(|queue| regex.is_match(&queue.name))
             .collect(),
     };
+    // By name, so the backlog series come out in a stable order.
+    matched.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     let figures = matched
         .iter()
         .map(|queue| queue.figures())
@@ -903,7 +910,20 @@ fn answer_from_listing(
         target,
         what: what.into(),
     })?;
-    Ok(reading_from_figures(trigger, &combined))
+    let backlog = matched
+        .iter()
+        .zip(&figures)
+        .map(|(queue, figures)| BacklogSample::RabbitMqQueue {
+            vhost: vhost.to_owned(),
+            queue: queue.name.clone(),
+            messages: Some(figures.messages),
+            messages_ready: figures.messages_ready,
+            messages_unacknowledged: Some(figures.messages_unacknowledged),
+            publish_rate: Some(figures.publish_rate),
+            deliver_rate: Some(figures.deliver_rate),
+        })
+        .collect();
+    Ok(reading_from_figures(trigger, &combined).with_backlog(backlog))
 }
 
 /// Reads RabbitMQ for every trigger sharing one connection key: an AMQP connection to one
@@ -1024,6 +1044,7 @@ impl HttpReader {
                         trigger,
                         selector,
                         queues,
+                        vhost,
                         trigger.target(vhost, &self.server),
                     ),
                     Err(err) => Err(err.clone()),
@@ -1199,11 +1220,19 @@ impl AmqpReader {
                 };
                 for &index in members {
                     let trigger = &triggers[index];
-                    results[index] = Some(
-                        count
-                            .clone()
-                            .map(|n| Reading::new(n, n > trigger.activation_value)),
-                    );
+                    results[index] = Some(count.clone().map(|ready| {
+                        Reading::new(ready, ready > trigger.activation_value).with_backlog(vec![
+                            BacklogSample::RabbitMqQueue {
+                                vhost: self.endpoint.vhost.clone(),
+                                queue: queue.clone(),
+                                messages: None,
+                                messages_ready: ready,
+                                messages_unacknowledged: None,
+                                publish_rate: None,
+                                deliver_rate: None,
+                            },
+                        ])
+                    }));
                 }
             }
         }
@@ -1988,16 +2017,45 @@ mod tests {
             } else {
                 Selector::Name(t.queue_name.clone())
             };
-            answer_from_listing(t, &selector, &listing, "target".into())
+            answer_from_listing(t, &selector, &listing, "/", "target".into())
         };
 
         assert_eq!(answer(&t).unwrap().value, 5.0);
+        assert_eq!(
+            answer(&t).unwrap().backlog.samples(),
+            [BacklogSample::RabbitMqQueue {
+                vhost: "/".into(),
+                queue: "jobs-a".into(),
+                messages: Some(5.0),
+                messages_ready: 3.0,
+                messages_unacknowledged: Some(2.0),
+                publish_rate: Some(1.5),
+                deliver_rate: Some(0.0),
+            }]
+        );
         let regex = with(
             &t,
             serde_json::json!({"useRegex": true, "queueName": "^jobs-"}),
         );
         // Case-insensitive, like RabbitMQ's own regex filter: Jobs-B matches.
         assert_eq!(answer(&regex).unwrap().value, 12.0);
+        // Each matched queue on its own, by name, whatever the operation combines.
+        let queues: Vec<_> = answer(&regex)
+            .unwrap()
+            .backlog
+            .samples()
+            .iter()
+            .map(|s| match s {
+                BacklogSample::RabbitMqQueue {
+                    queue, messages, ..
+                } => (queue.clone(), *messages),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            queues,
+            [("Jobs-B".into(), Some(7.0)), ("jobs-a".into(), Some(5.0))]
+        );
         let max = with(&regex, serde_json::json!({"operation": "max"}));
         assert_eq!(answer(&max).unwrap().value, 7.0);
         let avg = with(&regex, serde_json::json!({"operation": "avg"}));

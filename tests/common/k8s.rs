@@ -1,6 +1,7 @@
 //! Fixtures on the local control plane (`scripts/k8s.sh`): clients with the generated
-//! identities, server-side apply of plain JSON manifests, and a `spillway serve` registered
-//! with the aggregator through an ExternalName Service `localhost` and an APIService.
+//! identities, server-side apply of plain JSON manifests, a `spillway serve` registered
+//! with the aggregator through an ExternalName Service `localhost` and an APIService, and
+//! spillway installed from `deploy/` with `spillway run` acting as its ServiceAccount.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -45,6 +46,21 @@ pub async fn admin() -> kube::Client {
 /// Server-side applies one object given as JSON (apiVersion, kind, metadata.name and, when
 /// namespaced, metadata.namespace set) and returns what the API server stored.
 pub async fn apply(client: &kube::Client, object: serde_json::Value) -> DynamicObject {
+    let kind = object["kind"].as_str().expect("kind").to_owned();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("metadata.name")
+        .to_owned();
+    try_apply(client, object)
+        .await
+        .unwrap_or_else(|err| panic!("apply {kind} {name}: {err}"))
+}
+
+/// [`apply`], with the API server's refusal returned instead of a panic.
+pub async fn try_apply(
+    client: &kube::Client,
+    object: serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
     let api_version = object["apiVersion"].as_str().expect("apiVersion");
     let kind = object["kind"].as_str().expect("kind");
     let (group, version) = match api_version.split_once('/') {
@@ -68,7 +84,6 @@ pub async fn apply(client: &kube::Client, object: serde_json::Value) -> DynamicO
         &Patch::Apply(&object),
     )
     .await
-    .unwrap_or_else(|err| panic!("apply {kind} {name}: {err}"))
 }
 
 /// An `Api` for any kind, namespaced when `namespace` is given.
@@ -125,6 +140,11 @@ pub async fn install_spillway_access(client: &kube::Client) {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SPILLWAY_NAMESPACE}}),
     )
     .await;
+    install_spillway_service(client).await;
+}
+
+/// The ExternalName Service `localhost` the APIService points at (its namespace must exist).
+pub async fn install_spillway_service(client: &kube::Client) {
     // Endpoints refuse loopback addresses; an ExternalName Service does not need any, and the
     // aggregator resolves it to https://localhost:<APIService port>.
     apply(
@@ -292,4 +312,253 @@ pub fn direct_client(identity: Option<&str>) -> reqwest::Client {
         builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
     }
     builder.build().unwrap()
+}
+
+/// The files under `deploy/` that install spillway, in the order they apply (the namespace
+/// before what lives in it).
+pub const DEPLOY_MANIFESTS: [&str; 4] = [
+    "namespace.yaml",
+    "serviceaccount.yaml",
+    "rbac.yaml",
+    "crd.yaml",
+];
+/// The ServiceAccount `deploy/serviceaccount.yaml` creates and `deploy/rbac.yaml` grants.
+pub const SPILLWAY_SERVICE_ACCOUNT: &str = "spillway";
+pub const SCALED_OBJECT_CRD: &str = "scaledobjects.spillway.dev";
+
+/// The objects of one multi-document YAML file under `deploy/`, as JSON (empty documents
+/// skipped).
+pub fn deploy_manifest(file: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| {
+            serde_json::Value::deserialize(document)
+                .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        })
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
+/// Installs spillway as `deploy/` ships it (namespace, ServiceAccount, RBAC, CRD) plus the
+/// ExternalName Service the APIService needs, waits for the CRD to be Established, and
+/// returns a kubeconfig acting as the ServiceAccount, so `spillway run` has exactly
+/// `deploy/rbac.yaml`'s rights.
+pub async fn install_spillway(client: &kube::Client) -> PathBuf {
+    for file in DEPLOY_MANIFESTS {
+        for object in deploy_manifest(file) {
+            apply(client, object).await;
+        }
+    }
+    install_spillway_service(client).await;
+    wait_crd_established(client, SCALED_OBJECT_CRD, Duration::from_secs(30)).await;
+    service_account_kubeconfig(client, SPILLWAY_NAMESPACE, SPILLWAY_SERVICE_ACCOUNT).await
+}
+
+/// Waits until a CustomResourceDefinition is Established (its API is served).
+pub async fn wait_crd_established(client: &kube::Client, name: &str, timeout: Duration) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    super::eventually(
+        &format!("CRD {name} to be Established"),
+        timeout,
+        || async {
+            let crd = crds.get(name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// A kubeconfig file with a fresh token (TokenRequest, one hour) of `namespace/account`,
+/// pointing at the API server of endpoints.env and trusting the cluster CA.
+pub async fn service_account_kubeconfig(
+    client: &kube::Client,
+    namespace: &str,
+    account: &str,
+) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer: TokenRequest = accounts
+        .create_subresource("token", account, &Default::default(), &request)
+        .await
+        .unwrap_or_else(|err| panic!("TokenRequest for {namespace}/{account}: {err}"));
+    let token = answer.status.expect("TokenRequest status").token;
+    let apiserver = super::endpoint("SPILLWAY_K8S_APISERVER");
+    let port = reqwest::Url::parse(&apiserver)
+        .ok()
+        .and_then(|url| url.port())
+        .unwrap_or_else(|| panic!("SPILLWAY_K8S_APISERVER={apiserver} names no port"));
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "spillway-e2e", "cluster": {
+            "server": format!("https://127.0.0.1:{port}"),
+            "certificate-authority": pki("ca.crt")}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {
+            "cluster": "spillway-e2e", "user": account, "namespace": namespace}}],
+        "current-context": account,
+    });
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", super::unique_name(account)));
+    std::fs::write(&path, serde_norway::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+/// Leader-election timings of `spillway run`, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimings {
+    pub lease_duration: u32,
+    pub renew_deadline: u32,
+    pub retry_period: u32,
+}
+
+/// A `spillway run` process (the ScaledObject controller and its metrics API), its output in
+/// a log file; killed when dropped, and the log's tail printed if the test is failing.
+pub struct SpillwayController {
+    child: Child,
+    pub identity: String,
+    pub lease_name: String,
+    /// The metrics API's port (only [`SPILLWAY_PORT`] is registered with the aggregator).
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl SpillwayController {
+    /// Starts `spillway run` acting with `kubeconfig`, its metrics API on `port`, competing for
+    /// the Lease `lease_name` in [`SPILLWAY_NAMESPACE`] as `identity`, and waits for its
+    /// health endpoint.
+    pub async fn start(
+        kubeconfig: &std::path::Path,
+        port: u16,
+        lease_name: &str,
+        identity: &str,
+        timings: Option<LeaseTimings>,
+    ) -> Self {
+        let config = std::env::temp_dir().join(format!("{}.yaml", super::unique_name(identity)));
+        let metrics_port = free_port();
+        std::fs::write(
+            &config,
+            format!(
+                "server:\n  listen: 127.0.0.1:{port}\n  metricsListen: 127.0.0.1:{metrics_port}\n  tls:\n    certFile: {}\n    keyFile: {}\n",
+                pki("spillway-serving.crt").display(),
+                pki("spillway-serving.key").display(),
+            ),
+        )
+        .unwrap();
+        let log = std::env::temp_dir().join(format!("{}.log", super::unique_name(identity)));
+        let output = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--lease-namespace", SPILLWAY_NAMESPACE])
+            .args(["--lease-name", lease_name])
+            .args(["--identity", identity]);
+        if let Some(t) = timings {
+            command
+                .args(["--lease-duration-seconds", &t.lease_duration.to_string()])
+                .args(["--renew-deadline-seconds", &t.renew_deadline.to_string()])
+                .args(["--retry-period-seconds", &t.retry_period.to_string()]);
+        }
+        let child = command
+            .env("RUST_LOG", "info,spillway=debug,spillway::poller=info,spillway::scalers=info,lapin=off,pinky_swear=off")
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .expect("start spillway run");
+        println!(
+            "spillway run as {identity} on 127.0.0.1:{port}, log {}",
+            log.display()
+        );
+        let mut controller = Self {
+            child,
+            identity: identity.to_owned(),
+            lease_name: lease_name.to_owned(),
+            port,
+            log,
+        };
+        controller.wait_healthy(Duration::from_secs(30)).await;
+        controller
+    }
+
+    async fn wait_healthy(&mut self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let url = format!("http://127.0.0.1:{}/healthz", self.port);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                panic!(
+                    "spillway run ({}) exited with {status} before answering /healthz:\n{}",
+                    self.identity,
+                    self.log_tail(40)
+                );
+            }
+            if let Ok(response) = reqwest::get(&url).await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "spillway run ({}) did not answer {url} within {timeout:?}:\n{}",
+                self.identity,
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// SIGKILL: no graceful release of the Lease, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last `lines` lines of the process's output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for SpillwayController {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of spillway run ({}), {} ---\n{}",
+                self.identity,
+                self.log.display(),
+                self.log_tail(60)
+            );
+        }
+    }
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -6,6 +6,11 @@
 //!   timestamp of the record at the committed offset), served as the trigger's second metric
 //!   `lag-seconds` (the maximum over its partitions). Timestamps are cached per offset, so a
 //!   partition is read again only when its consumer moved.
+//! - **backlog per partition**: each reading carries every counted partition's lag (records
+//!   behind, persistent lag included, before KEDA's caps on the total) and lag seconds, for
+//!   spillway's `/metrics` (`spillway_kafka_consumer_lag{,_seconds}`); at most
+//!   [`MAX_BACKLOG_SAMPLES`](super::MAX_BACKLOG_SAMPLES) partitions per trigger, the most
+//!   lagging ones. They come from the same answers, so the requests per tick do not change.
 //! - **errors are errors**: an unreachable cluster, a missing topic, an unknown consumer group,
 //!   a refused authorization, a partition left out of an answer: each is a [`ScalerError`],
 //!   never a lag of 0 (KEDA reads a missing partition as 0).
@@ -37,7 +42,7 @@ pub use lag::{
     partition_lag, total_lag,
 };
 
-use super::{Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{BacklogSample, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
 use crate::secret::{SecretSource, SecretString};
 
 const KIND: &str = "kafka";
@@ -408,6 +413,8 @@ pub struct PartitionLag {
     pub committed_offset: Option<i64>,
     /// Lag counted for the scaling metric (KEDA's rules, persistent lag excluded if asked).
     pub lag: i64,
+    /// Lag with persistent lag counted: how far behind the group is.
+    pub lag_with_persistent: i64,
     /// Age of the oldest unconsumed message, when the partition lags and its record was read.
     pub lag_seconds: Option<f64>,
 }
@@ -533,16 +540,29 @@ impl Scaler for KafkaScaler {
         self.poll_detailed(triggers)
             .await
             .into_iter()
-            .map(|report| {
-                report.map(|r| {
-                    let reading = Reading::new(r.total.metric as f64, r.active);
-                    match r.lag_seconds {
-                        Some(seconds) => reading.with_extra("lag-seconds", seconds),
-                        None => reading,
-                    }
-                })
-            })
+            .zip(triggers)
+            .map(|(report, trigger)| report.map(|r| reading(trigger, &r)))
             .collect()
+    }
+}
+
+/// A trigger's reading from its report: the capped total, lag seconds, and every partition.
+fn reading(trigger: &KafkaTrigger, report: &KafkaLagReport) -> Reading {
+    let backlog = report
+        .partitions
+        .iter()
+        .map(|p| BacklogSample::KafkaPartition {
+            consumer_group: trigger.consumer_group.clone(),
+            topic: p.topic.clone(),
+            partition: p.partition,
+            lag: p.lag_with_persistent,
+            lag_seconds: p.lag_seconds,
+        })
+        .collect();
+    let reading = Reading::new(report.total.metric as f64, report.active).with_backlog(backlog);
+    match report.lag_seconds {
+        Some(seconds) => reading.with_extra("lag-seconds", seconds),
+        None => reading,
     }
 }
 
@@ -751,30 +771,33 @@ fn poll_round(
                 &rules,
                 trigger.exclude_persistent_lag,
             );
-            partition_lags.push((
-                PartitionLag {
-                    topic: tp.0.clone(),
-                    partition: tp.1,
-                    end_offset: end,
-                    committed_offset,
-                    lag,
-                    lag_seconds: None,
-                },
-                with_persistent,
-            ));
+            partition_lags.push(PartitionLag {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                end_offset: end,
+                committed_offset,
+                lag,
+                lag_with_persistent: with_persistent,
+                lag_seconds: None,
+            });
         }
         if let Some(err) = failure {
             results[*i] = Some(Err(err));
             continue;
         }
-        let total = total_lag(partition_lags.iter().map(|(p, wp)| (p.lag, *wp)), &rules);
+        let total = total_lag(
+            partition_lags
+                .iter()
+                .map(|p| (p.lag, p.lag_with_persistent)),
+            &rules,
+        );
         let active = total.with_persistent > trigger.activation_lag_threshold as i64;
         reports.insert(
             *i,
             KafkaLagReport {
                 total,
                 lag_seconds: None,
-                partitions: partition_lags.into_iter().map(|(p, _)| p).collect(),
+                partitions: partition_lags,
                 active,
             },
         );
@@ -1077,6 +1100,47 @@ mod tests {
         assert!(
             matches!(missing.client_config(), Err(ScalerError::InvalidTrigger { field, .. }) if field == "password")
         );
+    }
+
+    #[test]
+    fn reading_carries_every_partition_before_the_caps() {
+        let partition = |partition, lag, lag_with_persistent, lag_seconds| PartitionLag {
+            topic: "orders".into(),
+            partition,
+            end_offset: 100,
+            committed_offset: Some(100 - lag_with_persistent),
+            lag,
+            lag_with_persistent,
+            lag_seconds,
+        };
+        let report = KafkaLagReport {
+            total: TotalLag {
+                metric: 20,
+                uncapped: 50,
+                with_persistent: 80,
+                partitions: 2,
+                partitions_with_lag: 1,
+            },
+            lag_seconds: None,
+            // Partition 1 is stuck (persistent lag excluded from the metric), its age unknown.
+            partitions: vec![partition(0, 50, 50, Some(12.5)), partition(1, 0, 30, None)],
+            active: true,
+        };
+        let reading = reading(&trigger(), &report);
+        assert_eq!(reading.value, 20.0, "the capped total");
+        assert!(reading.extra.is_empty(), "lag seconds unknown");
+        let sample = |partition, lag, lag_seconds| BacklogSample::KafkaPartition {
+            consumer_group: "orders-consumer".into(),
+            topic: "orders".into(),
+            partition,
+            lag,
+            lag_seconds,
+        };
+        assert_eq!(
+            reading.backlog.samples(),
+            [sample(0, 50, Some(12.5)), sample(1, 30, None)]
+        );
+        assert_eq!(reading.backlog.left_out(), 0);
     }
 
     #[test]

@@ -1,0 +1,814 @@
+//! The reconcile loop: watches ScaledObjects (and the HPAs it owns) in every namespace and, for
+//! each object,
+//!
+//! 1. registers its triggers (credentials fetched from Secrets) with the [`Registry`], so the
+//!    poller reads them and the metrics API serves them: on every replica, leader or not,
+//!    since every replica serves the metrics API;
+//! 2. on the leader only: keeps its owned HPA as [`desired_hpa`] says (repairing hand edits),
+//!    scales the target to and from zero (or `idleReplicaCount`) through the scale
+//!    subresource, holds it while paused, and writes the status and Events.
+//!
+//! Scale to zero: when every trigger has a reading and none is active for `cooldownPeriod`
+//! since `status.lastActiveTime` (or the object's creation), the target goes to the idle count
+//! and the HPA is removed (its minimum of 1 would undo it). When any trigger becomes active,
+//! the target goes to `max(1, minReplicaCount)` and the HPA is back. A trigger that fails is
+//! never "inactive": failures never scale to zero, and with `fallback` a target found at zero
+//! while its triggers fail is brought to `fallback.replicas`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::crd::{ScaledObject, ScaledObjectStatus, TriggerStatus, condition};
+use super::hpa::{HpaError, MANAGED_BY, MANAGED_BY_LABEL, desired_hpa, hpa_drift, hpa_name};
+use super::triggers::{SpecError, resolve_secrets, triggers};
+use crate::api::quantity::format_quantity;
+use crate::cache::{MetricCache, TriggerState};
+use crate::metrics::Metrics;
+use crate::registry::{Registered, Registry};
+use crate::scalers::served_metric_name;
+
+/// The field manager of everything spillway writes.
+pub const FIELD_MANAGER: &str = "spillway";
+/// How often an object is looked at again when nothing happens: often enough to see a trigger
+/// turn active within about a polling interval.
+const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// An object that cannot be served (bad spec, missing Secret or target) is retried this often.
+const RETRY_BROKEN: Duration = Duration::from_secs(15);
+/// The status is rewritten at least this often while only poll times change.
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Why one reconcile failed; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Hpa(#[from] HpaError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("scale target {kind} {name}: {message}")]
+    Target {
+        kind: String,
+        name: String,
+        message: String,
+    },
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub registry: Arc<Registry>,
+    pub cache: Arc<MetricCache>,
+    /// True while this replica holds the leader Lease.
+    pub leader: watch::Receiver<bool>,
+    /// spillway's own metrics: reconciles, scaling actions, fallback and pause state.
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    /// API resources of scale targets by (apiVersion, kind), found by discovery once.
+    resources: Mutex<HashMap<(String, String), ApiResource>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        registry: Arc<Registry>,
+        cache: Arc<MetricCache>,
+        leader: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+        instance: String,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "spillway".into(),
+            instance: Some(instance),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            registry,
+            cache,
+            leader,
+            metrics,
+            resources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    context: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let objects: Api<ScaledObject> = Api::all(context.client.clone());
+    let hpas: Api<HorizontalPodAutoscaler> = Api::all(context.client.clone());
+    let controller = Controller::new(objects, watcher::Config::default()).owns(
+        hpas,
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+    );
+    // Deleted objects are never reconciled again: unregister what the watch no longer has.
+    let store = controller.store();
+    let registry = Arc::clone(&context.registry);
+    let metrics = Arc::clone(&context.metrics);
+    let sweeper = tokio::spawn(async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            ticks.tick().await;
+            let gone: Vec<(String, String)> = registry
+                .served()
+                .objects
+                .keys()
+                .filter(|(namespace, name)| {
+                    store.get(&ObjectRef::new(name).within(namespace)).is_none()
+                })
+                .cloned()
+                .collect();
+            for (namespace, name) in gone {
+                registry.remove(&namespace, &name);
+                metrics.forget_scaled_object(&namespace, &name);
+                tracing::info!(%namespace, %name, "unregistered a deleted ScaledObject");
+            }
+        }
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|outcome| async move {
+            if let Err(err) = outcome {
+                tracing::debug!(error = %err, "reconcile round ended with an error");
+            }
+        })
+        .await;
+    sweeper.abort();
+}
+
+fn error_policy(so: Arc<ScaledObject>, err: &ReconcileError, _: Arc<Context>) -> Action {
+    tracing::warn!(namespace = so.namespace().unwrap_or_default(), name = %so.name_any(), error = %err, "reconcile failed; retrying");
+    Action::requeue(RETRY_BROKEN)
+}
+
+/// What the triggers of one object say right now.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Some trigger's latest reading is active.
+    active: bool,
+    /// Every trigger has a current reading (none failed, none unpolled).
+    all_read: bool,
+    /// The first trigger at or past `fallback.failureThreshold` failures, with its error.
+    fallback: Option<String>,
+}
+
+fn activity(so: &ScaledObject, states: &[Option<TriggerState>]) -> Activity {
+    let threshold = so
+        .spec
+        .fallback
+        .as_ref()
+        .map(|f| f.failure_threshold.max(1) as u32);
+    let mut activity = Activity {
+        all_read: true,
+        ..Default::default()
+    };
+    for (index, state) in states.iter().enumerate() {
+        match state.as_ref().and_then(|s| s.current()) {
+            Some(reading) => activity.active |= reading.active,
+            None => activity.all_read = false,
+        }
+        if let (Some(threshold), Some(state)) = (threshold, state)
+            && state.consecutive_failures >= threshold
+            && activity.fallback.is_none()
+        {
+            activity.fallback = Some(format!(
+                "trigger {index} failed {} polls in a row: {}",
+                state.consecutive_failures,
+                state
+                    .error
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    activity
+}
+
+async fn reconcile(so: Arc<ScaledObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let leading = ctx.is_leader();
+    let outcome = reconcile_object(so, &ctx).await;
+    if leading {
+        ctx.metrics.observe_reconcile(outcome.is_ok());
+    }
+    outcome
+}
+
+async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let (name, namespace) = so.name_and_namespace()?;
+    let (name, namespace) = (name.to_owned(), namespace.to_owned());
+    let interval = Duration::from_secs(so.spec.polling_interval.max(1) as u64);
+
+    // 1. Register, on every replica.
+    let registered = match registration(&so, &ctx.client).await {
+        Ok(registered) => registered,
+        Err(err) => {
+            ctx.registry.remove(&namespace, &name);
+            if ctx.is_leader() {
+                let reason = match err {
+                    SpecError::Secret { .. } => "SecretNotReadable",
+                    _ => "InvalidSpec",
+                };
+                let mut status = so.status.clone().unwrap_or_default();
+                set_condition(
+                    &mut status,
+                    condition::READY,
+                    false,
+                    reason,
+                    &err.to_string(),
+                    &so,
+                );
+                write_status(ctx, &so, status).await?;
+            }
+            return Ok(Action::requeue(RETRY_BROKEN));
+        }
+    };
+    let trigger_ids: Vec<_> = registered
+        .triggers
+        .iter()
+        .map(|(id, t)| (id.clone(), served_metric_name(id.index, t)))
+        .collect();
+    if ctx.registry.upsert(registered) {
+        tracing::info!(%namespace, %name, triggers = trigger_ids.len(), "registered ScaledObject");
+    }
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(interval.max(Duration::from_secs(5))));
+    }
+
+    // 2. Lead: the target, the HPA, scaling to and from zero, status.
+    let mut status = so.status.clone().unwrap_or_default();
+    let target = &so.spec.scale_target_ref;
+    let scale_api = match scale_api(ctx, &namespace, &target.api_version, &target.kind).await {
+        Ok(api) => api,
+        Err(err) => {
+            set_condition(
+                &mut status,
+                condition::READY,
+                false,
+                "ScaleTargetUnknown",
+                &err.to_string(),
+                &so,
+            );
+            write_status(ctx, &so, status).await?;
+            return Ok(Action::requeue(RETRY_BROKEN));
+        }
+    };
+    let replicas = match scale_api.get_scale(&target.name).await {
+        Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let message = format!("{} {} not found in {namespace}", target.kind, target.name);
+            set_condition(
+                &mut status,
+                condition::READY,
+                false,
+                "ScaleTargetNotFound",
+                &message,
+                &so,
+            );
+            write_status(ctx, &so, status).await?;
+            return Ok(Action::requeue(RETRY_BROKEN));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let states: Vec<Option<TriggerState>> = trigger_ids
+        .iter()
+        .map(|(id, _)| ctx.cache.get(id))
+        .collect();
+    let now = Timestamp::now();
+    let act = activity(&so, &states);
+    if act.active {
+        status.last_active_time = Some(Time(now));
+    }
+
+    let min = so.spec.min_replica_count;
+    let idle = so.spec.idle_replica_count.unwrap_or(0);
+    let scales_to_idle = min == 0 || so.spec.idle_replica_count.is_some();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let hpa = hpa_name(&so)?;
+    let mut want_hpa = true;
+
+    if so.spec.is_paused() {
+        want_hpa = false;
+        if let Some(paused) = so.spec.paused_replicas
+            && replicas != paused
+        {
+            scale(
+                ctx,
+                &scale_api,
+                &so,
+                replicas,
+                paused,
+                "PausedReplicas",
+                "pausedReplicas holds the target",
+            )
+            .await?;
+        }
+        status.paused_replica_count = so.spec.paused_replicas;
+    } else {
+        status.paused_replica_count = None;
+        let reference = status
+            .last_active_time
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| so.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .unwrap_or(now);
+        let idle_for = now.duration_since(reference).as_secs_f64();
+        let cooled = idle_for >= so.spec.cooldown_period as f64;
+        if act.active && scales_to_idle && replicas <= idle {
+            scale(
+                ctx,
+                &scale_api,
+                &so,
+                replicas,
+                min.max(1),
+                "ScaledFromIdle",
+                "a trigger is active",
+            )
+            .await?;
+        } else if !act.active && act.all_read && scales_to_idle && cooled {
+            want_hpa = false;
+            if replicas != idle {
+                let why = format!(
+                    "no trigger active for {}s (cooldownPeriod {}s)",
+                    idle_for as i64, so.spec.cooldown_period
+                );
+                scale(ctx, &scale_api, &so, replicas, idle, "ScaledToIdle", &why).await?;
+            }
+        } else if let (Some(reason), Some(fallback)) = (&act.fallback, &so.spec.fallback)
+            && replicas == 0
+        {
+            scale(
+                ctx,
+                &scale_api,
+                &so,
+                replicas,
+                fallback.replicas,
+                "FallbackFromZero",
+                reason,
+            )
+            .await?;
+        }
+    }
+
+    if want_hpa {
+        ensure_hpa(ctx, &hpas, &so, &hpa).await?;
+        status.hpa_name = Some(hpa.clone());
+    } else {
+        delete_hpa(ctx, &hpas, &so, &hpa).await?;
+        status.hpa_name = None;
+    }
+
+    // 3. Status.
+    let paused = so.spec.is_paused();
+    set_condition(
+        &mut status,
+        condition::READY,
+        true,
+        "ScaledObjectReady",
+        if paused {
+            "paused: no HPA, the target is held"
+        } else if want_hpa {
+            "the HPA and the triggers are in place"
+        } else {
+            "idle: the target is at its idle count, no HPA"
+        },
+        &so,
+    );
+    let (active_status, active_reason, active_message) = if act.active {
+        (
+            Some(true),
+            "TriggerActive",
+            "a trigger is above its activation threshold".to_owned(),
+        )
+    } else if act.all_read {
+        (
+            Some(false),
+            "TriggersIdle",
+            "every trigger is at or below its activation threshold".to_owned(),
+        )
+    } else {
+        (
+            None,
+            "TriggerWithoutReading",
+            "a trigger has no current reading; activity is unknown".to_owned(),
+        )
+    };
+    set_condition_tri(
+        &mut status,
+        condition::ACTIVE,
+        active_status,
+        active_reason,
+        &active_message,
+        &so,
+    );
+    match &act.fallback {
+        Some(reason) if so.spec.fallback.is_some() => {
+            let replicas = so.spec.fallback.as_ref().map_or(0, |f| f.replicas);
+            set_condition(
+                &mut status,
+                condition::FALLBACK,
+                true,
+                "FallbackActive",
+                &format!("serving fallback replicas {replicas}: {reason}"),
+                &so,
+            );
+        }
+        _ => set_condition(
+            &mut status,
+            condition::FALLBACK,
+            false,
+            "TriggersHealthy",
+            "no trigger is past its failure threshold",
+            &so,
+        ),
+    }
+    set_condition(
+        &mut status,
+        condition::PAUSED,
+        paused,
+        if paused { "Paused" } else { "NotPaused" },
+        if paused {
+            "spec.paused or spec.pausedReplicas is set"
+        } else {
+            "scaling is on"
+        },
+        &so,
+    );
+    status.observed_generation = so.metadata.generation;
+    ctx.metrics.set_scaled_object_state(
+        &namespace,
+        &name,
+        act.fallback.is_some() && so.spec.fallback.is_some(),
+        paused,
+    );
+    status.triggers = trigger_ids
+        .iter()
+        .zip(&states)
+        .enumerate()
+        .map(|(index, ((_, metric), state))| trigger_status(index, metric, state.as_ref()))
+        .collect();
+    write_status(ctx, &so, status).await?;
+    Ok(Action::requeue(interval.max(MIN_REQUEUE)))
+}
+
+/// The object's triggers as the poller reads them, credentials fetched.
+async fn registration(so: &ScaledObject, client: &kube::Client) -> Result<Registered, SpecError> {
+    let mut config = so.to_config()?;
+    resolve_secrets(&mut config, client).await?;
+    let triggers = triggers(&config)?;
+    Ok(Registered {
+        config,
+        triggers,
+        polling_interval: Duration::from_secs(so.spec.polling_interval.max(1) as u64),
+        fallback: so
+            .spec
+            .fallback
+            .as_ref()
+            .map(|f| (f.failure_threshold.max(1) as u32, f.replicas.max(0) as u32)),
+    })
+}
+
+/// An API for the scale subresource of `kind` in `api_version`, found by discovery once.
+async fn scale_api(
+    ctx: &Context,
+    namespace: &str,
+    api_version: &str,
+    kind: &str,
+) -> Result<Api<DynamicObject>, ReconcileError> {
+    let key = (api_version.to_owned(), kind.to_owned());
+    let known = ctx
+        .resources
+        .lock()
+        .expect("resource cache")
+        .get(&key)
+        .cloned();
+    let resource = match known {
+        Some(resource) => resource,
+        None => {
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let (resource, _) = kube::discovery::pinned_kind(&ctx.client, &gvk)
+                .await
+                .map_err(|err| ReconcileError::Target {
+                    kind: kind.to_owned(),
+                    name: String::new(),
+                    message: format!("{api_version} {kind} is not served by the cluster: {err}"),
+                })?;
+            ctx.resources
+                .lock()
+                .expect("resource cache")
+                .insert(key, resource.clone());
+            resource
+        }
+    };
+    Ok(Api::namespaced_with(
+        ctx.client.clone(),
+        namespace,
+        &resource,
+    ))
+}
+
+/// Sets the target's replicas through the scale subresource, with an Event saying why.
+async fn scale(
+    ctx: &Context,
+    api: &Api<DynamicObject>,
+    so: &ScaledObject,
+    from: i32,
+    to: i32,
+    reason: &str,
+    why: &str,
+) -> Result<(), ReconcileError> {
+    let target = &so.spec.scale_target_ref;
+    api.patch_scale(
+        &target.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": to}})),
+    )
+    .await?;
+    let namespace = so.namespace().unwrap_or_default();
+    tracing::info!(%namespace, name = %so.name_any(), target = %target.name, from, to, %reason, %why, "scaled");
+    ctx.metrics
+        .observe_scaling(&namespace, &so.name_any(), reason);
+    publish(
+        ctx,
+        so,
+        EventType::Normal,
+        reason,
+        &format!(
+            "{} {}: {from} -> {to} replicas ({why})",
+            target.kind, target.name
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+async fn ensure_hpa(
+    ctx: &Context,
+    hpas: &Api<HorizontalPodAutoscaler>,
+    so: &ScaledObject,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    let desired = desired_hpa(so)?;
+    let existing = match hpas.get(name).await {
+        Ok(existing) => Some(existing),
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(err) => return Err(err.into()),
+    };
+    match existing {
+        None => {
+            hpas.create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &desired,
+            )
+            .await?;
+            publish(
+                ctx,
+                so,
+                EventType::Normal,
+                "HPACreated",
+                &format!("created HorizontalPodAutoscaler {name}"),
+            )
+            .await;
+        }
+        Some(existing) => {
+            let drift = hpa_drift(&existing, &desired);
+            if !drift.is_empty() {
+                hpas.patch(
+                    name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await?;
+                publish(
+                    ctx,
+                    so,
+                    EventType::Normal,
+                    "HPARepaired",
+                    &format!(
+                        "HorizontalPodAutoscaler {name} differed in {}; restored",
+                        drift.join(", ")
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_hpa(
+    ctx: &Context,
+    hpas: &Api<HorizontalPodAutoscaler>,
+    so: &ScaledObject,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    match hpas.get(name).await {
+        Ok(existing) => {
+            // Only an HPA this object owns is removed; a same-named HPA of a user is left alone.
+            let ours = existing
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == so.meta().uid.as_ref());
+            if ours {
+                hpas.delete(name, &DeleteParams::default()).await?;
+                publish(
+                    ctx,
+                    so,
+                    EventType::Normal,
+                    "HPARemoved",
+                    &format!("removed HorizontalPodAutoscaler {name} while paused or idle"),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn trigger_status(index: usize, metric: &str, state: Option<&TriggerState>) -> TriggerStatus {
+    TriggerStatus {
+        index: index as i32,
+        metric: metric.to_owned(),
+        value: state
+            .and_then(|s| s.current())
+            .and_then(|r| format_quantity(r.value).ok())
+            .map(|q| Quantity(q.text)),
+        last_error: state
+            .and_then(|s| s.error.as_ref())
+            .map(ToString::to_string),
+        consecutive_failures: state
+            .map(|s| s.consecutive_failures as i32)
+            .filter(|n| *n > 0),
+        last_poll_time: state
+            .and_then(|s| Timestamp::try_from(s.polled_at_wall).ok())
+            .map(Time),
+    }
+}
+
+fn set_condition(
+    status: &mut ScaledObjectStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    so: &ScaledObject,
+) {
+    set_condition_tri(status, type_, Some(value), reason, message, so);
+}
+
+/// Sets one condition, keeping its transition time when its status did not change.
+fn set_condition_tri(
+    status: &mut ScaledObjectStatus,
+    type_: &str,
+    value: Option<bool>,
+    reason: &str,
+    message: &str,
+    so: &ScaledObject,
+) {
+    let text = match value {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
+    let previous = status.conditions.iter().find(|c| c.type_ == type_);
+    let last_transition_time = match previous {
+        Some(c) if c.status == text => c.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    let condition = Condition {
+        type_: type_.to_owned(),
+        status: text.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time,
+        observed_generation: so.metadata.generation,
+    };
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.push(condition);
+    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+/// Writes `status` when it differs from the stored one in more than poll times, or when the
+/// stored one is older than [`STATUS_REFRESH`]; an Event for every condition that changed.
+async fn write_status(
+    ctx: &Context,
+    so: &ScaledObject,
+    status: ScaledObjectStatus,
+) -> Result<(), ReconcileError> {
+    let stored = so.status.clone().unwrap_or_default();
+    let without_times = |s: &ScaledObjectStatus| {
+        let mut s = s.clone();
+        for t in &mut s.triggers {
+            t.last_poll_time = None;
+        }
+        s
+    };
+    let newest_poll = |s: &ScaledObjectStatus| {
+        s.triggers
+            .iter()
+            .filter_map(|t| t.last_poll_time.as_ref().map(|t| t.0))
+            .max()
+    };
+    let stale = match (newest_poll(&stored), newest_poll(&status)) {
+        (Some(old), Some(new)) => {
+            new.duration_since(old).as_secs_f64() >= STATUS_REFRESH.as_secs_f64()
+        }
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    if without_times(&stored) == without_times(&status) && !stale {
+        return Ok(());
+    }
+    for condition in &status.conditions {
+        let before = stored
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition.type_);
+        if before.is_some_and(|b| b.status == condition.status && b.reason == condition.reason) {
+            continue;
+        }
+        let warning = (condition.type_ == condition::READY && condition.status == "False")
+            || (condition.type_ == condition::FALLBACK && condition.status == "True");
+        publish(
+            ctx,
+            so,
+            if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            &condition.reason,
+            &format!(
+                "{}={}: {}",
+                condition.type_, condition.status, condition.message
+            ),
+        )
+        .await;
+    }
+    let api: Api<ScaledObject> = Api::namespaced(
+        ctx.client.clone(),
+        so.namespace().as_deref().unwrap_or_default(),
+    );
+    let written = api
+        .patch_status(
+            &so.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await;
+    match written {
+        Ok(_) => {}
+        // Deleted while being reconciled: nothing left to report on.
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(err) => return Err(err.into()),
+    }
+    Ok(())
+}
+
+/// Publishes an Event about `so`; a failure to do so is logged, never fails the reconcile.
+async fn publish(ctx: &Context, so: &ScaledObject, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &so.object_ref(&())).await {
+        tracing::warn!(error = %err, %reason, "cannot publish Event");
+    }
+}

@@ -1,0 +1,258 @@
+//! The registry: which scaled objects spillway serves right now, shared by whoever fills it
+//! (a config file at start, or the controller as ScaledObjects come and go), the poller (what
+//! to read, how often) and the metrics API (which metric names exist, which workloads they
+//! describe, what to serve when a trigger keeps failing).
+//!
+//! Readers take an immutable [`Served`] snapshot (an `Arc` clone), so a request or a poller
+//! round never holds the lock, and a change is one swap.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::api::custom::ScaleTarget;
+use crate::api::external::{self, MetricSource};
+use crate::cache::TriggerId;
+use crate::config::{Config, ScaledObjectConfig};
+use crate::scalers::{Trigger, TriggerParams};
+
+/// What a trigger's metric serves once it has failed `failure_threshold` polls in a row:
+/// a value that makes the HPA settle on `replicas` (`replicas * target`, since an HPA with an
+/// AverageValue target asks for `ceil(value / target)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FallbackValue {
+    pub failure_threshold: u32,
+    pub replicas: u32,
+    pub value: f64,
+}
+
+/// One scaled object as the poller and the API need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    pub config: ScaledObjectConfig,
+    /// The triggers with their ids, credentials resolved.
+    pub triggers: Vec<(TriggerId, Trigger)>,
+    pub polling_interval: Duration,
+    /// `fallback.failureThreshold` and `fallback.replicas`, when set.
+    pub fallback: Option<(u32, u32)>,
+}
+
+impl Registered {
+    fn key(&self) -> (String, String) {
+        (self.config.namespace.clone(), self.config.name.clone())
+    }
+}
+
+/// An immutable view of everything registered.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Every registered object, by (namespace, name).
+    pub objects: BTreeMap<(String, String), Arc<Registered>>,
+    /// Every trigger's served metric, with its fallback value.
+    pub metrics: Arc<[MetricSource]>,
+    /// The workloads the objects scale, for object metrics.
+    pub targets: Arc<[ScaleTarget]>,
+}
+
+impl Served {
+    fn build(objects: BTreeMap<(String, String), Arc<Registered>>) -> Self {
+        let mut metrics = Vec::new();
+        let mut targets = Vec::new();
+        for object in objects.values() {
+            for (mut source, (_, trigger)) in external::catalog(&object.triggers)
+                .into_iter()
+                .zip(&object.triggers)
+            {
+                source.fallback =
+                    object
+                        .fallback
+                        .map(|(failure_threshold, replicas)| FallbackValue {
+                            failure_threshold,
+                            replicas,
+                            value: f64::from(replicas) * trigger.target_value(),
+                        });
+                metrics.push(source);
+            }
+            if let Some(target) = &object.config.scale_target_ref {
+                targets.push(ScaleTarget {
+                    namespace: object.config.namespace.clone(),
+                    scaled_object: object.config.name.clone(),
+                    target: target.clone(),
+                });
+            }
+        }
+        Self {
+            objects,
+            metrics: metrics.into(),
+            targets: targets.into(),
+        }
+    }
+
+    /// Every trigger of every object, in order.
+    pub fn triggers(&self) -> Vec<(TriggerId, Trigger)> {
+        self.objects
+            .values()
+            .flat_map(|o| o.triggers.iter().cloned())
+            .collect()
+    }
+}
+
+/// The registered scaled objects; see the module doc.
+#[derive(Debug, Default)]
+pub struct Registry {
+    served: RwLock<Arc<Served>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry holding a config file's scaled objects (standalone mode).
+    pub fn from_config(config: &Config) -> Self {
+        let registry = Self::new();
+        let triggers = config.triggers();
+        for so in &config.scaled_objects {
+            registry.upsert(Registered {
+                config: so.clone(),
+                triggers: triggers
+                    .iter()
+                    .filter(|(id, _)| id.namespace == so.namespace && id.scaled_object == so.name)
+                    .cloned()
+                    .collect(),
+                polling_interval: config.polling_interval.as_duration(),
+                fallback: None,
+            });
+        }
+        registry
+    }
+
+    /// A registry of bare triggers, without scale targets (tests, tools).
+    pub fn from_triggers(triggers: &[(TriggerId, Trigger)], interval: Duration) -> Self {
+        let registry = Self::new();
+        let mut by_object: BTreeMap<(String, String), Vec<(TriggerId, Trigger)>> = BTreeMap::new();
+        for (id, trigger) in triggers {
+            by_object
+                .entry((id.namespace.clone(), id.scaled_object.clone()))
+                .or_default()
+                .push((id.clone(), trigger.clone()));
+        }
+        for ((namespace, name), triggers) in by_object {
+            registry.upsert(Registered {
+                config: ScaledObjectConfig {
+                    name,
+                    namespace,
+                    min_replica_count: 0,
+                    max_replica_count: 100,
+                    scale_target_ref: None,
+                    triggers: Vec::new(),
+                },
+                triggers,
+                polling_interval: interval,
+                fallback: None,
+            });
+        }
+        registry
+    }
+
+    /// A registry serving a fixed catalog of metrics and targets, with no objects to poll
+    /// (API tests that fill the cache themselves).
+    pub fn with_catalog(metrics: Vec<MetricSource>, targets: Vec<ScaleTarget>) -> Self {
+        Self {
+            served: RwLock::new(Arc::new(Served {
+                objects: BTreeMap::new(),
+                metrics: metrics.into(),
+                targets: targets.into(),
+            })),
+        }
+    }
+
+    /// The current view.
+    pub fn served(&self) -> Arc<Served> {
+        Arc::clone(&self.served.read().expect("registry lock"))
+    }
+
+    /// Adds or replaces one object; false when it was registered exactly so already.
+    pub fn upsert(&self, object: Registered) -> bool {
+        let mut served = self.served.write().expect("registry lock");
+        let key = object.key();
+        if served.objects.get(&key).is_some_and(|o| **o == object) {
+            return false;
+        }
+        let mut objects = served.objects.clone();
+        objects.insert(key, Arc::new(object));
+        *served = Arc::new(Served::build(objects));
+        true
+    }
+
+    /// Removes one object; false when it was not registered.
+    pub fn remove(&self, namespace: &str, name: &str) -> bool {
+        self.retain(|ns, n| !(ns == namespace && n == name)) > 0
+    }
+
+    /// Keeps the objects `keep` says yes to; returns how many were removed.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) -> usize {
+        let mut served = self.served.write().expect("registry lock");
+        let before = served.objects.len();
+        let objects: BTreeMap<_, _> = served
+            .objects
+            .iter()
+            .filter(|((ns, name), _)| keep(ns, name))
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        let removed = before - objects.len();
+        if removed > 0 {
+            *served = Arc::new(Served::build(objects));
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalers::cron::CronTrigger;
+
+    fn object(name: &str, fallback: Option<(u32, u32)>) -> Registered {
+        let config: ScaledObjectConfig = serde_norway::from_str(&format!(
+            "name: {name}\nscaleTargetRef: {{name: {name}-app}}\ntriggers:\n  - cron: {{timezone: UTC, start: '0 8 * * *', end: '0 18 * * *', desiredReplicas: 4}}\n"
+        ))
+        .unwrap();
+        let trigger: CronTrigger = serde_norway::from_str(
+            "{timezone: UTC, start: '0 8 * * *', end: '0 18 * * *', desiredReplicas: 4}",
+        )
+        .unwrap();
+        Registered {
+            triggers: vec![(
+                TriggerId {
+                    namespace: "default".into(),
+                    scaled_object: name.into(),
+                    index: 0,
+                },
+                Trigger::Cron(trigger),
+            )],
+            config,
+            polling_interval: Duration::from_secs(5),
+            fallback,
+        }
+    }
+
+    #[test]
+    fn upsert_and_remove_rebuild_the_served_view() {
+        let registry = Registry::new();
+        assert!(registry.upsert(object("a", None)));
+        assert!(!registry.upsert(object("a", None)), "unchanged");
+        assert!(registry.upsert(object("b", Some((3, 2)))));
+        let served = registry.served();
+        assert_eq!(served.metrics.len(), 2);
+        assert_eq!(served.targets.len(), 2);
+        let fallback = served.metrics[1].fallback.unwrap();
+        // cron's target is 1 per replica: 2 replicas' worth.
+        assert_eq!((fallback.failure_threshold, fallback.replicas), (3, 2));
+        assert_eq!(fallback.value, 2.0);
+        assert!(registry.remove("default", "a"));
+        assert!(!registry.remove("default", "a"));
+        assert_eq!(registry.served().metrics.len(), 1);
+        assert_eq!(served.metrics.len(), 2, "an old view is unchanged");
+    }
+}

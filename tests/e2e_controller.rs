@@ -1,0 +1,1211 @@
+//! End to end for the ScaledObject controller (`spillway run`) on a real control plane
+//! (etcd, kube-apiserver with its aggregator, kube-controller-manager with its HPA controller
+//! syncing every 2 s and a 10 s downscale stabilization; `scripts/k8s.sh`) and a real Kafka.
+//!
+//! spillway is installed from `deploy/` and acts as its ServiceAccount, so the shipped RBAC
+//! is what is tested. The tests share the APIService and spillway's port, so they run one at
+//! a time; the fallback test stops the shared Kafka broker and starts it again.
+//!
+//! Measured times (backlog to replicas, cooldown, fallback, handover) are printed: run with
+//! `--nocapture`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use common::k8s::{self, LeaseTimings, SpillwayController};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+use spillway::controller::crd::ScaledObject;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+/// One test at a time: they share the APIService, spillway's port and the Kafka broker.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const EXTERNAL: &str = "v1beta1.external.metrics.k8s.io";
+const LABEL: &str = "scaledobject.spillway.dev/name";
+/// Every namespace these tests create starts with it; ScaledObjects left there by an earlier,
+/// failed run are deleted so this run's controller does not reconcile them.
+const NAMESPACE_PREFIX: &str = "e2e-ctl-";
+
+/// The admin client and the kubeconfig of spillway's ServiceAccount.
+struct Cluster {
+    admin: kube::Client,
+    kubeconfig: PathBuf,
+}
+
+/// Installs spillway from `deploy/` and removes what earlier runs of this file left behind.
+async fn install() -> Cluster {
+    let admin = k8s::admin().await;
+    let kubeconfig = k8s::install_spillway(&admin).await;
+    delete_leftover_scaled_objects(&admin).await;
+    Cluster { admin, kubeconfig }
+}
+
+async fn delete_leftover_scaled_objects(admin: &kube::Client) {
+    let all = k8s::dynamic_api(
+        admin,
+        "spillway.dev",
+        "v1alpha1",
+        "ScaledObject",
+        "scaledobjects",
+        None,
+    );
+    for so in all.list(&ListParams::default()).await.expect("list").items {
+        let (Some(ns), Some(name)) = (so.metadata.namespace, so.metadata.name) else {
+            continue;
+        };
+        if ns.starts_with(NAMESPACE_PREFIX) {
+            let api = k8s::dynamic_api(
+                admin,
+                "spillway.dev",
+                "v1alpha1",
+                "ScaledObject",
+                "scaledobjects",
+                Some(&ns),
+            );
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+}
+
+/// `spillway run` on the registered port with the APIService Available, leading a Lease of
+/// its own (no earlier run's Lease has to expire first).
+async fn start_controller(cluster: &Cluster) -> SpillwayController {
+    let lease = common::unique_name("e2e-ctl-lease");
+    let controller = SpillwayController::start(
+        &cluster.kubeconfig,
+        k8s::SPILLWAY_PORT,
+        &lease,
+        &format!("{lease}-a"),
+        None,
+    )
+    .await;
+    k8s::register_api_service(&cluster.admin, "external.metrics.k8s.io", "v1beta1").await;
+    k8s::wait_available(&cluster.admin, EXTERNAL, Duration::from_secs(60)).await;
+    wait_holder(
+        &cluster.admin,
+        &lease,
+        &controller.identity,
+        Duration::from_secs(30),
+    )
+    .await;
+    controller
+}
+
+fn leases(admin: &kube::Client) -> Api<Lease> {
+    Api::namespaced(admin.clone(), k8s::SPILLWAY_NAMESPACE)
+}
+
+async fn lease_holder(admin: &kube::Client, name: &str) -> Option<String> {
+    leases(admin)
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+}
+
+async fn wait_holder(admin: &kube::Client, lease: &str, identity: &str, timeout: Duration) {
+    common::eventually(
+        &format!("Lease {lease} to name {identity} as holder"),
+        timeout,
+        || async { (lease_holder(admin, lease).await.as_deref() == Some(identity)).then_some(()) },
+    )
+    .await;
+}
+
+async fn delete_lease(admin: &kube::Client, name: &str) {
+    let _ = leases(admin).delete(name, &DeleteParams::default()).await;
+}
+
+/// A topic with `counts[p]` records in partition p and a group committed at 0 on each.
+async fn kafka_backlog(counts: &[i64]) -> (String, String) {
+    let topic = common::kafka::create_topic(counts.len() as i32).await;
+    common::kafka::produce(&topic, counts, Duration::ZERO).await;
+    let group = common::unique_name("e2e-ctl-group");
+    commit(&group, &topic, &vec![0; counts.len()]);
+    (topic, group)
+}
+
+/// Commits `offsets[p]` for partition p of `topic`.
+fn commit(group: &str, topic: &str, offsets: &[i64]) {
+    let offsets: Vec<(&str, i32, i64)> = offsets
+        .iter()
+        .enumerate()
+        .map(|(p, offset)| (topic, p as i32, *offset))
+        .collect();
+    common::kafka::commit(group, &offsets);
+}
+
+/// A kafka trigger on the harness broker: target 10 per replica, and no cap of one replica
+/// per partition (allowIdleConsumers), so the HPA asks for ceil(lag / 10).
+fn kafka_trigger(bootstrap: &str, group: &str, topic: &str) -> Value {
+    json!({"kafka": {"bootstrapServers": bootstrap, "consumerGroup": group, "topic": topic,
+        "lagThreshold": 10, "allowIdleConsumers": true, "timeout": 1000}})
+}
+
+fn scaled_object(ns: &str, name: &str, target: &str, mut spec: Value) -> Value {
+    spec["scaleTargetRef"] = json!({"name": target});
+    json!({"apiVersion": "spillway.dev/v1alpha1", "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// A Deployment of pause containers (Pending for ever without a kubelet; the ReplicaSet still
+/// reports them, which is all the HPA needs).
+async fn deployment(admin: &kube::Client, ns: &str, name: &str, replicas: i32) -> Api<Deployment> {
+    k8s::apply(
+        admin,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "consumer", "image": "registry.k8s.io/pause:3.10"}]}}}}),
+    )
+    .await;
+    Api::namespaced(admin.clone(), ns)
+}
+
+async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
+    deployments
+        .get(name)
+        .await
+        .unwrap_or_else(|err| panic!("get Deployment {name}: {err}"))
+        .spec
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1)
+}
+
+/// Waits until the Deployment's replicas satisfy `wanted`; the count seen. On a timeout the
+/// panic shows the HPAs, ScaledObjects and APIService of the moment.
+async fn wait_replicas(
+    deployments: &Api<Deployment>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    wanted: impl Fn(i32) -> bool,
+) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = replicas(deployments, name).await;
+        if wanted(now) {
+            return now;
+        }
+        if Instant::now() >= deadline {
+            let client = deployments.clone().into_client();
+            let ns = deployments.namespace().unwrap_or_default();
+            panic!(
+                "timed out after {timeout:?} waiting for Deployment {name} {what}: it has {now} replicas\n{}",
+                diagnose(&client, ns).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What the HPAs, ScaledObjects and the APIService report, for a failure message.
+async fn diagnose(client: &kube::Client, ns: &str) -> String {
+    let mut lines = Vec::new();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    for hpa in hpas
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let status = hpa.status.unwrap_or_default();
+        lines.push(format!(
+            "HPA {}: current {:?}, desired {}, metrics {:?}",
+            hpa.metadata.name.unwrap_or_default(),
+            status.current_replicas,
+            status.desired_replicas,
+            status.current_metrics
+        ));
+        for c in status.conditions.unwrap_or_default() {
+            lines.push(format!(
+                "  {}={} {}: {}",
+                c.type_,
+                c.status,
+                c.reason.unwrap_or_default(),
+                c.message.unwrap_or_default()
+            ));
+        }
+    }
+    let sos: Api<ScaledObject> = Api::namespaced(client.clone(), ns);
+    for so in sos
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let status = so.status.unwrap_or_default();
+        lines.push(format!(
+            "ScaledObject {}: triggers {:?}",
+            so.metadata.name.unwrap_or_default(),
+            status.triggers
+        ));
+        for c in status.conditions {
+            lines.push(format!(
+                "  {}={} {}: {}",
+                c.type_, c.status, c.reason, c.message
+            ));
+        }
+    }
+    lines.push(format!(
+        "APIService {EXTERNAL}: {:?}",
+        k8s::api_service_available(client, EXTERNAL).await
+    ));
+    lines.join("\n")
+}
+
+/// Every change of a Deployment's replicas, from a watch (so no short dip is missed).
+struct ReplicaRecorder {
+    since: Instant,
+    seen: Arc<StdMutex<Vec<(Duration, i32)>>>,
+    task: JoinHandle<()>,
+}
+
+impl ReplicaRecorder {
+    fn start(deployments: Api<Deployment>, name: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let since = Instant::now();
+        let seen = Arc::new(StdMutex::new(Vec::<(Duration, i32)>::new()));
+        let record = seen.clone();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut changes = watcher(deployments, config).applied_objects().boxed();
+        let task = tokio::spawn(async move {
+            while let Some(event) = changes.next().await {
+                let Ok(deployment) = event else { continue };
+                let now = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
+                let mut seen = record.lock().unwrap();
+                if seen.last().is_none_or(|(_, last)| *last != now) {
+                    seen.push((since.elapsed(), now));
+                }
+            }
+        });
+        Self { since, seen, task }
+    }
+
+    /// Lets the watch deliver what a wait has just seen.
+    async fn catch_up(&self) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    fn lowest(&self) -> Option<i32> {
+        self.seen.lock().unwrap().iter().map(|(_, r)| *r).min()
+    }
+
+    /// "1 at 0.0 s, 3 at 12.3 s", times from the recorder's start.
+    fn describe(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at, r)| format!("{r} at {:.1} s", at.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
+impl Drop for ReplicaRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn condition(sos: &Api<ScaledObject>, name: &str, kind: &str) -> Option<Condition> {
+    let so = sos.get_opt(name).await.ok().flatten()?;
+    so.status?.conditions.into_iter().find(|c| c.type_ == kind)
+}
+
+async fn wait_condition(
+    sos: &Api<ScaledObject>,
+    name: &str,
+    kind: &str,
+    status: &str,
+    timeout: Duration,
+) -> Condition {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = condition(sos, name, kind)
+            .await
+            .filter(|c| c.status == status)
+        {
+            return found;
+        }
+        if Instant::now() >= deadline {
+            let client = sos.clone().into_client();
+            let ns = sos.namespace().unwrap_or_default();
+            panic!(
+                "timed out after {timeout:?} waiting for ScaledObject {name}'s condition {kind}={status}\n{}",
+                diagnose(&client, ns).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn wait_hpa(
+    hpas: &Api<HorizontalPodAutoscaler>,
+    name: &str,
+    timeout: Duration,
+) -> HorizontalPodAutoscaler {
+    common::eventually(&format!("HPA {name} to exist"), timeout, || async {
+        hpas.get_opt(name).await.ok().flatten()
+    })
+    .await
+}
+
+async fn wait_hpa_gone(hpas: &Api<HorizontalPodAutoscaler>, name: &str, timeout: Duration) {
+    common::eventually(&format!("HPA {name} to be gone"), timeout, || async {
+        matches!(hpas.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await;
+}
+
+/// The Events about object `name` in `ns`, as "reason: message".
+async fn events_about(admin: &kube::Client, ns: &str, name: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
+    let list = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("list events");
+    list.items
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+async fn delete_scaled_object(sos: &Api<ScaledObject>, name: &str) {
+    let _ = sos.delete(name, &DeleteParams::default()).await;
+}
+
+fn secs(duration: Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
+}
+
+#[tokio::test]
+async fn scales_a_deployment_from_zero_with_kafka_lag_and_back_to_zero_after_the_cooldown() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-scale").await;
+    // 45 records behind: ceil(45 / 10) = 5 replicas.
+    let (topic, group) = kafka_backlog(&[20, 15, 10]).await;
+    let deployments = deployment(admin, &ns, "orders-consumer", 0).await;
+    let controller = start_controller(&cluster).await;
+    let recorder = ReplicaRecorder::start(deployments.clone(), "orders-consumer");
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+
+    let created = Instant::now();
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "orders",
+            "orders-consumer",
+            json!({"minReplicaCount": 0, "maxReplicaCount": 10, "cooldownPeriod": 10,
+                "pollingInterval": 1,
+                "triggers": [kafka_trigger(&common::kafka::bootstrap(), &group, &topic)]}),
+        ),
+    )
+    .await;
+    wait_replicas(
+        &deployments,
+        "orders-consumer",
+        "to leave 0 replicas (activation)",
+        Duration::from_secs(60),
+        |r| r >= 1,
+    )
+    .await;
+    let activated = created.elapsed();
+    wait_replicas(
+        &deployments,
+        "orders-consumer",
+        "to reach ceil(45/10) = 5 replicas",
+        Duration::from_secs(120),
+        |r| r == 5,
+    )
+    .await;
+    let scaled = created.elapsed();
+    println!(
+        "backlog of 45 (existing) -> ScaledObject created -> replicas >= 1 after {}, 5 after {}",
+        secs(activated),
+        secs(scaled)
+    );
+
+    // The HPA spillway owns, removed with its owner by the garbage collector.
+    let so = sos.get("orders").await.expect("ScaledObject orders");
+    let hpa = wait_hpa(&hpas, "spillway-orders", Duration::from_secs(30)).await;
+    let owners = hpa.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        owners
+            .iter()
+            .any(|o| o.api_version == "spillway.dev/v1alpha1"
+                && o.kind == "ScaledObject"
+                && o.name == "orders"
+                && Some(&o.uid) == so.metadata.uid.as_ref()
+                && o.controller == Some(true)),
+        "HPA spillway-orders must be controlled by ScaledObject orders: {owners:?}"
+    );
+    let spec = hpa.spec.expect("HPA spec");
+    assert_eq!(
+        spec.min_replicas,
+        Some(1),
+        "HPA min = max(1, minReplicaCount)"
+    );
+    assert_eq!(spec.max_replicas, 10);
+    assert_eq!(spec.scale_target_ref.name, "orders-consumer");
+
+    // A hand edit of a field spillway owns is put back.
+    hpas.patch(
+        "spillway-orders",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"maxReplicas": 99}})),
+    )
+    .await
+    .expect("edit the HPA by hand");
+    common::eventually(
+        "spillway to restore the hand-edited HPA's maxReplicas",
+        Duration::from_secs(30),
+        || async {
+            let hpa = hpas.get("spillway-orders").await.ok()?;
+            (hpa.spec?.max_replicas == 10).then_some(())
+        },
+    )
+    .await;
+
+    wait_condition(&sos, "orders", "Ready", "True", Duration::from_secs(30)).await;
+    wait_condition(&sos, "orders", "Active", "True", Duration::from_secs(30)).await;
+    let status = common::eventually(
+        "ScaledObject orders' status to name its HPA, last active time and trigger",
+        Duration::from_secs(30),
+        || async {
+            let status = sos.get("orders").await.ok()?.status?;
+            (status.hpa_name.as_deref() == Some("spillway-orders")
+                && status.last_active_time.is_some()
+                && status
+                    .triggers
+                    .first()
+                    .is_some_and(|t| t.metric.starts_with("s0-")))
+            .then_some(status)
+        },
+    )
+    .await;
+    println!(
+        "status while active: triggers[0] = {:?}",
+        status.triggers.first()
+    );
+    let events = common::eventually(
+        "an Event about ScaledObject orders",
+        Duration::from_secs(30),
+        || async { Some(events_about(admin, &ns, "orders").await).filter(|e| !e.is_empty()) },
+    )
+    .await;
+    println!("events about orders: {events:?}");
+
+    // Drained: the HPA goes down to its minimum of 1, and spillway to 0 once no trigger has
+    // been active for the cooldown (the two race: both are about 10 s).
+    commit(&group, &topic, &[20, 15, 10]);
+    let drained = Instant::now();
+    let low = wait_replicas(
+        &deployments,
+        "orders-consumer",
+        "to scale down to the HPA's minimum 1 (or 0) after the drain",
+        Duration::from_secs(90),
+        |r| r <= 1,
+    )
+    .await;
+    let to_low = drained.elapsed();
+    wait_replicas(
+        &deployments,
+        "orders-consumer",
+        "to scale to 0 after the 10 s cooldown",
+        Duration::from_secs(90),
+        |r| r == 0,
+    )
+    .await;
+    let to_zero = drained.elapsed();
+    println!(
+        "drained -> replicas {low} after {}, 0 after {} (cooldown 10 s, HPA stabilization 10 s)",
+        secs(to_low),
+        secs(to_zero)
+    );
+    // The last active poll is at most one polling interval before the drain, and
+    // lastActiveTime has whole seconds.
+    assert!(
+        to_zero >= Duration::from_secs(8),
+        "scaled to 0 {} after the drain, before the 10 s cooldown",
+        secs(to_zero)
+    );
+    wait_condition(&sos, "orders", "Active", "False", Duration::from_secs(30)).await;
+
+    // A new backlog on an idle target: the time from its appearing to the new replica count.
+    common::kafka::produce(&topic, &[10, 10, 10], Duration::ZERO).await;
+    let appeared = Instant::now();
+    wait_replicas(
+        &deployments,
+        "orders-consumer",
+        "to leave 0 replicas for the new backlog of 30",
+        Duration::from_secs(60),
+        |r| r >= 1,
+    )
+    .await;
+    let reactivated = appeared.elapsed();
+    wait_replicas(
+        &deployments,
+        "orders-consumer",
+        "to reach ceil(30/10) = 3 replicas",
+        Duration::from_secs(120),
+        |r| r == 3,
+    )
+    .await;
+    println!(
+        "new backlog of 30 appeared -> replicas >= 1 after {}, 3 after {}",
+        secs(reactivated),
+        secs(appeared.elapsed())
+    );
+    wait_condition(&sos, "orders", "Active", "True", Duration::from_secs(30)).await;
+
+    recorder.catch_up().await;
+    println!(
+        "replicas over {}: {}",
+        secs(recorder.elapsed()),
+        recorder.describe()
+    );
+
+    // With spillway stopped, only the garbage collector can remove the HPA: its owner
+    // reference is what does it.
+    let lease = controller.lease_name.clone();
+    drop(controller);
+    delete_scaled_object(&sos, "orders").await;
+    let deleted = Instant::now();
+    wait_hpa_gone(&hpas, "spillway-orders", Duration::from_secs(60)).await;
+    println!(
+        "ScaledObject deleted (spillway stopped) -> HPA removed by the garbage collector after {}",
+        secs(deleted.elapsed())
+    );
+    common::kafka::delete_topic(&topic).await;
+    delete_lease(admin, &lease).await;
+}
+
+/// Kafka stopped with `scripts/kafka.sh`; started again when this ends, on a panic too.
+struct KafkaOutage {
+    over: bool,
+}
+
+fn kafka_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
+}
+
+impl KafkaOutage {
+    async fn begin() -> Self {
+        // Armed before the stop, so a stop that fails half way is undone too.
+        let outage = Self { over: false };
+        let status = tokio::process::Command::new("bash")
+            .arg(kafka_script())
+            .arg("stop")
+            .status()
+            .await
+            .expect("run scripts/kafka.sh stop");
+        assert!(status.success(), "scripts/kafka.sh stop failed");
+        outage
+    }
+
+    async fn end(mut self) {
+        self.over = true;
+        let status = tokio::process::Command::new("bash")
+            .arg(kafka_script())
+            .arg("start")
+            .status()
+            .await
+            .expect("run scripts/kafka.sh start");
+        assert!(status.success(), "Kafka did not come back");
+    }
+}
+
+impl Drop for KafkaOutage {
+    fn drop(&mut self) {
+        if self.over {
+            return;
+        }
+        let started = std::process::Command::new("bash")
+            .arg(kafka_script())
+            .arg("start")
+            .status();
+        if !started.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("scripts/kafka.sh start failed: start Kafka by hand ({started:?})");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_kafka_broker_puts_the_target_on_fallback_replicas_and_never_zero() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-fallback").await;
+    // 5 behind: the HPA asks for its minimum of 1; fallback asks for 3.
+    let (topic, group) = kafka_backlog(&[5]).await;
+    let deployments = deployment(admin, &ns, "worker", 1).await;
+    let recorder = ReplicaRecorder::start(deployments.clone(), "worker");
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "worker",
+            "worker",
+            json!({"minReplicaCount": 1, "maxReplicaCount": 10, "cooldownPeriod": 10,
+                "pollingInterval": 1, "fallback": {"failureThreshold": 2, "replicas": 3},
+                "triggers": [kafka_trigger(&common::kafka::bootstrap(), &group, &topic)]}),
+        ),
+    )
+    .await;
+    wait_hpa(&hpas, "spillway-worker", Duration::from_secs(30)).await;
+    wait_condition(&sos, "worker", "Ready", "True", Duration::from_secs(30)).await;
+    wait_condition(&sos, "worker", "Active", "True", Duration::from_secs(30)).await;
+    // Several HPA syncs on the real metric: it stays at 1.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(replicas(&deployments, "worker").await, 1);
+    assert_ne!(
+        condition(&sos, "worker", "Fallback")
+            .await
+            .map(|c| c.status)
+            .as_deref(),
+        Some("True"),
+        "no fallback while Kafka answers"
+    );
+
+    // Timed from the start of the stop: the script waits for the broker's ports to close, and
+    // polls fail from the moment it stops answering.
+    let stopping = Instant::now();
+    let outage = KafkaOutage::begin().await;
+    let stop_took = stopping.elapsed();
+    let fallback =
+        wait_condition(&sos, "worker", "Fallback", "True", Duration::from_secs(60)).await;
+    let to_condition = stopping.elapsed();
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to reach the fallback's 3 replicas",
+        Duration::from_secs(90),
+        |r| r == 3,
+    )
+    .await;
+    let to_fallback = stopping.elapsed();
+    println!(
+        "Kafka stop (script took {}) -> Fallback=True after {} ({}: {}), 3 replicas after {}",
+        secs(stop_took),
+        secs(to_condition),
+        fallback.reason,
+        fallback.message,
+        secs(to_fallback)
+    );
+    assert!(!fallback.reason.is_empty(), "{fallback:?}");
+    let message = fallback.message.to_lowercase();
+    assert!(
+        message.contains("kafka") || message.contains("s0-") || message.contains("19092"),
+        "the Fallback condition must name the failing trigger: {fallback:?}"
+    );
+    if let Some(status) = sos.get("worker").await.ok().and_then(|so| so.status) {
+        println!("trigger status on fallback: {:?}", status.triggers.first());
+    }
+    // It settles there.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        replicas(&deployments, "worker").await,
+        3,
+        "fallback replicas must hold while Kafka is down ({})",
+        recorder.describe()
+    );
+
+    let restarting = Instant::now();
+    outage.end().await;
+    let restarted = restarting.elapsed();
+    wait_condition(&sos, "worker", "Fallback", "False", Duration::from_secs(90)).await;
+    let recovered = restarting.elapsed();
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to return to 1 replica for the lag of 5",
+        Duration::from_secs(90),
+        |r| r == 1,
+    )
+    .await;
+    println!(
+        "Kafka started again in {}; Fallback=False {} after the restart began, 1 replica after {}",
+        secs(restarted),
+        secs(recovered),
+        secs(restarting.elapsed())
+    );
+    recorder.catch_up().await;
+    println!(
+        "replicas over {}: {}",
+        secs(recorder.elapsed()),
+        recorder.describe()
+    );
+    assert!(
+        recorder.lowest().is_some_and(|low| low >= 1),
+        "a failing broker must never give 0 replicas: {}",
+        recorder.describe()
+    );
+
+    delete_scaled_object(&sos, "worker").await;
+    common::kafka::delete_topic(&topic).await;
+    delete_lease(admin, &controller.lease_name).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_puts_the_target_on_fallback_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-unreachable").await;
+    let deployments = deployment(admin, &ns, "worker", 1).await;
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let recorder = ReplicaRecorder::start(deployments.clone(), "worker");
+    let created = Instant::now();
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "worker",
+            "worker",
+            json!({"minReplicaCount": 1, "maxReplicaCount": 10, "pollingInterval": 1,
+                "fallback": {"failureThreshold": 2, "replicas": 3},
+                "triggers": [kafka_trigger("127.0.0.1:1", "nobody", "nothing")]}),
+        ),
+    )
+    .await;
+    let fallback =
+        wait_condition(&sos, "worker", "Fallback", "True", Duration::from_secs(60)).await;
+    let to_condition = created.elapsed();
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to reach the fallback's 3 replicas",
+        Duration::from_secs(90),
+        |r| r == 3,
+    )
+    .await;
+    println!(
+        "broker 127.0.0.1:1 -> Fallback=True after {} ({}: {}), 3 replicas after {}",
+        secs(to_condition),
+        fallback.reason,
+        fallback.message,
+        secs(created.elapsed())
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(replicas(&deployments, "worker").await, 3);
+    recorder.catch_up().await;
+    assert!(
+        recorder.lowest().is_some_and(|low| low >= 1),
+        "an unreachable broker must never give 0 replicas: {}",
+        recorder.describe()
+    );
+    delete_scaled_object(&sos, "worker").await;
+    delete_lease(admin, &controller.lease_name).await;
+}
+
+#[tokio::test]
+async fn pausing_holds_the_replicas_and_removes_the_hpa_until_unpaused() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-pause").await;
+    // 30 behind: 3 replicas.
+    let (topic, group) = kafka_backlog(&[10, 10, 10]).await;
+    let deployments = deployment(admin, &ns, "worker", 1).await;
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    let bootstrap = common::kafka::bootstrap();
+    let worker = |pause: Value| {
+        let mut spec = json!({"minReplicaCount": 1, "maxReplicaCount": 10, "pollingInterval": 1,
+            "triggers": [kafka_trigger(&bootstrap, &group, &topic)]});
+        for (key, value) in pause.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        scaled_object(&ns, "worker", "worker", spec)
+    };
+
+    k8s::apply(admin, worker(json!({}))).await;
+    wait_hpa(&hpas, "spillway-worker", Duration::from_secs(30)).await;
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to reach ceil(30/10) = 3 replicas",
+        Duration::from_secs(120),
+        |r| r == 3,
+    )
+    .await;
+
+    // paused: the HPA goes, the replicas stay while the backlog doubles.
+    k8s::apply(admin, worker(json!({"paused": true}))).await;
+    let paused = Instant::now();
+    wait_hpa_gone(&hpas, "spillway-worker", Duration::from_secs(30)).await;
+    wait_condition(&sos, "worker", "Paused", "True", Duration::from_secs(30)).await;
+    println!(
+        "paused: true -> HPA gone and Paused=True after {}",
+        secs(paused.elapsed())
+    );
+    let recorder = ReplicaRecorder::start(deployments.clone(), "worker");
+    common::kafka::produce(&topic, &[10, 10, 10], Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        replicas(&deployments, "worker").await,
+        3,
+        "paused: the replicas must stay while the backlog changes ({})",
+        recorder.describe()
+    );
+    assert!(matches!(hpas.get_opt("spillway-worker").await, Ok(None)));
+
+    // pausedReplicas pauses on its own and holds the target at that count.
+    k8s::apply(admin, worker(json!({"pausedReplicas": 2}))).await;
+    let held = Instant::now();
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to be set to pausedReplicas 2",
+        Duration::from_secs(30),
+        |r| r == 2,
+    )
+    .await;
+    println!(
+        "pausedReplicas: 2 -> 2 replicas after {}",
+        secs(held.elapsed())
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        replicas(&deployments, "worker").await,
+        2,
+        "pausedReplicas must hold ({})",
+        recorder.describe()
+    );
+    assert!(matches!(hpas.get_opt("spillway-worker").await, Ok(None)));
+    assert_eq!(
+        condition(&sos, "worker", "Paused").await.map(|c| c.status),
+        Some("True".to_owned())
+    );
+
+    // Unpaused: the HPA is back and scales on the doubled backlog.
+    k8s::apply(admin, worker(json!({}))).await;
+    let resumed = Instant::now();
+    wait_hpa(&hpas, "spillway-worker", Duration::from_secs(30)).await;
+    wait_condition(&sos, "worker", "Paused", "False", Duration::from_secs(30)).await;
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to reach ceil(60/10) = 6 replicas after unpausing",
+        Duration::from_secs(120),
+        |r| r == 6,
+    )
+    .await;
+    recorder.catch_up().await;
+    println!(
+        "unpaused -> 6 replicas after {}; replicas since the pause: {}",
+        secs(resumed.elapsed()),
+        recorder.describe()
+    );
+
+    delete_scaled_object(&sos, "worker").await;
+    common::kafka::delete_topic(&topic).await;
+    delete_lease(admin, &controller.lease_name).await;
+}
+
+#[tokio::test]
+async fn invalid_scaled_objects_are_refused_by_the_api_server() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-invalid").await;
+    let kafka = kafka_trigger("127.0.0.1:19092", "group", "topic");
+    let cron =
+        json!({"timezone": "UTC", "start": "0 0 * * *", "end": "0 1 * * *", "desiredReplicas": 2});
+
+    // The schema's CEL rules: 422 Invalid, naming the rule.
+    let cel_cases = [
+        (
+            "min-above-max",
+            json!({"minReplicaCount": 5, "maxReplicaCount": 2, "triggers": [kafka]}),
+            "minReplicaCount must not be above maxReplicaCount",
+        ),
+        (
+            "two-brokers",
+            json!({"triggers": [{"kafka": kafka["kafka"], "cron": cron}]}),
+            "a trigger names exactly one of kafka, rabbitmq, natsJetStream, prometheus, cron",
+        ),
+        (
+            "idle-not-below-min",
+            json!({"minReplicaCount": 1, "idleReplicaCount": 1, "triggers": [kafka]}),
+            "idleReplicaCount must be less than minReplicaCount",
+        ),
+    ];
+    for (name, spec, rule) in cel_cases {
+        match k8s::try_apply(admin, scaled_object(&ns, name, "worker", spec)).await {
+            Err(kube::Error::Api(status)) => {
+                println!(
+                    "{name}: {} {}: {}",
+                    status.code, status.reason, status.message
+                );
+                assert_eq!(status.code, 422, "{name}: {status:?}");
+                assert_eq!(status.reason, "Invalid", "{name}: {status:?}");
+                assert!(status.message.contains(rule), "{name}: {status:?}");
+            }
+            other => panic!("{name} must be refused with 422, got {other:?}"),
+        }
+    }
+
+    // A misspelt field. Server-side apply refuses fields the schema does not declare, though
+    // not as 422: kube-apiserver reports the failed typed conversion of the patch as 500.
+    let mut misspelt = kafka.clone();
+    misspelt["kafka"]["lagThreshhold"] = json!(5);
+    let unknown = scaled_object(
+        &ns,
+        "unknown-field",
+        "worker",
+        json!({"triggers": [misspelt]}),
+    );
+    match k8s::try_apply(admin, unknown.clone()).await {
+        Err(kube::Error::Api(status)) => {
+            println!(
+                "unknown-field (apply): {} {}: {}",
+                status.code, status.reason, status.message
+            );
+            assert!(
+                matches!(status.code, 400 | 422 | 500),
+                "unknown-field: {status:?}"
+            );
+            assert!(
+                status.message.contains("lagThreshhold"),
+                "the refusal must name the field: {status:?}"
+            );
+        }
+        other => panic!("an unknown field must be refused, got {other:?}"),
+    }
+    // A create with strict field validation (kubectl create's default) names it as well.
+    let request = axum::http::Request::post(format!(
+        "/apis/spillway.dev/v1alpha1/namespaces/{ns}/scaledobjects?fieldValidation=Strict"
+    ))
+    .header("content-type", "application/json")
+    .body(serde_json::to_vec(&unknown).unwrap())
+    .unwrap();
+    match admin.request_text(request).await {
+        Err(kube::Error::Api(status)) => {
+            println!(
+                "unknown-field (strict create): {} {}: {}",
+                status.code, status.reason, status.message
+            );
+            assert!(
+                matches!(status.code, 400 | 422),
+                "unknown-field: {status:?}"
+            );
+            assert!(
+                status.message.contains("lagThreshhold"),
+                "the refusal must name the field: {status:?}"
+            );
+        }
+        other => panic!("an unknown field must be refused, got {other:?}"),
+    }
+
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let stored = sos.list(&ListParams::default()).await.expect("list");
+    assert!(
+        stored.items.is_empty(),
+        "nothing may be created: {:?}",
+        stored
+            .items
+            .iter()
+            .map(|so| so.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_within_the_lease_and_its_successor_reconciles() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let lease = common::unique_name("e2e-ctl-lease");
+    let timings = LeaseTimings {
+        lease_duration: 3,
+        renew_deadline: 2,
+        retry_period: 1,
+    };
+    // The first to start leads, on a port the aggregator does not use; the follower is the
+    // registered one, so the successor also serves the HPAs through the aggregator.
+    let mut leader = SpillwayController::start(
+        &cluster.kubeconfig,
+        k8s::free_port(),
+        &lease,
+        &format!("{lease}-b"),
+        Some(timings),
+    )
+    .await;
+    wait_holder(admin, &lease, &leader.identity, Duration::from_secs(20)).await;
+    let follower = SpillwayController::start(
+        &cluster.kubeconfig,
+        k8s::SPILLWAY_PORT,
+        &lease,
+        &format!("{lease}-a"),
+        Some(timings),
+    )
+    .await;
+    k8s::register_api_service(admin, "external.metrics.k8s.io", "v1beta1").await;
+    k8s::wait_available(admin, EXTERNAL, Duration::from_secs(60)).await;
+    // Several renewals later the Lease still names the first one only.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let spec = leases(admin)
+        .get(&lease)
+        .await
+        .expect("Lease")
+        .spec
+        .expect("Lease spec");
+    assert_eq!(
+        spec.holder_identity.as_deref(),
+        Some(leader.identity.as_str())
+    );
+    assert_eq!(spec.lease_duration_seconds, Some(3));
+
+    // Before the kill: the leader reconciles, and both serve the metric (the HPA reads the
+    // follower's through the aggregator).
+    let ns = k8s::namespace(admin, "e2e-ctl-failover").await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    let bootstrap = common::kafka::bootstrap();
+    let (topic_before, group_before) = kafka_backlog(&[20, 15, 10]).await;
+    let deployments = deployment(admin, &ns, "before", 1).await;
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "before",
+            "before",
+            json!({"minReplicaCount": 1, "maxReplicaCount": 10, "pollingInterval": 1,
+                "triggers": [kafka_trigger(&bootstrap, &group_before, &topic_before)]}),
+        ),
+    )
+    .await;
+    let hpa = wait_hpa(&hpas, "spillway-before", Duration::from_secs(30)).await;
+    wait_replicas(
+        &deployments,
+        "before",
+        "to reach ceil(45/10) = 5 replicas",
+        Duration::from_secs(120),
+        |r| r == 5,
+    )
+    .await;
+    let metric = hpa
+        .spec
+        .and_then(|s| s.metrics)
+        .and_then(|m| m.into_iter().next())
+        .and_then(|m| m.external)
+        .map(|e| e.metric.name)
+        .expect("the HPA's external metric");
+    let direct = k8s::direct_client(Some("admin"));
+    for instance in [&leader, &follower] {
+        let url = format!(
+            "https://127.0.0.1:{}/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector={LABEL}%3Dbefore",
+            instance.port
+        );
+        let direct = &direct;
+        common::eventually(
+            &format!("{} to serve {metric} = 45", instance.identity),
+            Duration::from_secs(30),
+            || async {
+                let list: Value = direct.get(&url).send().await.ok()?.json().await.ok()?;
+                (list["items"][0]["value"] == "45").then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A crash: the Lease is not released, the follower waits it out.
+    let killed = Instant::now();
+    leader.kill();
+    wait_holder(admin, &lease, &follower.identity, Duration::from_secs(20)).await;
+    let handover = killed.elapsed();
+    println!(
+        "leader SIGKILLed -> Lease held by the other instance after {} (lease 3 s, renew 2 s, retry 1 s)",
+        secs(handover)
+    );
+    assert!(
+        handover < Duration::from_secs(3 + 5),
+        "handover must take at most the lease + 5 s: {}",
+        secs(handover)
+    );
+    let spec = leases(admin)
+        .get(&lease)
+        .await
+        .expect("Lease")
+        .spec
+        .expect("spec");
+    println!(
+        "Lease after the handover: transitions {:?}",
+        spec.lease_transitions
+    );
+
+    // The successor acts: a ScaledObject created after the kill gets its HPA and replicas.
+    let (topic_after, group_after) = kafka_backlog(&[10, 10, 10]).await;
+    let after = deployment(admin, &ns, "after", 0).await;
+    let created = Instant::now();
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "after",
+            "after",
+            json!({"minReplicaCount": 0, "maxReplicaCount": 10, "pollingInterval": 1,
+                "triggers": [kafka_trigger(&bootstrap, &group_after, &topic_after)]}),
+        ),
+    )
+    .await;
+    wait_hpa(&hpas, "spillway-after", Duration::from_secs(30)).await;
+    let to_hpa = created.elapsed();
+    wait_replicas(
+        &after,
+        "after",
+        "to reach ceil(30/10) = 3 replicas under the new leader",
+        Duration::from_secs(120),
+        |r| r == 3,
+    )
+    .await;
+    println!(
+        "new ScaledObject under the new leader: HPA after {}, 3 replicas after {} ({} after the kill)",
+        secs(to_hpa),
+        secs(created.elapsed()),
+        secs(killed.elapsed())
+    );
+
+    delete_scaled_object(&sos, "before").await;
+    delete_scaled_object(&sos, "after").await;
+    common::kafka::delete_topic(&topic_before).await;
+    common::kafka::delete_topic(&topic_after).await;
+    drop(follower);
+    delete_lease(admin, &lease).await;
+}
