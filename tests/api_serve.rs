@@ -3,26 +3,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-/// Kills the server when the test ends, passed or failed.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::serve::Server;
 
 #[tokio::test]
 async fn serve_answers_the_backlog_over_https_and_503_for_a_down_broker() {
@@ -147,39 +131,13 @@ async fn serve_answers_the_backlog_over_https_and_503_for_a_down_broker() {
 /// waits for /healthz; returns the server, its config file, its port (HTTPS, and plain HTTP
 /// for health) and its metrics port.
 async fn start_serve(name: &str, scaled_objects: &str) -> (Server, std::path::PathBuf, u16, u16) {
-    let (port, metrics_port) = (free_port(), free_port());
-    let config = std::env::temp_dir().join(format!("{}.yaml", common::unique_name(name)));
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  listen: 127.0.0.1:{port}\n  metricsListen: 127.0.0.1:{metrics_port}\npollingInterval: 1\nscaledObjects:\n{scaled_objects}"
-        ),
+    let started = common::serve::start(name, scaled_objects).await;
+    (
+        started.server,
+        started.config,
+        started.port,
+        started.metrics_port,
     )
-    .unwrap();
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["serve", "--no-auth", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start spillway serve"),
-    );
-    let plain = reqwest::Client::new();
-    let health = common::eventually(
-        "the server to answer /healthz over plain HTTP",
-        Duration::from_secs(30),
-        || async {
-            let response = plain
-                .get(format!("http://127.0.0.1:{port}/healthz"))
-                .send()
-                .await
-                .ok()?;
-            response.text().await.ok()
-        },
-    )
-    .await;
-    assert_eq!(health, "ok");
-    (server, config, port, metrics_port)
 }
 
 /// An HTTPS client that accepts the self-signed certificate: here only, the test has no CA

@@ -5,57 +5,24 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use lapin::options::BasicGetOptions;
 
-/// Kills the server when the test ends, passed or failed.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::serve::Server;
 
 /// Starts `spillway serve --no-auth` polling every second with `scaled_objects` (YAML list
 /// items); returns it, its config file and its `/metrics` URL once it answers.
 async fn start_serve(scaled_objects: &str) -> (Server, std::path::PathBuf, String) {
-    let (port, metrics_port) = (free_port(), free_port());
-    let config = std::env::temp_dir().join(format!("{}.yaml", common::unique_name("backlog")));
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  listen: 127.0.0.1:{port}\n  metricsListen: 127.0.0.1:{metrics_port}\npollingInterval: 1\nscaledObjects:\n{scaled_objects}"
-        ),
-    )
-    .unwrap();
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["serve", "--no-auth", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start spillway serve"),
-    );
-    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let started = common::serve::start("backlog", scaled_objects).await;
+    let url = format!("http://127.0.0.1:{}/metrics", started.metrics_port);
     common::eventually("/metrics to answer", Duration::from_secs(30), || async {
         reqwest::get(&url).await.ok()?.error_for_status().ok()
     })
     .await;
-    (server, config, url)
+    (started.server, started.config, url)
 }
 
 async fn scrape(url: &str) -> Option<String> {

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -394,15 +394,7 @@ fn substitution_covers_grafana_forms_and_rejects_unknown_variables() {
     );
 }
 
-/// Kills the server when the test ends, passed or failed.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::serve::Server;
 
 /// Files the test wrote (config, secret, file_sd target); removed when the test ends, passed
 /// or failed, so Prometheus stops scraping a server that is gone.
@@ -416,13 +408,7 @@ impl Drop for Written {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 /// Registers `address` as a scrape target under `job` (file_sd labels override the scrape
 /// config's job name `file`). Written aside and renamed, so Prometheus never reads half a file.
@@ -620,31 +606,8 @@ fn config_yaml(
 
 /// Starts `spillway serve --no-auth --config <config>` and waits for /healthz on `port`.
 async fn start_serve(config: &Path, port: u16) -> Server {
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["serve", "--no-auth", "--config", config.to_str().unwrap()])
-            // The broken triggers fail every second by design: only errors are worth reading.
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start spillway serve"),
-    );
-    let client = reqwest::Client::new();
-    common::eventually(
-        "spillway to answer /healthz",
-        Duration::from_secs(30),
-        || async {
-            let response = client
-                .get(format!("http://127.0.0.1:{port}/healthz"))
-                .send()
-                .await
-                .ok()?;
-            response.status().is_success().then_some(())
-        },
-    )
-    .await;
-    server
+    // The broken triggers fail every second by design: only errors are worth reading.
+    common::serve::spawn(config, port, Some("error")).await
 }
 
 /// Metrics API requests (discovery, 200, and a missing metric, 404) every 100 ms until

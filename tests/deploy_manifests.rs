@@ -106,6 +106,9 @@ async fn the_kustomization_and_the_examples_are_accepted_by_kube_apiserver() {
             "deploy/ renders no {kind}: {kinds:?}"
         );
     }
+    // A dry run stores nothing, so the namespaced objects would not find a namespace the
+    // same dry run "created": the namespace itself is applied for real first.
+    kubectl(&["apply", "-f", "deploy/namespace.yaml"]);
     let applied = kubectl(&["apply", "-k", "deploy/", "--dry-run=server"]);
     let accepted = applied
         .lines()

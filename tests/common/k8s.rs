@@ -554,11 +554,4 @@ impl Drop for SpillwayController {
     }
 }
 
-/// A TCP port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::free_port;

@@ -7,6 +7,7 @@
 pub mod k8s;
 pub mod kafka;
 pub mod rabbitmq;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,6 +43,16 @@ pub fn endpoint(name: &str) -> String {
         .unwrap_or_else(|| {
             panic!("{name} is not in endpoints.env; start the services with `make services-up`")
         })
+}
+
+/// A port nothing listens on right now (the OS picks it; a race with another process is
+/// possible but harmless in tests: the bind fails loudly).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A name no other test (or earlier run) uses: `prefix-<pid>-<nanos>-<n>`.
