@@ -7,7 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use lapin::options::BasicGetOptions;
 
@@ -41,42 +40,6 @@ fn value(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map(|v| v.parse().expect("a number"))
-}
-
-/// A JetStream stream with `published` messages and one durable pull consumer, `worker`.
-async fn jetstream_backlog(
-    published: usize,
-) -> (jetstream::Context, String, consumer::PullConsumer) {
-    let client = async_nats::connect(common::endpoint("SPILLWAY_NATS_URL"))
-        .await
-        .expect("NATS connect");
-    let js = jetstream::new(client);
-    let name = common::unique_name("backlog");
-    let subject = format!("{name}.jobs");
-    let stream = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .expect("create stream");
-    let worker = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("worker".into()),
-            ack_wait: Duration::from_secs(300),
-            ..Default::default()
-        })
-        .await
-        .expect("create consumer");
-    for i in 0..published {
-        js.publish(subject.clone(), format!("job {i}").into())
-            .await
-            .expect("publish")
-            .await
-            .expect("publish ack");
-    }
-    (js, name, worker)
 }
 
 #[tokio::test]
@@ -113,7 +76,9 @@ async fn backlog_of_kafka_rabbitmq_and_jetstream_is_exported_exactly() {
     .unwrap();
 
     // JetStream: 20 messages, 4 delivered and not acknowledged.
-    let (js, stream_name, worker) = jetstream_backlog(20).await;
+    let (stream, mut pulls) = common::nats::TestStream::create("backlog", &["worker"], 20).await;
+    let worker = pulls.remove(0);
+    let stream_name = stream.name.clone();
     let mut batch = worker
         .fetch()
         .max_messages(4)
@@ -302,7 +267,7 @@ async fn backlog_of_kafka_rabbitmq_and_jetstream_is_exported_exactly() {
     std::fs::remove_file(&config).unwrap();
     std::fs::remove_file(&management).unwrap();
     drop(unacked);
-    js.delete_stream(&stream_name).await.expect("delete stream");
+    stream.delete().await;
     channel
         .queue_delete(&queue, Default::default())
         .await

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
+use common::nats::TestStream;
 use futures::StreamExt;
 use spillway::scalers::nats::{NatsJetStreamScaler, NatsJetStreamTrigger};
 use spillway::scalers::{Scaler, ScalerError, TriggerParams};
@@ -31,59 +32,6 @@ fn trigger(stream: &str, consumer: &str) -> NatsJetStreamTrigger {
         "lagThreshold": 5,
     }))
     .expect("trigger")
-}
-
-/// A stream with `published` messages and durable pull consumers named `consumers`.
-struct TestStream {
-    js: jetstream::Context,
-    name: String,
-}
-
-impl TestStream {
-    async fn create(consumers: &[&str], published: usize) -> (Self, Vec<consumer::PullConsumer>) {
-        let client = async_nats::connect(common::endpoint("SPILLWAY_NATS_URL"))
-            .await
-            .expect("NATS connect");
-        let js = jetstream::new(client);
-        let name = common::unique_name("scaler");
-        let subject = format!("{name}.jobs");
-        let stream = js
-            .create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject.clone()],
-                ..Default::default()
-            })
-            .await
-            .expect("create stream");
-        let mut pulls = Vec::new();
-        for consumer_name in consumers {
-            pulls.push(
-                stream
-                    .create_consumer(consumer::pull::Config {
-                        durable_name: Some((*consumer_name).into()),
-                        ack_wait: Duration::from_secs(120),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("create consumer"),
-            );
-        }
-        for i in 0..published {
-            js.publish(subject.clone(), format!("job {i}").into())
-                .await
-                .expect("publish")
-                .await
-                .expect("publish ack");
-        }
-        (Self { js, name }, pulls)
-    }
-
-    async fn delete(self) {
-        self.js
-            .delete_stream(&self.name)
-            .await
-            .expect("delete stream");
-    }
 }
 
 /// Fetches `count` messages without acknowledging them, and returns them.
@@ -127,7 +75,7 @@ fn lag_parts(reading: &spillway::scalers::Reading) -> (f64, f64, f64) {
 #[tokio::test]
 async fn pending_and_ack_pending_of_several_consumers_from_one_jsz_call() {
     let _counting = JSZ_COUNTING.lock().await;
-    let (stream, pulls) = TestStream::create(&["worker", "audit"], 20).await;
+    let (stream, pulls) = TestStream::create("scaler", &["worker", "audit"], 20).await;
     let worker = trigger(&stream.name, "worker");
     let mut audit = trigger(&stream.name, "audit");
     audit.activation_lag_threshold = 20;
@@ -204,7 +152,7 @@ async fn pending_and_ack_pending_of_several_consumers_from_one_jsz_call() {
 
 #[tokio::test]
 async fn missing_stream_and_missing_consumer_are_not_found() {
-    let (stream, _pulls) = TestStream::create(&["worker"], 3).await;
+    let (stream, _pulls) = TestStream::create("scaler", &["worker"], 3).await;
     let triggers = [
         trigger(&stream.name, "worker"),
         trigger(&stream.name, "no-such-consumer"),
@@ -284,7 +232,7 @@ async fn unreachable_monitoring_endpoint_is_an_error_quickly() {
 
 #[tokio::test]
 async fn invalid_triggers_fail_alone_without_the_network() {
-    let (stream, _pulls) = TestStream::create(&["worker"], 1).await;
+    let (stream, _pulls) = TestStream::create("scaler", &["worker"], 1).await;
     let good = trigger(&stream.name, "worker");
     let mut bad = good.clone();
     bad.consumer = String::new();

@@ -6,6 +6,7 @@
 
 pub mod k8s;
 pub mod kafka;
+pub mod nats;
 pub mod rabbitmq;
 pub mod serve;
 
