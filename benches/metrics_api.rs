@@ -63,7 +63,7 @@ async fn main() {
     )
     .await;
     let config = spillway::config::Config::load(&spillway.config).unwrap();
-    let metric = spillway::api::external::catalog(&config.triggers())[0]
+    let metric = spillway::registry::catalog(&config.triggers())[0]
         .metric
         .clone();
     let path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}");

@@ -5,13 +5,15 @@
 //! per trigger per tick and no lock is held across an `.await`.
 //!
 //! The one wait it offers is bounded: [`MetricCache::first_outcome`] lets a request for a
-//! trigger not polled since start wait (up to a timeout) for that first poll.
+//! trigger not polled since start wait (up to a timeout) for that first poll, which it asks
+//! the poller for through [`PollRequests`] (the cold-miss handshake: asks for the same trigger
+//! within [`ASK_INTERVAL`] are one poll).
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::scalers::{Reading, ScalerError};
 
@@ -157,6 +159,49 @@ impl MetricCache {
             .write()
             .expect("cache lock")
             .retain(|id, _| keep(id));
+    }
+}
+
+/// At most one poll per trigger per this interval is asked for by requests: the coalescing
+/// window of [`PollRequests`]. Equal to the API's wait for a first poll, so a trigger whose
+/// first poll outlasts one wait is asked for again by the next request, not by every request.
+pub const ASK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The API's side of the poll-now channel: asks the poller to poll a trigger that has no cache
+/// entry yet. Cheap to clone; every clone shares the coalescing.
+#[derive(Debug, Clone)]
+pub struct PollRequests {
+    sender: mpsc::UnboundedSender<TriggerId>,
+    /// When each trigger was last asked for. Entries older than [`ASK_INTERVAL`] are dropped
+    /// at the next ask, so this holds at most the triggers asked for recently.
+    asked: Arc<Mutex<HashMap<TriggerId, Instant>>>,
+}
+
+impl PollRequests {
+    /// A new channel: the requests side, and the receiver the poller listens on.
+    /// Unbounded, because the coalescing bounds it: one message per trigger per interval.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<TriggerId>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let requests = Self {
+            sender,
+            asked: Arc::default(),
+        };
+        (requests, receiver)
+    }
+
+    /// Asks for a poll of `id` now, unless it was asked for within [`ASK_INTERVAL`] (that poll
+    /// is still coming). False when the poller no longer listens: no poll will come.
+    pub fn ask(&self, id: &TriggerId) -> bool {
+        let mut asked = self.asked.lock().expect("poll requests lock");
+        asked.retain(|_, at| at.elapsed() < ASK_INTERVAL);
+        if asked.contains_key(id) {
+            return !self.sender.is_closed();
+        }
+        if self.sender.send(id.clone()).is_err() {
+            return false;
+        }
+        asked.insert(id.clone(), Instant::now());
+        true
     }
 }
 

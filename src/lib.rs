@@ -1,9 +1,12 @@
 //! spillway: an event-driven autoscaler for Kubernetes.
 //!
-//! Data flows one way: the controller (or a config file) hands triggers to the poller, which
-//! reads each broker once per tick for all triggers that share it and writes the readings to
-//! the metric cache; the external metrics API serves the cache to the HPA. This crate holds
-//! every part; `main.rs` only wires the CLI to them.
+//! Modules depend on each other one way, lowest first (`tests/module_graph.rs` checks it):
+//! `scalers` (one per broker) and `config` describe triggers; `cache` holds each trigger's
+//! latest reading and the cold-miss handshake; `registry` holds what is served (scaled
+//! objects, their metric names and scale targets); above it the `poller` (reads brokers into
+//! the cache), the `api` (serves the cache to the HPA through the aggregator) and the
+//! `controller` (fills the registry from ScaledObjects, owns HPAs, scales to and from zero)
+//! each read the layers below and never each other. `main.rs` only wires the CLI to them.
 
 pub mod api;
 pub mod cache;
@@ -16,19 +19,9 @@ pub mod loadgen;
 pub mod metrics;
 pub mod names;
 pub mod poller;
+pub mod quantity;
 pub mod registry;
 pub mod replicas;
 pub mod scalers;
 pub mod secret;
 pub mod telemetry;
-
-/// Errors at the top of the crate; each layer below has its own enum.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    Telemetry(#[from] telemetry::TelemetryError),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

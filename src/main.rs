@@ -1,19 +1,19 @@
 //! The `spillway` binary: parse the CLI, set up logging, run one subcommand.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use spillway::cli::{Cli, Command, LoadTarget};
-use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-
 use spillway::api;
 use spillway::cache::MetricCache;
+use spillway::cache::PollRequests;
+use spillway::cli::{Cli, Command, LoadTarget};
 use spillway::config::Config;
 use spillway::live::LiveTable;
 use spillway::loadgen;
-use spillway::poller::{PollRequests, Poller};
+use spillway::poller::Poller;
 use spillway::telemetry;
 
 fn main() -> ExitCode {

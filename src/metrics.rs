@@ -15,8 +15,9 @@
 //! the ones left out. A trigger whose latest poll failed exports no backlog at all, never a
 //! stale or zero one.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -34,9 +35,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-use crate::api::external::served_metric_name;
 use crate::cache::{MetricCache, TriggerId};
-use crate::scalers::{Backlog, BacklogSample, MAX_BACKLOG_SAMPLES, ScalerError, Trigger};
+use crate::scalers::{
+    Backlog, BacklogSample, MAX_BACKLOG_SAMPLES, ScalerError, Trigger, served_metric_name,
+};
 
 /// The content type of the OpenMetrics text format, which `prometheus-client` writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -82,6 +84,12 @@ struct RequestLabels {
 struct ReconcileLabels {
     /// `ok` or `error`.
     result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileErrorLabels {
+    /// The error's stable name (`ReconcileError::reason`): `spec`, `hpa`, `kube`, `target`.
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,6 +142,60 @@ struct NatsConsumerLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Labels that belong to one scaled object, so its series can be dropped with it.
+trait OfScaledObject {
+    fn scaled_object(&self) -> (&str, &str);
+}
+
+impl OfScaledObject for PollErrorLabels {
+    fn scaled_object(&self) -> (&str, &str) {
+        (&self.namespace, &self.scaled_object)
+    }
+}
+
+impl OfScaledObject for ScalingLabels {
+    fn scaled_object(&self) -> (&str, &str) {
+        (&self.namespace, &self.scaled_object)
+    }
+}
+
+/// A counter family whose series end with their scaled object or trigger. prometheus-client's
+/// `Family` removes one label set at a time and cannot list them, so the label sets created
+/// are kept beside it.
+#[derive(Debug)]
+struct ScaledObjectCounters<L> {
+    family: Family<L, Counter>,
+    created: Mutex<HashSet<L>>,
+}
+
+impl<L> ScaledObjectCounters<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + OfScaledObject + std::fmt::Debug,
+{
+    fn new() -> Self {
+        Self {
+            family: Family::default(),
+            created: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn inc(&self, labels: L) {
+        self.family.get_or_create(&labels).inc();
+        self.created.lock().expect("metrics lock").insert(labels);
+    }
+
+    /// Drops the series `keep` says no to.
+    fn retain(&self, keep: impl Fn(&L) -> bool) {
+        self.created.lock().expect("metrics lock").retain(|labels| {
+            let kept = keep(labels);
+            if !kept {
+                self.family.remove(labels);
+            }
+            kept
+        });
+    }
+}
+
 /// One trigger as the poller last listed it: what its series are labelled with.
 #[derive(Debug, Clone)]
 struct TrackedTrigger {
@@ -148,12 +210,14 @@ struct TrackedTrigger {
 pub struct Metrics {
     registry: Registry,
     poll_duration: HistogramFamily<BrokerLabels>,
-    poll_errors: Family<PollErrorLabels, Counter>,
+    poll_errors: ScaledObjectCounters<PollErrorLabels>,
     api_request_duration: HistogramFamily<RequestLabels>,
     api_requests: Family<RequestLabels, Counter>,
     triggers: Arc<RwLock<Vec<TrackedTrigger>>>,
     reconciles: Family<ReconcileLabels, Counter>,
-    scaling_actions: Family<ScalingLabels, Counter>,
+    reconcile_errors: Family<ReconcileErrorLabels, Counter>,
+    reconcile_duration: Histogram,
+    scaling_actions: ScaledObjectCounters<ScalingLabels>,
     fallback: Family<ScaledObjectLabels, Gauge>,
     paused: Family<ScaledObjectLabels, Gauge>,
     leader: Gauge,
@@ -172,11 +236,11 @@ impl Metrics {
             Unit::Seconds,
             poll_duration.clone(),
         );
-        let poll_errors = Family::<PollErrorLabels, Counter>::default();
+        let poll_errors = ScaledObjectCounters::<PollErrorLabels>::new();
         registry.register(
             "poll_errors",
             "Polls of a trigger that failed, by reason",
-            poll_errors.clone(),
+            poll_errors.family.clone(),
         );
         // 0.5 ms to 8 s: a cache answer up to a cold miss waiting for its first poll.
         let api_request_duration: HistogramFamily<RequestLabels> =
@@ -199,11 +263,25 @@ impl Metrics {
             "ScaledObject reconciles by the leader, by result",
             reconciles.clone(),
         );
-        let scaling_actions = Family::<ScalingLabels, Counter>::default();
+        let reconcile_errors = Family::<ReconcileErrorLabels, Counter>::default();
+        registry.register(
+            "controller_reconcile_errors",
+            "Failed ScaledObject reconciles by the leader, by error",
+            reconcile_errors.clone(),
+        );
+        // 1 ms to 16 s: a reconcile that only reads the cache up to one waiting on a slow API server.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register_with_unit(
+            "controller_reconcile_duration",
+            "How long one ScaledObject reconcile by the leader took, failed ones included",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let scaling_actions = ScaledObjectCounters::<ScalingLabels>::new();
         registry.register(
             "controller_scaling_actions",
             "Replica changes spillway made itself through the scale subresource (to and from idle, paused replicas, fallback from zero)",
-            scaling_actions.clone(),
+            scaling_actions.family.clone(),
         );
         let fallback = Family::<ScaledObjectLabels, Gauge>::default();
         registry.register(
@@ -236,6 +314,8 @@ impl Metrics {
             api_requests,
             triggers,
             reconciles,
+            reconcile_errors,
+            reconcile_duration,
             scaling_actions,
             fallback,
             paused,
@@ -243,23 +323,28 @@ impl Metrics {
         }
     }
 
-    /// Counts one reconcile of the leader.
-    pub fn observe_reconcile(&self, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
+    /// Counts one reconcile of the leader and how long it took; a failed one by its error's
+    /// stable name.
+    pub fn observe_reconcile(&self, outcome: Result<(), &'static str>, took: Duration) {
+        let result = if outcome.is_ok() { "ok" } else { "error" };
         self.reconciles
             .get_or_create(&ReconcileLabels { result })
             .inc();
+        if let Err(reason) = outcome {
+            self.reconcile_errors
+                .get_or_create(&ReconcileErrorLabels { reason })
+                .inc();
+        }
+        self.reconcile_duration.observe(took.as_secs_f64());
     }
 
     /// Counts one replica change spillway made, by its Event reason.
     pub fn observe_scaling(&self, namespace: &str, scaled_object: &str, action: &str) {
-        self.scaling_actions
-            .get_or_create(&ScalingLabels {
-                namespace: namespace.to_owned(),
-                scaled_object: scaled_object.to_owned(),
-                action: action.to_owned(),
-            })
-            .inc();
+        self.scaling_actions.inc(ScalingLabels {
+            namespace: namespace.to_owned(),
+            scaled_object: scaled_object.to_owned(),
+            action: action.to_owned(),
+        });
     }
 
     /// Sets a ScaledObject's fallback and pause gauges.
@@ -280,7 +365,7 @@ impl Metrics {
         self.paused.get_or_create(&labels).set(i64::from(paused));
     }
 
-    /// Drops a deleted ScaledObject's gauges, so its series end with it.
+    /// Drops a deleted ScaledObject's gauges and counters, so its series end with it.
     pub fn forget_scaled_object(&self, namespace: &str, scaled_object: &str) {
         let labels = ScaledObjectLabels {
             namespace: namespace.to_owned(),
@@ -288,6 +373,10 @@ impl Metrics {
         };
         self.fallback.remove(&labels);
         self.paused.remove(&labels);
+        self.scaling_actions
+            .retain(|l| l.scaled_object() != (namespace, scaled_object));
+        self.poll_errors
+            .retain(|l| l.scaled_object() != (namespace, scaled_object));
     }
 
     /// Sets whether this replica leads.
@@ -295,14 +384,32 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
-    /// Sets the triggers whose state is exported (the poller's current list).
+    /// Sets the triggers whose state is exported (the poller's current list); the poll error
+    /// counts of triggers no longer listed end with them.
     pub fn track_triggers(&self, triggers: &[(TriggerId, Trigger)]) {
+        let live: HashSet<(&str, &str, String)> = triggers
+            .iter()
+            .map(|(id, _)| {
+                (
+                    id.namespace.as_str(),
+                    id.scaled_object.as_str(),
+                    id.index.to_string(),
+                )
+            })
+            .collect();
+        self.poll_errors.retain(|l| {
+            live.contains(&(
+                l.namespace.as_str(),
+                l.scaled_object.as_str(),
+                l.trigger.clone(),
+            ))
+        });
         let tracked = triggers
             .iter()
             .map(|(id, trigger)| TrackedTrigger {
                 id: id.clone(),
                 broker: trigger.kind(),
-                metric: served_metric_name(id, trigger),
+                metric: served_metric_name(id.index, trigger),
             })
             .collect();
         *self.triggers.write().expect("metrics lock") = tracked;
@@ -320,15 +427,13 @@ impl Metrics {
             .get_or_create(&BrokerLabels { broker })
             .observe(took.as_secs_f64());
         if let Err(err) = outcome {
-            self.poll_errors
-                .get_or_create(&PollErrorLabels {
-                    namespace: id.namespace.clone(),
-                    scaled_object: id.scaled_object.clone(),
-                    trigger: id.index.to_string(),
-                    broker,
-                    reason: err.reason(),
-                })
-                .inc();
+            self.poll_errors.inc(PollErrorLabels {
+                namespace: id.namespace.clone(),
+                scaled_object: id.scaled_object.clone(),
+                trigger: id.index.to_string(),
+                broker,
+                reason: err.reason(),
+            });
         }
     }
 
@@ -783,6 +888,55 @@ mod tests {
         metrics.track_triggers(&[(id("office", 0), cron())]);
         let text = metrics.encode().unwrap();
         assert!(!text.contains(r#"scaled_object="broken",trigger="0",broker="cron",metric"#));
+    }
+
+    #[test]
+    fn counters_of_a_removed_trigger_or_object_end_with_it() {
+        let metrics = Metrics::new(Arc::new(MetricCache::new()));
+        let down = ScalerError::Unreachable {
+            broker: "cron",
+            target: "clock".into(),
+            cause: "test".into(),
+        };
+        metrics.track_triggers(&[(id("a", 0), cron()), (id("b", 0), cron())]);
+        for object in ["a", "b"] {
+            metrics.observe_poll(&id(object, 0), "cron", Err(&down), Duration::ZERO);
+            metrics.observe_scaling("default", object, "ScaledToIdle");
+        }
+        let errors = |text: &str| samples(text, "spillway_poll_errors_total{").len();
+        let actions =
+            |text: &str| samples(text, "spillway_controller_scaling_actions_total{").len();
+        let text = metrics.encode().unwrap();
+        assert_eq!((errors(&text), actions(&text)), (2, 2));
+
+        // Trigger b/0 is gone from the poller's list: its error count ends.
+        metrics.track_triggers(&[(id("a", 0), cron())]);
+        let text = metrics.encode().unwrap();
+        assert_eq!(errors(&text), 1);
+        assert!(
+            !text.contains(r#"spillway_poll_errors_total{namespace="default",scaled_object="b""#)
+        );
+
+        // Object a is deleted: its scaling actions and poll errors end.
+        metrics.forget_scaled_object("default", "a");
+        let text = metrics.encode().unwrap();
+        assert_eq!((errors(&text), actions(&text)), (0, 1));
+        assert!(text.contains(r#"spillway_controller_scaling_actions_total{namespace="default",scaled_object="b",action="ScaledToIdle"} 1"#));
+    }
+
+    #[test]
+    fn reconciles_are_timed_and_errors_counted_by_reason() {
+        let metrics = Metrics::new(Arc::new(MetricCache::new()));
+        metrics.observe_reconcile(Ok(()), Duration::from_millis(3));
+        metrics.observe_reconcile(Err("kube"), Duration::from_millis(20));
+        metrics.observe_reconcile(Err("kube"), Duration::from_millis(20));
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            samples(&text, "spillway_controller_reconcile_errors_total{"),
+            vec![r#"spillway_controller_reconcile_errors_total{reason="kube"} 2"#]
+        );
+        assert!(text.contains("spillway_controller_reconcile_duration_seconds_count 3"));
+        assert!(text.contains(r#"spillway_controller_reconciles_total{result="error"} 2"#));
     }
 
     fn kafka_trigger() -> Trigger {

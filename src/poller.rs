@@ -3,55 +3,24 @@
 //! Triggers are grouped by broker kind and then by [`Scaler::connection_key`]; each group is
 //! answered by one scaler in one batched round, and all groups run concurrently. Scalers are
 //! kept between ticks (their connections, metadata and caches with them) and dropped when no
-//! trigger uses their connection any more.
+//! trigger uses their connection any more. The poller names no broker: it keeps one
+//! [`ScalerPool`] per kind that [`scalers::for_each_kind`] lists.
 //!
-//! Between ticks it also answers [`PollRequests`]: the API asks for the first poll of a trigger
+//! Between ticks it also answers [`PollRequests`](crate::cache::PollRequests): the API asks for the first poll of a trigger
 //! a request wants before its first tick has read it (a cold miss), and every ask for the same
-//! trigger within [`ASK_INTERVAL`] is one poll.
+//! trigger within [`ASK_INTERVAL`](crate::cache::ASK_INTERVAL) is one poll.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
 use tokio::sync::mpsc;
 
 use crate::cache::{MetricCache, TriggerId};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::scalers::cron::CronScaler;
-use crate::scalers::kafka::KafkaScaler;
-use crate::scalers::nats::NatsJetStreamScaler;
-use crate::scalers::prometheus::PrometheusScaler;
-use crate::scalers::rabbitmq::RabbitMqScaler;
-use crate::scalers::{Reading, Scaler, ScalerError, Trigger, TriggerParams};
-
-/// Triggers split by broker kind, each list typed for its scaler pool.
-#[derive(Default)]
-struct ByKind {
-    kafka: Vec<(TriggerId, <KafkaScaler as Scaler>::Trigger)>,
-    rabbitmq: Vec<(TriggerId, <RabbitMqScaler as Scaler>::Trigger)>,
-    nats: Vec<(TriggerId, <NatsJetStreamScaler as Scaler>::Trigger)>,
-    prometheus: Vec<(TriggerId, <PrometheusScaler as Scaler>::Trigger)>,
-    cron: Vec<(TriggerId, <CronScaler as Scaler>::Trigger)>,
-}
-
-impl ByKind {
-    fn split(triggers: &[(TriggerId, Trigger)]) -> Self {
-        let mut kinds = Self::default();
-        for (id, trigger) in triggers {
-            let id = id.clone();
-            match trigger {
-                Trigger::Kafka(t) => kinds.kafka.push((id, t.clone())),
-                Trigger::RabbitMq(t) => kinds.rabbitmq.push((id, t.clone())),
-                Trigger::NatsJetStream(t) => kinds.nats.push((id, t.clone())),
-                Trigger::Prometheus(t) => kinds.prometheus.push((id, t.clone())),
-                Trigger::Cron(t) => kinds.cron.push((id, t.clone())),
-            }
-        }
-        kinds
-    }
-}
+use crate::scalers::{self, KindVisitor, Reading, Scaler, ScalerError, Trigger, TriggerParams};
 
 /// How often [`Poller::run_registry`] looks for scaled objects due for a poll: the finest
 /// polling interval there is (KEDA's is in whole seconds too).
@@ -178,66 +147,70 @@ pub fn record_outcomes(
     }
 }
 
-/// Reads `triggers` with `pool` and records the outcomes as soon as this kind is done, so a
-/// slow broker of another kind does not hold them back.
-async fn poll_kind<S: Scaler>(
-    pool: &mut ScalerPool<S>,
-    triggers: &[(TriggerId, S::Trigger)],
-    every_trigger: bool,
-    cache: &MetricCache,
-    metrics: &Metrics,
-) {
-    if triggers.is_empty() && !every_trigger {
-        return;
-    }
-    let outcomes = if every_trigger {
-        pool.poll(triggers).await
-    } else {
-        pool.poll_some(triggers).await
-    };
-    record_outcomes(cache, metrics, S::KIND, outcomes);
+/// A [`ScalerPool`] of any kind, fed with untyped triggers: the poller keeps one per broker
+/// kind in one list and never names a broker.
+trait KindPool: Send {
+    /// The broker kind, for metric labels and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Open connections (scalers).
+    fn connections(&self) -> usize;
+
+    /// Reads this kind's triggers among `triggers` (the others are skipped). `every_trigger`
+    /// says `triggers` is the whole list, so connections none of them uses close.
+    fn poll<'a>(
+        &'a mut self,
+        triggers: &'a [(TriggerId, Trigger)],
+        every_trigger: bool,
+    ) -> BoxFuture<'a, Vec<PollOutcome>>;
+
+    /// Closes the connections no trigger of `every` (the whole list) uses.
+    fn close_unused(&mut self, every: &[(TriggerId, Trigger)]);
 }
 
-/// At most one poll per trigger per this interval is asked for by requests: the coalescing
-/// window of [`PollRequests`]. Equal to the API's wait for a first poll, so a trigger whose
-/// first poll outlasts one wait is asked for again by the next request, not by every request.
-pub const ASK_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The API's side of the poll-now channel: asks the poller to poll a trigger that has no cache
-/// entry yet. Cheap to clone; every clone shares the coalescing.
-#[derive(Debug, Clone)]
-pub struct PollRequests {
-    sender: mpsc::UnboundedSender<TriggerId>,
-    /// When each trigger was last asked for. Entries older than [`ASK_INTERVAL`] are dropped
-    /// at the next ask, so this holds at most the triggers asked for recently.
-    asked: Arc<Mutex<HashMap<TriggerId, Instant>>>,
+/// This kind's triggers among `triggers`, typed for its scaler.
+fn of_kind<S: Scaler>(triggers: &[(TriggerId, Trigger)]) -> Vec<(TriggerId, S::Trigger)> {
+    triggers
+        .iter()
+        .filter_map(|(id, t)| S::trigger_of(t).map(|t| (id.clone(), t.clone())))
+        .collect()
 }
 
-impl PollRequests {
-    /// A new channel: the requests side, and the receiver to hand to [`Poller::run`].
-    /// Unbounded, because the coalescing bounds it: one message per trigger per interval.
-    pub fn channel() -> (Self, mpsc::UnboundedReceiver<TriggerId>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let requests = Self {
-            sender,
-            asked: Arc::default(),
-        };
-        (requests, receiver)
+impl<S: Scaler> KindPool for ScalerPool<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
     }
 
-    /// Asks for a poll of `id` now, unless it was asked for within [`ASK_INTERVAL`] (that poll
-    /// is still coming). False when the poller no longer listens: no poll will come.
-    pub fn ask(&self, id: &TriggerId) -> bool {
-        let mut asked = self.asked.lock().expect("poll requests lock");
-        asked.retain(|_, at| at.elapsed() < ASK_INTERVAL);
-        if asked.contains_key(id) {
-            return !self.sender.is_closed();
-        }
-        if self.sender.send(id.clone()).is_err() {
-            return false;
-        }
-        asked.insert(id.clone(), Instant::now());
-        true
+    fn connections(&self) -> usize {
+        ScalerPool::connections(self)
+    }
+
+    fn poll<'a>(
+        &'a mut self,
+        triggers: &'a [(TriggerId, Trigger)],
+        every_trigger: bool,
+    ) -> BoxFuture<'a, Vec<PollOutcome>> {
+        Box::pin(async move {
+            let typed = of_kind::<S>(triggers);
+            if typed.is_empty() && !every_trigger {
+                return Vec::new();
+            }
+            self.round(&typed, every_trigger).await
+        })
+    }
+
+    fn close_unused(&mut self, every: &[(TriggerId, Trigger)]) {
+        ScalerPool::close_unused(self, &of_kind::<S>(every));
+    }
+}
+
+/// Builds one empty pool per broker kind.
+#[derive(Default)]
+struct PoolPerKind(Vec<Box<dyn KindPool>>);
+
+impl KindVisitor for PoolPerKind {
+    fn visit<S: Scaler>(&mut self) {
+        self.0.push(Box::new(ScalerPool::<S>::new()));
     }
 }
 
@@ -246,25 +219,20 @@ impl PollRequests {
 pub struct Poller {
     cache: Arc<MetricCache>,
     metrics: Arc<Metrics>,
-    kafka: ScalerPool<KafkaScaler>,
-    rabbitmq: ScalerPool<RabbitMqScaler>,
-    nats: ScalerPool<NatsJetStreamScaler>,
-    prometheus: ScalerPool<PrometheusScaler>,
-    cron: ScalerPool<CronScaler>,
+    /// One pool per broker kind.
+    pools: Vec<Box<dyn KindPool>>,
 }
 
 impl Poller {
     /// A poller writing to `cache`, counting into a registry of its own until
     /// [`Poller::with_metrics`] gives it the served one.
     pub fn new(cache: Arc<MetricCache>) -> Self {
+        let mut pools = PoolPerKind::default();
+        scalers::for_each_kind(&mut pools);
         Self {
             metrics: Arc::new(Metrics::new(Arc::clone(&cache))),
             cache,
-            kafka: ScalerPool::new(),
-            rabbitmq: ScalerPool::new(),
-            nats: ScalerPool::new(),
-            prometheus: ScalerPool::new(),
-            cron: ScalerPool::new(),
+            pools: pools.0,
         }
     }
 
@@ -276,11 +244,7 @@ impl Poller {
 
     /// Open broker connections (scalers), summed over kinds.
     pub fn connections(&self) -> usize {
-        self.kafka.connections()
-            + self.rabbitmq.connections()
-            + self.nats.connections()
-            + self.prometheus.connections()
-            + self.cron.connections()
+        self.pools.iter().map(|pool| pool.connections()).sum()
     }
 
     /// One round over `triggers`; returns when every outcome is in the cache.
@@ -381,44 +345,231 @@ impl Poller {
     fn forget_unused(&mut self, every: &[(TriggerId, Trigger)]) {
         let live: std::collections::HashSet<&TriggerId> = every.iter().map(|(id, _)| id).collect();
         self.cache.retain(|id| live.contains(id));
-        let ByKind {
-            kafka,
-            rabbitmq,
-            nats,
-            prometheus,
-            cron,
-        } = ByKind::split(every);
-        self.kafka.close_unused(&kafka);
-        self.rabbitmq.close_unused(&rabbitmq);
-        self.nats.close_unused(&nats);
-        self.prometheus.close_unused(&prometheus);
-        self.cron.close_unused(&cron);
+        for pool in &mut self.pools {
+            pool.close_unused(every);
+        }
     }
 
     /// Polls `triggers`, grouped by kind, all kinds concurrently; each kind's outcomes are
     /// recorded as soon as that kind is done. `every_trigger` says `triggers` is the whole
     /// list, so unused connections may close.
     async fn poll(&mut self, triggers: &[(TriggerId, Trigger)], every_trigger: bool) {
-        let ByKind {
-            kafka,
-            rabbitmq,
-            nats,
-            prometheus,
-            cron,
-        } = ByKind::split(triggers);
         let (cache, metrics) = (&*self.cache, &*self.metrics);
-        tokio::join!(
-            poll_kind(&mut self.kafka, &kafka, every_trigger, cache, metrics),
-            poll_kind(&mut self.rabbitmq, &rabbitmq, every_trigger, cache, metrics),
-            poll_kind(&mut self.nats, &nats, every_trigger, cache, metrics),
-            poll_kind(
-                &mut self.prometheus,
-                &prometheus,
-                every_trigger,
-                cache,
-                metrics
-            ),
-            poll_kind(&mut self.cron, &cron, every_trigger, cache, metrics),
+        // Each kind's outcomes are recorded as soon as that kind is done, so a slow broker of
+        // another kind does not hold them back.
+        join_all(self.pools.iter_mut().map(|pool| async move {
+            let kind = pool.kind();
+            let outcomes = pool.poll(triggers, every_trigger).await;
+            record_outcomes(cache, metrics, kind, outcomes);
+        }))
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the fake broker saw: connects and rounds, by connection.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A trigger of the fake broker: which connection it names, what it reads.
+    #[derive(Debug, Clone)]
+    struct FakeTrigger {
+        connection: &'static str,
+        value: f64,
+        valid: bool,
+        log: Log,
+    }
+
+    impl TriggerParams for FakeTrigger {
+        fn target_value(&self) -> f64 {
+            1.0
+        }
+
+        fn metric_name(&self) -> String {
+            "fake".into()
+        }
+
+        fn validate(&self) -> Result<(), ScalerError> {
+            if self.valid {
+                Ok(())
+            } else {
+                Err(ScalerError::InvalidTrigger {
+                    broker: "fake",
+                    field: "value".into(),
+                    message: "invalid on purpose".into(),
+                })
+            }
+        }
+    }
+
+    /// Answers each trigger its own value; the connection `refused` cannot be built.
+    struct FakeScaler {
+        connection: &'static str,
+        log: Log,
+    }
+
+    impl Scaler for FakeScaler {
+        type Trigger = FakeTrigger;
+        const KIND: &'static str = "fake";
+
+        fn trigger_of(_: &Trigger) -> Option<&FakeTrigger> {
+            None
+        }
+
+        fn connection_key(trigger: &FakeTrigger) -> String {
+            trigger.connection.into()
+        }
+
+        fn connect(trigger: &FakeTrigger) -> Result<Self, ScalerError> {
+            trigger
+                .log
+                .lock()
+                .unwrap()
+                .push(format!("connect {}", trigger.connection));
+            if trigger.connection == "refused" {
+                return Err(ScalerError::Unreachable {
+                    broker: "fake",
+                    target: "refused".into(),
+                    cause: "connection refused".into(),
+                });
+            }
+            Ok(Self {
+                connection: trigger.connection,
+                log: Arc::clone(&trigger.log),
+            })
+        }
+
+        async fn poll(&self, triggers: &[FakeTrigger]) -> Vec<Result<Reading, ScalerError>> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("poll {} x{}", self.connection, triggers.len()));
+            triggers
+                .iter()
+                .map(|t| Ok(Reading::new(t.value, t.value > 0.0)))
+                .collect()
+        }
+    }
+
+    fn trigger(log: &Log, index: usize, connection: &'static str) -> (TriggerId, FakeTrigger) {
+        (
+            TriggerId {
+                namespace: "default".into(),
+                scaled_object: format!("so-{index}"),
+                index: 0,
+            },
+            FakeTrigger {
+                connection,
+                value: index as f64,
+                valid: true,
+                log: Arc::clone(log),
+            },
+        )
+    }
+
+    /// The outcomes by scaled object name: its value, or its error's reason.
+    fn by_object(outcomes: Vec<PollOutcome>) -> Vec<(String, Result<f64, &'static str>)> {
+        let mut found: Vec<_> = outcomes
+            .into_iter()
+            .map(|(id, result, _)| {
+                (
+                    id.scaled_object,
+                    result.map(|r| r.value).map_err(|e| e.reason()),
+                )
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    fn sorted(log: &Log) -> Vec<String> {
+        let mut entries = std::mem::take(&mut *log.lock().unwrap());
+        entries.sort();
+        entries
+    }
+
+    #[tokio::test]
+    async fn triggers_sharing_a_connection_are_read_in_one_round_by_a_kept_scaler() {
+        let log = Log::default();
+        let triggers = vec![
+            trigger(&log, 1, "a"),
+            trigger(&log, 2, "b"),
+            trigger(&log, 3, "a"),
+            trigger(&log, 4, "a"),
+        ];
+        let mut pool = ScalerPool::<FakeScaler>::new();
+        let outcomes = by_object(pool.poll(&triggers).await);
+        assert_eq!(
+            outcomes,
+            vec![
+                ("so-1".into(), Ok(1.0)),
+                ("so-2".into(), Ok(2.0)),
+                ("so-3".into(), Ok(3.0)),
+                ("so-4".into(), Ok(4.0)),
+            ]
         );
+        assert_eq!(
+            sorted(&log),
+            ["connect a", "connect b", "poll a x3", "poll b x1"]
+        );
+        assert_eq!(pool.connections(), 2);
+
+        pool.poll(&triggers).await;
+        assert_eq!(
+            sorted(&log),
+            ["poll a x3", "poll b x1"],
+            "no new connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_trigger_or_a_refused_connection_fails_only_its_own_triggers() {
+        let log = Log::default();
+        let mut invalid = trigger(&log, 1, "a");
+        invalid.1.valid = false;
+        let triggers = vec![
+            invalid,
+            trigger(&log, 2, "a"),
+            trigger(&log, 3, "refused"),
+            trigger(&log, 4, "refused"),
+        ];
+        let mut pool = ScalerPool::<FakeScaler>::new();
+        let outcomes = by_object(pool.poll(&triggers).await);
+        assert_eq!(
+            outcomes,
+            vec![
+                ("so-1".into(), Err("invalid_trigger")),
+                ("so-2".into(), Ok(2.0)),
+                ("so-3".into(), Err("unreachable")),
+                ("so-4".into(), Err("unreachable")),
+            ]
+        );
+        assert_eq!(
+            sorted(&log),
+            ["connect a", "connect refused", "poll a x1"],
+            "an invalid trigger is never sent to its broker"
+        );
+        assert_eq!(pool.connections(), 1, "a refused connection is not kept");
+    }
+
+    #[tokio::test]
+    async fn connections_close_when_no_trigger_uses_them_but_not_after_a_partial_round() {
+        let log = Log::default();
+        let (a, b) = (trigger(&log, 1, "a"), trigger(&log, 2, "b"));
+        let mut pool = ScalerPool::<FakeScaler>::new();
+        pool.poll(&[a.clone(), b.clone()]).await;
+        assert_eq!(pool.connections(), 2);
+
+        pool.poll_some(std::slice::from_ref(&a)).await;
+        assert_eq!(pool.connections(), 2, "b's triggers still need it");
+
+        pool.poll(std::slice::from_ref(&a)).await;
+        assert_eq!(pool.connections(), 1, "b has no trigger left");
+
+        pool.close_unused(&[]);
+        assert_eq!(pool.connections(), 0);
     }
 }

@@ -5,16 +5,53 @@
 //!
 //! Readers take an immutable [`Served`] snapshot (an `Arc` clone), so a request or a poller
 //! round never holds the lock, and a change is one swap.
+//!
+//! The types that describe what is served ([`MetricSource`], [`ScaleTarget`], [`FallbackValue`])
+//! live here, below the poller, the metrics API and the controller that all read them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::api::custom::ScaleTarget;
-use crate::api::external::{self, MetricSource};
 use crate::cache::TriggerId;
-use crate::config::{Config, ScaledObjectConfig};
-use crate::scalers::{Trigger, TriggerParams};
+use crate::config::{Config, ScaleTargetRef, ScaledObjectConfig};
+use crate::scalers::{Trigger, TriggerParams, served_metric_name};
+
+/// The metric label that ties a value to its scaled object; the HPA of that object selects
+/// its own trigger with `scaledobject.spillway.dev/name=<name>`.
+pub const SCALED_OBJECT_LABEL: &str = "scaledobject.spillway.dev/name";
+
+/// One trigger's main metric, as served: `s<index>-<metric_name>` in the scaled object's namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSource {
+    /// The trigger whose cache entry holds the value.
+    pub id: TriggerId,
+    /// The served name of the main metric; extras are `<metric>-<suffix>`.
+    pub metric: String,
+    /// What the main metric serves once the trigger has failed often enough (the scaled
+    /// object's `fallback`); without it a failing trigger is a 503.
+    pub fallback: Option<FallbackValue>,
+}
+
+/// The served metrics of `triggers`, in order (the names `spillway watch` shows).
+pub fn catalog(triggers: &[(TriggerId, Trigger)]) -> Vec<MetricSource> {
+    triggers
+        .iter()
+        .map(|(id, trigger)| MetricSource {
+            id: id.clone(),
+            metric: served_metric_name(id.index, trigger),
+            fallback: None,
+        })
+        .collect()
+}
+
+/// The workload a scaled object scales: what a custom metrics path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleTarget {
+    pub namespace: String,
+    pub scaled_object: String,
+    pub target: ScaleTargetRef,
+}
 
 /// What a trigger's metric serves once it has failed `failure_threshold` polls in a row:
 /// a value that makes the HPA settle on `replicas` (`replicas * target`, since an HPA with an
@@ -59,9 +96,8 @@ impl Served {
         let mut metrics = Vec::new();
         let mut targets = Vec::new();
         for object in objects.values() {
-            for (mut source, (_, trigger)) in external::catalog(&object.triggers)
-                .into_iter()
-                .zip(&object.triggers)
+            for (mut source, (_, trigger)) in
+                catalog(&object.triggers).into_iter().zip(&object.triggers)
             {
                 source.fallback =
                     object
@@ -127,46 +163,6 @@ impl Registry {
         registry
     }
 
-    /// A registry of bare triggers, without scale targets (tests, tools).
-    pub fn from_triggers(triggers: &[(TriggerId, Trigger)], interval: Duration) -> Self {
-        let registry = Self::new();
-        let mut by_object: BTreeMap<(String, String), Vec<(TriggerId, Trigger)>> = BTreeMap::new();
-        for (id, trigger) in triggers {
-            by_object
-                .entry((id.namespace.clone(), id.scaled_object.clone()))
-                .or_default()
-                .push((id.clone(), trigger.clone()));
-        }
-        for ((namespace, name), triggers) in by_object {
-            registry.upsert(Registered {
-                config: ScaledObjectConfig {
-                    name,
-                    namespace,
-                    min_replica_count: 0,
-                    max_replica_count: 100,
-                    scale_target_ref: None,
-                    triggers: Vec::new(),
-                },
-                triggers,
-                polling_interval: interval,
-                fallback: None,
-            });
-        }
-        registry
-    }
-
-    /// A registry serving a fixed catalog of metrics and targets, with no objects to poll
-    /// (API tests that fill the cache themselves).
-    pub fn with_catalog(metrics: Vec<MetricSource>, targets: Vec<ScaleTarget>) -> Self {
-        Self {
-            served: RwLock::new(Arc::new(Served {
-                objects: BTreeMap::new(),
-                metrics: metrics.into(),
-                targets: targets.into(),
-            })),
-        }
-    }
-
     /// The current view.
     pub fn served(&self) -> Arc<Served> {
         Arc::clone(&self.served.read().expect("registry lock"))
@@ -205,6 +201,50 @@ impl Registry {
             *served = Arc::new(Served::build(objects));
         }
         removed
+    }
+}
+
+/// Registries built for unit tests, not through [`Registry::upsert`].
+#[cfg(test)]
+impl Registry {
+    /// A registry of bare triggers, without scale targets.
+    pub(crate) fn from_triggers(triggers: &[(TriggerId, Trigger)], interval: Duration) -> Self {
+        let registry = Self::new();
+        let mut by_object: BTreeMap<(String, String), Vec<(TriggerId, Trigger)>> = BTreeMap::new();
+        for (id, trigger) in triggers {
+            by_object
+                .entry((id.namespace.clone(), id.scaled_object.clone()))
+                .or_default()
+                .push((id.clone(), trigger.clone()));
+        }
+        for ((namespace, name), triggers) in by_object {
+            registry.upsert(Registered {
+                config: ScaledObjectConfig {
+                    name,
+                    namespace,
+                    min_replica_count: 0,
+                    max_replica_count: 100,
+                    scale_target_ref: None,
+                    triggers: Vec::new(),
+                },
+                triggers,
+                polling_interval: interval,
+                fallback: None,
+            });
+        }
+        registry
+    }
+
+    /// A registry serving a fixed catalog of metrics and targets, with no objects to poll
+    /// (API tests that fill the cache themselves).
+    pub(crate) fn with_catalog(metrics: Vec<MetricSource>, targets: Vec<ScaleTarget>) -> Self {
+        Self {
+            served: RwLock::new(Arc::new(Served {
+                objects: BTreeMap::new(),
+                metrics: metrics.into(),
+                targets: targets.into(),
+            })),
+        }
     }
 }
 

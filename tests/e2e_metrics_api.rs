@@ -25,7 +25,7 @@ const LABEL: &str = "scaledobject.spillway.dev/name";
 /// The served name of trigger 0 of the first scaled object in spillway's config.
 fn metric_name(spillway: &Spillway) -> String {
     let config = spillway::config::Config::load(&spillway.config).expect("config");
-    spillway::api::external::catalog(&config.triggers())[0]
+    spillway::registry::catalog(&config.triggers())[0]
         .metric
         .clone()
 }

@@ -16,38 +16,14 @@ use serde::Serialize;
 
 use super::AppState;
 use super::discovery::{self, ApiGroup, ApiResourceList, CUSTOM};
-use super::external::MetricSource;
 use super::selector::{Requirement, Selector};
 use super::status::Status;
 use super::values::{self, Miss};
-use crate::config::{Config, ScaleTargetRef};
 use crate::names;
+use crate::registry::{MetricSource, ScaleTarget};
 
 /// The API group and version this module serves.
 pub const GROUP_VERSION: &str = "custom.metrics.k8s.io/v1beta2";
-
-/// The workload a scaled object scales: what a custom metrics path names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScaleTarget {
-    pub namespace: String,
-    pub scaled_object: String,
-    pub target: ScaleTargetRef,
-}
-
-/// The scale targets of a config file's scaled objects (those that name one).
-pub fn scale_targets(config: &Config) -> Vec<ScaleTarget> {
-    config
-        .scaled_objects
-        .iter()
-        .filter_map(|so| {
-            so.scale_target_ref.as_ref().map(|target| ScaleTarget {
-                namespace: so.namespace.clone(),
-                scaled_object: so.name.clone(),
-                target: target.clone(),
-            })
-        })
-        .collect()
-}
 
 /// `MetricValueList`; fields carry the Go type's JSON names.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,8 +9,8 @@ use axum::extract::State;
 use serde::Serialize;
 
 use super::AppState;
-use super::external::MetricSource;
 use crate::cache::MetricCache;
+use crate::registry::MetricSource;
 
 /// An API group spillway serves, in its one version.
 #[derive(Debug, Clone, Copy)]

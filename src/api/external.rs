@@ -16,45 +16,10 @@ use serde::Serialize;
 use super::AppState;
 use super::status::Status;
 use super::values::{self, Miss};
-use crate::cache::TriggerId;
-use crate::scalers::{Trigger, TriggerParams};
+use crate::registry::MetricSource;
 
 /// The API group and version this module serves.
 pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
-
-/// The metric label that ties a value to its scaled object; the HPA of that object selects
-/// its own trigger with `scaledobject.spillway.dev/name=<name>`.
-pub const SCALED_OBJECT_LABEL: &str = "scaledobject.spillway.dev/name";
-
-/// One trigger's main metric, as served: `s<index>-<metric_name>` in the scaled object's namespace.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricSource {
-    /// The trigger whose cache entry holds the value.
-    pub id: TriggerId,
-    /// The served name of the main metric; extras are `<metric>-<suffix>`.
-    pub metric: String,
-    /// What the main metric serves once the trigger has failed often enough (the scaled
-    /// object's `fallback`); without it a failing trigger is a 503.
-    pub fallback: Option<crate::registry::FallbackValue>,
-}
-
-/// The served metrics of `triggers`, in order (the names `spillway watch` shows).
-pub fn catalog(triggers: &[(TriggerId, Trigger)]) -> Vec<MetricSource> {
-    triggers
-        .iter()
-        .map(|(id, trigger)| MetricSource {
-            id: id.clone(),
-            metric: served_metric_name(id, trigger),
-            fallback: None,
-        })
-        .collect()
-}
-
-/// The name a trigger's main metric is served under: `s<index>-<metric_name>`, so two triggers
-/// of one scaled object on the same queue stay apart.
-pub fn served_metric_name(id: &TriggerId, trigger: &Trigger) -> String {
-    format!("s{}-{}", id.index, trigger.metric_name())
-}
 
 /// `ExternalMetricValueList`; fields carry the Go type's JSON names.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -17,7 +17,6 @@ pub mod discovery;
 pub mod external;
 pub mod limits;
 pub mod openapi;
-pub mod quantity;
 pub mod selector;
 pub mod status;
 pub mod values;
@@ -39,13 +38,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use crate::cache::MetricCache;
+use crate::cache::{MetricCache, PollRequests};
 use crate::config::{Config, TlsFiles};
 use crate::metrics::Metrics;
-use crate::poller::PollRequests;
-use crate::registry::Registry;
-use custom::ScaleTarget;
-use external::MetricSource;
+use crate::registry::{MetricSource, Registry, ScaleTarget};
 use status::Status;
 
 /// The first byte of a TLS ClientHello record (content type "handshake").

@@ -8,11 +8,10 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::custom::ScaleTarget;
-use super::external::MetricSource;
 use super::{AppState, router};
 use crate::cache::{MetricCache, TriggerId};
 use crate::config::ScaleTargetRef;
+use crate::registry::{MetricSource, ScaleTarget};
 use crate::scalers::{Reading, ScalerError};
 
 fn id(scaled_object: &str, index: usize) -> TriggerId {
@@ -729,7 +728,7 @@ async fn requests_are_counted_by_route_template() {
 fn cold_start(
     outcome: Result<Reading, ScalerError>,
 ) -> (AppState, Arc<std::sync::atomic::AtomicUsize>) {
-    let (requests, mut asks) = crate::poller::PollRequests::channel();
+    let (requests, mut asks) = crate::cache::PollRequests::channel();
     let state = state().with_poll_requests(requests);
     let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (cache, counter) = (Arc::clone(&state.cache), Arc::clone(&polls));
@@ -791,7 +790,7 @@ async fn a_failed_first_poll_is_still_503() {
 #[tokio::test]
 async fn the_wait_for_a_first_poll_is_bounded() {
     // A poller that takes the ask and never polls.
-    let (requests, _asks) = crate::poller::PollRequests::channel();
+    let (requests, _asks) = crate::cache::PollRequests::channel();
     let cache = MetricCache::new();
     let started = std::time::Instant::now();
     super::values::await_first_polls(
@@ -809,7 +808,7 @@ async fn the_wait_for_a_first_poll_is_bounded() {
     );
 
     // No poller listening: nothing to wait for, a 503 at once.
-    let (requests, asks) = crate::poller::PollRequests::channel();
+    let (requests, asks) = crate::cache::PollRequests::channel();
     drop(asks);
     let state = state().with_poll_requests(requests);
     let started = std::time::Instant::now();
@@ -828,7 +827,7 @@ async fn the_real_poller_polls_a_cold_trigger_once() {
         .unwrap(),
     );
     let triggers = vec![(id("office", 0), trigger)];
-    let (requests, mut asks) = crate::poller::PollRequests::channel();
+    let (requests, mut asks) = crate::cache::PollRequests::channel();
     let state = AppState::new(
         Arc::new(MetricCache::new()),
         Arc::new(crate::registry::Registry::from_triggers(

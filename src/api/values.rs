@@ -13,13 +13,12 @@ use axum::extract::rejection::PathRejection;
 use futures::future::join_all;
 
 use super::AppState;
-use super::external::{MetricSource, SCALED_OBJECT_LABEL};
-use super::quantity::format_quantity;
 use super::selector::Selector;
 use super::status::Status;
-use crate::cache::{MetricCache, TriggerId};
+use crate::cache::{MetricCache, PollRequests, TriggerId};
 use crate::names;
-use crate::poller::PollRequests;
+use crate::quantity::format_quantity;
+use crate::registry::{MetricSource, SCALED_OBJECT_LABEL};
 
 /// How long a request waits for the first poll of a trigger not polled since start before it
 /// answers 503. Below the aggregator's and the HPA client's timeouts, so the HPA gets our

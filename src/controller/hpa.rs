@@ -18,9 +18,9 @@ use kube::Resource;
 
 use super::crd::ScaledObject;
 use super::triggers::SpecError;
-use crate::api::external::SCALED_OBJECT_LABEL;
-use crate::api::quantity::format_quantity;
 use crate::config::TriggerConfig;
+use crate::quantity::format_quantity;
+use crate::registry::SCALED_OBJECT_LABEL;
 use crate::scalers::{TriggerParams, served_metric_name};
 
 /// The label every object spillway creates carries, with [`MANAGED_BY`] as its value.
@@ -256,8 +256,8 @@ fn stored_behavior(
 mod tests {
     use super::*;
 
-    use crate::api::external::catalog;
     use crate::controller::triggers::triggers;
+    use crate::registry::catalog;
 
     /// A ScaledObject as a user writes it, with the uid the API server adds.
     fn scaled_object(text: &str) -> ScaledObject {

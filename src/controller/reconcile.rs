@@ -38,9 +38,9 @@ use tokio::sync::watch;
 use super::crd::{ScaledObject, ScaledObjectStatus, TriggerStatus, condition};
 use super::hpa::{HpaError, MANAGED_BY, MANAGED_BY_LABEL, desired_hpa, hpa_drift, hpa_name};
 use super::triggers::{SpecError, resolve_secrets, triggers};
-use crate::api::quantity::format_quantity;
 use crate::cache::{MetricCache, TriggerState};
 use crate::metrics::Metrics;
+use crate::quantity::format_quantity;
 use crate::registry::{Registered, Registry};
 use crate::scalers::served_metric_name;
 
@@ -69,6 +69,18 @@ pub enum ReconcileError {
         name: String,
         message: String,
     },
+}
+
+impl ReconcileError {
+    /// A short stable name for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Spec(_) => "spec",
+            Self::Hpa(_) => "hpa",
+            Self::Kube(_) => "kube",
+            Self::Target { .. } => "target",
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -215,9 +227,13 @@ fn activity(so: &ScaledObject, states: &[Option<TriggerState>]) -> Activity {
 
 async fn reconcile(so: Arc<ScaledObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let leading = ctx.is_leader();
+    let started = std::time::Instant::now();
     let outcome = reconcile_object(so, &ctx).await;
     if leading {
-        ctx.metrics.observe_reconcile(outcome.is_ok());
+        ctx.metrics.observe_reconcile(
+            outcome.as_ref().map(|_| ()).map_err(ReconcileError::reason),
+            started.elapsed(),
+        );
     }
     outcome
 }

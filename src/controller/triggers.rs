@@ -346,8 +346,8 @@ mod tests {
     use axum::http::{Request, Response, StatusCode};
     use kube::client::Body;
 
-    use crate::api::external::catalog;
     use crate::config::Config;
+    use crate::registry::catalog;
 
     const SO: &str = r#"
 apiVersion: spillway.dev/v1alpha1

@@ -577,6 +577,13 @@ impl Scaler for CronScaler {
     const KIND: &'static str = BROKER;
 
     /// Every cron trigger shares one scaler: there is no connection.
+    fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
+        match trigger {
+            super::Trigger::Cron(t) => Some(t),
+            _ => None,
+        }
+    }
+
     fn connection_key(_trigger: &Self::Trigger) -> String {
         BROKER.into()
     }

@@ -281,6 +281,9 @@ pub trait Scaler: Send + Sync + Sized + 'static {
     /// Short broker name for logs, errors and metric labels, e.g. `"kafka"`.
     const KIND: &'static str;
 
+    /// This kind's trigger inside `trigger`, or `None` when it is another broker's.
+    fn trigger_of(trigger: &Trigger) -> Option<&Self::Trigger>;
+
     /// Triggers with equal keys share one scaler (servers plus credentials identity).
     fn connection_key(trigger: &Self::Trigger) -> String;
 
@@ -296,8 +299,24 @@ pub trait Scaler: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Vec<Result<Reading, ScalerError>>> + Send;
 }
 
+/// Something done once per broker kind, typed by the kind's scaler; see [`for_each_kind`].
+pub trait KindVisitor {
+    fn visit<S: Scaler>(&mut self);
+}
+
+/// Calls `visitor` once for every broker kind spillway reads, so the poller keeps one pool per
+/// kind without naming any. Adding a broker adds one line here.
+pub fn for_each_kind(visitor: &mut impl KindVisitor) {
+    visitor.visit::<kafka::KafkaScaler>();
+    visitor.visit::<rabbitmq::RabbitMqScaler>();
+    visitor.visit::<nats::NatsJetStreamScaler>();
+    visitor.visit::<prometheus::PrometheusScaler>();
+    visitor.visit::<cron::CronScaler>();
+}
+
 /// One trigger of any broker kind: what a ScaledObject's `triggers` list (or a config file)
-/// holds. Adding a broker adds one variant here and one file beside this one.
+/// holds. Adding a broker adds one variant here, one line in [`for_each_kind`] and one file
+/// beside this one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
     Kafka(kafka::KafkaTrigger),

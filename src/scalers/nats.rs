@@ -583,6 +583,13 @@ impl Scaler for NatsJetStreamScaler {
 
     const KIND: &'static str = BROKER;
 
+    fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
+        match trigger {
+            super::Trigger::NatsJetStream(t) => Some(t),
+            _ => None,
+        }
+    }
+
     fn connection_key(trigger: &Self::Trigger) -> String {
         match trigger.endpoint_url() {
             Ok(url) => format!("{BROKER}:{}://{}", url.scheme(), base_target(&url)),

@@ -760,6 +760,13 @@ impl Scaler for PrometheusScaler {
 
     const KIND: &'static str = BROKER;
 
+    fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
+        match trigger {
+            super::Trigger::Prometheus(t) => Some(t),
+            _ => None,
+        }
+    }
+
     fn connection_key(trigger: &Self::Trigger) -> String {
         let origin = trigger
             .request_url()

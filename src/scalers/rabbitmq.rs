@@ -943,6 +943,13 @@ impl Scaler for RabbitMqScaler {
 
     const KIND: &'static str = BROKER;
 
+    fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
+        match trigger {
+            super::Trigger::RabbitMq(t) => Some(t),
+            _ => None,
+        }
+    }
+
     fn connection_key(trigger: &RabbitMqTrigger) -> String {
         match trigger.endpoint() {
             Ok(endpoint) => endpoint.connection_key(trigger),

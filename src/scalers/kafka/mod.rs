@@ -513,6 +513,13 @@ impl Scaler for KafkaScaler {
     type Trigger = KafkaTrigger;
     const KIND: &'static str = KIND;
 
+    fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
+        match trigger {
+            super::Trigger::Kafka(t) => Some(t),
+            _ => None,
+        }
+    }
+
     fn connection_key(trigger: &KafkaTrigger) -> String {
         let mut servers = trigger.servers();
         servers.sort_unstable();
