@@ -4,6 +4,12 @@
 //! take a snapshot without ever waiting on a broker. A std `RwLock` is enough: writes are one
 //! per trigger per tick and no lock is held across an `.await`.
 //!
+//! Two rules keep a reading honest. A reading is recorded only for the trigger spec it was
+//! read with ([`MetricCache::track_spec`]): a changed spec drops the old reading at once and a
+//! round still running for the old spec records nothing. And a reading that grows old without
+//! a newer poll is marked stale ([`MetricCache::mark_stale`]): it is then an error like a
+//! failed poll, so it is never served as current and counts toward `fallback`.
+//!
 //! The one wait it offers is bounded: [`MetricCache::first_outcome`] lets a request for a
 //! trigger not polled since start wait (up to a timeout) for that first poll, which it asks
 //! the poller for through [`PollRequests`] (the cold-miss handshake: asks for the same trigger
@@ -41,15 +47,21 @@ pub struct TriggerState {
     /// The last good reading, kept while later polls fail so status can show it; it is
     /// never served as current once `error` is set.
     pub last_reading: Option<Reading>,
-    /// The error of the latest poll, if it failed.
+    /// The error of the latest poll, if it failed, or [`ScalerError::Stale`] when no poll
+    /// finished in time.
     pub error: Option<ScalerError>,
-    /// Polls failed in a row (the controller's fallback counts these).
+    /// Polls failed in a row, stale marks included (the controller's fallback counts these).
     pub consecutive_failures: u32,
-    /// When the latest poll finished.
+    /// When the latest poll finished (for a trigger whose first poll never finished: when it
+    /// was first marked stale).
     pub polled_at: Instant,
     pub polled_at_wall: SystemTime,
     /// How long the latest poll took.
     pub poll_duration: std::time::Duration,
+    /// When the latest outcome was recorded: a poll, or a stale mark.
+    pub recorded_at: Instant,
+    /// Polls recorded since the trigger (with this spec) was first recorded.
+    pub polls: u64,
 }
 
 impl TriggerState {
@@ -63,10 +75,19 @@ impl TriggerState {
     }
 }
 
+/// The states and the spec each may hold, under one lock so a spec change and a record
+/// cannot interleave.
+#[derive(Debug, Default)]
+struct Entries {
+    states: BTreeMap<TriggerId, TriggerState>,
+    /// The spec version each tracked trigger is read with; see [`MetricCache::track_spec`].
+    specs: HashMap<TriggerId, u64>,
+}
+
 /// Latest state of every trigger.
 #[derive(Debug)]
 pub struct MetricCache {
-    entries: RwLock<BTreeMap<TriggerId, TriggerState>>,
+    entries: RwLock<Entries>,
     /// Bumped after every record. One channel for all triggers, not one per trigger: only
     /// requests for not-yet-polled triggers wait on it, and a watch wakes each waiter once per
     /// burst of records however many land.
@@ -95,7 +116,38 @@ impl MetricCache {
         poll_duration: std::time::Duration,
     ) {
         let mut entries = self.entries.write().expect("cache lock");
-        let previous = entries.remove(&id);
+        Self::insert_outcome(&mut entries.states, id, outcome, poll_duration);
+        drop(entries);
+        self.recorded.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records one poll's outcome if `id` is still tracked with spec `version`; false (and
+    /// nothing recorded) when its spec changed or it is gone since the poll began.
+    pub fn record_for_spec(
+        &self,
+        id: TriggerId,
+        version: u64,
+        outcome: Result<Reading, ScalerError>,
+        poll_duration: std::time::Duration,
+    ) -> bool {
+        let mut entries = self.entries.write().expect("cache lock");
+        if entries.specs.get(&id) != Some(&version) {
+            return false;
+        }
+        Self::insert_outcome(&mut entries.states, id, outcome, poll_duration);
+        drop(entries);
+        self.recorded.send_modify(|n| *n = n.wrapping_add(1));
+        true
+    }
+
+    fn insert_outcome(
+        states: &mut BTreeMap<TriggerId, TriggerState>,
+        id: TriggerId,
+        outcome: Result<Reading, ScalerError>,
+        poll_duration: std::time::Duration,
+    ) {
+        let previous = states.remove(&id);
+        let polls = previous.as_ref().map_or(0, |p| p.polls).saturating_add(1);
         let (last_reading, error, consecutive_failures) = match outcome {
             Ok(reading) => (Some(reading), None, 0),
             Err(err) => (
@@ -104,19 +156,61 @@ impl MetricCache {
                 previous.map_or(1, |p| p.consecutive_failures.saturating_add(1)),
             ),
         };
-        entries.insert(
+        let now = Instant::now();
+        states.insert(
             id,
             TriggerState {
                 last_reading,
                 error,
                 consecutive_failures,
-                polled_at: Instant::now(),
+                polled_at: now,
                 polled_at_wall: SystemTime::now(),
                 poll_duration,
+                recorded_at: now,
+                polls,
             },
         );
+    }
+
+    /// Tracks `id` as read with spec `version` from now on. A different version than the one
+    /// tracked drops the trigger's state (its reading came from the old spec), so until the new
+    /// spec's first poll the trigger reads as not yet polled. True when a state was dropped.
+    pub fn track_spec(&self, id: &TriggerId, version: u64) -> bool {
+        let mut entries = self.entries.write().expect("cache lock");
+        match entries.specs.insert(id.clone(), version) {
+            Some(previous) if previous != version => entries.states.remove(id).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Marks `id`'s reading stale (`error`, one more failure in a row) without a poll having
+    /// finished, if it is still tracked with spec `version`. Its poll time stays that of the
+    /// latest poll; a trigger never polled gets a state of its own.
+    pub fn mark_stale(&self, id: &TriggerId, version: u64, error: ScalerError) -> bool {
+        let mut entries = self.entries.write().expect("cache lock");
+        if entries.specs.get(id) != Some(&version) {
+            return false;
+        }
+        let now = Instant::now();
+        let state = entries
+            .states
+            .entry(id.clone())
+            .or_insert_with(|| TriggerState {
+                last_reading: None,
+                error: None,
+                consecutive_failures: 0,
+                polled_at: now,
+                polled_at_wall: SystemTime::now(),
+                poll_duration: Duration::ZERO,
+                recorded_at: now,
+                polls: 0,
+            });
+        state.error = Some(error);
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        state.recorded_at = now;
         drop(entries);
         self.recorded.send_modify(|n| *n = n.wrapping_add(1));
+        true
     }
 
     /// `id`'s state once it has one: at once if it was polled already, else when its first
@@ -140,7 +234,12 @@ impl MetricCache {
 
     /// One trigger's state.
     pub fn get(&self, id: &TriggerId) -> Option<TriggerState> {
-        self.entries.read().expect("cache lock").get(id).cloned()
+        self.entries
+            .read()
+            .expect("cache lock")
+            .states
+            .get(id)
+            .cloned()
     }
 
     /// Every trigger's state, ordered by id.
@@ -148,17 +247,17 @@ impl MetricCache {
         self.entries
             .read()
             .expect("cache lock")
+            .states
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
-    /// Drops triggers that no longer exist.
+    /// Drops triggers that no longer exist, with their tracked specs.
     pub fn retain(&self, keep: impl Fn(&TriggerId) -> bool) {
-        self.entries
-            .write()
-            .expect("cache lock")
-            .retain(|id, _| keep(id));
+        let mut entries = self.entries.write().expect("cache lock");
+        entries.states.retain(|id, _| keep(id));
+        entries.specs.retain(|id, _| keep(id));
     }
 }
 
@@ -223,6 +322,72 @@ mod tests {
             target: "k:9092".into(),
             cause: "connection refused".into(),
         }
+    }
+
+    fn stale() -> ScalerError {
+        ScalerError::Stale {
+            broker: "kafka",
+            target: "k:9092".into(),
+            age_seconds: 20,
+            bound_seconds: 15,
+        }
+    }
+
+    #[test]
+    fn a_changed_spec_drops_the_old_reading_and_a_late_round_records_nothing() {
+        let cache = MetricCache::new();
+        assert!(!cache.track_spec(&id(0), 1), "nothing to drop");
+        assert!(cache.record_for_spec(id(0), 1, Ok(Reading::new(7.0, true)), Duration::ZERO));
+        assert!(!cache.track_spec(&id(0), 1), "same spec: kept");
+        assert_eq!(cache.get(&id(0)).unwrap().current().unwrap().value, 7.0);
+
+        assert!(cache.track_spec(&id(0), 2), "new spec: dropped");
+        assert!(cache.get(&id(0)).is_none(), "reads as not yet polled");
+        // The old spec's round ends after the change: its value must not land.
+        assert!(!cache.record_for_spec(id(0), 1, Ok(Reading::new(7.0, true)), Duration::ZERO));
+        assert!(cache.get(&id(0)).is_none());
+        assert!(cache.record_for_spec(id(0), 2, Ok(Reading::new(3.0, false)), Duration::ZERO));
+        assert_eq!(cache.get(&id(0)).unwrap().current().unwrap().value, 3.0);
+
+        // An untracked trigger records nothing either (it was removed meanwhile).
+        cache.retain(|_| false);
+        assert!(!cache.record_for_spec(id(0), 2, Ok(Reading::new(1.0, true)), Duration::ZERO));
+        assert!(cache.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_stale_mark_is_a_failure_that_keeps_the_poll_time() {
+        let cache = MetricCache::new();
+        cache.track_spec(&id(0), 1);
+        cache.record_for_spec(id(0), 1, Ok(Reading::new(9.0, true)), Duration::ZERO);
+        let polled = cache.get(&id(0)).unwrap();
+        assert!(cache.mark_stale(&id(0), 1, stale()));
+        assert!(cache.mark_stale(&id(0), 1, stale()));
+        let state = cache.get(&id(0)).unwrap();
+        assert!(state.current().is_none(), "never served as current");
+        assert_eq!(state.consecutive_failures, 2, "counts toward fallback");
+        assert_eq!(
+            state.last_reading.as_ref().unwrap().value,
+            9.0,
+            "kept for status"
+        );
+        assert_eq!((state.polled_at, state.polls), (polled.polled_at, 1));
+        assert!(state.recorded_at >= polled.recorded_at);
+        assert_eq!(state.error.as_ref().map(ScalerError::reason), Some("stale"));
+
+        // A good poll ends it.
+        cache.record_for_spec(id(0), 1, Ok(Reading::new(4.0, true)), Duration::ZERO);
+        let state = cache.get(&id(0)).unwrap();
+        assert_eq!((state.consecutive_failures, state.polls), (0, 2));
+        assert_eq!(state.current().unwrap().value, 4.0);
+
+        // A trigger never polled gets a state of its own; another spec's mark is ignored.
+        cache.track_spec(&id(1), 5);
+        assert!(!cache.mark_stale(&id(1), 4, stale()));
+        assert!(cache.mark_stale(&id(1), 5, stale()));
+        let state = cache.get(&id(1)).unwrap();
+        assert_eq!((state.consecutive_failures, state.polls), (1, 0));
+        assert!(state.last_reading.is_none());
     }
 
     #[test]

@@ -238,7 +238,6 @@ async fn serve(
     no_auth: bool,
 ) -> anyhow::Result<()> {
     let cache = Arc::new(MetricCache::new());
-    let triggers = config.triggers();
     let (poll_requests, poll_asks) = PollRequests::channel();
     let state =
         api::AppState::from_config(&config, Arc::clone(&cache)).with_poll_requests(poll_requests);
@@ -250,9 +249,8 @@ async fn serve(
             .context("authentication needs a cluster to ask (pass --no-auth to serve without, on a trusted machine only)")?;
         Some(api::auth::Authenticator::new(client).await?)
     };
-    let interval = config.polling_interval.as_duration();
     let poller = Poller::new(cache).with_metrics(Arc::clone(&state.own_metrics));
-    let poller = tokio::spawn(poller.run(triggers, interval, poll_asks));
+    let poller = tokio::spawn(poller.run_registry(Arc::clone(&state.registry), poll_asks));
     tracing::info!(metrics = state.metrics().len(), interval = %config.polling_interval, "polling");
     serve_api(&config, state, auth, shutdown_signal()).await?;
     // The poller holds no state worth finishing: a reading cut short is simply not recorded.

@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -437,6 +437,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a stale mark of `id` (no poll finished within its freshness bound) as a poll
+    /// error of reason `stale`; it took no broker time.
+    pub fn observe_stale(&self, id: &TriggerId, broker: &'static str) {
+        self.poll_errors.inc(PollErrorLabels {
+            namespace: id.namespace.clone(),
+            scaled_object: id.scaled_object.clone(),
+            trigger: id.index.to_string(),
+            broker,
+            reason: "stale",
+        });
+    }
+
     /// Counts one answered API request.
     pub fn observe_request(&self, route: &str, code: StatusCode, took: Duration) {
         let labels = RequestLabels {
@@ -490,6 +502,30 @@ impl TriggerCollector {
     }
 }
 
+impl TriggerCollector {
+    /// One counter family, as [`TriggerCollector::encode_gauges`] does gauges.
+    fn encode_counters<L: EncodeLabelSet>(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        samples: &[(L, u64)],
+    ) -> Result<(), std::fmt::Error> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (labels, value) in samples {
+            ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for TriggerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let tracked = self.triggers.read().expect("metrics lock").clone();
@@ -497,6 +533,7 @@ impl Collector for TriggerCollector {
         let mut active = Vec::new();
         let mut failures = Vec::new();
         let mut ages = Vec::new();
+        let mut polls = Vec::new();
         let mut backlog = BacklogSeries::default();
         for trigger in &tracked {
             let Some(state) = self.cache.get(&trigger.id) else {
@@ -517,6 +554,7 @@ impl Collector for TriggerCollector {
                 labels(trigger.metric.clone()),
                 state.polled_at.elapsed().as_secs_f64(),
             ));
+            polls.push((labels(trigger.metric.clone()), state.polls));
             // A failed latest poll exports no value: an error never turns into a number.
             if let Some(reading) = state.current() {
                 values.push((labels(trigger.metric.clone()), reading.value));
@@ -554,6 +592,12 @@ impl Collector for TriggerCollector {
             "Time since the trigger's latest poll finished, at scrape",
             Some(&Unit::Seconds),
             &ages,
+        )?;
+        Self::encode_counters(
+            &mut encoder,
+            "trigger_polls",
+            "Polls of the trigger recorded since its spec last changed (stale marks are not polls)",
+            &polls,
         )?;
         backlog.encode(&mut encoder)
     }

@@ -179,6 +179,7 @@ fn every_alert_is_labelled_annotated_and_tested_firing_and_silent() {
         "SpillwayBacklogGrowingAtMaxReplicas",
         "SpillwayKafkaLagSecondsHigh",
         "SpillwayScalerErrors",
+        "SpillwayTriggerStale",
         "SpillwayFallbackActive",
         "SpillwayMetricsAPIDown",
         "SpillwayAPIServiceUnavailable",

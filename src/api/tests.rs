@@ -827,7 +827,7 @@ async fn the_real_poller_polls_a_cold_trigger_once() {
         .unwrap(),
     );
     let triggers = vec![(id("office", 0), trigger)];
-    let (requests, mut asks) = crate::cache::PollRequests::channel();
+    let (requests, asks) = crate::cache::PollRequests::channel();
     let state = AppState::new(
         Arc::new(MetricCache::new()),
         Arc::new(crate::registry::Registry::from_triggers(
@@ -836,18 +836,9 @@ async fn the_real_poller_polls_a_cold_trigger_once() {
         )),
     )
     .with_poll_requests(requests);
-    let mut poller = crate::poller::Poller::new(Arc::clone(&state.cache))
+    let poller = crate::poller::Poller::new(Arc::clone(&state.cache))
         .with_metrics(Arc::clone(&state.own_metrics));
-    // The loop of `Poller::run` without its ticks: only asks poll.
-    tokio::spawn(async move {
-        while let Some(first) = asks.recv().await {
-            let mut ids = vec![first];
-            while let Ok(id) = asks.try_recv() {
-                ids.push(id);
-            }
-            poller.poll_cold(&triggers, &ids).await;
-        }
-    });
+    let poller = tokio::spawn(poller.run_registry(Arc::clone(&state.registry), asks));
     let metric = &state.metrics()[0].metric;
     let asks = (0..20).map(|_| {
         let state = state.clone();
@@ -863,4 +854,5 @@ async fn the_real_poller_polls_a_cold_trigger_once() {
             .any(|l| l == r#"spillway_poll_duration_seconds_count{broker="cron"} 1"#),
         "{text}"
     );
+    poller.abort();
 }

@@ -222,6 +222,17 @@ pub enum ScalerError {
         target: String,
         cause: String,
     },
+    /// No poll finished within the freshness bound (the broker round still runs, or waits):
+    /// the last reading is too old to serve.
+    #[error(
+        "{broker} {target}: no reading newer than {bound_seconds} s (the last poll finished {age_seconds} s ago)"
+    )]
+    Stale {
+        broker: &'static str,
+        target: String,
+        age_seconds: u64,
+        bound_seconds: u64,
+    },
 }
 
 impl ScalerError {
@@ -235,9 +246,14 @@ impl ScalerError {
             Self::Unauthorized { .. } => "unauthorized",
             Self::Broker { .. } => "broker_error",
             Self::BadResponse { .. } => "bad_response",
+            Self::Stale { .. } => "stale",
         }
     }
 }
+
+/// The longest any trigger's `timeout` may be, in the code and in the CRD schema: a broker
+/// call waits at most this long.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// What every trigger's parameters provide, whatever the broker.
 pub trait TriggerParams {
@@ -286,6 +302,12 @@ pub trait Scaler: Send + Sync + Sized + 'static {
 
     /// Triggers with equal keys share one scaler (servers plus credentials identity).
     fn connection_key(trigger: &Self::Trigger) -> String;
+
+    /// The broker endpoint `trigger` reads (servers, origin), without credentials: rounds in
+    /// flight are bounded per endpoint, and a poll cut short names it.
+    fn endpoint(trigger: &Self::Trigger) -> String {
+        Self::connection_key(trigger)
+    }
 
     /// Builds the client for the connection `trigger` names. Must not block on the network:
     /// connecting happens lazily during `poll`, so a down broker is a poll error, not a crash.

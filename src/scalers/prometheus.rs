@@ -44,7 +44,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
 use super::http::{HttpAuth, HttpClient};
-use super::{Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{MAX_TIMEOUT_MS, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
 use crate::secret::SecretSource;
 
 /// The broker name in errors, logs and metric labels.
@@ -135,7 +135,7 @@ pub struct PrometheusTrigger {
     pub unsafe_ssl: bool,
     /// HTTP timeout in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 60_000))]
     pub timeout: Option<u64>,
 }
 
@@ -470,8 +470,13 @@ impl TriggerParams for PrometheusTrigger {
         if !self.activation_threshold.is_finite() {
             return Err(invalid("activationThreshold", "must be a finite number"));
         }
-        if self.timeout == Some(0) {
-            return Err(invalid("timeout", "must be at least 1 millisecond"));
+        if let Some(timeout) = self.timeout
+            && !(1..=MAX_TIMEOUT_MS).contains(&timeout)
+        {
+            return Err(invalid(
+                "timeout",
+                format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds, got {timeout}"),
+            ));
         }
         for (name, value) in &self.custom_headers.0 {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -765,6 +770,13 @@ impl Scaler for PrometheusScaler {
             super::Trigger::Prometheus(t) => Some(t),
             _ => None,
         }
+    }
+
+    fn endpoint(trigger: &Self::Trigger) -> String {
+        trigger
+            .request_url()
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| "invalid".into())
     }
 
     fn connection_key(trigger: &Self::Trigger) -> String {

@@ -520,6 +520,12 @@ impl Scaler for KafkaScaler {
         }
     }
 
+    fn endpoint(trigger: &KafkaTrigger) -> String {
+        let mut servers = trigger.servers();
+        servers.sort_unstable();
+        servers.join(",")
+    }
+
     fn connection_key(trigger: &KafkaTrigger) -> String {
         let mut servers = trigger.servers();
         servers.sort_unstable();

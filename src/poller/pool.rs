@@ -1,33 +1,18 @@
-//! The poller: every tick, reads every trigger and writes the outcomes to the metric cache.
-//!
-//! Triggers are grouped by broker kind and then by [`Scaler::connection_key`]; each group is
-//! answered by one scaler in one batched round, and all groups run concurrently. Scalers are
-//! kept between ticks (their connections, metadata and caches with them) and dropped when no
-//! trigger uses their connection any more. The poller names no broker: it keeps one
-//! [`ScalerPool`] per kind that [`scalers::for_each_kind`] lists.
-//!
-//! Between ticks it also answers [`PollRequests`](crate::cache::PollRequests): the API asks for the first poll of a trigger
-//! a request wants before its first tick has read it (a cold miss), and every ask for the same
-//! trigger within [`ASK_INTERVAL`](crate::cache::ASK_INTERVAL) is one poll.
+//! One-shot rounds: a [`ScalerPool`] keeps one scaler per connection of one broker kind and
+//! reads a list of triggers in one batched round per connection, all connections concurrently.
+//! `spillway watch`, `plan --live` and `check` use it through [`super::Poller::tick`]; the
+//! long-running poller schedules each connection group on its own task instead
+//! ([`super::scheduler`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, join_all};
-use tokio::sync::mpsc;
 
-use crate::cache::{MetricCache, TriggerId};
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::scalers::{self, KindVisitor, Reading, Scaler, ScalerError, Trigger, TriggerParams};
-
-/// How often [`Poller::run_registry`] looks for scaled objects due for a poll: the finest
-/// polling interval there is (KEDA's is in whole seconds too).
-const SCHEDULER_RESOLUTION: Duration = Duration::from_secs(1);
-
-/// One outcome of a round: the trigger, its reading or error, and how long its group took.
-pub type PollOutcome = (TriggerId, Result<Reading, ScalerError>, Duration);
+use super::{PollOutcome, poll_within_deadline};
+use crate::cache::TriggerId;
+use crate::scalers::{KindVisitor, Scaler, Trigger, TriggerParams};
 
 /// The live scalers of one broker kind, one per connection.
 pub struct ScalerPool<S: Scaler> {
@@ -105,7 +90,8 @@ impl<S: Scaler> ScalerPool<S> {
                         let batch: Vec<S::Trigger> =
                             members.iter().map(|(_, t)| t.clone()).collect();
                         let started = Instant::now();
-                        let results = scaler.poll(&batch).await;
+                        let endpoint = S::endpoint(&batch[0]);
+                        let results = poll_within_deadline(&*scaler, &batch, &endpoint).await;
                         let took = started.elapsed();
                         members
                             .iter()
@@ -128,28 +114,9 @@ impl<S: Scaler> ScalerPool<S> {
     }
 }
 
-/// Writes a round's outcomes to the cache, counts them in `metrics` and logs failures
-/// (structured, one line each).
-pub fn record_outcomes(
-    cache: &MetricCache,
-    metrics: &Metrics,
-    kind: &'static str,
-    outcomes: Vec<PollOutcome>,
-) {
-    for (id, result, took) in outcomes {
-        if let Err(err) = &result {
-            tracing::warn!(trigger = %id, broker = kind, reason = err.reason(), error = %err, "poll failed");
-        } else {
-            tracing::debug!(trigger = %id, broker = kind, took_ms = took.as_millis() as u64, "polled");
-        }
-        metrics.observe_poll(&id, kind, result.as_ref().map(|_| ()), took);
-        cache.record(id, result, took);
-    }
-}
-
 /// A [`ScalerPool`] of any kind, fed with untyped triggers: the poller keeps one per broker
 /// kind in one list and never names a broker.
-trait KindPool: Send {
+pub(super) trait KindPool: Send {
     /// The broker kind, for metric labels and logs.
     fn kind(&self) -> &'static str;
 
@@ -163,9 +130,6 @@ trait KindPool: Send {
         triggers: &'a [(TriggerId, Trigger)],
         every_trigger: bool,
     ) -> BoxFuture<'a, Vec<PollOutcome>>;
-
-    /// Closes the connections no trigger of `every` (the whole list) uses.
-    fn close_unused(&mut self, every: &[(TriggerId, Trigger)]);
 }
 
 /// This kind's triggers among `triggers`, typed for its scaler.
@@ -198,15 +162,11 @@ impl<S: Scaler> KindPool for ScalerPool<S> {
             self.round(&typed, every_trigger).await
         })
     }
-
-    fn close_unused(&mut self, every: &[(TriggerId, Trigger)]) {
-        ScalerPool::close_unused(self, &of_kind::<S>(every));
-    }
 }
 
 /// Builds one empty pool per broker kind.
 #[derive(Default)]
-struct PoolPerKind(Vec<Box<dyn KindPool>>);
+pub(super) struct PoolPerKind(pub(super) Vec<Box<dyn KindPool>>);
 
 impl KindVisitor for PoolPerKind {
     fn visit<S: Scaler>(&mut self) {
@@ -214,162 +174,12 @@ impl KindVisitor for PoolPerKind {
     }
 }
 
-/// Polls every trigger of every broker kind once per tick, all kinds concurrently, and keeps
-/// the cache in step with the trigger list.
-pub struct Poller {
-    cache: Arc<MetricCache>,
-    metrics: Arc<Metrics>,
-    /// One pool per broker kind.
-    pools: Vec<Box<dyn KindPool>>,
-}
-
-impl Poller {
-    /// A poller writing to `cache`, counting into a registry of its own until
-    /// [`Poller::with_metrics`] gives it the served one.
-    pub fn new(cache: Arc<MetricCache>) -> Self {
-        let mut pools = PoolPerKind::default();
-        scalers::for_each_kind(&mut pools);
-        Self {
-            metrics: Arc::new(Metrics::new(Arc::clone(&cache))),
-            cache,
-            pools: pools.0,
-        }
-    }
-
-    /// Counts polls into `metrics` (the registry `/metrics` serves).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// Open broker connections (scalers), summed over kinds.
-    pub fn connections(&self) -> usize {
-        self.pools.iter().map(|pool| pool.connections()).sum()
-    }
-
-    /// One round over `triggers`; returns when every outcome is in the cache.
-    pub async fn tick(&mut self, triggers: &[(TriggerId, Trigger)]) {
-        self.metrics.track_triggers(triggers);
-        self.poll(triggers, true).await;
-        let live: std::collections::HashSet<&TriggerId> =
-            triggers.iter().map(|(id, _)| id).collect();
-        self.cache.retain(|id| live.contains(id));
-    }
-
-    /// Polls those of `ids` that are in `triggers` and still have no cache entry (a tick may
-    /// have read them since they were asked for), keeping every connection open.
-    pub async fn poll_cold(&mut self, triggers: &[(TriggerId, Trigger)], ids: &[TriggerId]) {
-        let cold: Vec<(TriggerId, Trigger)> = triggers
-            .iter()
-            .filter(|(id, _)| ids.contains(id) && self.cache.get(id).is_none())
-            .cloned()
-            .collect();
-        if !cold.is_empty() {
-            tracing::debug!(triggers = cold.len(), "polling cold triggers now");
-            self.poll(&cold, false).await;
-        }
-    }
-
-    /// Ticks every `interval` (the first at once) and, between ticks, polls what `requests`
-    /// asks for; until the task is dropped. A slow round delays the next tick instead of
-    /// bunching ticks up.
-    pub async fn run(
-        mut self,
-        triggers: Vec<(TriggerId, Trigger)>,
-        interval: Duration,
-        mut requests: mpsc::UnboundedReceiver<TriggerId>,
-    ) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                // A due tick first: it reads every trigger, the cold ones included.
-                biased;
-                _ = ticks.tick() => self.tick(&triggers).await,
-                Some(first) = requests.recv() => {
-                    let mut ids = vec![first];
-                    while let Ok(id) = requests.try_recv() {
-                        ids.push(id);
-                    }
-                    self.poll_cold(&triggers, &ids).await;
-                }
-            }
-        }
-    }
-
-    /// Polls the scaled objects of `registry`, each every its own polling interval (checked
-    /// once a second), and, between rounds, polls what `requests` asks for; until the task
-    /// is dropped. Objects that come and go in the registry are picked up at the next
-    /// second; their cache entries and unused connections go with them.
-    pub async fn run_registry(
-        mut self,
-        registry: Arc<Registry>,
-        mut requests: mpsc::UnboundedReceiver<TriggerId>,
-    ) {
-        let mut due: HashMap<(String, String), Instant> = HashMap::new();
-        let mut seconds = tokio::time::interval(SCHEDULER_RESOLUTION);
-        seconds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = seconds.tick() => {
-                    let served = registry.served();
-                    let now = Instant::now();
-                    let mut round = Vec::new();
-                    for (key, object) in &served.objects {
-                        if due.get(key).is_none_or(|at| *at <= now) {
-                            round.extend(object.triggers.iter().cloned());
-                            due.insert(key.clone(), now + object.polling_interval);
-                        }
-                    }
-                    due.retain(|key, _| served.objects.contains_key(key));
-                    let every = served.triggers();
-                    self.metrics.track_triggers(&every);
-                    if !round.is_empty() {
-                        self.poll(&round, false).await;
-                    }
-                    self.forget_unused(&every);
-                }
-                Some(first) = requests.recv() => {
-                    let mut ids = vec![first];
-                    while let Ok(id) = requests.try_recv() {
-                        ids.push(id);
-                    }
-                    self.poll_cold(&registry.served().triggers(), &ids).await;
-                }
-            }
-        }
-    }
-
-    /// Drops cache entries and connections of triggers no longer in `every`.
-    fn forget_unused(&mut self, every: &[(TriggerId, Trigger)]) {
-        let live: std::collections::HashSet<&TriggerId> = every.iter().map(|(id, _)| id).collect();
-        self.cache.retain(|id| live.contains(id));
-        for pool in &mut self.pools {
-            pool.close_unused(every);
-        }
-    }
-
-    /// Polls `triggers`, grouped by kind, all kinds concurrently; each kind's outcomes are
-    /// recorded as soon as that kind is done. `every_trigger` says `triggers` is the whole
-    /// list, so unused connections may close.
-    async fn poll(&mut self, triggers: &[(TriggerId, Trigger)], every_trigger: bool) {
-        let (cache, metrics) = (&*self.cache, &*self.metrics);
-        // Each kind's outcomes are recorded as soon as that kind is done, so a slow broker of
-        // another kind does not hold them back.
-        join_all(self.pools.iter_mut().map(|pool| async move {
-            let kind = pool.kind();
-            let outcomes = pool.poll(triggers, every_trigger).await;
-            record_outcomes(cache, metrics, kind, outcomes);
-        }))
-        .await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    use crate::scalers::{Reading, ScalerError};
 
     /// What the fake broker saw: connects and rounds, by connection.
     type Log = Arc<Mutex<Vec<String>>>;

@@ -1,0 +1,331 @@
+//! One connection group's task: the triggers that share one scaler (one broker connection)
+//! polled on their own schedule, in batched rounds, by a task no other group waits on.
+//!
+//! The scheduler hands a group its members through a `watch` channel and cold-miss asks
+//! through an `mpsc` one; the group owns its scaler (its connection) and its [`Schedule`].
+//! A round waits for its [`RoundLimits`](super::limits::RoundLimits) permits, runs within
+//! [`ROUND_DEADLINE`](super::ROUND_DEADLINE), and records each outcome only for the spec it
+//! was read with.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::limits::RoundLimits;
+use super::{observe_outcome, poll_within_deadline};
+use crate::cache::{MetricCache, TriggerId};
+use crate::metrics::Metrics;
+use crate::scalers::{KindVisitor, Scaler, ScalerError, Trigger, TriggerParams};
+
+/// One trigger of a group, as the scheduler hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Member {
+    pub id: TriggerId,
+    pub trigger: Trigger,
+    /// The spec version the cache tracks for `id`: outcomes are recorded for it only.
+    pub version: u64,
+    /// Its scaled object's polling interval.
+    pub interval: Duration,
+}
+
+/// What every group task shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub cache: Arc<MetricCache>,
+    pub metrics: Arc<Metrics>,
+    pub limits: RoundLimits,
+}
+
+/// Where a trigger is polled: its connection group and the endpoint that group reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct GroupAddress {
+    pub kind: &'static str,
+    pub connection: String,
+    pub endpoint: String,
+}
+
+/// A broker kind as the scheduler sees it, its scaler type erased: it places untyped triggers
+/// in groups and starts the typed group tasks.
+pub(super) trait GroupKind: Send + Sync {
+    /// The broker kind (`kafka`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// `None` when `trigger` is another kind's; else its group, or why it cannot be polled.
+    fn place(&self, trigger: &Trigger) -> Option<Result<GroupAddress, ScalerError>>;
+
+    /// Starts the task of the group at `address`.
+    fn spawn(
+        &self,
+        address: &GroupAddress,
+        members: watch::Receiver<Arc<[Member]>>,
+        asks: mpsc::UnboundedReceiver<TriggerId>,
+        shared: Arc<Shared>,
+    ) -> JoinHandle<()>;
+}
+
+struct KindOf<S>(PhantomData<fn() -> S>);
+
+impl<S: Scaler> GroupKind for KindOf<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+
+    fn place(&self, trigger: &Trigger) -> Option<Result<GroupAddress, ScalerError>> {
+        S::trigger_of(trigger).map(|typed| {
+            typed.validate().map(|()| GroupAddress {
+                kind: S::KIND,
+                connection: S::connection_key(typed),
+                endpoint: S::endpoint(typed),
+            })
+        })
+    }
+
+    fn spawn(
+        &self,
+        address: &GroupAddress,
+        members: watch::Receiver<Arc<[Member]>>,
+        asks: mpsc::UnboundedReceiver<TriggerId>,
+        shared: Arc<Shared>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(run_group::<S>(
+            address.endpoint.clone(),
+            members,
+            asks,
+            shared,
+        ))
+    }
+}
+
+/// Every broker kind, as [`GroupKind`]s.
+#[derive(Default)]
+pub(super) struct GroupKinds(pub Vec<Arc<dyn GroupKind>>);
+
+impl KindVisitor for GroupKinds {
+    fn visit<S: Scaler>(&mut self) {
+        self.0.push(Arc::new(KindOf::<S>(PhantomData)));
+    }
+}
+
+/// When each member of a group is due. Each interval has a grid of due times that starts with
+/// the group, so a trigger that joins later is polled at once, then falls in step with the
+/// others of its interval and shares their batched rounds. A round that ends late skips the
+/// grid points it missed instead of bunching rounds up.
+#[derive(Debug)]
+pub(super) struct Schedule {
+    epoch: Instant,
+    /// Member -> (spec version, next due time).
+    due: HashMap<TriggerId, (u64, Instant)>,
+}
+
+impl Schedule {
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            due: HashMap::new(),
+        }
+    }
+
+    /// Follows `members`: a new member, or one whose spec changed, is due at once; members
+    /// no longer listed are forgotten.
+    pub fn sync(&mut self, members: &[Member], now: Instant) {
+        self.due.retain(|id, _| members.iter().any(|m| &m.id == id));
+        for member in members {
+            let entry = self
+                .due
+                .entry(member.id.clone())
+                .or_insert((member.version, now));
+            if entry.0 != member.version {
+                *entry = (member.version, now);
+            }
+        }
+    }
+
+    /// Makes `id` due now (a cold-miss ask).
+    pub fn ask(&mut self, id: &TriggerId, now: Instant) {
+        if let Some(entry) = self.due.get_mut(id) {
+            entry.1 = entry.1.min(now);
+        }
+    }
+
+    /// The earliest due time, if the group has members.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.due.values().map(|(_, at)| *at).min()
+    }
+
+    pub fn is_due(&self, id: &TriggerId, now: Instant) -> bool {
+        self.due.get(id).is_some_and(|(_, at)| *at <= now)
+    }
+
+    /// `id` was polled in a round that started at `started`: next due at the first grid
+    /// point of its interval at least half an interval later.
+    pub fn polled(&mut self, id: &TriggerId, interval: Duration, started: Instant) {
+        let interval = interval.max(Duration::from_millis(1));
+        let earliest = started + interval / 2;
+        let since_epoch = earliest.saturating_duration_since(self.epoch);
+        let steps = since_epoch.as_nanos().div_ceil(interval.as_nanos());
+        let next = self.epoch
+            + Duration::from_nanos(u64::try_from(steps * interval.as_nanos()).unwrap_or(u64::MAX));
+        if let Some(entry) = self.due.get_mut(id) {
+            entry.1 = next;
+        }
+    }
+}
+
+/// The task of one connection group: until the scheduler drops its member channel.
+async fn run_group<S: Scaler>(
+    endpoint: String,
+    mut members: watch::Receiver<Arc<[Member]>>,
+    mut asks: mpsc::UnboundedReceiver<TriggerId>,
+    shared: Arc<Shared>,
+) {
+    let mut schedule = Schedule::new(Instant::now());
+    let mut scaler: Option<Arc<S>> = None;
+    loop {
+        let current = Arc::clone(&*members.borrow_and_update());
+        schedule.sync(&current, Instant::now());
+        let wake = schedule.next_wake();
+        tokio::select! {
+            biased;
+            changed = members.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(id) = asks.recv() => {
+                // A round may have read it since it was asked for.
+                if shared.cache.get(&id).is_none() {
+                    schedule.ask(&id, Instant::now());
+                }
+            }
+            () = sleep_until(wake) => {}
+        }
+        let now = Instant::now();
+        let due: Vec<&Member> = current
+            .iter()
+            .filter(|m| schedule.is_due(&m.id, now))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let typed: Vec<S::Trigger> = due
+            .iter()
+            .filter_map(|m| S::trigger_of(&m.trigger).cloned())
+            .collect();
+        if typed.len() != due.len() {
+            // The scheduler places triggers by kind; a foreign one is a bug, not a reading.
+            tracing::error!(broker = S::KIND, %endpoint, "a trigger of another kind reached this group");
+            return;
+        }
+        let permit = shared.limits.acquire(&endpoint).await;
+        let started = Instant::now();
+        let results = match connected(&mut scaler, &typed[0]) {
+            Ok(scaler) => poll_within_deadline(&*scaler, &typed, &endpoint).await,
+            Err(err) => typed.iter().map(|_| Err(err.clone())).collect(),
+        };
+        drop(permit);
+        let took = started.elapsed();
+        for (member, result) in due.iter().zip(results) {
+            observe_outcome(&shared.metrics, S::KIND, &member.id, &result, took);
+            shared
+                .cache
+                .record_for_spec(member.id.clone(), member.version, result, took);
+            schedule.polled(&member.id, member.interval, started);
+        }
+    }
+}
+
+/// The group's scaler, built on first use; a failed build is retried at the next round.
+fn connected<S: Scaler>(
+    scaler: &mut Option<Arc<S>>,
+    trigger: &S::Trigger,
+) -> Result<Arc<S>, ScalerError> {
+    if let Some(scaler) = scaler {
+        return Ok(Arc::clone(scaler));
+    }
+    let built = Arc::new(S::connect(trigger)?);
+    *scaler = Some(Arc::clone(&built));
+    Ok(built)
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(index: usize, version: u64, interval_s: u64) -> Member {
+        Member {
+            id: TriggerId {
+                namespace: "default".into(),
+                scaled_object: "so".into(),
+                index,
+            },
+            trigger: Trigger::Cron(
+                serde_json::from_value(serde_json::json!({
+                    "timezone": "UTC", "start": "0 6 * * *", "end": "0 20 * * *", "desiredReplicas": 1
+                }))
+                .unwrap(),
+            ),
+            version,
+            interval: Duration::from_secs(interval_s),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_member_is_polled_at_once_then_joins_its_interval_grid() {
+        let epoch = Instant::now();
+        let at = |s: f64| epoch + Duration::from_secs_f64(s);
+        let mut schedule = Schedule::new(epoch);
+        let (a, b) = (member(0, 1, 5), member(1, 1, 5));
+        schedule.sync(std::slice::from_ref(&a), at(0.0));
+        assert!(schedule.is_due(&a.id, at(0.0)));
+        schedule.polled(&a.id, a.interval, at(0.0));
+        assert_eq!(schedule.next_wake(), Some(at(5.0)));
+
+        // b joins at 2.3 s: due at once, then on a's grid (5 s), not at 7.3 s.
+        schedule.sync(&[a.clone(), b.clone()], at(2.3));
+        assert!(schedule.is_due(&b.id, at(2.3)) && !schedule.is_due(&a.id, at(2.3)));
+        schedule.polled(&b.id, b.interval, at(2.3));
+        assert!(schedule.is_due(&a.id, at(5.0)) && schedule.is_due(&b.id, at(5.0)));
+
+        // A round that starts late (0.4 s) keeps the grid; one that overran skips a point.
+        schedule.polled(&a.id, a.interval, at(5.4));
+        assert!(!schedule.is_due(&a.id, at(9.9)) && schedule.is_due(&a.id, at(10.0)));
+        schedule.polled(&a.id, a.interval, at(13.0));
+        assert!(!schedule.is_due(&a.id, at(19.9)) && schedule.is_due(&a.id, at(20.0)));
+    }
+
+    #[tokio::test]
+    async fn a_changed_spec_is_due_at_once_and_asks_only_bring_time_forward() {
+        let epoch = Instant::now();
+        let at = |s: f64| epoch + Duration::from_secs_f64(s);
+        let mut schedule = Schedule::new(epoch);
+        let a = member(0, 1, 10);
+        schedule.sync(std::slice::from_ref(&a), at(0.0));
+        schedule.polled(&a.id, a.interval, at(0.0));
+        schedule.ask(&a.id, at(12.0));
+        assert_eq!(schedule.next_wake(), Some(at(10.0)), "an ask never delays");
+        schedule.ask(&a.id, at(3.0));
+        assert!(schedule.is_due(&a.id, at(3.0)));
+
+        schedule.polled(&a.id, a.interval, at(3.0));
+        let changed = member(0, 2, 10);
+        schedule.sync(std::slice::from_ref(&changed), at(4.0));
+        assert!(schedule.is_due(&a.id, at(4.0)), "new spec, polled at once");
+
+        schedule.sync(&[], at(4.0));
+        assert_eq!(schedule.next_wake(), None);
+    }
+}
