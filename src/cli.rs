@@ -131,7 +131,7 @@ pub struct PlanArgs {
     pub name: Option<String>,
     /// A trigger's value by its index in `triggers`, e.g. `s0=450`; once per trigger.
     #[arg(long = "value", value_name = "sINDEX=VALUE")]
-    pub values: Vec<crate::replicas::TriggerValue>,
+    pub values: Vec<crate::plan::TriggerValue>,
     /// Read every trigger's value from its broker instead: one poll, as `watch --once` does.
     #[arg(long, conflicts_with = "values")]
     pub live: bool,

@@ -1,14 +1,14 @@
 //! The live view: a table of every trigger's latest reading, how fast it moves, and the
-//! replicas its scaled object would get, drawn from the metric cache after each tick
-//! (`spillway watch`, `make run`).
+//! replicas its scaled object settles at (as `spillway plan` computes them without a current
+//! count), drawn from the metric cache after each tick (`spillway watch`, `make run`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use crate::cache::{MetricCache, TriggerId};
-use crate::config::Config;
-use crate::replicas::desired_replicas;
+use crate::cache::{MetricCache, TriggerId, TriggerState};
+use crate::config::{Config, ScaledObjectConfig};
+use crate::plan::{PlanSource, plan};
 use crate::scalers::{Reading, TriggerParams};
 
 /// Renders the table for `config`'s scaled objects from `cache`, as at a first poll: no rates.
@@ -61,19 +61,9 @@ impl LiveTable {
                 .filter(|(id, _)| id.namespace == so.namespace && id.scaled_object == so.name)
                 .map(|(id, trigger)| (id, trigger, cache.get(id)))
                 .collect();
-            let inputs: Vec<(f64, Option<&Reading>)> = mine
-                .iter()
-                .map(|(_, trigger, state)| {
-                    (
-                        trigger.target_value(),
-                        state.as_ref().and_then(|s| s.current()),
-                    )
-                })
-                .collect();
-            let proposal = desired_replicas(&inputs, so.min_replica_count, so.max_replica_count);
-            let replicas = proposal
-                .replicas
-                .map_or("hold".to_owned(), |r| r.to_string());
+            let states: Vec<Option<TriggerState>> =
+                mine.iter().map(|(_, _, state)| state.clone()).collect();
+            let (replicas, reason) = settles_at(so, &states);
             for (row, (id, trigger, state)) in mine.iter().enumerate() {
                 let metric = format!("s{}-{}", id.index, trigger.metric_name());
                 let reading = state.as_ref().and_then(|s| s.current());
@@ -129,7 +119,7 @@ impl LiveTable {
                     status
                 );
             }
-            let _ = writeln!(out, "{:<24} {}", "", proposal.reason);
+            let _ = writeln!(out, "{:<24} {}", "", reason);
         }
         out
     }
@@ -163,6 +153,20 @@ impl LiveTable {
             },
         );
         rate
+    }
+}
+
+/// The count `so` settles at with these states (`hold`: it keeps its current one), and why.
+fn settles_at(so: &ScaledObjectConfig, states: &[Option<TriggerState>]) -> (String, String) {
+    match PlanSource::from_config(so) {
+        Ok(mut source) => {
+            source.set_states(states);
+            let plan = plan(&source.input);
+            let replicas = plan.settles_at.map_or("hold".to_owned(), |n| n.to_string());
+            (replicas, plan.settling_reason())
+        }
+        // A loaded config's triggers are valid; an error is shown all the same, not hidden.
+        Err(err) => ("-".to_owned(), err.to_string()),
     }
 }
 

@@ -157,7 +157,7 @@ async fn watch(config: Config, once: bool) -> anyhow::Result<()> {
 /// `spillway plan`: the scaled objects of a ScaledObject manifest or a config file, their
 /// values as given (or polled once), and the HPA's decision for each, printed.
 fn plan_command(args: spillway::cli::PlanArgs) -> anyhow::Result<()> {
-    use spillway::replicas::{PlanSource, parse_scaled_objects, plan};
+    use spillway::plan::{PlanSource, parse_scaled_objects, plan};
     anyhow::ensure!(
         args.live || args.kubeconfig.is_none(),
         "--kubeconfig is read with --live only: given values need no Secrets"

@@ -235,6 +235,13 @@ impl SecretKeyRef {
         self.value.is_some()
     }
 
+    /// Gives a reference not fetched yet an empty value, so a trigger's checks that do not
+    /// depend on the secret can run without a cluster (`spillway plan` on a file). Never
+    /// polled with.
+    pub fn stand_in(&mut self) {
+        self.value.get_or_insert_with(|| SecretString::new(""));
+    }
+
     /// Fetches the value from the Secret in `namespace` and keeps it, so
     /// [`SecretSource::read`] answers from memory at each poll.
     pub async fn resolve(

@@ -8,12 +8,10 @@
 //!    scales the target to and from zero (or `idleReplicaCount`) through the scale
 //!    subresource, holds it while paused, and writes the status and Events.
 //!
-//! Scale to zero: when every trigger has a reading and none is active for `cooldownPeriod`
-//! since `status.lastActiveTime` (or the object's creation), the target goes to the idle count
-//! and the HPA is removed (its minimum of 1 would undo it). When any trigger becomes active,
-//! the target goes to `max(1, minReplicaCount)` and the HPA is back. A trigger that fails is
-//! never "inactive": failures never scale to zero, and with `fallback` a target found at zero
-//! while its triggers fail is brought to `fallback.replicas`.
+//! Scale to zero: [`decide`] says when the target goes to its idle count (the HPA removed: its
+//! minimum of 1 would undo it), back to `max(1, minReplicaCount)` (the HPA back), or from zero
+//! to `fallback.replicas` while its triggers fail; `status.lastActiveTime` (or the object's
+//! creation) is when a trigger was last active, against `cooldownPeriod`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +35,7 @@ use tokio::sync::watch;
 
 use super::crd::{ScaledObject, ScaledObjectStatus, TriggerStatus, condition};
 use super::hpa::{HpaError, MANAGED_BY, MANAGED_BY_LABEL, desired_hpa, hpa_drift, hpa_name};
+use super::scale_to_zero::{Cooldown, TriggerActivity, ZeroDecision, ZeroRules, decide};
 use super::triggers::{SpecError, resolve_secrets, triggers};
 use crate::cache::{MetricCache, TriggerState};
 use crate::metrics::Metrics;
@@ -182,8 +181,9 @@ fn error_policy(so: Arc<ScaledObject>, err: &ReconcileError, _: Arc<Context>) ->
 }
 
 /// What the triggers of one object say right now.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Activity {
+    triggers: Vec<TriggerActivity>,
     /// Some trigger's latest reading is active.
     active: bool,
     /// Every trigger has a current reading (none failed, none unpolled).
@@ -192,37 +192,33 @@ struct Activity {
     fallback: Option<String>,
 }
 
-fn activity(so: &ScaledObject, states: &[Option<TriggerState>]) -> Activity {
-    let threshold = so
-        .spec
-        .fallback
-        .as_ref()
-        .map(|f| f.failure_threshold.max(1) as u32);
-    let mut activity = Activity {
-        all_read: true,
-        ..Default::default()
-    };
-    for (index, state) in states.iter().enumerate() {
-        match state.as_ref().and_then(|s| s.current()) {
-            Some(reading) => activity.active |= reading.active,
-            None => activity.all_read = false,
-        }
-        if let (Some(threshold), Some(state)) = (threshold, state)
-            && state.consecutive_failures >= threshold
-            && activity.fallback.is_none()
-        {
-            activity.fallback = Some(format!(
-                "trigger {index} failed {} polls in a row: {}",
-                state.consecutive_failures,
-                state
-                    .error
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            ));
-        }
+fn activity(rules: &ZeroRules, states: &[Option<TriggerState>]) -> Activity {
+    let triggers: Vec<TriggerActivity> = states
+        .iter()
+        .map(|s| TriggerActivity::of(s.as_ref()))
+        .collect();
+    Activity {
+        active: triggers.iter().any(|t| t.is_active()),
+        all_read: triggers
+            .iter()
+            .all(|t| matches!(t, TriggerActivity::Read { .. })),
+        fallback: rules
+            .fallback_trigger(&triggers)
+            .map(|index| failure_reason(index, states[index].as_ref())),
+        triggers,
     }
-    activity
+}
+
+/// Why trigger `index` counts as failing: its failures in a row and its latest error.
+fn failure_reason(index: usize, state: Option<&TriggerState>) -> String {
+    format!(
+        "trigger {index} failed {} polls in a row: {}",
+        state.map_or(0, |s| s.consecutive_failures),
+        state
+            .and_then(|s| s.error.as_ref())
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    )
 }
 
 async fn reconcile(so: Arc<ScaledObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -319,14 +315,12 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         .map(|(id, _)| ctx.cache.get(id))
         .collect();
     let now = Timestamp::now();
-    let act = activity(&so, &states);
+    let rules = ZeroRules::from_spec(&so.spec);
+    let act = activity(&rules, &states);
     if act.active {
         status.last_active_time = Some(Time(now));
     }
 
-    let min = so.spec.min_replica_count;
-    let idle = so.spec.idle_replica_count.unwrap_or(0);
-    let scales_to_idle = min == 0 || so.spec.idle_replica_count.is_some();
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
     let hpa = hpa_name(&so)?;
     let mut want_hpa = true;
@@ -350,47 +344,61 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         status.paused_replica_count = so.spec.paused_replicas;
     } else {
         status.paused_replica_count = None;
-        let reference = status
+        let last_active = status
             .last_active_time
             .as_ref()
             .map(|t| t.0)
             .or_else(|| so.metadata.creation_timestamp.as_ref().map(|t| t.0))
             .unwrap_or(now);
-        let idle_for = now.duration_since(reference).as_secs_f64();
-        let cooled = idle_for >= so.spec.cooldown_period as f64;
-        if act.active && scales_to_idle && replicas <= idle {
-            scale(
-                ctx,
-                &scale_api,
-                &so,
-                replicas,
-                min.max(1),
-                "ScaledFromIdle",
-                "a trigger is active",
-            )
-            .await?;
-        } else if !act.active && act.all_read && scales_to_idle && cooled {
-            want_hpa = false;
-            if replicas != idle {
-                let why = format!(
-                    "no trigger active for {}s (cooldownPeriod {}s)",
-                    idle_for as i64, so.spec.cooldown_period
-                );
-                scale(ctx, &scale_api, &so, replicas, idle, "ScaledToIdle", &why).await?;
+        let current = u32::try_from(replicas).unwrap_or(0);
+        let cooldown = Cooldown::Measured { last_active, now };
+        match decide(&rules, Some(current), &act.triggers, cooldown) {
+            ZeroDecision::FromIdle { to } => {
+                scale(
+                    ctx,
+                    &scale_api,
+                    &so,
+                    replicas,
+                    to as i32,
+                    "ScaledFromIdle",
+                    "a trigger is active",
+                )
+                .await?;
             }
-        } else if let (Some(reason), Some(fallback)) = (&act.fallback, &so.spec.fallback)
-            && replicas == 0
-        {
-            scale(
-                ctx,
-                &scale_api,
-                &so,
-                replicas,
-                fallback.replicas,
-                "FallbackFromZero",
-                reason,
-            )
-            .await?;
+            ZeroDecision::ToIdle { to, idle_for } => {
+                want_hpa = false;
+                if current != to {
+                    let why = format!(
+                        "no trigger active for {}s (cooldownPeriod {}s)",
+                        idle_for.map_or(0, |d| d.as_secs_f64() as i64),
+                        so.spec.cooldown_period
+                    );
+                    scale(
+                        ctx,
+                        &scale_api,
+                        &so,
+                        replicas,
+                        to as i32,
+                        "ScaledToIdle",
+                        &why,
+                    )
+                    .await?;
+                }
+            }
+            ZeroDecision::FallbackFromZero { to, trigger } => {
+                let why = failure_reason(trigger, states[trigger].as_ref());
+                scale(
+                    ctx,
+                    &scale_api,
+                    &so,
+                    replicas,
+                    to as i32,
+                    "FallbackFromZero",
+                    &why,
+                )
+                .await?;
+            }
+            ZeroDecision::Hold(_) => {}
         }
     }
 
@@ -826,5 +834,66 @@ async fn publish(ctx: &Context, so: &ScaledObject, type_: EventType, reason: &st
     };
     if let Err(err) = ctx.recorder.publish(&event, &so.object_ref(&())).await {
         tracing::warn!(error = %err, %reason, "cannot publish Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::cache::TriggerId;
+    use crate::controller::scale_to_zero::Fallback;
+    use crate::scalers::{Reading, ScalerError};
+
+    #[test]
+    fn activity_of_the_cached_states() {
+        let cache = MetricCache::new();
+        let id = |index| TriggerId {
+            namespace: "shop".into(),
+            scaled_object: "orders".into(),
+            index,
+        };
+        let ms = Duration::from_millis(1);
+        let down = || ScalerError::Unreachable {
+            broker: "kafka",
+            target: "k:9092".into(),
+            cause: "refused".into(),
+        };
+        cache.record(id(0), Ok(Reading::new(0.0, false)), ms);
+        cache.record(id(1), Ok(Reading::new(50.0, true)), ms);
+        for _ in 0..3 {
+            cache.record(id(2), Err(down()), ms);
+        }
+        let states: Vec<Option<TriggerState>> = (0..4).map(|i| cache.get(&id(i))).collect();
+        let rules = |fallback: Option<Fallback>| ZeroRules {
+            min_replica_count: 0,
+            idle_replica_count: None,
+            cooldown_seconds: 300,
+            fallback,
+        };
+        let failing = "trigger 2 failed 3 polls in a row: kafka k:9092 is unreachable: refused";
+        let cases = [
+            // (states, fallback threshold, active, all read, fallback reason)
+            (&states[..2], Some(1), true, true, None),
+            (&states[..1], Some(1), false, true, None),
+            (&states[..3], Some(3), true, false, Some(failing)),
+            (&states[..3], Some(4), true, false, None),
+            (&states[..3], None, true, false, None),
+            (&states[3..], Some(1), false, false, None),
+        ];
+        for (states, threshold, active, all_read, fallback) in cases {
+            let fallback_rule = threshold.map(|failure_threshold| Fallback {
+                failure_threshold,
+                replicas: 2,
+            });
+            let act = activity(&rules(fallback_rule), states);
+            assert_eq!(
+                (act.active, act.all_read, act.fallback.as_deref()),
+                (active, all_read, fallback),
+                "{} states, threshold {threshold:?}",
+                states.len()
+            );
+            assert_eq!(act.triggers.len(), states.len());
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::scalers::nats::NatsJetStreamTrigger;
 use crate::scalers::prometheus::PrometheusTrigger;
 use crate::scalers::rabbitmq::RabbitMqTrigger;
 use crate::scalers::{Trigger, served_metric_name};
-use crate::secret::{SecretError, SecretSource};
+use crate::secret::{SecretError, SecretKeyRef, SecretSource};
 
 use super::crd::ScaledObject;
 
@@ -168,6 +168,22 @@ pub async fn resolve_secrets(
         }
     }
     Ok(())
+}
+
+/// The `secretKeyRef`s of `entry` not fetched yet, each with the field its trigger reads it
+/// from, as the trigger's errors name it (`password`, `tls.clientPkcs12Password`).
+pub fn unfetched_secrets(entry: &mut TriggerConfig) -> Vec<(String, &mut SecretKeyRef)> {
+    entry_secret_sources(entry)
+        .into_iter()
+        .filter_map(|(field, source)| match source {
+            SecretSource::SecretKeyRef(reference) if !reference.is_resolved() => {
+                // Without the broker's key that entry_secret_sources puts first.
+                let field = field.split_once('.').map_or(field.as_str(), |(_, f)| f);
+                Some((field.to_owned(), reference))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn trigger_of(index: usize, entry: &TriggerConfig) -> Result<Trigger, SpecError> {
