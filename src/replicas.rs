@@ -18,7 +18,9 @@ use crate::cache::{TriggerId, TriggerState};
 use crate::config::ScaledObjectConfig;
 use crate::controller::crd::{GROUP, ScaledObject};
 use crate::controller::triggers::{SpecError, triggers};
-use crate::scalers::{Reading, ScalerError, Trigger, TriggerParams, served_metric_name};
+use crate::scalers::{
+    ActivationInput, Reading, ScalerError, Trigger, TriggerParams, served_metric_name,
+};
 
 /// What the readings ask for, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -738,8 +740,13 @@ impl PlanSource {
     }
 
     /// Sets every trigger's value from `--value`s: each index must exist, once, and every
-    /// trigger needs a value. Active means above the trigger's activation value.
+    /// trigger needs a value. Whether it is active is the trigger's own rule on the value alone
+    /// (see [`ActivationInput`] for where the scaler, which has the backlog, may differ).
     pub fn set_values(&mut self, values: &[TriggerValue]) -> Result<(), PlanError> {
+        let rules = triggers(&self.config).map_err(|e| PlanError::Invalid {
+            object: self.input.object.clone(),
+            message: e.to_string(),
+        })?;
         let input = &mut self.input;
         let mut given: Vec<Option<f64>> = vec![None; input.triggers.len()];
         for v in values {
@@ -763,7 +770,8 @@ impl PlanSource {
                 return Err(PlanError::DuplicateValue { index: v.index });
             }
         }
-        for (index, (trigger, value)) in input.triggers.iter_mut().zip(given).enumerate() {
+        let plan_triggers = input.triggers.iter_mut().zip(given).zip(&rules);
+        for (index, ((trigger, value), (_, rule))) in plan_triggers.enumerate() {
             let value = value.ok_or_else(|| PlanError::MissingValue {
                 object: input.object.clone(),
                 index,
@@ -771,7 +779,7 @@ impl PlanSource {
             })?;
             trigger.observed = Observed::Value {
                 value,
-                active: value > trigger.activation,
+                active: rule.is_active(ActivationInput::value_only(value)),
             };
         }
         Ok(())
@@ -843,25 +851,13 @@ fn plan_triggers(config: &ScaledObjectConfig) -> Result<Vec<PlanTrigger>, SpecEr
         .map(|(id, trigger)| PlanTrigger {
             metric: served_metric_name(id.index, &trigger),
             target: trigger.target_value(),
-            activation: activation_value(&trigger),
+            activation: trigger.activation_threshold(),
             observed: Observed::Failed {
                 error: "no value given".into(),
                 consecutive_failures: 0,
             },
         })
         .collect())
-}
-
-/// The value above which a trigger is active (KEDA's activation thresholds); a cron trigger's
-/// value is its desired replicas inside the window and 0 outside.
-pub fn activation_value(trigger: &Trigger) -> f64 {
-    match trigger {
-        Trigger::Kafka(t) => t.activation_lag_threshold as f64,
-        Trigger::RabbitMq(t) => t.activation_value,
-        Trigger::NatsJetStream(t) => t.activation_lag_threshold as f64,
-        Trigger::Prometheus(t) => t.activation_threshold,
-        Trigger::Cron(_) => 0.0,
-    }
 }
 
 /// The ScaledObjects of a manifest (one or more YAML documents), as `kubectl apply` would

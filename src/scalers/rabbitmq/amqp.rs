@@ -13,7 +13,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use super::BROKER;
 use super::endpoint::{Endpoint, display_server};
 use super::figures::reading_from_ready;
-use super::trigger::{RabbitMqTls, RabbitMqTrigger, invalid};
+use super::trigger::{RabbitMqTls, RabbitMqTrigger};
 use crate::scalers::{Reading, ScalerError};
 
 /// How long a connection being discarded may take to close politely before it is dropped.
@@ -326,7 +326,8 @@ fn amqp_tls_config(tls: Option<&RabbitMqTls>) -> Result<OwnedTLSConfig, ScalerEr
         .as_ref()
         .map(|path| {
             std::fs::read_to_string(path).map_err(|err| {
-                invalid(
+                ScalerError::invalid(
+                    BROKER,
                     "tls.caFile",
                     format!("cannot read {}: {err}", path.display()),
                 )
@@ -337,7 +338,8 @@ fn amqp_tls_config(tls: Option<&RabbitMqTls>) -> Result<OwnedTLSConfig, ScalerEr
         None => None,
         Some(path) => {
             let der = std::fs::read(path).map_err(|err| {
-                invalid(
+                ScalerError::invalid(
+                    BROKER,
                     "tls.clientPkcs12File",
                     format!("cannot read {}: {err}", path.display()),
                 )
@@ -345,7 +347,9 @@ fn amqp_tls_config(tls: Option<&RabbitMqTls>) -> Result<OwnedTLSConfig, ScalerEr
             let password = match &tls.client_pkcs12_password {
                 Some(source) => source
                     .read()
-                    .map_err(|err| invalid("tls.clientPkcs12Password", err.to_string()))?
+                    .map_err(|err| {
+                        ScalerError::invalid(BROKER, "tls.clientPkcs12Password", err.to_string())
+                    })?
                     .expose()
                     .to_owned(),
                 None => String::new(),

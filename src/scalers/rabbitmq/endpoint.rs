@@ -11,7 +11,8 @@ use lapin::uri::{
 };
 use url::Url;
 
-use super::trigger::{Protocol, RabbitMqTrigger, invalid};
+use super::BROKER;
+use super::trigger::{Protocol, RabbitMqTrigger};
 use crate::scalers::ScalerError;
 use crate::scalers::http::HttpAuth;
 use crate::secret::SecretString;
@@ -250,13 +251,15 @@ impl RabbitMqTrigger {
     pub(super) fn endpoint(&self) -> Result<Endpoint, ScalerError> {
         let (text, field, from_secret) = match (&self.host, &self.host_from_secret) {
             (Some(_), Some(_)) => {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    BROKER,
                     "host",
                     "set either host or hostFromSecret, not both",
                 ));
             }
             (None, None) => {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    BROKER,
                     "host",
                     "no host given: set host (a URL without password) or hostFromSecret (a \
                      file holding the URL)",
@@ -264,16 +267,18 @@ impl RabbitMqTrigger {
             }
             (Some(host), None) => (SecretString::new(host.clone()), "host", false),
             (None, Some(source)) => (
-                source
-                    .read()
-                    .map_err(|err| invalid("hostFromSecret", err.to_string()))?,
+                source.read().map_err(|err| {
+                    ScalerError::invalid(BROKER, "hostFromSecret", err.to_string())
+                })?,
                 "hostFromSecret",
                 true,
             ),
         };
-        let mut endpoint = Endpoint::parse(text.expose()).map_err(|msg| invalid(field, msg))?;
+        let mut endpoint = Endpoint::parse(text.expose())
+            .map_err(|msg| ScalerError::invalid(BROKER, field, msg))?;
         if !from_secret && endpoint.password.is_some() {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                BROKER,
                 "host",
                 "host must not carry a password (it would show in the trigger); put the whole \
                  URL in a file and name it with hostFromSecret",
@@ -282,7 +287,8 @@ impl RabbitMqTrigger {
         match (self.protocol, endpoint.wire) {
             (Protocol::Auto, _) | (Protocol::Amqp, Wire::Amqp) | (Protocol::Http, Wire::Http) => {}
             (protocol, _) => {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    BROKER,
                     "protocol",
                     format!(
                         "protocol {protocol} does not match the host URL's {} scheme",

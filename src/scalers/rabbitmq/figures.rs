@@ -2,7 +2,7 @@
 //! regex-matched queues' combined by the trigger's operation.
 
 use super::trigger::{Mode, Operation, RabbitMqTrigger};
-use crate::scalers::{BacklogSample, Reading};
+use crate::scalers::{ActivationInput, BacklogSample, Reading, TriggerParams};
 
 /// The figures of one queue (or of several, combined) the management API reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -44,19 +44,20 @@ pub(super) fn reading_from_figures(trigger: &RabbitMqTrigger, figures: &QueueFig
     } else {
         figures.messages
     };
+    let value = match trigger.mode {
+        Mode::QueueLength => depth,
+        Mode::MessageRate => figures.publish_rate,
+    };
+    let active = trigger.is_active(ActivationInput {
+        value,
+        backlog: Some(depth),
+    });
+    let reading = Reading::new(value, active);
     match trigger.mode {
-        Mode::QueueLength => Reading::new(depth, depth > trigger.activation_value)
-            .with_extra("publish-rate", figures.publish_rate)
-            .with_extra("deliver-rate", figures.deliver_rate),
-        // KEDA keeps a MessageRate trigger active while a backlog remains, so a queue nobody
-        // publishes to is still drained.
-        Mode::MessageRate => Reading::new(
-            figures.publish_rate,
-            figures.publish_rate > trigger.activation_value || depth > trigger.activation_value,
-        )
-        .with_extra("messages", depth)
-        .with_extra("deliver-rate", figures.deliver_rate),
+        Mode::QueueLength => reading.with_extra("publish-rate", figures.publish_rate),
+        Mode::MessageRate => reading.with_extra("messages", depth),
     }
+    .with_extra("deliver-rate", figures.deliver_rate)
 }
 
 /// The reading of an AMQP trigger from its queue's ready messages, all a passive declare
@@ -67,23 +68,26 @@ pub(super) fn reading_from_ready(
     queue: &str,
     ready: f64,
 ) -> Reading {
-    Reading::new(ready, ready > trigger.activation_value).with_backlog(vec![
-        BacklogSample::RabbitMqQueue {
-            vhost: vhost.to_owned(),
-            queue: queue.to_owned(),
-            messages: None,
-            messages_ready: ready,
-            messages_unacknowledged: None,
-            publish_rate: None,
-            deliver_rate: None,
-        },
-    ])
+    let active = trigger.is_active(ActivationInput {
+        value: ready,
+        backlog: Some(ready),
+    });
+    Reading::new(ready, active).with_backlog(vec![BacklogSample::RabbitMqQueue {
+        vhost: vhost.to_owned(),
+        queue: queue.to_owned(),
+        messages: None,
+        messages_ready: ready,
+        messages_unacknowledged: None,
+        publish_rate: None,
+        deliver_rate: None,
+    }])
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::test_triggers::{trigger, with};
     use super::*;
+    use crate::scalers::Trigger;
 
     fn figures(messages: f64, ready: f64, publish: f64, deliver: f64) -> QueueFigures {
         QueueFigures {
@@ -141,5 +145,50 @@ mod tests {
         assert_eq!(r.extra, vec![("messages", 10.0), ("deliver-rate", 1.5)]);
         let idle = reading_from_figures(&rate, &figures(1.0, 1.0, 0.0, 0.0));
         assert!(!idle.active);
+    }
+
+    #[test]
+    fn plan_decides_activity_from_the_value_as_the_scaler_does_but_for_a_message_rate_backlog() {
+        let plan = |t: &RabbitMqTrigger, value: f64| {
+            Trigger::RabbitMq(t.clone()).is_active(ActivationInput::value_only(value))
+        };
+        let queue_length = with(
+            &trigger("http://r/", "q"),
+            serde_json::json!({"activationValue": 4}),
+        );
+        for f in [
+            figures(10.0, 4.0, 2.5, 1.5),
+            figures(4.0, 4.0, 9.0, 0.0),
+            figures(0.0, 0.0, 0.0, 0.0),
+        ] {
+            let read = reading_from_figures(&queue_length, &f);
+            assert_eq!(plan(&queue_length, read.value), read.active, "{f:?}");
+        }
+        for ready in [0.0, 4.0, 5.0] {
+            let read = reading_from_ready(&queue_length, "/", "q", ready);
+            assert_eq!(
+                plan(&queue_length, read.value),
+                read.active,
+                "ready {ready}"
+            );
+        }
+
+        let rate = with(&queue_length, serde_json::json!({"mode": "MessageRate"}));
+        // The backlog (messages) at or below the activation value: the rate alone decides.
+        for f in [figures(4.0, 4.0, 5.0, 0.0), figures(1.0, 1.0, 4.0, 0.0)] {
+            let read = reading_from_figures(&rate, &f);
+            assert_eq!(plan(&rate, read.value), read.active, "{f:?}");
+        }
+        // A backlog above it keeps the trigger active whatever the rate. A plan given the rate
+        // alone cannot see it; given the backlog too, the rule answers as the scaler did.
+        let draining = figures(10.0, 10.0, 0.0, 0.0);
+        let read = reading_from_figures(&rate, &draining);
+        assert!(read.active);
+        assert!(!plan(&rate, read.value));
+        let with_backlog = ActivationInput {
+            value: read.value,
+            backlog: Some(draining.messages),
+        };
+        assert!(Trigger::RabbitMq(rate).is_active(with_backlog));
     }
 }

@@ -13,7 +13,7 @@
 //! | `vhostName` | | overrides the vhost of the URL (empty means unset) |
 //! | `mode` | `QueueLength` | `QueueLength` or `MessageRate` (http only) |
 //! | `value` | required, > 0 | the HPA's AverageValue target |
-//! | `activationValue` | `0` | active when the value is above it |
+//! | `activationValue` | `0` | active when the value, or in MessageRate mode the queue depth, is above it |
 //! | `useRegex` | `false` | http only: `queueName` is a regex over the vhost's queue names |
 //! | `operation` | `sum` | `sum`, `max` or `avg` of the matched queues (each figure separately) |
 //! | `excludeUnacknowledged` | `false` | http only: count ready messages only |
@@ -105,6 +105,8 @@ impl Scaler for RabbitMqScaler {
     type Trigger = RabbitMqTrigger;
 
     const KIND: &'static str = BROKER;
+
+    const CONFIG_KEY: &'static str = "rabbitmq";
 
     fn connection_key(trigger: &RabbitMqTrigger) -> String {
         match trigger.endpoint() {

@@ -11,7 +11,7 @@ use url::Url;
 
 use super::BROKER;
 use super::endpoint::{Endpoint, Wire, display_server};
-use crate::scalers::{ScalerError, TriggerParams, normalize_metric_name};
+use crate::scalers::{ActivationInput, ScalerError, TriggerParams, normalize_metric_name};
 use crate::secret::SecretSource;
 
 /// RabbitMQ refuses pages larger than this (`invalid_pagination_parameters`).
@@ -186,22 +186,36 @@ impl RabbitMqTrigger {
     /// works only with triggers that passed every check.
     pub(super) fn checked_endpoint(&self) -> Result<Endpoint, ScalerError> {
         if self.queue_name.is_empty() {
-            return Err(invalid("queueName", "no queue name given"));
+            return Err(ScalerError::invalid(
+                BROKER,
+                "queueName",
+                "no queue name given",
+            ));
         }
         if !(self.value.is_finite() && self.value > 0.0) {
-            return Err(invalid("value", "must be a number greater than 0"));
+            return Err(ScalerError::invalid(
+                BROKER,
+                "value",
+                "must be a number greater than 0",
+            ));
         }
         if !self.activation_value.is_finite() {
-            return Err(invalid("activationValue", "must be a finite number"));
+            return Err(ScalerError::invalid(
+                BROKER,
+                "activationValue",
+                "must be a finite number",
+            ));
         }
         if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                BROKER,
                 "pageSize",
                 format!("must be between 1 and {MAX_PAGE_SIZE} (RabbitMQ's largest page)"),
             ));
         }
         if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout) {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                BROKER,
                 "timeout",
                 format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds"),
             ));
@@ -210,26 +224,30 @@ impl RabbitMqTrigger {
         match endpoint.wire {
             Wire::Amqp => {
                 if self.use_regex {
-                    return Err(invalid(
+                    return Err(ScalerError::invalid(
+                        BROKER,
                         "useRegex",
                         "useRegex needs the http protocol: AMQP reads one queue by name",
                     ));
                 }
                 if self.exclude_unacknowledged {
-                    return Err(invalid(
+                    return Err(ScalerError::invalid(
+                        BROKER,
                         "excludeUnacknowledged",
                         "excludeUnacknowledged needs the http protocol: over AMQP the count is \
                          always ready messages only",
                     ));
                 }
                 if self.mode == Mode::MessageRate {
-                    return Err(invalid(
+                    return Err(ScalerError::invalid(
+                        BROKER,
                         "mode",
                         "mode MessageRate needs the http protocol: AMQP has no rates",
                     ));
                 }
                 if self.unsafe_ssl {
-                    return Err(invalid(
+                    return Err(ScalerError::invalid(
+                        BROKER,
                         "unsafeSsl",
                         "unsafeSsl applies to https only; for amqps give the server's CA in \
                          tls.caFile",
@@ -237,10 +255,15 @@ impl RabbitMqTrigger {
                 }
                 if let Some(tls) = &self.tls {
                     if !endpoint.tls {
-                        return Err(invalid("tls", "tls needs an amqps:// host"));
+                        return Err(ScalerError::invalid(
+                            BROKER,
+                            "tls",
+                            "tls needs an amqps:// host",
+                        ));
                     }
                     if tls.client_pkcs12_password.is_some() && tls.client_pkcs12_file.is_none() {
-                        return Err(invalid(
+                        return Err(ScalerError::invalid(
+                            BROKER,
                             "tls.clientPkcs12Password",
                             "needs tls.clientPkcs12File",
                         ));
@@ -249,7 +272,8 @@ impl RabbitMqTrigger {
             }
             Wire::Http => {
                 if self.tls.is_some() {
-                    return Err(invalid(
+                    return Err(ScalerError::invalid(
+                        BROKER,
                         "tls",
                         "tls applies to amqps only; https verifies against the system roots \
                          (unsafeSsl skips verification)",
@@ -269,7 +293,9 @@ impl RabbitMqTrigger {
         RegexBuilder::new(&self.queue_name)
             .case_insensitive(true)
             .build()
-            .map_err(|err| invalid("queueName", format!("not a valid regex: {err}")))
+            .map_err(|err| {
+                ScalerError::invalid(BROKER, "queueName", format!("not a valid regex: {err}"))
+            })
     }
 
     /// Names what this trigger reads, for errors: never credentials.
@@ -292,6 +318,18 @@ impl TriggerParams for RabbitMqTrigger {
         self.value
     }
 
+    fn activation_threshold(&self) -> f64 {
+        self.activation_value
+    }
+
+    /// Active when the value or the queue depth (the backlog) is above the activation value:
+    /// KEDA keeps a MessageRate trigger active while a backlog remains, so a queue nobody
+    /// publishes to is still drained.
+    fn is_active(&self, input: ActivationInput) -> bool {
+        let threshold = self.activation_threshold();
+        input.value > threshold || input.backlog.is_some_and(|depth| depth > threshold)
+    }
+
     fn metric_name(&self) -> String {
         normalize_metric_name(&format!("rabbitmq-{}", self.queue_name))
     }
@@ -299,13 +337,33 @@ impl TriggerParams for RabbitMqTrigger {
     fn validate(&self) -> Result<(), ScalerError> {
         self.checked_endpoint().map(|_| ())
     }
-}
 
-pub(super) fn invalid(field: &str, message: impl Into<String>) -> ScalerError {
-    ScalerError::InvalidTrigger {
-        broker: BROKER,
-        field: field.to_owned(),
-        message: message.into(),
+    fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)> {
+        let RabbitMqTrigger {
+            host_from_secret,
+            tls,
+            host: _,
+            protocol: _,
+            queue_name: _,
+            vhost_name: _,
+            mode: _,
+            value: _,
+            activation_value: _,
+            use_regex: _,
+            operation: _,
+            exclude_unacknowledged: _,
+            page_size: _,
+            timeout: _,
+            unsafe_ssl: _,
+        } = self;
+        let mut sources = Vec::new();
+        if let Some(source) = host_from_secret {
+            sources.push(("hostFromSecret", source));
+        }
+        if let Some(source) = tls.as_mut().and_then(|t| t.client_pkcs12_password.as_mut()) {
+            sources.push(("tls.clientPkcs12Password", source));
+        }
+        sources
     }
 }
 
