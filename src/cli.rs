@@ -129,7 +129,10 @@ pub struct PlanArgs {
     /// Only the scaled object with this name (`name` or `namespace/name`).
     #[arg(long)]
     pub name: Option<String>,
-    /// A trigger's value by its index in `triggers`, e.g. `s0=450`; once per trigger.
+    /// A trigger's value by its index in `triggers`, e.g. `s0=450`; once per trigger. Whether
+    /// it is active is the trigger's own rule on this value alone: the backlog a scaler also
+    /// weighs (a Kafka trigger's lag left out by excludePersistentLag or cut by the caps, a
+    /// MessageRate trigger's queue depth) is not known here; `--live` reads it.
     #[arg(long = "value", value_name = "sINDEX=VALUE")]
     pub values: Vec<crate::plan::TriggerValue>,
     /// Read every trigger's value from its broker instead: one poll, as `watch --once` does.

@@ -13,12 +13,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cache::TriggerId;
 use crate::names;
-use crate::scalers::cron::CronTrigger;
-use crate::scalers::kafka::KafkaTrigger;
-use crate::scalers::nats::NatsJetStreamTrigger;
-use crate::scalers::prometheus::PrometheusTrigger;
-use crate::scalers::rabbitmq::RabbitMqTrigger;
-use crate::scalers::{ScalerError, Trigger, TriggerParams};
+use crate::scalers::cron::{CronScaler, CronTrigger};
+use crate::scalers::kafka::{KafkaScaler, KafkaTrigger};
+use crate::scalers::nats::{NatsJetStreamScaler, NatsJetStreamTrigger};
+use crate::scalers::prometheus::{PrometheusScaler, PrometheusTrigger};
+use crate::scalers::rabbitmq::{RabbitMqScaler, RabbitMqTrigger};
+use crate::scalers::{Scaler, ScalerError, Trigger, TriggerParams};
 
 /// Why a configuration file could not be used. Each variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -198,27 +198,59 @@ pub struct TriggerConfig {
 impl TriggerConfig {
     /// The one trigger this entry names, or the keys it sets (none, or more than one).
     pub fn trigger(&self) -> Result<Trigger, Vec<&'static str>> {
-        let mut set: Vec<(&'static str, Trigger)> = Vec::new();
-        if let Some(t) = &self.kafka {
-            set.push(("kafka", Trigger::Kafka(t.clone())));
-        }
-        if let Some(t) = &self.rabbitmq {
-            set.push(("rabbitmq", Trigger::RabbitMq(t.clone())));
-        }
-        if let Some(t) = &self.nats_jet_stream {
-            set.push(("natsJetStream", Trigger::NatsJetStream(t.clone())));
-        }
-        if let Some(t) = &self.prometheus {
-            set.push(("prometheus", Trigger::Prometheus(t.clone())));
-        }
-        if let Some(t) = &self.cron {
-            set.push(("cron", Trigger::Cron(t.clone())));
-        }
+        let Self {
+            kafka,
+            rabbitmq,
+            nats_jet_stream,
+            prometheus,
+            cron,
+        } = self;
+        let mut set: Vec<Trigger> = [
+            kafka.clone().map(Trigger::Kafka),
+            rabbitmq.clone().map(Trigger::RabbitMq),
+            nats_jet_stream.clone().map(Trigger::NatsJetStream),
+            prometheus.clone().map(Trigger::Prometheus),
+            cron.clone().map(Trigger::Cron),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if set.len() == 1 {
-            Ok(set.remove(0).1)
+            Ok(set.remove(0))
         } else {
-            Err(set.into_iter().map(|(k, _)| k).collect())
+            Err(set.iter().map(Trigger::config_key).collect())
         }
+    }
+
+    /// Every trigger this entry sets (one in a valid entry) by its key, to change in place: the
+    /// controller fills in the credentials it fetched.
+    pub fn triggers_mut(&mut self) -> Vec<(&'static str, &mut dyn TriggerParams)> {
+        let Self {
+            kafka,
+            rabbitmq,
+            nats_jet_stream,
+            prometheus,
+            cron,
+        } = self;
+        let set: [(&'static str, Option<&mut dyn TriggerParams>); 5] = [
+            (KafkaScaler::CONFIG_KEY, kafka.as_mut().map(|t| t as _)),
+            (
+                RabbitMqScaler::CONFIG_KEY,
+                rabbitmq.as_mut().map(|t| t as _),
+            ),
+            (
+                NatsJetStreamScaler::CONFIG_KEY,
+                nats_jet_stream.as_mut().map(|t| t as _),
+            ),
+            (
+                PrometheusScaler::CONFIG_KEY,
+                prometheus.as_mut().map(|t| t as _),
+            ),
+            (CronScaler::CONFIG_KEY, cron.as_mut().map(|t| t as _)),
+        ];
+        set.into_iter()
+            .filter_map(|(key, trigger)| Some((key, trigger?)))
+            .collect()
     }
 }
 
@@ -408,7 +440,13 @@ impl Config {
                 let trigger = match entry.trigger() {
                     Ok(trigger) => trigger,
                     Err(keys) if keys.is_empty() => {
-                        return invalid(&at, "names no broker: set one of kafka, rabbitmq, natsJetStream, prometheus, cron".into());
+                        return invalid(
+                            &at,
+                            format!(
+                                "names no broker: set one of {}",
+                                Trigger::CONFIG_KEYS.join(", ")
+                            ),
+                        );
                     }
                     Err(keys) => {
                         return invalid(
@@ -417,17 +455,9 @@ impl Config {
                         );
                     }
                 };
-                if let Err(ScalerError::InvalidTrigger {
-                    broker,
-                    field,
-                    message,
-                }) = trigger.validate()
+                if let Err(ScalerError::InvalidTrigger { field, message, .. }) = trigger.validate()
                 {
-                    let key = if broker == "nats-jetstream" {
-                        "natsJetStream"
-                    } else {
-                        broker
-                    };
+                    let key = trigger.config_key();
                     let field_path = format!("{at}.{key}.{field}");
                     let located = if locate_field(text, &field_path).is_some() {
                         field_path
@@ -574,6 +604,45 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("spillway.yaml"), text)
+    }
+
+    #[test]
+    fn broker_keys_are_the_triggers_own() {
+        let schema = schemars::schema_for!(TriggerConfig);
+        let mut properties: Vec<&str> = schema.as_value()["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        properties.sort_unstable();
+        let mut keys = Trigger::CONFIG_KEYS;
+        keys.sort_unstable();
+        assert_eq!(properties, keys);
+        let rule = schema.as_value()["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap();
+        for key in Trigger::CONFIG_KEYS {
+            assert!(rule.contains(&format!("has(self.{key})")), "{key}: {rule}");
+        }
+
+        let mut every_broker: TriggerConfig = serde_norway::from_str(
+            r#"
+kafka: {bootstrapServers: "k:9092", consumerGroup: g, topic: t}
+rabbitmq: {host: "amqp://r/", queueName: q, value: 1}
+natsJetStream: {natsServerMonitoringEndpoint: "n:8222", stream: s, consumer: c}
+prometheus: {serverAddress: "http://p:9090", query: up, threshold: 1}
+cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 1}
+"#,
+        )
+        .unwrap();
+        assert_eq!(every_broker.trigger(), Err(Trigger::CONFIG_KEYS.to_vec()));
+        let keys: Vec<&str> = every_broker
+            .triggers_mut()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, Trigger::CONFIG_KEYS);
     }
 
     #[test]

@@ -45,7 +45,8 @@ fn polls(text: &str, object: &str) -> f64 {
 
 /// The served metric name of `object`'s first trigger, from its cache-age series.
 fn metric_of(text: &str, object: &str) -> String {
-    let prefix = format!(r#"spillway_cache_age_seconds{{namespace="default",scaled_object="{object}","#);
+    let prefix =
+        format!(r#"spillway_cache_age_seconds{{namespace="default",scaled_object="{object}","#);
     let line = text
         .lines()
         .find(|l| l.starts_with(&prefix))
@@ -137,8 +138,10 @@ async fn a_hung_endpoint_neither_slows_nor_ages_the_healthy_triggers() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = scrape(&url).await.unwrap_or_default();
-        let found: Vec<(&str, Option<f64>)> =
-            expected.iter().map(|(o, _)| (*o, value(&text, o))).collect();
+        let found: Vec<(&str, Option<f64>)> = expected
+            .iter()
+            .map(|(o, _)| (*o, value(&text, o)))
+            .collect();
         if expected
             .iter()
             .zip(&found)
@@ -179,7 +182,12 @@ async fn a_hung_endpoint_neither_slows_nor_ages_the_healthy_triggers() {
 
     // The hung triggers, 20 s in, are past their freshness bound (15 s): stale, no value, a
     // 503 from the metrics API, never a number.
-    for hung in ["hung-prometheus", "hung-rabbitmq", "hung-kafka", "hung-nats"] {
+    for hung in [
+        "hung-prometheus",
+        "hung-rabbitmq",
+        "hung-kafka",
+        "hung-nats",
+    ] {
         assert_eq!(value(&text, hung), None, "{hung} has no value");
         let stale = sample(
             &text,
@@ -204,7 +212,10 @@ async fn a_hung_endpoint_neither_slows_nor_ages_the_healthy_triggers() {
     );
     let response = client
         .get(format!("{base}/{}", metric_of(&text, "hung-prometheus")))
-        .query(&[("labelSelector", "scaledobject.spillway.dev/name=hung-prometheus")])
+        .query(&[(
+            "labelSelector",
+            "scaledobject.spillway.dev/name=hung-prometheus",
+        )])
         .send()
         .await
         .expect("the metrics API answers");

@@ -5,11 +5,6 @@
 
 use crate::cache::TriggerId;
 use crate::config::{self, ScaledObjectConfig, TriggerConfig};
-use crate::scalers::cron::CronTrigger;
-use crate::scalers::kafka::KafkaTrigger;
-use crate::scalers::nats::NatsJetStreamTrigger;
-use crate::scalers::prometheus::PrometheusTrigger;
-use crate::scalers::rabbitmq::RabbitMqTrigger;
 use crate::scalers::{Trigger, served_metric_name};
 use crate::secret::{SecretError, SecretKeyRef, SecretSource};
 
@@ -190,166 +185,28 @@ fn trigger_of(index: usize, entry: &TriggerConfig) -> Result<Trigger, SpecError>
     entry.trigger().map_err(|keys| SpecError::Invalid {
         field: format!("triggers[{index}]"),
         message: if keys.is_empty() {
-            "names no broker: set one of kafka, rabbitmq, natsJetStream, prometheus, cron".into()
+            format!(
+                "names no broker: set one of {}",
+                Trigger::CONFIG_KEYS.join(", ")
+            )
         } else {
             format!("sets {}: one broker per trigger", keys.join(" and "))
         },
     })
 }
 
-/// The credentials of a config entry, with their paths (`kafka.password`).
+/// The credentials of a config entry, with their paths (`kafka.password`), as each trigger
+/// classes its own fields ([`crate::scalers::TriggerParams::secret_sources`]).
 fn entry_secret_sources(entry: &mut TriggerConfig) -> Vec<(String, &mut SecretSource)> {
-    let TriggerConfig {
-        kafka,
-        rabbitmq,
-        nats_jet_stream,
-        prometheus,
-        cron,
-    } = entry;
-    let mut sources = Vec::new();
-    if let Some(t) = kafka {
-        sources.extend(
-            kafka_secrets(t)
-                .into_iter()
-                .map(|(f, s)| (format!("kafka.{f}"), s)),
-        );
-    }
-    if let Some(t) = rabbitmq {
-        sources.extend(
-            rabbitmq_secrets(t)
-                .into_iter()
-                .map(|(f, s)| (format!("rabbitmq.{f}"), s)),
-        );
-    }
-    if let Some(t) = prometheus {
-        sources.extend(
-            prometheus_secrets(t)
-                .into_iter()
-                .map(|(f, s)| (format!("prometheus.{f}"), s)),
-        );
-    }
-    if let Some(t) = nats_jet_stream {
-        nats_has_no_secrets(t);
-    }
-    if let Some(t) = cron {
-        cron_has_no_secrets(t);
-    }
-    sources
-}
-
-// Each trigger struct is destructured without `..`, so a new field fails to compile here until
-// it is sorted into credential or not.
-
-fn nats_has_no_secrets(trigger: &NatsJetStreamTrigger) {
-    let NatsJetStreamTrigger {
-        nats_server_monitoring_endpoint: _,
-        account: _,
-        account_id: _,
-        stream: _,
-        consumer: _,
-        lag_threshold: _,
-        activation_lag_threshold: _,
-        use_https: _,
-    } = trigger;
-}
-
-fn cron_has_no_secrets(trigger: &CronTrigger) {
-    let CronTrigger {
-        timezone: _,
-        start: _,
-        end: _,
-        desired_replicas: _,
-    } = trigger;
-}
-
-fn kafka_secrets(trigger: &mut KafkaTrigger) -> Vec<(&'static str, &mut SecretSource)> {
-    let KafkaTrigger {
-        password,
-        ca,
-        cert,
-        key,
-        key_password,
-        bootstrap_servers: _,
-        consumer_group: _,
-        topic: _,
-        lag_threshold: _,
-        activation_lag_threshold: _,
-        offset_reset_policy: _,
-        allow_idle_consumers: _,
-        exclude_persistent_lag: _,
-        scale_to_zero_on_invalid_offset: _,
-        limit_to_partitions_with_lag: _,
-        ensure_even_distribution_of_partitions: _,
-        partition_limitation: _,
-        sasl: _,
-        username: _,
-        tls: _,
-        unsafe_ssl: _,
-        timeout: _,
-    } = trigger;
-    [
-        ("password", password),
-        ("ca", ca),
-        ("cert", cert),
-        ("key", key),
-        ("keyPassword", key_password),
-    ]
-    .into_iter()
-    .filter_map(|(field, source)| source.as_mut().map(|s| (field, s)))
-    .collect()
-}
-
-fn rabbitmq_secrets(trigger: &mut RabbitMqTrigger) -> Vec<(&'static str, &mut SecretSource)> {
-    let RabbitMqTrigger {
-        host_from_secret,
-        tls,
-        host: _,
-        protocol: _,
-        queue_name: _,
-        vhost_name: _,
-        mode: _,
-        value: _,
-        activation_value: _,
-        use_regex: _,
-        operation: _,
-        exclude_unacknowledged: _,
-        page_size: _,
-        timeout: _,
-        unsafe_ssl: _,
-    } = trigger;
-    let mut sources = Vec::new();
-    if let Some(source) = host_from_secret {
-        sources.push(("hostFromSecret", source));
-    }
-    if let Some(source) = tls.as_mut().and_then(|t| t.client_pkcs12_password.as_mut()) {
-        sources.push(("tls.clientPkcs12Password", source));
-    }
-    sources
-}
-
-fn prometheus_secrets(trigger: &mut PrometheusTrigger) -> Vec<(&'static str, &mut SecretSource)> {
-    let PrometheusTrigger {
-        bearer_token,
-        password,
-        server_address: _,
-        query: _,
-        ignore_null_values: _,
-        namespace: _,
-        query_parameters: _,
-        scrape_url: _,
-        metric_name: _,
-        labels: _,
-        aggregation: _,
-        threshold: _,
-        activation_threshold: _,
-        custom_headers: _,
-        username: _,
-        unsafe_ssl: _,
-        timeout: _,
-    } = trigger;
-    [("bearerToken", bearer_token), ("password", password)]
+    entry
+        .triggers_mut()
         .into_iter()
-        .filter_map(|(field, source)| source.as_mut().map(|s| (field, s)))
+        .flat_map(|(key, trigger)| {
+            trigger
+                .secret_sources()
+                .into_iter()
+                .map(move |(field, source)| (format!("{key}.{field}"), source))
+        })
         .collect()
 }
 
@@ -364,6 +221,7 @@ mod tests {
 
     use crate::config::Config;
     use crate::registry::catalog;
+    use crate::scalers::cron::CronTrigger;
 
     const SO: &str = r#"
 apiVersion: spillway.dev/v1alpha1

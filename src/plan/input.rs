@@ -10,7 +10,7 @@ use crate::controller::crd::ScaledObject;
 pub use crate::controller::scale_to_zero::Fallback;
 use crate::controller::scale_to_zero::TriggerActivity;
 use crate::controller::triggers::{SpecError, triggers, unfetched_secrets};
-use crate::scalers::{ScalerError, Trigger, TriggerParams, served_metric_name};
+use crate::scalers::{ActivationInput, ScalerError, Trigger, TriggerParams, served_metric_name};
 
 /// KEDA's default `cooldownPeriod`, for scaled objects of a config file.
 pub const DEFAULT_COOLDOWN_SECONDS: u32 = 300;
@@ -247,8 +247,13 @@ impl PlanSource {
     }
 
     /// Sets every trigger's value from `--value`s: each index must exist, once, and every
-    /// trigger needs a value. Active means above the trigger's activation value.
+    /// trigger needs a value. Whether it is active is the trigger's own rule on the value alone
+    /// (see [`ActivationInput`] for where the scaler, which has the backlog, may differ).
     pub fn set_values(&mut self, values: &[TriggerValue]) -> Result<(), PlanError> {
+        let rules = triggers(&self.config).map_err(|e| PlanError::Invalid {
+            object: self.input.object.clone(),
+            message: e.to_string(),
+        })?;
         let input = &mut self.input;
         let mut given: Vec<Option<f64>> = vec![None; input.triggers.len()];
         for v in values {
@@ -272,7 +277,8 @@ impl PlanSource {
                 return Err(PlanError::DuplicateValue { index: v.index });
             }
         }
-        for (index, (trigger, value)) in input.triggers.iter_mut().zip(given).enumerate() {
+        let plan_triggers = input.triggers.iter_mut().zip(given).zip(&rules);
+        for (index, ((trigger, value), (_, rule))) in plan_triggers.enumerate() {
             let value = value.ok_or_else(|| PlanError::MissingValue {
                 object: input.object.clone(),
                 index,
@@ -280,7 +286,7 @@ impl PlanSource {
             })?;
             trigger.observed = Observed::Value {
                 value,
-                active: value > trigger.activation,
+                active: rule.is_active(ActivationInput::value_only(value)),
             };
         }
         Ok(())
@@ -333,17 +339,8 @@ fn check_triggers(config: &ScaledObjectConfig) -> Result<(), String> {
         if fails_for_want_of_secrets(entry, &outcome) {
             continue;
         }
-        if let Err(ScalerError::InvalidTrigger {
-            broker,
-            field,
-            message,
-        }) = outcome
-        {
-            let key = if broker == "nats-jetstream" {
-                "natsJetStream"
-            } else {
-                broker
-            };
+        if let Err(ScalerError::InvalidTrigger { field, message, .. }) = outcome {
+            let key = trigger.config_key();
             return Err(format!("triggers[{}].{key}.{field}: {message}", id.index));
         }
     }
@@ -384,25 +381,13 @@ fn plan_triggers(config: &ScaledObjectConfig) -> Result<Vec<PlanTrigger>, SpecEr
         .map(|(id, trigger)| PlanTrigger {
             metric: served_metric_name(id.index, &trigger),
             target: trigger.target_value(),
-            activation: activation_value(&trigger),
+            activation: trigger.activation_threshold(),
             observed: Observed::Failed {
                 error: "no value given".into(),
                 consecutive_failures: 0,
             },
         })
         .collect())
-}
-
-/// The value above which a trigger is active (KEDA's activation thresholds); a cron trigger's
-/// value is its desired replicas inside the window and 0 outside.
-pub fn activation_value(trigger: &Trigger) -> f64 {
-    match trigger {
-        Trigger::Kafka(t) => t.activation_lag_threshold as f64,
-        Trigger::RabbitMq(t) => t.activation_value,
-        Trigger::NatsJetStream(t) => t.activation_lag_threshold as f64,
-        Trigger::Prometheus(t) => t.activation_threshold,
-        Trigger::Cron(_) => 0.0,
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub use hpa_rules::{
 };
 pub use input::{
     DEFAULT_COOLDOWN_SECONDS, Fallback, Observed, Pause, PlanError, PlanInput, PlanSource,
-    PlanTrigger, TriggerValue, activation_value,
+    PlanTrigger, TriggerValue,
 };
 pub use manifests::parse_scaled_objects;
 pub use steps::{Plan, PlanStep, TriggerPlan, plan};

@@ -198,8 +198,16 @@ mod tests {
             1.0
         }
 
+        fn activation_threshold(&self) -> f64 {
+            0.0
+        }
+
         fn metric_name(&self) -> String {
             "fake".into()
+        }
+
+        fn secret_sources(&mut self) -> Vec<(&'static str, &mut crate::secret::SecretSource)> {
+            Vec::new()
         }
 
         fn validate(&self) -> Result<(), ScalerError> {
@@ -224,6 +232,7 @@ mod tests {
     impl Scaler for FakeScaler {
         type Trigger = FakeTrigger;
         const KIND: &'static str = "fake";
+        const CONFIG_KEY: &'static str = "fake";
 
         fn trigger_of(_: &Trigger) -> Option<&FakeTrigger> {
             None

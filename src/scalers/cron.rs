@@ -44,7 +44,8 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, 
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::{Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{ActivationInput, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use crate::secret::SecretSource;
 
 /// The broker name in errors, logs and metric labels.
 const BROKER: &str = "cron";
@@ -72,25 +73,28 @@ pub struct CronTrigger {
 impl CronTrigger {
     /// The zone, start and end, parsed; errors name the field.
     pub fn window(&self) -> Result<CronWindow, ScalerError> {
-        let invalid = |field: &str, message: String| ScalerError::InvalidTrigger {
-            broker: BROKER,
-            field: field.into(),
-            message,
-        };
         let timezone = Tz::from_str(self.timezone.trim()).map_err(|_| {
-            invalid(
+            ScalerError::invalid(
+                BROKER,
                 "timezone",
                 format!("{:?} is not an IANA time zone name", self.timezone),
             )
         })?;
-        let start = CronSchedule::parse(&self.start)
-            .map_err(|err| invalid("start", format!("error parsing start schedule: {err}")))?;
-        let end = CronSchedule::parse(&self.end)
-            .map_err(|err| invalid("end", format!("error parsing end schedule: {err}")))?;
+        let start = CronSchedule::parse(&self.start).map_err(|err| {
+            ScalerError::invalid(
+                BROKER,
+                "start",
+                format!("error parsing start schedule: {err}"),
+            )
+        })?;
+        let end = CronSchedule::parse(&self.end).map_err(|err| {
+            ScalerError::invalid(BROKER, "end", format!("error parsing end schedule: {err}"))
+        })?;
         if self.start.trim() == self.end.trim() || start == end {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                BROKER,
                 "end",
-                "start and end can not have exactly same time input".into(),
+                "start and end can not have exactly same time input",
             ));
         }
         Ok(CronWindow {
@@ -126,6 +130,12 @@ impl TriggerParams for CronTrigger {
         1.0
     }
 
+    /// 0: the value is `desiredReplicas` (at least 1) inside the window and 0 outside, so the
+    /// trigger is active exactly inside it.
+    fn activation_threshold(&self) -> f64 {
+        0.0
+    }
+
     fn metric_name(&self) -> String {
         normalize_metric_name(&format!(
             "cron-{}-{}-{}",
@@ -138,13 +148,23 @@ impl TriggerParams for CronTrigger {
     fn validate(&self) -> Result<(), ScalerError> {
         self.window()?;
         if self.desired_replicas == 0 {
-            return Err(ScalerError::InvalidTrigger {
-                broker: BROKER,
-                field: "desiredReplicas".into(),
-                message: "no desiredReplicas specified: must be at least 1".into(),
-            });
+            return Err(ScalerError::invalid(
+                BROKER,
+                "desiredReplicas",
+                "no desiredReplicas specified: must be at least 1",
+            ));
         }
         Ok(())
+    }
+
+    fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)> {
+        let CronTrigger {
+            timezone: _,
+            start: _,
+            end: _,
+            desired_replicas: _,
+        } = self;
+        Vec::new()
     }
 }
 
@@ -543,16 +563,16 @@ impl CronScaler {
     pub fn read(trigger: &CronTrigger, now: DateTime<Utc>) -> Result<Reading, ScalerError> {
         trigger.validate()?;
         let window = trigger.window()?;
-        let state = window
-            .state_at(now)
-            .ok_or_else(|| ScalerError::InvalidTrigger {
-                broker: BROKER,
-                field: "start".into(),
-                message: format!(
+        let state = window.state_at(now).ok_or_else(|| {
+            ScalerError::invalid(
+                BROKER,
+                "start",
+                format!(
                     "{} does not fire within {SEARCH_DAYS} days",
                     trigger.target()
                 ),
-            })?;
+            )
+        })?;
         let value = if state.inside {
             f64::from(trigger.desired_replicas)
         } else {
@@ -565,7 +585,8 @@ impl CronScaler {
             next_end = %state.next_end,
             "cron window"
         );
-        let mut reading = Reading::new(value, state.inside);
+        let mut reading =
+            Reading::new(value, trigger.is_active(ActivationInput::value_only(value)));
         reading.timestamp = SystemTime::from(now);
         Ok(reading)
     }
@@ -575,6 +596,8 @@ impl Scaler for CronScaler {
     type Trigger = CronTrigger;
 
     const KIND: &'static str = BROKER;
+
+    const CONFIG_KEY: &'static str = "cron";
 
     /// Every cron trigger shares one scaler: there is no connection.
     fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
@@ -601,6 +624,7 @@ impl Scaler for CronScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scalers::Trigger;
 
     fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -832,5 +856,16 @@ mod tests {
         );
         let closed = CronScaler::read(&t, utc("2025-06-01T21:00:00Z")).unwrap();
         assert_eq!((closed.value, closed.active), (0.0, false));
+    }
+
+    #[test]
+    fn plan_decides_activity_from_the_value_as_the_scaler_does() {
+        let t = trigger("UTC", "0 6 * * *", "0 20 * * *");
+        for now in ["2025-06-01T12:00:00Z", "2025-06-01T21:00:00Z"] {
+            let read = CronScaler::read(&t, utc(now)).unwrap();
+            let planned =
+                Trigger::Cron(t.clone()).is_active(ActivationInput::value_only(read.value));
+            assert_eq!(planned, read.active, "{now}");
+        }
     }
 }

@@ -44,10 +44,8 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|err| ScalerError::InvalidTrigger {
-                broker,
-                field: "tls".into(),
-                message: format!("cannot build an HTTP client: {err}"),
+            .map_err(|err| {
+                ScalerError::invalid(broker, "tls", format!("cannot build an HTTP client: {err}"))
             })?;
         Ok(Self {
             client,

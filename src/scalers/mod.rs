@@ -22,13 +22,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::secret::SecretSource;
+
 /// What one trigger reported at one poll.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     /// The value the HPA scales on, in the trigger's unit (messages, seconds, replicas).
     /// Already shaped by the trigger's rules (caps, persistent-lag exclusion).
     pub value: f64,
-    /// True when the trigger wants at least one replica: its activation value is exceeded.
+    /// True when the trigger wants at least one replica, as its activation rule
+    /// ([`TriggerParams::is_active`]) decides.
     pub active: bool,
     /// Further metrics of the same trigger, by suffix, e.g. `("lag-seconds", 12.5)`.
     pub extra: Vec<(&'static str, f64)>,
@@ -236,6 +239,20 @@ pub enum ScalerError {
 }
 
 impl ScalerError {
+    /// [`ScalerError::InvalidTrigger`]: `field` of a `broker` trigger is wrong, and `message`
+    /// says how.
+    pub fn invalid(
+        broker: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::InvalidTrigger {
+            broker,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     /// A short stable name for metrics labels and status reasons.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -251,6 +268,34 @@ impl ScalerError {
     }
 }
 
+/// What a trigger's activation rule weighs: the value served to the HPA and, for a trigger
+/// whose activity is not its value alone, the backlog behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActivationInput {
+    /// The value served to the HPA.
+    pub value: f64,
+    /// The work waiting behind `value`, where the trigger's rule weighs it: a RabbitMQ
+    /// trigger's queue depth (in `MessageRate` mode the value is the publish rate), a Kafka
+    /// trigger's lag with persistent lag and before the caps on the total.
+    ///
+    /// `None` where only the value is known, as for `spillway plan --value`: the rule then
+    /// decides on the value alone. That answer can differ from the scaler's, which has the
+    /// backlog, in two cases: a `MessageRate` trigger whose rate is at or below its activation
+    /// value while its queue depth is above it (the scaler says active), and a Kafka trigger
+    /// whose value left out persistent lag or was capped.
+    pub backlog: Option<f64>,
+}
+
+impl ActivationInput {
+    /// The served value alone, with no backlog known beside it.
+    pub fn value_only(value: f64) -> Self {
+        Self {
+            value,
+            backlog: None,
+        }
+    }
+}
+
 /// The longest any trigger's `timeout` may be, in the code and in the CRD schema: a broker
 /// call waits at most this long.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
@@ -260,12 +305,28 @@ pub trait TriggerParams {
     /// The HPA's AverageValue target for the main metric (KEDA's lagThreshold, value, threshold).
     fn target_value(&self) -> f64;
 
+    /// The value above which the trigger is active (KEDA's activationLagThreshold,
+    /// activationValue, activationThreshold).
+    fn activation_threshold(&self) -> f64;
+
+    /// The activation rule: whether the trigger wants at least one replica. Its scaler asks
+    /// when it makes a [`Reading`], `spillway plan --value` with the value alone, so both decide
+    /// alike. By default the value must be above [`TriggerParams::activation_threshold`].
+    fn is_active(&self, input: ActivationInput) -> bool {
+        input.value > self.activation_threshold()
+    }
+
     /// The metric name's broker part, normalised like KEDA's (`kafka-orders`, `rabbitmq-jobs`);
     /// the served name is `s<index>-<this>`.
     fn metric_name(&self) -> String;
 
     /// Checks the parameters without touching the network; the error names the field.
     fn validate(&self) -> Result<(), ScalerError>;
+
+    /// The trigger's credentials by field path (`password`, `tls.clientPkcs12Password`), for
+    /// the controller to fetch. Each trigger destructures itself without `..` here, so a new
+    /// field does not compile until it is classed credential or not.
+    fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)>;
 }
 
 /// The name a trigger's main metric is served under and its HPA asks for,
@@ -296,6 +357,10 @@ pub trait Scaler: Send + Sync + Sized + 'static {
 
     /// Short broker name for logs, errors and metric labels, e.g. `"kafka"`.
     const KIND: &'static str;
+
+    /// The key a config file entry or a ScaledObject's trigger names the broker by, e.g.
+    /// `"natsJetStream"`.
+    const CONFIG_KEY: &'static str;
 
     /// This kind's trigger inside `trigger`, or `None` when it is another broker's.
     fn trigger_of(trigger: &Trigger) -> Option<&Self::Trigger>;
@@ -360,7 +425,37 @@ impl Trigger {
         }
     }
 
+    /// Every broker's config key, in the order of the variants.
+    pub const CONFIG_KEYS: [&'static str; 5] = [
+        <kafka::KafkaScaler as Scaler>::CONFIG_KEY,
+        <rabbitmq::RabbitMqScaler as Scaler>::CONFIG_KEY,
+        <nats::NatsJetStreamScaler as Scaler>::CONFIG_KEY,
+        <prometheus::PrometheusScaler as Scaler>::CONFIG_KEY,
+        <cron::CronScaler as Scaler>::CONFIG_KEY,
+    ];
+
+    /// The key a config entry names this trigger's broker by: `kafka`, `natsJetStream`, ...
+    pub fn config_key(&self) -> &'static str {
+        match self {
+            Self::Kafka(_) => <kafka::KafkaScaler as Scaler>::CONFIG_KEY,
+            Self::RabbitMq(_) => <rabbitmq::RabbitMqScaler as Scaler>::CONFIG_KEY,
+            Self::NatsJetStream(_) => <nats::NatsJetStreamScaler as Scaler>::CONFIG_KEY,
+            Self::Prometheus(_) => <prometheus::PrometheusScaler as Scaler>::CONFIG_KEY,
+            Self::Cron(_) => <cron::CronScaler as Scaler>::CONFIG_KEY,
+        }
+    }
+
     fn params(&self) -> &dyn TriggerParams {
+        match self {
+            Self::Kafka(t) => t,
+            Self::RabbitMq(t) => t,
+            Self::NatsJetStream(t) => t,
+            Self::Prometheus(t) => t,
+            Self::Cron(t) => t,
+        }
+    }
+
+    fn params_mut(&mut self) -> &mut dyn TriggerParams {
         match self {
             Self::Kafka(t) => t,
             Self::RabbitMq(t) => t,
@@ -376,12 +471,24 @@ impl TriggerParams for Trigger {
         self.params().target_value()
     }
 
+    fn activation_threshold(&self) -> f64 {
+        self.params().activation_threshold()
+    }
+
+    fn is_active(&self, input: ActivationInput) -> bool {
+        self.params().is_active(input)
+    }
+
     fn metric_name(&self) -> String {
         self.params().metric_name()
     }
 
     fn validate(&self) -> Result<(), ScalerError> {
         self.params().validate()
+    }
+
+    fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)> {
+        self.params_mut().secret_sources()
     }
 }
 

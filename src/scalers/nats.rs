@@ -45,7 +45,11 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::http::{HttpAuth, HttpClient};
-use super::{BacklogSample, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{
+    ActivationInput, BacklogSample, Reading, Scaler, ScalerError, TriggerParams,
+    normalize_metric_name,
+};
+use crate::secret::SecretSource;
 
 /// The broker name in errors, logs and metric labels; KEDA's trigger type.
 const BROKER: &str = "nats-jetstream";
@@ -118,29 +122,27 @@ impl NatsJetStreamTrigger {
     /// The monitoring endpoint as a base URL (`scheme://host:port/`).
     pub fn endpoint_url(&self) -> Result<Url, ScalerError> {
         let endpoint = self.nats_server_monitoring_endpoint.trim();
-        let invalid = |message: String| ScalerError::InvalidTrigger {
-            broker: BROKER,
-            field: "natsServerMonitoringEndpoint".into(),
-            message,
-        };
+        let bad_endpoint =
+            |message: String| ScalerError::invalid(BROKER, "natsServerMonitoringEndpoint", message);
         if endpoint.is_empty() {
-            return Err(invalid("must be set to host[:port]".into()));
+            return Err(bad_endpoint("must be set to host[:port]".into()));
         }
         if endpoint.contains("://") {
-            return Err(invalid(format!(
+            return Err(bad_endpoint(format!(
                 "{endpoint:?} must be host[:port] without a scheme; set useHttps for HTTPS"
             )));
         }
         if endpoint.contains(['/', '?', '#', '@']) {
-            return Err(invalid(format!(
+            return Err(bad_endpoint(format!(
                 "{endpoint:?} must be host[:port] only, without a path, query or credentials"
             )));
         }
         let scheme = if self.use_https { "https" } else { "http" };
-        let url = Url::parse(&format!("{scheme}://{endpoint}/"))
-            .map_err(|err| invalid(format!("{endpoint:?} is not a valid host[:port]: {err}")))?;
+        let url = Url::parse(&format!("{scheme}://{endpoint}/")).map_err(|err| {
+            bad_endpoint(format!("{endpoint:?} is not a valid host[:port]: {err}"))
+        })?;
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(invalid(format!("{endpoint:?} has no host")));
+            return Err(bad_endpoint(format!("{endpoint:?} has no host")));
         }
         Ok(url)
     }
@@ -162,42 +164,70 @@ impl TriggerParams for NatsJetStreamTrigger {
         self.lag_threshold as f64
     }
 
+    fn activation_threshold(&self) -> f64 {
+        self.activation_lag_threshold as f64
+    }
+
     fn metric_name(&self) -> String {
         normalize_metric_name(&format!("nats-jetstream-{}", self.stream))
     }
 
     fn validate(&self) -> Result<(), ScalerError> {
-        let invalid = |field: &str, message: &str| {
-            Err(ScalerError::InvalidTrigger {
-                broker: BROKER,
-                field: field.into(),
-                message: message.into(),
-            })
-        };
         self.endpoint_url()?;
         if self.stream.trim().is_empty() {
-            return invalid("stream", "no stream name given");
+            return Err(ScalerError::invalid(
+                BROKER,
+                "stream",
+                "no stream name given",
+            ));
         }
         if self.consumer.trim().is_empty() {
-            return invalid("consumer", "no consumer name given");
+            return Err(ScalerError::invalid(
+                BROKER,
+                "consumer",
+                "no consumer name given",
+            ));
         }
         if self.account.as_deref().is_some_and(|a| a.trim().is_empty()) {
-            return invalid("account", "must not be empty; omit it for the default $G");
+            return Err(ScalerError::invalid(
+                BROKER,
+                "account",
+                "must not be empty; omit it for the default $G",
+            ));
         }
         if self
             .account_id
             .as_deref()
             .is_some_and(|a| a.trim().is_empty())
         {
-            return invalid("accountID", "must not be empty when given");
+            return Err(ScalerError::invalid(
+                BROKER,
+                "accountID",
+                "must not be empty when given",
+            ));
         }
         if self.lag_threshold == 0 {
-            return invalid(
+            return Err(ScalerError::invalid(
+                BROKER,
                 "lagThreshold",
                 "must be at least 1: it is the HPA's target per replica",
-            );
+            ));
         }
         Ok(())
+    }
+
+    fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)> {
+        let NatsJetStreamTrigger {
+            nats_server_monitoring_endpoint: _,
+            account: _,
+            account_id: _,
+            stream: _,
+            consumer: _,
+            lag_threshold: _,
+            activation_lag_threshold: _,
+            use_https: _,
+        } = self;
+        Vec::new()
     }
 }
 
@@ -375,7 +405,8 @@ fn reading(trigger: &NatsJetStreamTrigger, consumer: &ConsumerDetail) -> Reading
     let lag = consumer
         .num_pending
         .saturating_add(consumer.num_ack_pending);
-    Reading::new(lag as f64, lag > trigger.activation_lag_threshold)
+    let value = lag as f64;
+    Reading::new(value, trigger.is_active(ActivationInput::value_only(value)))
         .with_extra("pending", consumer.num_pending as f64)
         .with_extra("ack-pending", consumer.num_ack_pending as f64)
         .with_backlog(vec![BacklogSample::NatsConsumer {
@@ -582,6 +613,8 @@ impl Scaler for NatsJetStreamScaler {
     type Trigger = NatsJetStreamTrigger;
 
     const KIND: &'static str = BROKER;
+
+    const CONFIG_KEY: &'static str = "natsJetStream";
 
     fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
         match trigger {
@@ -848,6 +881,7 @@ fn answer_from_leader(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scalers::Trigger;
 
     fn trigger() -> NatsJetStreamTrigger {
         serde_json::from_value(serde_json::json!({
@@ -1157,6 +1191,28 @@ mod tests {
             (":4222", None),
         ] {
             assert_eq!(host_of(address).as_deref(), host, "{address}");
+        }
+    }
+
+    #[test]
+    fn plan_decides_activity_from_the_value_as_the_scaler_does() {
+        for (pending, ack_pending, activation) in [(3, 2, 4), (3, 2, 5), (0, 0, 0), (1, 0, 0)] {
+            let consumer = ConsumerDetail {
+                name: "worker".into(),
+                num_pending: pending,
+                num_ack_pending: ack_pending,
+                cluster: None,
+            };
+            let mut t = trigger();
+            t.activation_lag_threshold = activation;
+            let read = reading(&t, &consumer);
+            let planned =
+                Trigger::NatsJetStream(t).is_active(ActivationInput::value_only(read.value));
+            assert_eq!(
+                planned, read.active,
+                "lag {} activation {activation}",
+                read.value
+            );
         }
     }
 }

@@ -44,7 +44,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
 use super::http::{HttpAuth, HttpClient};
-use super::{MAX_TIMEOUT_MS, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{
+    ActivationInput, MAX_TIMEOUT_MS, Reading, Scaler, ScalerError, TriggerParams,
+    normalize_metric_name,
+};
 use crate::secret::SecretSource;
 
 /// The broker name in errors, logs and metric labels.
@@ -254,35 +257,35 @@ pub enum Mode<'a> {
     },
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ScalerError {
-    ScalerError::InvalidTrigger {
-        broker: BROKER,
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 /// Parses an http(s) URL without credentials, query or fragment.
 fn parse_http_url(field: &str, text: &str, allow_query: bool) -> Result<Url, ScalerError> {
-    let url = Url::parse(text.trim())
-        .map_err(|err| invalid(field, format!("{text:?} is not a URL: {err}")))?;
+    let url = Url::parse(text.trim()).map_err(|err| {
+        ScalerError::invalid(BROKER, field, format!("{text:?} is not a URL: {err}"))
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(
+        return Err(ScalerError::invalid(
+            BROKER,
             field,
             format!("{text:?} must be an http or https URL"),
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid(field, format!("{text:?} has no host")));
+        return Err(ScalerError::invalid(
+            BROKER,
+            field,
+            format!("{text:?} has no host"),
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
+        return Err(ScalerError::invalid(
+            BROKER,
             field,
             "must not carry credentials; use username + password or bearerToken (files)",
         ));
     }
     if url.fragment().is_some() || (!allow_query && url.query().is_some()) {
-        return Err(invalid(
+        return Err(ScalerError::invalid(
+            BROKER,
             field,
             format!("{text:?} must not have a query or fragment"),
         ));
@@ -294,11 +297,13 @@ impl PrometheusTrigger {
     /// Which mode the fields select; an error names the field that is missing or misplaced.
     pub fn mode(&self) -> Result<Mode<'_>, ScalerError> {
         match (&self.server_address, &self.scrape_url) {
-            (Some(_), Some(_)) => Err(invalid(
+            (Some(_), Some(_)) => Err(ScalerError::invalid(
+                BROKER,
                 "scrapeUrl",
                 "set either serverAddress (query mode) or scrapeUrl (scrape mode), not both",
             )),
-            (None, None) => Err(invalid(
+            (None, None) => Err(ScalerError::invalid(
+                BROKER,
                 "serverAddress",
                 "no serverAddress given (or scrapeUrl for scrape mode)",
             )),
@@ -309,8 +314,9 @@ impl PrometheusTrigger {
                     ("aggregation", self.aggregation.is_some()),
                 ];
                 if let Some((field, _)) = scrape_only.iter().find(|(_, set)| *set) {
-                    return Err(invalid(
-                        field,
+                    return Err(ScalerError::invalid(
+                        BROKER,
+                        *field,
                         "belongs to scrape mode (scrapeUrl); query mode uses query",
                     ));
                 }
@@ -318,7 +324,7 @@ impl PrometheusTrigger {
                     .query
                     .as_deref()
                     .filter(|q| !q.trim().is_empty())
-                    .ok_or_else(|| invalid("query", "no query given"))?;
+                    .ok_or_else(|| ScalerError::invalid(BROKER, "query", "no query given"))?;
                 Ok(Mode::Query {
                     server_address,
                     query,
@@ -332,8 +338,9 @@ impl PrometheusTrigger {
                     ("queryParameters", !self.query_parameters.is_empty()),
                 ];
                 if let Some((field, _)) = query_only.iter().find(|(_, set)| *set) {
-                    return Err(invalid(
-                        field,
+                    return Err(ScalerError::invalid(
+                        BROKER,
+                        *field,
                         "belongs to query mode (serverAddress); a scrape with no matching sample is always an error",
                     ));
                 }
@@ -341,7 +348,13 @@ impl PrometheusTrigger {
                     .metric_name
                     .as_deref()
                     .filter(|m| !m.trim().is_empty())
-                    .ok_or_else(|| invalid("metricName", "no metricName given for scrapeUrl"))?;
+                    .ok_or_else(|| {
+                        ScalerError::invalid(
+                            BROKER,
+                            "metricName",
+                            "no metricName given for scrapeUrl",
+                        )
+                    })?;
                 Ok(Mode::Scrape {
                     scrape_url,
                     metric_name,
@@ -383,7 +396,9 @@ impl PrometheusTrigger {
     /// The credentials, read from their files now.
     fn auth(&self) -> Result<HttpAuth, ScalerError> {
         let read = |field: &str, source: &SecretSource| {
-            source.read().map_err(|err| invalid(field, err.to_string()))
+            source
+                .read()
+                .map_err(|err| ScalerError::invalid(BROKER, field, err.to_string()))
         };
         match (&self.bearer_token, &self.username, &self.password) {
             (Some(token), None, None) => Ok(HttpAuth::Bearer(read("bearerToken", token)?)),
@@ -392,12 +407,21 @@ impl PrometheusTrigger {
                 password: read("password", password)?,
             }),
             (None, None, None) => Ok(HttpAuth::None),
-            (Some(_), _, _) => Err(invalid(
+            (Some(_), _, _) => Err(ScalerError::invalid(
+                BROKER,
                 "bearerToken",
                 "bearer and basic authentication are mutually exclusive",
             )),
-            (None, Some(_), None) => Err(invalid("password", "username needs a password file")),
-            (None, None, Some(_)) => Err(invalid("username", "password needs a username")),
+            (None, Some(_), None) => Err(ScalerError::invalid(
+                BROKER,
+                "password",
+                "username needs a password file",
+            )),
+            (None, None, Some(_)) => Err(ScalerError::invalid(
+                BROKER,
+                "username",
+                "password needs a username",
+            )),
         }
     }
 
@@ -447,6 +471,10 @@ impl TriggerParams for PrometheusTrigger {
         self.threshold
     }
 
+    fn activation_threshold(&self) -> f64 {
+        self.activation_threshold
+    }
+
     fn metric_name(&self) -> String {
         match self.mode() {
             Ok(Mode::Scrape { metric_name, .. }) => {
@@ -459,7 +487,8 @@ impl TriggerParams for PrometheusTrigger {
     fn validate(&self) -> Result<(), ScalerError> {
         self.request_url()?;
         if !self.threshold.is_finite() || self.threshold <= 0.0 {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                BROKER,
                 "threshold",
                 format!(
                     "must be a number above 0 (the HPA's target per replica), got {}",
@@ -468,31 +497,39 @@ impl TriggerParams for PrometheusTrigger {
             ));
         }
         if !self.activation_threshold.is_finite() {
-            return Err(invalid("activationThreshold", "must be a finite number"));
+            return Err(ScalerError::invalid(
+                BROKER,
+                "activationThreshold",
+                "must be a finite number",
+            ));
         }
         if let Some(timeout) = self.timeout
             && !(1..=MAX_TIMEOUT_MS).contains(&timeout)
         {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                BROKER,
                 "timeout",
                 format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds, got {timeout}"),
             ));
         }
         for (name, value) in &self.custom_headers.0 {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    BROKER,
                     "customHeaders",
                     format!("{name:?} is not a valid header name"),
                 ));
             }
             if reqwest::header::HeaderValue::from_str(value).is_err() {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    BROKER,
                     "customHeaders",
                     format!("the value of {name:?} is not a valid header value"),
                 ));
             }
             if name.eq_ignore_ascii_case("authorization") {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    BROKER,
                     "customHeaders",
                     "Authorization must come from bearerToken or username + password (files)",
                 ));
@@ -500,19 +537,58 @@ impl TriggerParams for PrometheusTrigger {
         }
         if let Some(user) = &self.username {
             if user.is_empty() || user.contains(':') {
-                return Err(invalid("username", "must be non-empty and without ':'"));
+                return Err(ScalerError::invalid(
+                    BROKER,
+                    "username",
+                    "must be non-empty and without ':'",
+                ));
             }
         }
         // Checks the combination without reading the files.
         match (&self.bearer_token, &self.username, &self.password) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(invalid(
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(ScalerError::invalid(
+                BROKER,
                 "bearerToken",
                 "bearer and basic authentication are mutually exclusive",
             )),
-            (None, Some(_), None) => Err(invalid("password", "username needs a password file")),
-            (None, None, Some(_)) => Err(invalid("username", "password needs a username")),
+            (None, Some(_), None) => Err(ScalerError::invalid(
+                BROKER,
+                "password",
+                "username needs a password file",
+            )),
+            (None, None, Some(_)) => Err(ScalerError::invalid(
+                BROKER,
+                "username",
+                "password needs a username",
+            )),
             _ => Ok(()),
         }
+    }
+
+    fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)> {
+        let PrometheusTrigger {
+            bearer_token,
+            password,
+            server_address: _,
+            query: _,
+            ignore_null_values: _,
+            namespace: _,
+            query_parameters: _,
+            scrape_url: _,
+            metric_name: _,
+            labels: _,
+            aggregation: _,
+            threshold: _,
+            activation_threshold: _,
+            custom_headers: _,
+            username: _,
+            unsafe_ssl: _,
+            timeout: _,
+        } = self;
+        [("bearerToken", bearer_token), ("password", password)]
+            .into_iter()
+            .filter_map(|(field, source)| source.as_mut().map(|s| (field, s)))
+            .collect()
     }
 }
 
@@ -735,7 +811,7 @@ impl PrometheusScaler {
             Mode::Query { .. } => {
                 let value = interpret_query(body, trigger.ignore_null_values.unwrap_or(true))
                     .map_err(|p| p.into_error(trigger.target()))?;
-                Reading::new(value, value > trigger.activation_threshold)
+                Reading::new(value, trigger.is_active(ActivationInput::value_only(value)))
             }
             Mode::Scrape { metric_name, .. } => {
                 let scrape = match scrape {
@@ -752,7 +828,7 @@ impl PrometheusScaler {
                     trigger.aggregation.unwrap_or_default(),
                 )
                 .map_err(|p| p.into_error(trigger.target()))?;
-                Reading::new(value, value > trigger.activation_threshold)
+                Reading::new(value, trigger.is_active(ActivationInput::value_only(value)))
                     .with_extra("series", series as f64)
             }
         };
@@ -764,6 +840,8 @@ impl Scaler for PrometheusScaler {
     type Trigger = PrometheusTrigger;
 
     const KIND: &'static str = BROKER;
+
+    const CONFIG_KEY: &'static str = "prometheus";
 
     fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
         match trigger {
@@ -878,6 +956,7 @@ impl Scaler for PrometheusScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scalers::Trigger;
 
     fn query_trigger(query: &str) -> PrometheusTrigger {
         serde_json::from_value(serde_json::json!({
@@ -1245,5 +1324,22 @@ latency_seconds_count 3
             matches!(&err, ScalerError::InvalidTrigger { field, .. } if field == "bearerToken"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn plan_decides_activity_from_the_value_as_the_scaler_does() {
+        for (value, activation) in [("3.5", 3.0), ("3.5", 3.5), ("0", 0.0), ("0.1", 0.0)] {
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":"scalar","result":[1,"{value}"]}}}}"#
+            );
+            let mut t = query_trigger("up");
+            t.activation_threshold = activation;
+            let read = PrometheusScaler::answer(&t, &body, None).unwrap();
+            let planned = Trigger::Prometheus(t).is_active(ActivationInput::value_only(read.value));
+            assert_eq!(
+                planned, read.active,
+                "value {value} activation {activation}"
+            );
+        }
     }
 }

@@ -158,10 +158,12 @@ impl KafkaCluster {
             // subscribe) and never commits: it only reads the records behind lag seconds.
             .set("group.id", "spillway-lag-reader")
             .create_with_context(ClusterContext::default())
-            .map_err(|err| ScalerError::InvalidTrigger {
-                broker: KIND,
-                field: "bootstrapServers".into(),
-                message: format!("cannot create a Kafka client: {err}"),
+            .map_err(|err| {
+                ScalerError::invalid(
+                    KIND,
+                    "bootstrapServers",
+                    format!("cannot create a Kafka client: {err}"),
+                )
             })?;
         Ok(Self {
             consumer,
@@ -295,10 +297,12 @@ impl KafkaCluster {
             .clone()
             .set("group.id", group)
             .create_with_context(ClusterContext::default())
-            .map_err(|err| ScalerError::InvalidTrigger {
-                broker: KIND,
-                field: "consumerGroup".into(),
-                message: format!("cannot create a Kafka client for group {group:?}: {err}"),
+            .map_err(|err| {
+                ScalerError::invalid(
+                    KIND,
+                    "consumerGroup",
+                    format!("cannot create a Kafka client for group {group:?}: {err}"),
+                )
             })?;
         let client = Arc::new(client);
         clients.insert(group.to_owned(), Arc::clone(&client));

@@ -42,7 +42,10 @@ pub use lag::{
     partition_lag, total_lag,
 };
 
-use super::{BacklogSample, Reading, Scaler, ScalerError, TriggerParams, normalize_metric_name};
+use super::{
+    ActivationInput, BacklogSample, Reading, Scaler, ScalerError, TriggerParams,
+    normalize_metric_name,
+};
 use crate::secret::{SecretSource, SecretString};
 
 const KIND: &str = "kafka";
@@ -231,7 +234,9 @@ impl KafkaTrigger {
     /// librdkafka settings for this trigger's cluster, with secrets read from their files.
     pub fn client_config(&self) -> Result<ClientConfig, ScalerError> {
         let read = |field: &str, source: &SecretSource| -> Result<SecretString, ScalerError> {
-            source.read().map_err(|err| invalid(field, err.to_string()))
+            source
+                .read()
+                .map_err(|err| ScalerError::invalid(KIND, field, err.to_string()))
         };
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.servers().join(","));
@@ -281,17 +286,20 @@ impl KafkaTrigger {
     }
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ScalerError {
-    ScalerError::InvalidTrigger {
-        broker: KIND,
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
-
 impl TriggerParams for KafkaTrigger {
     fn target_value(&self) -> f64 {
         self.lag_threshold as f64
+    }
+
+    fn activation_threshold(&self) -> f64 {
+        self.activation_lag_threshold as f64
+    }
+
+    /// Compares the lag with persistent lag and before the caps (the backlog), so a stuck
+    /// consumer keeps its trigger active even when `excludePersistentLag` leaves its lag out
+    /// of the value; without the backlog, the value stands for it.
+    fn is_active(&self, input: ActivationInput) -> bool {
+        input.backlog.unwrap_or(input.value) > self.activation_threshold()
     }
 
     fn metric_name(&self) -> String {
@@ -304,7 +312,8 @@ impl TriggerParams for KafkaTrigger {
     fn validate(&self) -> Result<(), ScalerError> {
         let servers = self.servers();
         if servers.is_empty() {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                KIND,
                 "bootstrapServers",
                 "must name at least one host:port",
             ));
@@ -314,62 +323,89 @@ impl TriggerParams for KafkaTrigger {
                 !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
             });
             if !valid {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    KIND,
                     "bootstrapServers",
                     format!("{server:?} is not host:port"),
                 ));
             }
         }
         if self.consumer_group.trim().is_empty() {
-            return Err(invalid("consumerGroup", "must not be empty"));
+            return Err(ScalerError::invalid(
+                KIND,
+                "consumerGroup",
+                "must not be empty",
+            ));
         }
         if self.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            return Err(invalid("topic", "must not be empty when set"));
+            return Err(ScalerError::invalid(
+                KIND,
+                "topic",
+                "must not be empty when set",
+            ));
         }
         if self.lag_threshold == 0 {
-            return Err(invalid("lagThreshold", "must be positive number"));
+            return Err(ScalerError::invalid(
+                KIND,
+                "lagThreshold",
+                "must be positive number",
+            ));
         }
         if self.allow_idle_consumers && self.limit_to_partitions_with_lag {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                KIND,
                 "limitToPartitionsWithLag",
                 "allowIdleConsumers and limitToPartitionsWithLag cannot be set simultaneously",
             ));
         }
         if self.limit_to_partitions_with_lag && self.ensure_even_distribution_of_partitions {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                KIND,
                 "ensureEvenDistributionOfPartitions",
                 "limitToPartitionsWithLag and ensureEvenDistributionOfPartitions cannot be set simultaneously",
             ));
         }
         if self.topic.is_none() {
             if self.limit_to_partitions_with_lag {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    KIND,
                     "topic",
                     "topic must be specified when using limitToPartitionsWithLag",
                 ));
             }
             if self.ensure_even_distribution_of_partitions {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    KIND,
                     "topic",
                     "topic must be specified when using ensureEvenDistributionOfPartitions",
                 ));
             }
             if self.partition_limitation.is_some() {
-                return Err(invalid(
+                return Err(ScalerError::invalid(
+                    KIND,
                     "partitionLimitation",
                     "needs topic: it names partitions of one topic",
                 ));
             }
         }
         if let Some(text) = &self.partition_limitation {
-            parse_partition_limitation(text).map_err(|m| invalid("partitionLimitation", m))?;
+            parse_partition_limitation(text)
+                .map_err(|m| ScalerError::invalid(KIND, "partitionLimitation", m))?;
         }
         if self.sasl != SaslMechanism::None {
             if self.username.as_deref().is_none_or(str::is_empty) {
-                return Err(invalid("username", "required when sasl is set"));
+                return Err(ScalerError::invalid(
+                    KIND,
+                    "username",
+                    "required when sasl is set",
+                ));
             }
             if self.password.is_none() {
-                return Err(invalid("password", "required when sasl is set"));
+                return Err(ScalerError::invalid(
+                    KIND,
+                    "password",
+                    "required when sasl is set",
+                ));
             }
         }
         if self.tls == TlsMode::Disable {
@@ -380,18 +416,20 @@ impl TriggerParams for KafkaTrigger {
                 ("unsafeSsl", self.unsafe_ssl),
             ] {
                 if set {
-                    return Err(invalid(field, "needs tls: enable"));
+                    return Err(ScalerError::invalid(KIND, field, "needs tls: enable"));
                 }
             }
         }
         if self.cert.is_some() != self.key.is_some() {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                KIND,
                 if self.cert.is_some() { "key" } else { "cert" },
                 "cert and key go together",
             ));
         }
         if !(100..=60_000).contains(&self.timeout) {
-            return Err(invalid(
+            return Err(ScalerError::invalid(
+                KIND,
                 "timeout",
                 format!(
                     "must be between 100 and 60000 milliseconds, got {}",
@@ -400,6 +438,43 @@ impl TriggerParams for KafkaTrigger {
             ));
         }
         Ok(())
+    }
+
+    fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)> {
+        let KafkaTrigger {
+            password,
+            ca,
+            cert,
+            key,
+            key_password,
+            bootstrap_servers: _,
+            consumer_group: _,
+            topic: _,
+            lag_threshold: _,
+            activation_lag_threshold: _,
+            offset_reset_policy: _,
+            allow_idle_consumers: _,
+            exclude_persistent_lag: _,
+            scale_to_zero_on_invalid_offset: _,
+            limit_to_partitions_with_lag: _,
+            ensure_even_distribution_of_partitions: _,
+            partition_limitation: _,
+            sasl: _,
+            username: _,
+            tls: _,
+            unsafe_ssl: _,
+            timeout: _,
+        } = self;
+        [
+            ("password", password),
+            ("ca", ca),
+            ("cert", cert),
+            ("key", key),
+            ("keyPassword", key_password),
+        ]
+        .into_iter()
+        .filter_map(|(field, source)| source.as_mut().map(|s| (field, s)))
+        .collect()
     }
 }
 
@@ -513,6 +588,8 @@ impl Scaler for KafkaScaler {
     type Trigger = KafkaTrigger;
     const KIND: &'static str = KIND;
 
+    const CONFIG_KEY: &'static str = "kafka";
+
     fn trigger_of(trigger: &super::Trigger) -> Option<&Self::Trigger> {
         match trigger {
             super::Trigger::Kafka(t) => Some(t),
@@ -576,6 +653,15 @@ fn reading(trigger: &KafkaTrigger, report: &KafkaLagReport) -> Reading {
     match report.lag_seconds {
         Some(seconds) => reading.with_extra("lag-seconds", seconds),
         None => reading,
+    }
+}
+
+/// What a trigger's activation weighs from its total: the served lag, and as the backlog the
+/// lag with persistent lag and before the caps.
+fn activation_input(total: &TotalLag) -> ActivationInput {
+    ActivationInput {
+        value: total.metric as f64,
+        backlog: Some(total.with_persistent as f64),
     }
 }
 
@@ -713,7 +799,8 @@ fn poll_round(
         }
         if results[*i].is_none() && triggers[*i].topic.is_some() && wanted.is_empty() {
             let topic = triggers[*i].topic.as_deref().unwrap_or_default();
-            results[*i] = Some(Err(invalid(
+            results[*i] = Some(Err(ScalerError::invalid(
+                KIND,
                 "partitionLimitation",
                 format!("expected at least one active partition within the topic '{topic}'"),
             )));
@@ -804,7 +891,7 @@ fn poll_round(
                 .map(|p| (p.lag, p.lag_with_persistent)),
             &rules,
         );
-        let active = total.with_persistent > trigger.activation_lag_threshold as i64;
+        let active = trigger.is_active(activation_input(&total));
         reports.insert(
             *i,
             KafkaLagReport {
@@ -934,6 +1021,7 @@ fn not_found(trigger: &KafkaTrigger, what: String) -> ScalerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scalers::Trigger;
 
     fn trigger() -> KafkaTrigger {
         KafkaTrigger::new("127.0.0.1:9092", "orders-consumer", Some("orders"))
@@ -1178,5 +1266,38 @@ mod tests {
             KafkaScaler::connection_key(&a),
             KafkaScaler::connection_key(&c)
         );
+    }
+
+    #[test]
+    fn plan_decides_activity_from_the_value_as_the_scaler_does_unless_lag_was_left_out_or_capped() {
+        // (per partition (lag, lag with persistent), activation, scaler active, plan active
+        // from the served value alone); lagThreshold 10.
+        let cases = [
+            ([(3, 3), (2, 2)], 4, true, true),
+            ([(3, 3), (2, 2)], 5, false, false),
+            ([(0, 0), (0, 0)], 0, false, false),
+            // excludePersistentLag left a stuck consumer's 7 out of the value; it still activates.
+            ([(0, 7), (2, 2)], 4, true, false),
+            // Capped at partitions x lagThreshold = 20, below the activation value.
+            ([(100, 100), (0, 0)], 50, true, false),
+        ];
+        for (lags, activation, scaler, plan) in cases {
+            let mut t = KafkaTrigger::new("k:9092", "g", Some("t"));
+            t.activation_lag_threshold = activation;
+            let total = total_lag(lags, &t.rules());
+            let trigger = Trigger::Kafka(t.clone());
+            assert_eq!(t.is_active(activation_input(&total)), scaler, "{lags:?}");
+            assert_eq!(
+                trigger.is_active(ActivationInput::value_only(total.metric as f64)),
+                plan,
+                "{lags:?}"
+            );
+            // Given the backlog as well, the rule answers as the scaler did.
+            assert_eq!(
+                trigger.is_active(activation_input(&total)),
+                scaler,
+                "{lags:?}"
+            );
+        }
     }
 }
