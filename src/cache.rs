@@ -62,6 +62,17 @@ pub struct TriggerState {
     pub recorded_at: Instant,
     /// Polls recorded since the trigger (with this spec) was first recorded.
     pub polls: u64,
+    /// The spec version the state was recorded for ([`MetricCache::record_for_spec`]), or
+    /// `None` for a one-off round ([`MetricCache::record`]).
+    pub spec_version: Option<u64>,
+}
+
+impl TriggerState {
+    /// Whether this state was read with spec `version` (a state of a one-off round holds for
+    /// any version).
+    pub fn is_for_spec(&self, version: u64) -> bool {
+        self.spec_version.is_none_or(|v| v == version)
+    }
 }
 
 impl TriggerState {
@@ -116,7 +127,7 @@ impl MetricCache {
         poll_duration: std::time::Duration,
     ) {
         let mut entries = self.entries.write().expect("cache lock");
-        Self::insert_outcome(&mut entries.states, id, outcome, poll_duration);
+        Self::insert_outcome(&mut entries.states, id, None, outcome, poll_duration);
         drop(entries);
         self.recorded.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -134,7 +145,13 @@ impl MetricCache {
         if entries.specs.get(&id) != Some(&version) {
             return false;
         }
-        Self::insert_outcome(&mut entries.states, id, outcome, poll_duration);
+        Self::insert_outcome(
+            &mut entries.states,
+            id,
+            Some(version),
+            outcome,
+            poll_duration,
+        );
         drop(entries);
         self.recorded.send_modify(|n| *n = n.wrapping_add(1));
         true
@@ -143,6 +160,7 @@ impl MetricCache {
     fn insert_outcome(
         states: &mut BTreeMap<TriggerId, TriggerState>,
         id: TriggerId,
+        spec_version: Option<u64>,
         outcome: Result<Reading, ScalerError>,
         poll_duration: std::time::Duration,
     ) {
@@ -168,6 +186,7 @@ impl MetricCache {
                 poll_duration,
                 recorded_at: now,
                 polls,
+                spec_version,
             },
         );
     }
@@ -204,6 +223,7 @@ impl MetricCache {
                 poll_duration: Duration::ZERO,
                 recorded_at: now,
                 polls: 0,
+                spec_version: Some(version),
             });
         state.error = Some(error);
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
@@ -213,14 +233,19 @@ impl MetricCache {
         true
     }
 
-    /// `id`'s state once it has one: at once if it was polled already, else when its first
-    /// poll is recorded; `None` if that takes longer than `timeout`.
-    pub async fn first_outcome(&self, id: &TriggerId, timeout: Duration) -> Option<TriggerState> {
+    /// `id`'s state for spec `version` once it has one: at once if it was polled already, else
+    /// when its first poll is recorded; `None` if that takes longer than `timeout`.
+    pub async fn first_outcome(
+        &self,
+        id: &TriggerId,
+        version: u64,
+        timeout: Duration,
+    ) -> Option<TriggerState> {
         // Subscribing before looking means a record between the look and the wait still wakes us.
         let mut recorded = self.recorded.subscribe();
         let wait = async {
             loop {
-                if let Some(state) = self.get(id) {
+                if let Some(state) = self.get_for_spec(id, version) {
                     return state;
                 }
                 // The sender lives in `self`, so the channel cannot close while we borrow it.
@@ -230,6 +255,12 @@ impl MetricCache {
             }
         };
         tokio::time::timeout(timeout, wait).await.ok()
+    }
+
+    /// One trigger's state if it was read with spec `version`: a state of the trigger's
+    /// previous spec is none of the current one's.
+    pub fn get_for_spec(&self, id: &TriggerId, version: u64) -> Option<TriggerState> {
+        self.get(id).filter(|state| state.is_for_spec(version))
     }
 
     /// One trigger's state.
@@ -414,7 +445,7 @@ mod tests {
         let cache = std::sync::Arc::new(MetricCache::new());
         let short = Duration::from_millis(50);
         assert!(
-            cache.first_outcome(&id(0), short).await.is_none(),
+            cache.first_outcome(&id(0), 0, short).await.is_none(),
             "timed out"
         );
 
@@ -424,7 +455,7 @@ mod tests {
             writer.record(id(1), Ok(Reading::new(1.0, true)), Default::default());
             writer.record(id(0), Err(down()), Default::default());
         });
-        let state = cache.first_outcome(&id(0), Duration::from_secs(5)).await;
+        let state = cache.first_outcome(&id(0), 0, Duration::from_secs(5)).await;
         assert_eq!(
             state.unwrap().consecutive_failures,
             1,
@@ -432,7 +463,7 @@ mod tests {
         );
         recorded.await.unwrap();
         assert!(
-            cache.first_outcome(&id(1), short).await.is_some(),
+            cache.first_outcome(&id(1), 0, short).await.is_some(),
             "already there"
         );
     }

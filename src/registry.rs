@@ -9,7 +9,8 @@
 //! The types that describe what is served ([`MetricSource`], [`ScaleTarget`], [`FallbackValue`])
 //! live here, below the poller, the metrics API and the controller that all read them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct MetricSource {
     /// What the main metric serves once the trigger has failed often enough (the scaled
     /// object's `fallback`); without it a failing trigger is a 503.
     pub fallback: Option<FallbackValue>,
+    /// The version of the trigger's spec; a reading taken for another version is not this
+    /// metric's (see [`Served::spec_versions`]).
+    pub spec_version: u64,
 }
 
 /// The served metrics of `triggers`, in order (the names `spillway watch` shows).
@@ -41,6 +45,7 @@ pub fn catalog(triggers: &[(TriggerId, Trigger)]) -> Vec<MetricSource> {
             id: id.clone(),
             metric: served_metric_name(id.index, trigger),
             fallback: None,
+            spec_version: 0,
         })
         .collect()
 }
@@ -89,10 +94,17 @@ pub struct Served {
     pub metrics: Arc<[MetricSource]>,
     /// The workloads the objects scale, for object metrics.
     pub targets: Arc<[ScaleTarget]>,
+    /// Each trigger's spec version: it changes when the trigger's spec changes (host, queue,
+    /// topic, query), so a reading of the old spec is never served for the new one. The
+    /// poller reads with it and the cache keeps it beside each reading.
+    pub spec_versions: HashMap<TriggerId, u64>,
 }
 
 impl Served {
-    fn build(objects: BTreeMap<(String, String), Arc<Registered>>) -> Self {
+    fn build(
+        objects: BTreeMap<(String, String), Arc<Registered>>,
+        spec_versions: HashMap<TriggerId, u64>,
+    ) -> Self {
         let mut metrics = Vec::new();
         let mut targets = Vec::new();
         for object in objects.values() {
@@ -107,6 +119,7 @@ impl Served {
                             replicas,
                             value: f64::from(replicas) * trigger.target_value(),
                         });
+                source.spec_version = spec_versions.get(&source.id).copied().unwrap_or(0);
                 metrics.push(source);
             }
             if let Some(target) = &object.config.scale_target_ref {
@@ -121,6 +134,7 @@ impl Served {
             objects,
             metrics: metrics.into(),
             targets: targets.into(),
+            spec_versions,
         }
     }
 
@@ -137,6 +151,8 @@ impl Served {
 #[derive(Debug, Default)]
 pub struct Registry {
     served: RwLock<Arc<Served>>,
+    /// The last spec version handed out.
+    last_spec_version: AtomicU64,
 }
 
 impl Registry {
@@ -175,9 +191,28 @@ impl Registry {
         if served.objects.get(&key).is_some_and(|o| **o == object) {
             return false;
         }
+        // A trigger keeps its version while its spec is the same; a new or changed one gets
+        // the next.
+        let previous = served.objects.get(&key);
+        let mut spec_versions = served.spec_versions.clone();
+        for (id, trigger) in &object.triggers {
+            let unchanged =
+                previous.is_some_and(|p| p.triggers.iter().any(|(i, t)| i == id && t == trigger));
+            if !unchanged || !spec_versions.contains_key(id) {
+                let version = self.last_spec_version.fetch_add(1, Ordering::Relaxed) + 1;
+                spec_versions.insert(id.clone(), version);
+            }
+        }
+        if let Some(previous) = previous {
+            for (id, _) in &previous.triggers {
+                if !object.triggers.iter().any(|(i, _)| i == id) {
+                    spec_versions.remove(id);
+                }
+            }
+        }
         let mut objects = served.objects.clone();
         objects.insert(key, Arc::new(object));
-        *served = Arc::new(Served::build(objects));
+        *served = Arc::new(Served::build(objects, spec_versions));
         true
     }
 
@@ -198,7 +233,15 @@ impl Registry {
             .collect();
         let removed = before - objects.len();
         if removed > 0 {
-            *served = Arc::new(Served::build(objects));
+            let spec_versions = served
+                .spec_versions
+                .iter()
+                .filter(|(id, _)| {
+                    objects.contains_key(&(id.namespace.clone(), id.scaled_object.clone()))
+                })
+                .map(|(id, v)| (id.clone(), *v))
+                .collect();
+            *served = Arc::new(Served::build(objects, spec_versions));
         }
         removed
     }
@@ -243,7 +286,9 @@ impl Registry {
                 objects: BTreeMap::new(),
                 metrics: metrics.into(),
                 targets: targets.into(),
+                spec_versions: HashMap::new(),
             })),
+            last_spec_version: AtomicU64::new(0),
         }
     }
 }
@@ -275,6 +320,37 @@ mod tests {
             polling_interval: Duration::from_secs(5),
             fallback,
         }
+    }
+
+    #[test]
+    fn a_trigger_keeps_its_spec_version_until_its_spec_changes() {
+        let registry = Registry::new();
+        registry.upsert(object("a", None));
+        registry.upsert(object("b", None));
+        let id_a = registry.served().objects[&("default".into(), "a".into())].triggers[0]
+            .0
+            .clone();
+        let first = registry.served().spec_versions[&id_a];
+        assert_eq!(registry.served().metrics[0].spec_version, first);
+
+        // Only the fallback changes: same spec, same version.
+        registry.upsert(object("a", Some((3, 2))));
+        assert_eq!(registry.served().spec_versions[&id_a], first);
+
+        // The trigger changes: a new version, served with the metric.
+        let mut changed = object("a", Some((3, 2)));
+        if let Trigger::Cron(cron) = &mut changed.triggers[0].1 {
+            cron.desired_replicas = 9;
+        }
+        registry.upsert(changed);
+        let served = registry.served();
+        let second = served.spec_versions[&id_a];
+        assert!(second > first);
+        assert_eq!(served.metrics[0].spec_version, second);
+
+        registry.remove("default", "a");
+        assert!(!registry.served().spec_versions.contains_key(&id_a));
+        assert_eq!(registry.served().spec_versions.len(), 1, "b keeps its own");
     }
 
     #[test]

@@ -159,7 +159,10 @@ pub fn metric_names<'a>(
     let mut names = BTreeSet::new();
     for source in sources {
         names.insert(source.metric.clone());
-        if let Some(reading) = cache.get(&source.id).and_then(|s| s.last_reading) {
+        if let Some(reading) = cache
+            .get_for_spec(&source.id, source.spec_version)
+            .and_then(|s| s.last_reading)
+        {
             for (suffix, _) in &reading.extra {
                 names.insert(format!("{}-{suffix}", source.metric));
             }

@@ -27,6 +27,7 @@ fn source(scaled_object: &str, index: usize, metric: &str) -> MetricSource {
         id: id(scaled_object, index),
         metric: metric.into(),
         fallback: None,
+        spec_version: 0,
     }
 }
 
@@ -279,6 +280,55 @@ async fn a_failed_poll_is_503_never_zero() {
             .contains("connection refused"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_reading_of_the_previous_spec_is_never_served_for_the_new_one() {
+    // The queue of `jobs` was edited: the registry serves spec 2 under the new name, the cache
+    // still holds the reading of spec 1 (the old queue) until the poller catches up.
+    let cache = Arc::new(MetricCache::new());
+    let mut jobs = source("jobs", 0, "s0-rabbitmq-new-queue");
+    jobs.spec_version = 2;
+    cache.track_spec(&jobs.id, 1);
+    cache.record_for_spec(
+        jobs.id.clone(),
+        1,
+        Ok(Reading::new(40.0, true)),
+        Default::default(),
+    );
+    let state = AppState::new(
+        Arc::clone(&cache),
+        Arc::new(crate::registry::Registry::with_catalog(
+            vec![jobs.clone()],
+            Vec::new(),
+        )),
+    );
+    let (code, _, body) = call(
+        &state,
+        get_request(&format!("{METRICS}/s0-rabbitmq-new-queue")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("no reading yet"),
+        "{body}"
+    );
+
+    // The new spec's first poll lands: its value is served.
+    cache.track_spec(&jobs.id, 2);
+    cache.record_for_spec(
+        jobs.id.clone(),
+        2,
+        Ok(Reading::new(7.0, true)),
+        Default::default(),
+    );
+    let (code, _, body) = call(
+        &state,
+        get_request(&format!("{METRICS}/s0-rabbitmq-new-queue")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["value"], "7");
 }
 
 #[tokio::test]
@@ -796,7 +846,7 @@ async fn the_wait_for_a_first_poll_is_bounded() {
     super::values::await_first_polls(
         &cache,
         &requests,
-        &[id("fresh", 0)],
+        &[(id("fresh", 0), 0)],
         std::time::Duration::from_millis(100),
     )
     .await;

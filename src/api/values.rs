@@ -108,10 +108,15 @@ pub async fn lookup(
     metric: &str,
     selector: &Selector,
 ) -> Result<Vec<MetricValue>, Miss> {
-    let cold: Vec<TriggerId> = select(sources, &state.cache, metric, selector)?
+    let cold: Vec<(TriggerId, u64)> = select(sources, &state.cache, metric, selector)?
         .iter()
-        .filter(|s| state.cache.get(&s.source.id).is_none())
-        .map(|s| s.source.id.clone())
+        .filter(|s| {
+            state
+                .cache
+                .get_for_spec(&s.source.id, s.source.spec_version)
+                .is_none()
+        })
+        .map(|s| (s.source.id.clone(), s.source.spec_version))
         .collect();
     if !cold.is_empty() {
         if let Some(requests) = &state.poll_requests {
@@ -123,18 +128,22 @@ pub async fn lookup(
     read(&selected, &state.cache, metric)
 }
 
-/// Asks the poller for the first poll of each of `ids` (coalesced with every other ask for the
-/// same trigger) and waits until each has an outcome in `cache`, or `timeout` has passed.
+/// Asks the poller for the first poll of each of `ids` (with their spec versions; coalesced
+/// with every other ask for the same trigger) and waits until each has an outcome for its
+/// spec in `cache`, or `timeout` has passed.
 pub async fn await_first_polls(
     cache: &MetricCache,
     requests: &PollRequests,
-    ids: &[TriggerId],
+    ids: &[(TriggerId, u64)],
     timeout: Duration,
 ) {
-    let waits = ids.iter().filter(|id| requests.ask(id)).map(|id| {
-        tracing::debug!(trigger = %id, "cold miss: waiting for the first poll");
-        cache.first_outcome(id, timeout)
-    });
+    let waits = ids
+        .iter()
+        .filter(|(id, _)| requests.ask(id))
+        .map(|(id, version)| {
+            tracing::debug!(trigger = %id, "cold miss: waiting for the first poll");
+            cache.first_outcome(id, *version, timeout)
+        });
     join_all(waits).await;
 }
 
@@ -161,7 +170,7 @@ fn select<'a>(
             // Extras are known from readings; before the first one, any suffix of a
             // not-yet-polled trigger may be real, so it waits like the main metric.
             let seen = cache
-                .get(&source.id)
+                .get_for_spec(&source.id, source.spec_version)
                 .and_then(|s| s.last_reading)
                 .map(|r| r.extra.iter().any(|(n, _)| *n == suffix));
             match seen {
@@ -207,7 +216,7 @@ fn read(
     } in selected
     {
         let id = &source.id;
-        let Some(state) = cache.get(id) else {
+        let Some(state) = cache.get_for_spec(id, source.spec_version) else {
             return Err(unavailable(
                 id,
                 "no reading yet (the first poll has not finished)".into(),

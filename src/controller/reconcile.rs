@@ -310,9 +310,15 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         }
         Err(err) => return Err(err.into()),
     };
+    // Only states read with the registered spec: after an edit, the old spec's reading is
+    // no reading of this object's.
+    let served = ctx.registry.served();
     let states: Vec<Option<TriggerState>> = trigger_ids
         .iter()
-        .map(|(id, _)| ctx.cache.get(id))
+        .map(|(id, _)| match served.spec_versions.get(id) {
+            Some(version) => ctx.cache.get_for_spec(id, *version),
+            None => ctx.cache.get(id),
+        })
         .collect();
     let now = Timestamp::now();
     let rules = ZeroRules::from_spec(&so.spec);

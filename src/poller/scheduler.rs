@@ -48,7 +48,7 @@ pub fn freshness_bound(interval: Duration) -> Duration {
 struct Tracked {
     trigger: Trigger,
     interval: Duration,
-    /// The cache's spec version for it; a changed spec gets the next one.
+    /// Its spec version (the registry's): outcomes are recorded for it only.
     version: u64,
     /// When this spec version was first seen: the age of a trigger never polled.
     since: Instant,
@@ -80,7 +80,6 @@ pub struct Scheduler {
     groups: HashMap<GroupAddress, Group>,
     /// The registry snapshot the groups follow now.
     synced: Option<Arc<Served>>,
-    next_version: u64,
     /// [`MIN_FRESHNESS`], shorter in tests.
     min_freshness: Duration,
 }
@@ -99,7 +98,6 @@ impl Scheduler {
             tracked: BTreeMap::new(),
             groups: HashMap::new(),
             synced: None,
-            next_version: 0,
             min_freshness: MIN_FRESHNESS,
         }
     }
@@ -148,7 +146,8 @@ impl Scheduler {
         for object in served.objects.values() {
             for (id, trigger) in &object.triggers {
                 live.insert(id.clone());
-                let tracked = self.track(id, trigger, object.polling_interval, now);
+                let version = served.spec_versions.get(id).copied().unwrap_or(0);
+                let tracked = self.track(id, trigger, version, object.polling_interval, now);
                 if let Ok(address) = &tracked.place {
                     members.entry(address.clone()).or_default().push(Member {
                         id: id.clone(),
@@ -191,28 +190,22 @@ impl Scheduler {
         self.synced = Some(served);
     }
 
-    /// The tracked entry of `id`, new or updated for `trigger` and `interval`: a changed spec
-    /// gets a new version, which drops the old reading from the cache.
+    /// The tracked entry of `id`, new or updated for `trigger` (spec `version`, the registry's)
+    /// and `interval`: a new version drops the old reading from the cache.
     fn track(
         &mut self,
         id: &TriggerId,
         trigger: &Trigger,
+        version: u64,
         interval: Duration,
         now: Instant,
     ) -> &Tracked {
         let same = self
             .tracked
             .get(id)
-            .is_some_and(|t| t.trigger == *trigger && t.interval == interval);
+            .is_some_and(|t| t.version == version && t.interval == interval);
         if !same {
-            let spec_changed = self.tracked.get(id).is_some_and(|t| t.trigger != *trigger);
-            let version = match self.tracked.get(id) {
-                Some(t) if !spec_changed => t.version,
-                _ => {
-                    self.next_version += 1;
-                    self.next_version
-                }
-            };
+            let spec_changed = self.tracked.get(id).is_some_and(|t| t.version != version);
             if self.shared.cache.track_spec(id, version) {
                 tracing::info!(trigger = %id, "spec changed: its old reading is dropped and it is polled again at once");
             }
