@@ -1209,3 +1209,185 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_its_successor_reconcil
     drop(follower);
     delete_lease(admin, &lease).await;
 }
+
+/// A listener on a free loopback port that accepts every connection and never answers.
+async fn tarpit() -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    (address, held)
+}
+
+#[tokio::test]
+async fn a_scaled_object_whose_broker_hangs_never_moves_another_ones_hpa_or_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-hung").await;
+    // 45 records behind: ceil(45 / 10) = 5 replicas for the steady consumer.
+    let (topic, group) = kafka_backlog(&[20, 15, 10]).await;
+    let steady = deployment(admin, &ns, "steady", 1).await;
+    let hung = deployment(admin, &ns, "hung", 1).await;
+    let (address, tarpit_task) = tarpit().await;
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "steady",
+            "steady",
+            json!({"minReplicaCount": 1, "maxReplicaCount": 10, "pollingInterval": 1,
+                "triggers": [kafka_trigger(&common::kafka::bootstrap(), &group, &topic)]}),
+        ),
+    )
+    .await;
+    wait_replicas(
+        &steady,
+        "steady",
+        "to reach ceil(45/10) = 5 replicas",
+        Duration::from_secs(120),
+        |r| r == 5,
+    )
+    .await;
+
+    // Now a ScaledObject whose Prometheus accepts and never answers, with a 60 s timeout.
+    let recorder = ReplicaRecorder::start(steady.clone(), "steady");
+    let hung_recorder = ReplicaRecorder::start(hung.clone(), "hung");
+    let created = Instant::now();
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "hung",
+            "hung",
+            json!({"minReplicaCount": 0, "maxReplicaCount": 10, "pollingInterval": 1,
+                "cooldownPeriod": 5, "fallback": {"failureThreshold": 2, "replicas": 3},
+                "triggers": [{"prometheus": {"serverAddress": format!("http://{address}"),
+                    "query": "up", "threshold": 1, "timeout": 60000}}]}),
+        ),
+    )
+    .await;
+    // Stale after 15 s, fallback after two stale marks: 3 replicas, never 0.
+    let fallback = wait_condition(&sos, "hung", "Fallback", "True", Duration::from_secs(60)).await;
+    let to_fallback = created.elapsed();
+    wait_replicas(
+        &hung,
+        "hung",
+        "to reach the fallback's 3 replicas",
+        Duration::from_secs(60),
+        |r| r == 3,
+    )
+    .await;
+    println!(
+        "hung broker -> Fallback=True after {} ({}: {})",
+        secs(to_fallback),
+        fallback.reason,
+        fallback.message
+    );
+    assert!(
+        fallback.message.contains("no reading newer than"),
+        "{}",
+        fallback.message
+    );
+    // The steady consumer's metric stays fresh meanwhile.
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/s0-kafka-{topic}?labelSelector={LABEL}%3Dsteady"
+    );
+    let (code, body) = k8s::get_raw(admin, &path).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""value":"45""#), "{body}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    recorder.catch_up().await;
+    hung_recorder.catch_up().await;
+    assert_eq!(
+        recorder.describe(),
+        "5 at 0.0 s",
+        "the steady consumer never moves while another object's broker hangs"
+    );
+    assert!(
+        hung_recorder.lowest().is_some_and(|low| low >= 1),
+        "a hung broker never scales to 0: {}",
+        hung_recorder.describe()
+    );
+    assert_eq!(replicas(&steady, "steady").await, 5);
+    delete_scaled_object(&sos, "hung").await;
+    delete_scaled_object(&sos, "steady").await;
+    delete_lease(admin, &controller.lease_name).await;
+    tarpit_task.abort();
+}
+
+#[tokio::test]
+async fn editing_a_triggers_queue_never_serves_the_old_queues_value() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-edit").await;
+    let (_old_connection, _old_channel, old_queue) =
+        common::rabbitmq::queue_with_messages("edit-old", 40).await;
+    let (_new_connection, _new_channel, new_queue) =
+        common::rabbitmq::queue_with_messages("edit-new", 7).await;
+    let amqp_port = common::rabbitmq::amqp_port();
+    deployment(admin, &ns, "worker", 1).await;
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let spec = |queue: &str| {
+        json!({"minReplicaCount": 1, "maxReplicaCount": 10, "pollingInterval": 1,
+            "triggers": [{"rabbitmq": {"host": format!("amqp://127.0.0.1:{amqp_port}/"),
+                "queueName": queue, "value": 10}}]})
+    };
+    let metric_path = |queue: &str| {
+        format!(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/s0-rabbitmq-{}?labelSelector={LABEL}%3Dworker",
+            queue.to_lowercase().replace(['.', '_'], "-")
+        )
+    };
+    k8s::apply(admin, scaled_object(&ns, "worker", "worker", spec(&old_queue))).await;
+    common::eventually(
+        "the old queue's 40 messages served",
+        Duration::from_secs(60),
+        || async {
+            let (code, body) = k8s::get_raw(admin, &metric_path(&old_queue)).await;
+            (code == 200 && body.contains(r#""value":"40""#)).then_some(())
+        },
+    )
+    .await;
+
+    // Edit the queue and read the new metric at once and often: never 40.
+    k8s::apply(admin, scaled_object(&ns, "worker", "worker", spec(&new_queue))).await;
+    let edited = Instant::now();
+    let mut answers = Vec::new();
+    while edited.elapsed() < Duration::from_secs(8) {
+        let (code, body) = k8s::get_raw(admin, &metric_path(&new_queue)).await;
+        if code == 200 {
+            assert!(
+                body.contains(r#""value":"7""#),
+                "the new queue's metric served another value {:.1} s after the edit: {body}",
+                edited.elapsed().as_secs_f64()
+            );
+        }
+        answers.push((edited.elapsed().as_secs_f64(), code));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_value = answers.iter().find(|(_, code)| *code == 200).map(|(at, _)| *at);
+    assert!(
+        answers.iter().filter(|(_, c)| *c == 200).count() >= 10,
+        "the new queue is served soon after the edit: {answers:?}"
+    );
+    let codes: std::collections::BTreeMap<u16, usize> =
+        answers.iter().fold(Default::default(), |mut count, (_, code)| {
+            *count.entry(*code).or_default() += 1;
+            count
+        });
+    println!(
+        "queue edit: answers in the 8 s after it by code {codes:?}, the first value (7, never 40) after {:.1} s",
+        first_value.unwrap_or_default()
+    );
+    delete_scaled_object(&sos, "worker").await;
+    delete_lease(admin, &controller.lease_name).await;
+}
