@@ -9,7 +9,7 @@
 //! | `host` | one of `host`, `hostFromSecret` | server URL **without a password**: `amqp(s)://[user@]host[:5672]/vhost` or `http(s)://[user@]host[:15672][/prefix]/vhost` |
 //! | `hostFromSecret` | | `{file: PATH}`: a file (a mounted Secret) holding the whole URL, credentials included |
 //! | `protocol` | `auto` | `auto` (by the URL's scheme), `amqp` or `http`; an explicit value must agree with the scheme |
-//! | `queueName` | required | the queue; a regex with `useRegex` |
+//! | `queueName` | required | the queue (at most 255 bytes, RabbitMQ's limit); a regex with `useRegex` |
 //! | `vhostName` | | overrides the vhost of the URL (empty means unset) |
 //! | `mode` | `QueueLength` | `QueueLength` or `MessageRate` (http only) |
 //! | `value` | required, > 0 | the HPA's AverageValue target |
@@ -280,6 +280,19 @@ impl RabbitMqTrigger {
     fn checked_endpoint(&self) -> Result<Endpoint, ScalerError> {
         if self.queue_name.is_empty() {
             return Err(invalid("queueName", "no queue name given"));
+        }
+        // RabbitMQ's limit. Over AMQP a name travels as a short string whose length is one
+        // byte: a longer name garbles the declare frame, and the server closes the connection
+        // every trigger of the vhost shares (a regex is never sent, so it may be longer).
+        const MAX_QUEUE_NAME_BYTES: usize = 255;
+        if !self.use_regex && self.queue_name.len() > MAX_QUEUE_NAME_BYTES {
+            return Err(invalid(
+                "queueName",
+                format!(
+                    "is {} bytes long; RabbitMQ queue names hold at most {MAX_QUEUE_NAME_BYTES}",
+                    self.queue_name.len()
+                ),
+            ));
         }
         if !(self.value.is_finite() && self.value > 0.0) {
             return Err(invalid("value", "must be a number greater than 0"));
@@ -1660,6 +1673,11 @@ mod tests {
                 &http,
                 serde_json::json!({"host": "https://rabbit/", "unsafeSsl": true}),
             ),
+            with(&amqp, serde_json::json!({"queueName": "q".repeat(255)})),
+            with(
+                &http,
+                serde_json::json!({"useRegex": true, "queueName": format!("^{}", "q".repeat(300))}),
+            ),
         ];
         for t in &ok {
             t.validate().unwrap_or_else(|err| panic!("{t:?}: {err}"));
@@ -1668,6 +1686,14 @@ mod tests {
         let cases = [
             (
                 with(&amqp, serde_json::json!({"queueName": ""})),
+                "queueName",
+            ),
+            (
+                with(&amqp, serde_json::json!({"queueName": "q".repeat(256)})),
+                "queueName",
+            ),
+            (
+                with(&http, serde_json::json!({"queueName": "é".repeat(128)})),
                 "queueName",
             ),
             (with(&amqp, serde_json::json!({"value": 0})), "value"),
