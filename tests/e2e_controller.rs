@@ -1347,7 +1347,11 @@ async fn editing_a_triggers_queue_never_serves_the_old_queues_value() {
             queue.to_lowercase().replace(['.', '_'], "-")
         )
     };
-    k8s::apply(admin, scaled_object(&ns, "worker", "worker", spec(&old_queue))).await;
+    k8s::apply(
+        admin,
+        scaled_object(&ns, "worker", "worker", spec(&old_queue)),
+    )
+    .await;
     common::eventually(
         "the old queue's 40 messages served",
         Duration::from_secs(60),
@@ -1359,7 +1363,11 @@ async fn editing_a_triggers_queue_never_serves_the_old_queues_value() {
     .await;
 
     // Edit the queue and read the new metric at once and often: never 40.
-    k8s::apply(admin, scaled_object(&ns, "worker", "worker", spec(&new_queue))).await;
+    k8s::apply(
+        admin,
+        scaled_object(&ns, "worker", "worker", spec(&new_queue)),
+    )
+    .await;
     let edited = Instant::now();
     let mut answers = Vec::new();
     while edited.elapsed() < Duration::from_secs(8) {
@@ -1374,16 +1382,21 @@ async fn editing_a_triggers_queue_never_serves_the_old_queues_value() {
         answers.push((edited.elapsed().as_secs_f64(), code));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let first_value = answers.iter().find(|(_, code)| *code == 200).map(|(at, _)| *at);
+    let first_value = answers
+        .iter()
+        .find(|(_, code)| *code == 200)
+        .map(|(at, _)| *at);
     assert!(
         answers.iter().filter(|(_, c)| *c == 200).count() >= 10,
         "the new queue is served soon after the edit: {answers:?}"
     );
     let codes: std::collections::BTreeMap<u16, usize> =
-        answers.iter().fold(Default::default(), |mut count, (_, code)| {
-            *count.entry(*code).or_default() += 1;
-            count
-        });
+        answers
+            .iter()
+            .fold(Default::default(), |mut count, (_, code)| {
+                *count.entry(*code).or_default() += 1;
+                count
+            });
     println!(
         "queue edit: answers in the 8 s after it by code {codes:?}, the first value (7, never 40) after {:.1} s",
         first_value.unwrap_or_default()

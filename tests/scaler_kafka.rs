@@ -393,3 +393,134 @@ async fn lag_matches_kafka_consumer_groups_tool() {
     );
     delete_topic(&topic).await;
 }
+
+/// Waits until the broker itself no longer lists `topic`, so the next poll is the first one
+/// after the deletion took effect (DeleteTopics answers before every broker forgot the topic).
+async fn wait_until_gone(topic: &str) {
+    let consumer: BaseConsumer = client_config().create().expect("metadata client");
+    common::eventually(
+        "the broker to forget the deleted topic",
+        Duration::from_secs(20),
+        || async {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()?;
+            metadata
+                .topics()
+                .iter()
+                .all(|t| t.name() != topic || t.error().is_some())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Issue 13: one tenant deleting its topic must not fail the other triggers on the cluster, not
+/// even for one tick, although the scaler's metadata cache (60 s) still lists the topic.
+#[tokio::test]
+async fn deleting_one_topic_fails_only_its_triggers_on_the_next_poll() {
+    let kept = create_topic(2).await;
+    let deleted = create_topic(2).await;
+    produce(&kept, &[10, 10], Duration::ZERO).await;
+    produce(&deleted, &[20, 20], Duration::ZERO).await;
+    // A group per topic, and one group reading both topics.
+    let kept_group = common::unique_name("kept");
+    let deleted_group = common::unique_name("gone");
+    let shared_group = common::unique_name("shared");
+    commit(&kept_group, &[(&kept, 0, 3), (&kept, 1, 4)]);
+    commit(&deleted_group, &[(&deleted, 0, 5), (&deleted, 1, 5)]);
+    commit(
+        &shared_group,
+        &[
+            (&kept, 0, 1),
+            (&kept, 1, 1),
+            (&deleted, 0, 2),
+            (&deleted, 1, 2),
+        ],
+    );
+    let uncapped = |group: &str, topic: Option<&str>| KafkaTrigger {
+        allow_idle_consumers: true,
+        ..trigger(group, topic)
+    };
+    let triggers = [
+        uncapped(&kept_group, Some(&kept)),
+        uncapped(&deleted_group, Some(&deleted)),
+        uncapped(&shared_group, Some(&kept)),
+        uncapped(&shared_group, Some(&deleted)),
+        uncapped(&shared_group, None),
+    ];
+    let scaler =
+        KafkaScaler::connect_with(&triggers[0], &[("statistics.interval.ms", "100")]).unwrap();
+    // ListOffsets and Metadata requests sent so far (librdkafka's statistics lag by 100 ms).
+    let requests = || async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let counts = scaler.request_counts();
+        let count = |api: &str| counts.get(api).copied().unwrap_or(0);
+        (count("ListOffsets"), count("Metadata"))
+    };
+    let values = |readings: &[Result<Reading, ScalerError>]| -> Vec<Option<f64>> {
+        readings
+            .iter()
+            .map(|r| r.as_ref().ok().map(|r| r.value))
+            .collect()
+    };
+    let before = scaler.poll(&triggers).await;
+    assert_eq!(
+        values(&before),
+        [Some(13.0), Some(30.0), Some(18.0), Some(36.0), Some(54.0)],
+        "{before:?}"
+    );
+
+    // A healthy tick: one ListOffsets (one broker leads every partition), no Metadata.
+    let at_start = requests().await;
+    assert!(scaler.poll(&triggers).await.iter().all(Result::is_ok));
+    let healthy = requests().await;
+    assert_eq!(
+        (healthy.0 - at_start.0, healthy.1 - at_start.1),
+        (1, 0),
+        "ListOffsets and Metadata requests of a healthy tick"
+    );
+
+    delete_topic(&deleted).await;
+    wait_until_gone(&deleted).await;
+    let before_deletion_tick = requests().await;
+    let started = Instant::now();
+    let after = scaler.poll(&triggers).await;
+    let took = started.elapsed();
+    let after_deletion_tick = requests().await;
+    assert_eq!(
+        values(&after),
+        [Some(13.0), None, Some(18.0), None, Some(18.0)],
+        "the kept topic's triggers read on the first poll after the deletion: {after:?}"
+    );
+    for i in [1, 3] {
+        assert!(
+            matches!(&after[i], Err(ScalerError::NotFound { what, .. }) if what.contains(&deleted)),
+            "trigger {i} on the deleted topic: {:?}",
+            after[i]
+        );
+    }
+    // The round stays well inside one broker timeout (5 s) beyond a healthy one.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let again = scaler.poll(&triggers).await;
+    assert_eq!(values(&again), values(&after), "{again:?}");
+    let extra = (
+        after_deletion_tick.0 - before_deletion_tick.0,
+        after_deletion_tick.1 - before_deletion_tick.1,
+    );
+    // The failed call, then the kept topic alone; one Metadata request finds the deleted topic.
+    assert!(
+        extra.0 <= 3 && extra.1 <= 3,
+        "ListOffsets and Metadata requests of the deletion tick: {extra:?}"
+    );
+    println!(
+        "kafka: first poll after deleting one of two topics took {took:?} with {} ListOffsets and {} Metadata requests: {:?}",
+        extra.0,
+        extra.1,
+        after
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.value).map_err(|e| e.reason()))
+            .collect::<Vec<_>>()
+    );
+    delete_topic(&kept).await;
+}

@@ -253,3 +253,61 @@ async fn invalid_triggers_fail_alone_without_the_network() {
     );
     stream.delete().await;
 }
+
+/// Issue 13: a stream or a consumer deleted between two ticks fails its own triggers on the
+/// next poll; the other triggers of the endpoint read from the same `/jsz` answer.
+#[tokio::test]
+async fn deleted_stream_or_consumer_fails_only_its_triggers() {
+    let (kept, _kept_pulls) = TestStream::create("kept", &["worker", "retired"], 3).await;
+    let (doomed, _doomed_pulls) = TestStream::create("doomed", &["worker"], 5).await;
+    let triggers = [
+        trigger(&kept.name, "worker"),
+        trigger(&kept.name, "retired"),
+        trigger(&doomed.name, "worker"),
+    ];
+    let scaler = NatsJetStreamScaler::connect(&triggers[0]).expect("connect");
+    let values =
+        |readings: &[Result<spillway::scalers::Reading, ScalerError>]| -> Vec<Option<f64>> {
+            readings
+                .iter()
+                .map(|r| r.as_ref().ok().map(|r| r.value))
+                .collect()
+        };
+    common::eventually(
+        "every consumer to show its backlog",
+        Duration::from_secs(10),
+        || async {
+            let readings = scaler.poll(&triggers).await;
+            (values(&readings) == [Some(3.0), Some(3.0), Some(5.0)]).then_some(())
+        },
+    )
+    .await;
+
+    kept.js
+        .get_stream(&kept.name)
+        .await
+        .expect("kept stream")
+        .delete_consumer("retired")
+        .await
+        .expect("delete consumer");
+    let doomed_name = doomed.name.clone();
+    doomed.delete().await;
+    let readings = scaler.poll(&triggers).await;
+    assert_eq!(values(&readings), [Some(3.0), None, None], "{readings:?}");
+    match &readings[1] {
+        Err(ScalerError::NotFound { what, .. }) => {
+            assert_eq!(
+                what,
+                &format!("consumer \"retired\" of stream {:?}", kept.name)
+            )
+        }
+        other => panic!("deleted consumer: {other:?}"),
+    }
+    match &readings[2] {
+        Err(ScalerError::NotFound { what, .. }) => {
+            assert_eq!(what, &format!("stream {doomed_name:?}"))
+        }
+        other => panic!("deleted stream: {other:?}"),
+    }
+    kept.delete().await;
+}

@@ -420,3 +420,66 @@ async fn unreachable_and_slow_servers_are_errors_quickly() {
         down.server_address.unwrap()
     );
 }
+
+/// Issue 13: triggers of one Prometheus server share a scaler; a bad query, a query the
+/// server gives up on, a non-value result or a missing scrape path fails its own trigger only,
+/// and the good queries and scrapes of the same poll read their values.
+#[tokio::test]
+async fn one_bad_query_fails_only_its_trigger() {
+    let mut empty = query_trigger(&format!("up{{job=\"{}\"}}", test_id()));
+    empty.ignore_null_values = Some(false);
+    let mut gave_up = query_trigger("sum(rate(prometheus_http_requests_total[5m]))");
+    // Prometheus's own per-query deadline, far too short: it answers 503 for this query only.
+    gave_up.query_parameters = KeyValues::parse("timeout=0.000000001").expect("parameters");
+    let triggers = [
+        query_trigger("vector(3)"),
+        query_trigger("sum(up{"),
+        query_trigger("up[1m]"),
+        query_trigger("1/0"),
+        empty,
+        gave_up,
+        scrape_trigger(
+            &format!("{}/no-such-path", prometheus_url()),
+            "prometheus_build_info",
+            &[],
+        ),
+        scrape_trigger(
+            &format!("{}/metrics", prometheus_url()),
+            "prometheus_build_info",
+            &[],
+        ),
+        query_trigger("scalar(vector(2.5))"),
+    ];
+    let key = PrometheusScaler::connection_key(&triggers[0]);
+    assert!(
+        triggers
+            .iter()
+            .all(|t| PrometheusScaler::connection_key(t) == key),
+        "one scaler serves them all"
+    );
+    let scaler = PrometheusScaler::connect(&triggers[0]).expect("connect");
+    let readings = scaler.poll(&triggers).await;
+    let outcomes: Vec<Result<f64, &str>> = readings
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.value).map_err(ScalerError::reason))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Ok(3.0),
+            Err("broker_error"),
+            Err("bad_response"),
+            Err("bad_response"),
+            Err("bad_response"),
+            Err("broker_error"),
+            Err("not_found"),
+            Ok(1.0),
+            Ok(2.5),
+        ],
+        "{readings:?}"
+    );
+    println!(
+        "prometheus: query past its deadline -> {}",
+        readings[5].as_ref().unwrap_err()
+    );
+}

@@ -676,3 +676,175 @@ async fn reconnects_after_the_server_closes_the_connection() {
     drop(scaler);
     management.delete_vhost(&vhost).await;
 }
+
+/// Issue 13: over AMQP, every way one queue can fail a passive declare (missing, deleted since
+/// the last tick, exclusive to another connection, a name RabbitMQ cannot hold) fails that
+/// queue's triggers only; the queues declared after it in the same round still read.
+#[tokio::test]
+async fn one_failing_queue_over_amqp_fails_only_its_triggers() {
+    let management = Management::new();
+    let vhost = management.create_vhost("amqp-isolation").await;
+    let broker = Broker::connect(&vhost).await;
+    let first = common::unique_name("first");
+    let second = common::unique_name("second");
+    let deleted = common::unique_name("deleted");
+    broker.declare_with(&first, 3).await;
+    broker.declare_with(&second, 5).await;
+    broker.declare_with(&deleted, 2).await;
+    let exclusive = common::unique_name("exclusive");
+    broker
+        .channel
+        .queue_declare(
+            &exclusive,
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exclusive queue");
+    // RabbitMQ names hold at most 255 bytes; a longer one must not break the shared connection.
+    let too_long = format!("{first}-{}", "x".repeat(300));
+    let missing = common::unique_name("missing");
+
+    let secret = SecretFile::new(&amqp_url(&vhost));
+    let triggers = [
+        trigger(&secret, &too_long, json!({})),
+        trigger(&secret, &first, json!({})),
+        trigger(&secret, &missing, json!({})),
+        trigger(&secret, &exclusive, json!({})),
+        trigger(&secret, &deleted, json!({})),
+        trigger(&secret, &second, json!({})),
+    ];
+    let scaler = RabbitMqScaler::connect(&triggers[1]).unwrap();
+    let reasons = |results: &[Result<Reading, ScalerError>]| -> Vec<Result<f64, &'static str>> {
+        results
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.value).map_err(ScalerError::reason))
+            .collect()
+    };
+    let before = scaler.poll(&triggers).await;
+    assert_eq!(
+        reasons(&before),
+        [
+            Err("invalid_trigger"),
+            Ok(3.0),
+            Err("not_found"),
+            Err("broker_error"),
+            Ok(2.0),
+            Ok(5.0)
+        ],
+        "{before:?}"
+    );
+
+    broker.delete(&deleted).await;
+    let after = scaler.poll(&triggers).await;
+    assert_eq!(
+        reasons(&after),
+        [
+            Err("invalid_trigger"),
+            Ok(3.0),
+            Err("not_found"),
+            Err("broker_error"),
+            Err("not_found"),
+            Ok(5.0)
+        ],
+        "{after:?}"
+    );
+    println!(
+        "amqp: locked queue reads as {}",
+        after[3].as_ref().unwrap_err()
+    );
+    // One connection served both rounds: the failures closed channels, never the connection.
+    let connections = common::eventually("the scaler's connection listed", SETTLE, || async {
+        let names = management.connections(&vhost).await;
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(connections.len(), 2, "the fixture's and the scaler's");
+
+    drop(scaler);
+    broker.close().await;
+    management.delete_vhost(&vhost).await;
+}
+
+/// Issue 13: over HTTP, a queue or a vhost deleted between two ticks, a regex matching nothing
+/// and an impossible queue name fail their own triggers only; the other triggers of the same
+/// server read from the same round.
+#[tokio::test]
+async fn deleted_queue_or_vhost_over_http_fails_only_its_triggers() {
+    let management = Management::new();
+    let kept_vhost = management.create_vhost("http-kept").await;
+    let gone_vhost = management.create_vhost("http-gone").await;
+    let kept = Broker::connect(&kept_vhost).await;
+    let gone = Broker::connect(&gone_vhost).await;
+    let first = common::unique_name("first");
+    let deleted = common::unique_name("deleted");
+    let elsewhere = common::unique_name("elsewhere");
+    kept.declare_with(&first, 3).await;
+    kept.declare_with(&deleted, 2).await;
+    gone.declare_with(&elsewhere, 5).await;
+    gone.close().await;
+
+    let secret = SecretFile::new(&http_url(&kept_vhost));
+    let triggers = [
+        trigger(&secret, &first, json!({})),
+        trigger(&secret, &deleted, json!({})),
+        trigger(&secret, &elsewhere, json!({"vhostName": gone_vhost})),
+        trigger(
+            &secret,
+            &format!("^{first}-nothing"),
+            json!({"useRegex": true}),
+        ),
+        trigger(&secret, &"q".repeat(256), json!({})),
+        trigger(
+            &secret,
+            &format!("^({first}|{deleted})$"),
+            json!({"useRegex": true}),
+        ),
+    ];
+    let scaler = RabbitMqScaler::connect(&triggers[0]).unwrap();
+    let reasons = |results: &[Result<Reading, ScalerError>]| -> Vec<Result<f64, &'static str>> {
+        results
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.value).map_err(ScalerError::reason))
+            .collect()
+    };
+    let expected_before = [
+        Ok(3.0),
+        Ok(2.0),
+        Ok(5.0),
+        Err("not_found"),
+        Err("invalid_trigger"),
+        Ok(5.0),
+    ];
+    common::eventually("every queue sampled", SETTLE, || async {
+        let results = reasons(&scaler.poll(&triggers).await);
+        (results == expected_before).then_some(())
+    })
+    .await;
+
+    kept.delete(&deleted).await;
+    management.delete_vhost(&gone_vhost).await;
+    let after = scaler.poll(&triggers).await;
+    assert_eq!(
+        reasons(&after),
+        [
+            Ok(3.0),
+            Err("not_found"),
+            Err("not_found"),
+            Err("not_found"),
+            Err("invalid_trigger"),
+            Ok(3.0),
+        ],
+        "{after:?}"
+    );
+    match &after[2] {
+        Err(ScalerError::NotFound { what, .. }) => assert_eq!(what, "vhost"),
+        other => panic!("{other:?}"),
+    }
+
+    kept.close().await;
+    management.delete_vhost(&kept_vhost).await;
+}

@@ -4,8 +4,11 @@
 //! Per tick it answers all triggers with a handful of requests: committed offsets of each
 //! group (one OffsetFetch to the group's coordinator, groups in parallel), end offsets of every
 //! needed partition in one `offsets_for_times` call (librdkafka sends one ListOffsets per
-//! partition leader), and metadata only when the cache is stale or a topic is new. The calls
-//! block, so the scaler runs them on tokio's blocking pool.
+//! partition leader), and metadata only when the cache is stale or a topic is new. When the
+//! end-offsets call fails on one topic's error (a topic deleted since the metadata was cached),
+//! that topic's metadata is read again at once and the call narrowed down, so the other topics
+//! still get their offsets in the same round. The calls block, so the scaler runs them on
+//! tokio's blocking pool.
 //!
 //! Committed offsets are read through librdkafka's consumer API (`rd_kafka_committed`), with one
 //! light client per consumer group that never joins the group and connects only to its
@@ -14,7 +17,7 @@
 //! `enq_once` refcount assertion and aborts the process (reproduced here); an autoscaler must
 //! survive exactly that, so the admin path is not used.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,12 +96,40 @@ impl ConsumerContext for ClusterContext {}
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroupOffsets {
     pub committed: HashMap<TopicPartition, i64>,
+    /// Partitions the coordinator answered with an error of their own (a topic the group may
+    /// not read, say): they fail the triggers counting them, not the whole group.
+    pub failed: HashMap<TopicPartition, ScalerError>,
 }
 
 impl GroupOffsets {
-    /// Topics the group has committed offsets for (KEDA's topic discovery when `topic` is empty).
+    /// Sorts OffsetFetch's answer per partition: an offset, no commit (left out, the caller
+    /// applies the reset policy), or an error of that partition.
+    fn from_answers(
+        answers: impl IntoIterator<Item = (TopicPartition, Result<Offset, ScalerError>)>,
+    ) -> Self {
+        let mut offsets = Self::default();
+        for (tp, answer) in answers {
+            match answer {
+                Ok(Offset::Offset(offset)) if offset >= 0 => {
+                    offsets.committed.insert(tp, offset);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    offsets.failed.insert(tp, err);
+                }
+            }
+        }
+        offsets
+    }
+
+    /// Topics the group has committed offsets for (KEDA's topic discovery when `topic` is empty),
+    /// and those whose offsets failed: their triggers must fail, not skip them.
     pub fn topics(&self) -> HashSet<&str> {
-        self.committed.keys().map(|(t, _)| t.as_str()).collect()
+        self.committed
+            .keys()
+            .chain(self.failed.keys())
+            .map(|(t, _)| t.as_str())
+            .collect()
     }
 }
 
@@ -203,7 +234,8 @@ impl KafkaCluster {
     }
 
     /// Committed offsets of each group for the given partitions, groups in parallel. A
-    /// partition the group never committed is left out of the answer.
+    /// partition the group never committed is left out of the answer; a partition the coordinator
+    /// answered with an error is in [`GroupOffsets::failed`].
     pub fn committed_offsets(
         &self,
         requests: &[(&str, Vec<TopicPartition>)],
@@ -264,26 +296,17 @@ impl KafkaCluster {
                     self.error_from_kafka(&err, &format!("consumer group {group} offsets"))
                 })
         })?;
-        let mut committed = HashMap::new();
-        for element in answers.iter().flat_map(|a| a.elements()) {
-            if let Err(err) = element.error() {
-                return Err(self.error_from_kafka(
+        let answers = answers.iter().flat_map(|a| a.elements()).map(|element| {
+            let tp = (element.topic().to_owned(), element.partition());
+            let answer = element.error().map(|()| element.offset()).map_err(|err| {
+                self.error_from_kafka(
                     &err,
-                    &format!(
-                        "consumer group {group} partition {}/{}",
-                        element.topic(),
-                        element.partition()
-                    ),
-                ));
-            }
-            // No commit reads as an invalid offset; the caller applies the reset policy.
-            if let Offset::Offset(offset) = element.offset()
-                && offset >= 0
-            {
-                committed.insert((element.topic().to_owned(), element.partition()), offset);
-            }
-        }
-        Ok(GroupOffsets { committed })
+                    &format!("consumer group {group} partition {}/{}", tp.0, tp.1),
+                )
+            });
+            (tp, answer)
+        });
+        Ok(GroupOffsets::from_answers(answers))
     }
 
     /// The client that reads `group`'s offsets, created on first use.
@@ -427,7 +450,10 @@ impl KafkaCluster {
     }
 
     /// Log-end offsets of `partitions`, in one call that librdkafka splits by partition leader.
-    /// The outer error fails the whole round; inner errors fail only their partition.
+    /// The outer error (the cluster did not answer) fails the whole round; inner errors fail only
+    /// their partition. A call that fails on an error one topic can cause (see
+    /// [`is_topic_scoped`]) is narrowed down by [`Self::isolate_end_offsets`], so only that
+    /// topic's partitions fail and the others still get their offsets in this round.
     pub fn end_offsets(
         &self,
         partitions: &[TopicPartition],
@@ -435,23 +461,11 @@ impl KafkaCluster {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
-        let answers = in_chunks(partitions, |chunk| self.end_offsets_chunk(chunk))?;
-        let mut offsets = HashMap::with_capacity(partitions.len());
-        for element in answers.iter().flat_map(|a| a.elements()) {
-            let key = (element.topic().to_owned(), element.partition());
-            let value = match (element.error(), element.offset()) {
-                (Err(err), _) => {
-                    Err(self.error_from_kafka(&err, &format!("partition {}/{}", key.0, key.1)))
-                }
-                (Ok(()), Offset::Offset(end)) => Ok(end),
-                (Ok(()), other) => Err(ScalerError::BadResponse {
-                    broker: KIND,
-                    target: self.target.clone(),
-                    cause: format!("no end offset for partition {}/{}: {other:?}", key.0, key.1),
-                }),
-            };
-            offsets.insert(key, value);
-        }
+        let mut offsets = match self.list_end_offsets(partitions, self.timeout) {
+            Ok(offsets) => offsets,
+            Err(err) if is_topic_scoped(&err) => self.isolate_end_offsets(partitions, &err),
+            Err(err) => return Err(self.error_from_kafka(&err, "end offsets")),
+        };
         // A partition the answer left out is an error, never lag 0 (KEDA reads 0 there).
         for tp in partitions {
             offsets.entry(tp.clone()).or_insert_with(|| {
@@ -468,30 +482,112 @@ impl KafkaCluster {
         Ok(offsets)
     }
 
+    /// The end-offsets call itself: each partition's answer, or the error that failed the call.
+    fn list_end_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        timeout: Duration,
+    ) -> Result<HashMap<TopicPartition, Result<i64, ScalerError>>, KafkaError> {
+        let answers = in_chunks(partitions, |chunk| self.end_offsets_chunk(chunk, timeout))?;
+        let mut offsets = HashMap::with_capacity(partitions.len());
+        for element in answers.iter().flat_map(|a| a.elements()) {
+            let key = (element.topic().to_owned(), element.partition());
+            let value = match (element.error(), element.offset()) {
+                (Err(err), _) => {
+                    Err(self.error_from_kafka(&err, &format!("partition {}/{}", key.0, key.1)))
+                }
+                (Ok(()), Offset::Offset(end)) => Ok(end),
+                (Ok(()), other) => Err(ScalerError::BadResponse {
+                    broker: KIND,
+                    target: self.target.clone(),
+                    cause: format!("no end offset for partition {}/{}: {other:?}", key.0, key.1),
+                }),
+            };
+            offsets.insert(key, value);
+        }
+        Ok(offsets)
+    }
+
+    /// Which topics a failed end-offsets call failed on, so the others still get their offsets
+    /// in this round. A broker answers a deleted topic or a moved leader per partition, but
+    /// librdkafka fails the whole `offsets_for_times` call with the first such answer.
+    ///
+    /// 1. The metadata of the call's topics is read again at once (one Metadata request, which
+    ///    also refreshes the cache the next rounds read): a deleted topic fails with what the
+    ///    cluster says (`NotFound`) and leaves the call.
+    /// 2. The rest is asked again, split in halves by topic while a call still fails on a
+    ///    topic's error ([`by_halves`]): one bad topic among n costs about 2 log2(n) calls,
+    ///    and a topic that fails alone gets its error.
+    ///
+    /// Step 2 is bounded by one timeout; calls it has no time left for are not made and their
+    /// partitions time out.
+    fn isolate_end_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        cause: &KafkaError,
+    ) -> HashMap<TopicPartition, Result<i64, ScalerError>> {
+        let topics: BTreeSet<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
+        let topics: Vec<&str> = topics.into_iter().collect();
+        tracing::info!(cluster = %self.target, error = %cause, topics = topics.len(), "end offsets failed on a topic's error; isolating the failing topics");
+        self.invalidate_metadata(&topics);
+        let known = self.partitions(&topics);
+        let mut offsets = HashMap::with_capacity(partitions.len());
+        let mut by_topic: BTreeMap<&str, Vec<TopicPartition>> = BTreeMap::new();
+        for tp in partitions {
+            match &known[&tp.0] {
+                Err(err) => {
+                    offsets.insert(tp.clone(), Err(err.clone()));
+                }
+                // `partitions` keeps the ids sorted.
+                Ok(ids) if ids.binary_search(&tp.1).is_err() => {
+                    offsets.insert(
+                        tp.clone(),
+                        Err(self.not_found(format!("partition {}/{}", tp.0, tp.1))),
+                    );
+                }
+                Ok(_) => by_topic.entry(tp.0.as_str()).or_default().push(tp.clone()),
+            }
+        }
+        let by_topic: Vec<Vec<TopicPartition>> = by_topic.into_values().collect();
+        let deadline = Instant::now() + self.timeout;
+        let call = |partitions: &[TopicPartition]| {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::OperationTimedOut));
+            }
+            self.list_end_offsets(partitions, remaining)
+        };
+        for (asked, answer) in by_halves(&by_topic, &call, &is_topic_scoped) {
+            match answer {
+                Ok(found) => offsets.extend(found),
+                Err(err) => offsets.extend(asked.into_iter().map(|tp| {
+                    let error = self.error_from_kafka(&err, &format!("topic {} end offsets", tp.0));
+                    (tp, Err(error))
+                })),
+            }
+        }
+        offsets
+    }
+
     /// One `offsets_for_times` call for at most [`PARTITIONS_PER_CALL`] partitions.
     fn end_offsets_chunk(
         &self,
         partitions: &[TopicPartition],
-    ) -> Result<TopicPartitionList, ScalerError> {
+        timeout: Duration,
+    ) -> Result<TopicPartitionList, KafkaError> {
         let mut request = TopicPartitionList::with_capacity(partitions.len());
         for (topic, partition) in partitions {
-            request
-                .add_partition_offset(topic, *partition, Offset::End)
-                .map_err(|err| self.error_from_kafka(&err, "end offsets"))?;
+            request.add_partition_offset(topic, *partition, Offset::End)?;
         }
-        match self
-            .consumer
-            .offsets_for_times(request.clone(), self.timeout)
-        {
+        match self.consumer.offsets_for_times(request.clone(), timeout) {
             // A leader moved (broker restart, new topic): librdkafka refreshes its metadata on
             // this error, so one more try usually lands on the new leader.
             Err(err) if is_leader_change(&err) => {
                 std::thread::sleep(Duration::from_millis(200));
-                self.consumer.offsets_for_times(request, self.timeout)
+                self.consumer.offsets_for_times(request, timeout)
             }
             other => other,
         }
-        .map_err(|err| self.error_from_kafka(&err, "end offsets"))
     }
 
     /// Timestamps (ms since the epoch) of the records at the given offsets: the oldest
@@ -620,6 +716,56 @@ impl KafkaCluster {
     }
 }
 
+/// The error can come from one topic or partition (deleted, unknown, leader moved, log dir
+/// offline, not authorized) rather than from the cluster: a batched call failing on it is
+/// narrowed down to the failing topics instead of failing every trigger of the round.
+fn is_topic_scoped(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::UnknownPartition
+                | C::UnknownTopicId
+                | C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::ReplicaNotAvailable
+                | C::FencedLeaderEpoch
+                | C::UnknownLeaderEpoch
+                | C::OffsetNotAvailable
+                | C::KafkaStorageError
+                | C::TopicAuthorizationFailed
+        )
+    )
+}
+
+/// Asks `call` for all of `topics` (each one topic's partitions) at once; when it fails on an
+/// error `narrow` accepts, asks each half of the topics on its own (the halves in parallel),
+/// down to single topics. Returns each call's answer or error with the partitions it asked for.
+fn by_halves<T: Send, E: Send + Sync>(
+    topics: &[Vec<TopicPartition>],
+    call: &(impl Fn(&[TopicPartition]) -> Result<T, E> + Sync),
+    narrow: &(impl Fn(&E) -> bool + Sync),
+) -> Vec<(Vec<TopicPartition>, Result<T, E>)> {
+    let partitions = topics.concat();
+    if partitions.is_empty() {
+        return Vec::new();
+    }
+    match call(&partitions) {
+        Err(err) if topics.len() > 1 && narrow(&err) => {
+            let (left, right) = topics.split_at(topics.len() / 2);
+            std::thread::scope(|scope| {
+                let left = scope.spawn(|| by_halves(left, call, narrow));
+                let mut answers = by_halves(right, call, narrow);
+                answers.extend(left.join().expect("end offsets thread"));
+                answers
+            })
+        }
+        answer => vec![(partitions, answer)],
+    }
+}
+
 /// The error says a partition's leader is unknown or moved: worth one retry.
 fn is_leader_change(err: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
@@ -646,17 +792,17 @@ const SPLIT_ABOVE: usize = 2000;
 
 /// Runs `call` on all of `partitions`, or for a big round on chunks of them in parallel (at most
 /// 8 at a time), and collects the answers in order; the first error wins.
-fn in_chunks<T: Send>(
+fn in_chunks<T: Send, E: Send>(
     partitions: &[TopicPartition],
-    call: impl Fn(&[TopicPartition]) -> Result<T, ScalerError> + Sync,
-) -> Result<Vec<T>, ScalerError> {
+    call: impl Fn(&[TopicPartition]) -> Result<T, E> + Sync,
+) -> Result<Vec<T>, E> {
     if partitions.len() <= SPLIT_ABOVE {
         return Ok(vec![call(partitions)?]);
     }
     let chunks: Vec<&[TopicPartition]> = partitions.chunks(PARTITIONS_PER_CALL).collect();
     let mut answers = Vec::with_capacity(chunks.len());
     for batch in chunks.chunks(8) {
-        let results: Vec<Result<T, ScalerError>> = std::thread::scope(|scope| {
+        let results: Vec<Result<T, E>> = std::thread::scope(|scope| {
             let call = &call;
             let handles: Vec<_> = batch
                 .iter()
@@ -687,15 +833,126 @@ mod tests {
         let per_call = PARTITIONS_PER_CALL as i32;
         let total = per_call * 17 + per_call / 2; // above SPLIT_ABOVE, more than 8 chunks
         assert!(total as usize > SPLIT_ABOVE);
-        let sizes = in_chunks(&partitions(total), |chunk| Ok((chunk[0].1, chunk.len()))).unwrap();
+        let sizes = in_chunks(&partitions(total), |chunk| {
+            Ok::<_, ScalerError>((chunk[0].1, chunk.len()))
+        })
+        .unwrap();
         let starts: Vec<i32> = sizes.iter().map(|(start, _)| *start).collect();
         assert_eq!(starts, (0..18).map(|i| i * per_call).collect::<Vec<_>>());
         assert_eq!(sizes.iter().map(|(_, n)| n).sum::<usize>(), total as usize);
         let small = SPLIT_ABOVE as i32;
         assert_eq!(
-            in_chunks(&partitions(small), |chunk| Ok(chunk.len())).unwrap(),
+            in_chunks(&partitions(small), |chunk| Ok::<_, ScalerError>(
+                chunk.len()
+            ))
+            .unwrap(),
             vec![SPLIT_ABOVE]
         );
+    }
+
+    #[test]
+    fn a_partition_error_fails_that_partition_not_the_group() {
+        let denied = ScalerError::Unauthorized {
+            broker: KIND,
+            target: "k".into(),
+            cause: "topic b".into(),
+        };
+        let tp = |topic: &str, partition| (topic.to_owned(), partition);
+        let offsets = GroupOffsets::from_answers([
+            (tp("a", 0), Ok(Offset::Offset(7))),
+            (tp("a", 1), Ok(Offset::Invalid)),
+            (tp("a", 2), Ok(Offset::Offset(-1))),
+            (tp("b", 0), Err(denied.clone())),
+            (tp("c", 0), Ok(Offset::Offset(0))),
+        ]);
+        assert_eq!(
+            offsets.committed,
+            HashMap::from([(tp("a", 0), 7), (tp("c", 0), 0)])
+        );
+        assert_eq!(offsets.failed, HashMap::from([(tp("b", 0), denied)]));
+        assert_eq!(offsets.topics(), HashSet::from(["a", "b", "c"]));
+    }
+
+    #[test]
+    fn halving_isolates_the_failing_topics() {
+        // (topics in the round, topics that fail the whole call, calls at most)
+        let cases: [(usize, &[usize], usize); 6] = [
+            (8, &[], 1),
+            (8, &[2], 7),
+            (8, &[0, 7], 11),
+            (1, &[0], 1),
+            (2, &[0, 1], 3),
+            (100, &[42], 15),
+        ];
+        for (n, bad, most_calls) in cases {
+            let topics: Vec<Vec<TopicPartition>> = (0..n)
+                .map(|t| vec![(format!("t{t}"), 0), (format!("t{t}"), 1)])
+                .collect();
+            let bad_names: HashSet<String> = bad.iter().map(|t| format!("t{t}")).collect();
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            let call = |partitions: &[TopicPartition]| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match partitions.iter().find(|(t, _)| bad_names.contains(t)) {
+                    Some((t, _)) => Err(t.clone()),
+                    None => Ok(partitions.len()),
+                }
+            };
+            let answers = by_halves(&topics, &call, &|_: &String| true);
+            let mut answered = 0;
+            let mut failed = BTreeSet::new();
+            for (asked, answer) in answers {
+                match answer {
+                    Ok(count) => {
+                        assert_eq!(count, asked.len());
+                        answered += count;
+                    }
+                    Err(topic) => {
+                        assert!(asked.iter().all(|(t, _)| *t == topic), "{asked:?}");
+                        failed.insert(topic);
+                    }
+                }
+            }
+            assert_eq!(answered, 2 * (n - bad.len()), "n {n} bad {bad:?}");
+            assert_eq!(failed, bad_names.into_iter().collect(), "n {n}");
+            let calls = calls.into_inner();
+            assert!(calls <= most_calls, "n {n} bad {bad:?}: {calls} calls");
+        }
+    }
+
+    #[test]
+    fn an_error_of_the_cluster_is_not_narrowed_down() {
+        let topics: Vec<Vec<TopicPartition>> = (0..4).map(|t| vec![(format!("t{t}"), 0)]).collect();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let call = |_: &[TopicPartition]| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err::<(), _>("all brokers down")
+        };
+        let answers = by_halves(&topics, &call, &|_: &&str| false);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].0.len(), 4, "every partition fails with it");
+        assert_eq!(calls.into_inner(), 1);
+    }
+
+    #[test]
+    fn topic_scoped_errors_are_told_from_cluster_errors() {
+        use RDKafkaErrorCode as C;
+        let cases = [
+            (C::UnknownTopicOrPartition, true),
+            (C::NotLeaderForPartition, true),
+            (C::TopicAuthorizationFailed, true),
+            (C::UnknownPartition, true),
+            (C::AllBrokersDown, false),
+            (C::OperationTimedOut, false),
+            (C::BrokerTransportFailure, false),
+            (C::ClusterAuthorizationFailed, false),
+        ];
+        for (code, scoped) in cases {
+            assert_eq!(
+                is_topic_scoped(&KafkaError::OffsetFetch(code)),
+                scoped,
+                "{code:?}"
+            );
+        }
     }
 
     #[test]

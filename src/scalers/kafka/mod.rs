@@ -14,6 +14,10 @@
 //! - **errors are errors**: an unreachable cluster, a missing topic, an unknown consumer group,
 //!   a refused authorization, a partition left out of an answer: each is a [`ScalerError`],
 //!   never a lag of 0 (KEDA reads a missing partition as 0).
+//! - **one topic's failure is its own**: when the batched end-offsets call fails on an error one
+//!   topic can cause (deleted, unknown partition, leader moved, not authorized), the round
+//!   re-reads that metadata at once and narrows the call down to the failing topics, so only the
+//!   triggers counting them fail and every other trigger gets its value from the same round.
 //!
 //! Where KEDA is silent or lax, spillway chooses:
 //! - a consumer group the coordinator does not know at all (no members, no commits) is
@@ -555,8 +559,10 @@ impl KafkaScaler {
         let state = Arc::clone(&self.state);
         let owned = triggers.to_vec();
         // Each broker call is bounded by the timeout; a round makes at most six in sequence
-        // (metadata, committed offsets, group lookup, end offsets and its one retry, records).
-        let bound = self.timeout * 6 + Duration::from_secs(1);
+        // (metadata, committed offsets, group lookup, end offsets and its one retry, records),
+        // plus three when an end-offsets call failed on one topic's error and is narrowed down
+        // (metadata again, then calls within one timeout, a leader retry among them).
+        let bound = self.timeout * 9 + Duration::from_secs(1);
         let round = tokio::task::spawn_blocking(move || poll_round(&cluster, &state, &owned));
         match tokio::time::timeout(bound, round).await {
             Ok(Ok(reports)) => reports,
@@ -856,6 +862,10 @@ fn poll_round(
                     break;
                 }
             };
+            if let Some(err) = offsets.failed.get(tp) {
+                failure = Some(err.clone());
+                break;
+            }
             let committed_offset = offsets.committed.get(tp).copied();
             let persistent = committed_offset.is_some()
                 && state

@@ -9,7 +9,7 @@
 //! | `host` | one of `host`, `hostFromSecret` | server URL **without a password**: `amqp(s)://[user@]host[:5672]/vhost` or `http(s)://[user@]host[:15672][/prefix]/vhost` |
 //! | `hostFromSecret` | | `{file: PATH}`: a file (a mounted Secret) holding the whole URL, credentials included |
 //! | `protocol` | `auto` | `auto` (by the URL's scheme), `amqp` or `http`; an explicit value must agree with the scheme |
-//! | `queueName` | required | the queue; a regex with `useRegex` |
+//! | `queueName` | required | the queue (at most 255 bytes, RabbitMQ's limit); a regex with `useRegex` |
 //! | `vhostName` | | overrides the vhost of the URL (empty means unset) |
 //! | `mode` | `QueueLength` | `QueueLength` or `MessageRate` (http only) |
 //! | `value` | required, > 0 | the HPA's AverageValue target |

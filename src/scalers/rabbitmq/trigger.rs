@@ -192,6 +192,20 @@ impl RabbitMqTrigger {
                 "no queue name given",
             ));
         }
+        // RabbitMQ's limit. Over AMQP a name travels as a short string whose length is one
+        // byte: a longer name garbles the declare frame, and the server closes the connection
+        // every trigger of the vhost shares (a regex is never sent, so it may be longer).
+        const MAX_QUEUE_NAME_BYTES: usize = 255;
+        if !self.use_regex && self.queue_name.len() > MAX_QUEUE_NAME_BYTES {
+            return Err(ScalerError::invalid(
+                BROKER,
+                "queueName",
+                format!(
+                    "is {} bytes long; RabbitMQ queue names hold at most {MAX_QUEUE_NAME_BYTES}",
+                    self.queue_name.len()
+                ),
+            ));
+        }
         if !(self.value.is_finite() && self.value > 0.0) {
             return Err(ScalerError::invalid(
                 BROKER,
@@ -535,6 +549,11 @@ mod tests {
                 &http,
                 serde_json::json!({"host": "https://rabbit/", "unsafeSsl": true}),
             ),
+            with(&amqp, serde_json::json!({"queueName": "q".repeat(255)})),
+            with(
+                &http,
+                serde_json::json!({"useRegex": true, "queueName": format!("^{}", "q".repeat(300))}),
+            ),
         ];
         for t in &ok {
             t.validate().unwrap_or_else(|err| panic!("{t:?}: {err}"));
@@ -543,6 +562,14 @@ mod tests {
         let cases = [
             (
                 with(&amqp, serde_json::json!({"queueName": ""})),
+                "queueName",
+            ),
+            (
+                with(&amqp, serde_json::json!({"queueName": "q".repeat(256)})),
+                "queueName",
+            ),
+            (
+                with(&http, serde_json::json!({"queueName": "é".repeat(128)})),
                 "queueName",
             ),
             (with(&amqp, serde_json::json!({"value": 0})), "value"),
