@@ -22,7 +22,7 @@ async fn serve_answers_the_backlog_over_https_and_503_for_a_down_broker() {
         ),
     )
     .await;
-    let client = https_client();
+    let client = common::https_client();
     let base = format!("https://127.0.0.1:{port}");
 
     let discovery: serde_json::Value = client
@@ -140,16 +140,6 @@ async fn start_serve(name: &str, scaled_objects: &str) -> (Server, std::path::Pa
     )
 }
 
-/// An HTTPS client that accepts the self-signed certificate: here only, the test has no CA
-/// to trust.
-fn https_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// The body of a Status answer, checked for its kind and code.
 async fn status_of(response: reqwest::Response, code: u16) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), code);
@@ -182,7 +172,7 @@ async fn serve_speaks_custom_metrics_openapi_own_metrics_and_survives_bad_input(
         "  - name: office\n    scaleTargetRef: {name: office-app}\n    triggers:\n      - cron: {timezone: UTC, start: '0 6 * * *', end: '0 20 * * *', desiredReplicas: 3}\n",
     )
     .await;
-    let client = https_client();
+    let client = common::https_client();
     let base = format!("https://127.0.0.1:{port}");
     let get = |path: &str| client.get(format!("{base}{path}")).send();
 
@@ -337,7 +327,7 @@ async fn slow_clients_neither_stall_the_server_nor_stay_forever() {
 
     // Meanwhile everyone else is served: the client's own 10 s timeout would fail this if
     // the slow connections held up accepting or handshaking (the server's bound is 10 s too).
-    let response = https_client()
+    let response = common::https_client()
         .get(format!(
             "https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1"
         ))

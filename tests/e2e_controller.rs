@@ -1210,19 +1210,6 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_its_successor_reconcil
     delete_lease(admin, &lease).await;
 }
 
-/// A listener on a free loopback port that accepts every connection and never answers.
-async fn tarpit() -> (String, JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            open.push(socket);
-        }
-    });
-    (address, held)
-}
-
 #[tokio::test]
 async fn a_scaled_object_whose_broker_hangs_never_moves_another_ones_hpa_or_replicas() {
     let _serial = SERIAL.lock().await;
@@ -1233,7 +1220,7 @@ async fn a_scaled_object_whose_broker_hangs_never_moves_another_ones_hpa_or_repl
     let (topic, group) = kafka_backlog(&[20, 15, 10]).await;
     let steady = deployment(admin, &ns, "steady", 1).await;
     let hung = deployment(admin, &ns, "hung", 1).await;
-    let (address, tarpit_task) = tarpit().await;
+    let (address, tarpit_task) = common::tarpit().await;
     let controller = start_controller(&cluster).await;
     let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
     k8s::apply(

@@ -7,20 +7,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-/// A listener on a free loopback port that accepts every connection, reads nothing and never
-/// answers; connections stay open until the returned task is aborted.
-async fn tarpit() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            open.push(socket);
-        }
-    });
-    (address, held)
-}
-
 async fn scrape(url: &str) -> Option<String> {
     reqwest::get(url).await.ok()?.text().await.ok()
 }
@@ -55,14 +41,6 @@ fn metric_of(text: &str, object: &str) -> String {
     line[start..].split('"').next().unwrap().to_owned()
 }
 
-fn https_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_hung_endpoint_neither_slows_nor_ages_the_healthy_triggers() {
     // Backlogs the healthy triggers read.
@@ -80,7 +58,7 @@ async fn a_hung_endpoint_neither_slows_nor_ages_the_healthy_triggers() {
         .to_owned();
     let prometheus = common::endpoint("SPILLWAY_PROMETHEUS_URL");
     let bootstrap = common::kafka::bootstrap();
-    let (hung, tarpit_task) = tarpit().await;
+    let (hung, tarpit_task) = common::tarpit().await;
 
     let healthy = ["kafka", "rabbit", "nats", "query", "office"];
     let started = common::serve::start(
@@ -205,7 +183,7 @@ async fn a_hung_endpoint_neither_slows_nor_ages_the_healthy_triggers() {
         stale.is_some_and(|n| n >= 1.0),
         "a 60 s round is marked stale:\n{text}"
     );
-    let client = https_client();
+    let client = common::https_client();
     let base = format!(
         "https://127.0.0.1:{}/apis/external.metrics.k8s.io/v1beta1/namespaces/default",
         started.port

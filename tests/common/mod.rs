@@ -86,6 +86,32 @@ where
     }
 }
 
+/// A listener on a free loopback port that accepts every connection, reads nothing and never
+/// answers (a hung broker); connections stay open until the returned task is aborted.
+pub async fn tarpit() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a tarpit");
+    let address = listener.local_addr().expect("tarpit address").to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    (address, held)
+}
+
+/// An HTTPS client that accepts spillway's self-signed certificate: for tests that talk to
+/// `spillway serve` directly and have no CA to trust.
+pub fn https_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTPS client")
+}
+
 /// GET a URL (credentials in the URL become basic auth) and parse the JSON body.
 pub async fn get_json(url: &str) -> serde_json::Value {
     let mut parsed = reqwest::Url::parse(url).unwrap_or_else(|err| panic!("bad url {url}: {err}"));
