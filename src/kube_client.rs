@@ -1,6 +1,6 @@
 //! The Kubernetes client every cluster-facing part shares (authentication reviews, the
 //! controller): from an explicit kubeconfig, or inferred (in-cluster service account, then
-//! `KUBECONFIG`, then `~/.kube/config`).
+//! `KUBECONFIG`, then `~/.kube/config`); and what a failed request says ([`ApiFailure`]).
 
 use std::path::{Path, PathBuf};
 
@@ -35,4 +35,74 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeClien
     };
     tracing::info!(cluster = %config.cluster_url, "using Kubernetes cluster");
     Ok(kube::Client::try_from(config)?)
+}
+
+/// What a failed request to the API server says about the object asked for: an answer
+/// (it does not exist, spillway may not read it) or only that no answer could be had now.
+/// Callers act on an answer and wait out the rest: an overloaded or restarting API server
+/// must never look like a deleted object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFailure {
+    /// 404: the object does not exist.
+    NotFound,
+    /// Any other 4xx but 401, 408 and 429: forbidden, or a request the server rejects. Asking
+    /// again gets the same answer.
+    Refused,
+    /// No answer: connection refused or reset, a timeout, TLS, 401 (spillway's own token is
+    /// being rotated), 408, 429 (throttled), 5xx, or a body that could not be decoded.
+    Unavailable,
+}
+
+impl ApiFailure {
+    pub fn of(err: &kube::Error) -> Self {
+        match err {
+            kube::Error::Api(status) => Self::of_code(status.code),
+            _ => Self::Unavailable,
+        }
+    }
+
+    /// The class of an HTTP status code of a failed request.
+    pub fn of_code(code: u16) -> Self {
+        match code {
+            404 => Self::NotFound,
+            401 | 408 | 429 => Self::Unavailable,
+            400..=499 => Self::Refused,
+            _ => Self::Unavailable,
+        }
+    }
+
+    /// True for an answer about the object; false when asking again later may answer.
+    pub fn is_definite(self) -> bool {
+        !matches!(self, Self::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_about_the_object_are_definite() {
+        let cases = [
+            (404, ApiFailure::NotFound),
+            (403, ApiFailure::Refused),
+            (400, ApiFailure::Refused),
+            (422, ApiFailure::Refused),
+            (401, ApiFailure::Unavailable),
+            (408, ApiFailure::Unavailable),
+            (429, ApiFailure::Unavailable),
+            (500, ApiFailure::Unavailable),
+            (502, ApiFailure::Unavailable),
+            (503, ApiFailure::Unavailable),
+            (504, ApiFailure::Unavailable),
+        ];
+        for (code, class) in cases {
+            assert_eq!(ApiFailure::of_code(code), class, "HTTP {code}");
+            assert_eq!(
+                class.is_definite(),
+                class != ApiFailure::Unavailable,
+                "HTTP {code}"
+            );
+        }
+    }
 }

@@ -3,10 +3,13 @@
 //! [`SecretString`] show `<redacted>`, and no error carries a secret's content.
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Secret;
 use serde::{Deserialize, Serialize};
+
+use crate::kube_client::ApiFailure;
 
 /// A secret value held in memory. Compare and use it only through [`SecretString::expose`].
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -142,13 +145,33 @@ impl schemars::JsonSchema for SecretSource {
 }
 
 /// A secret could not be read. Names the file, or the Secret and key, never the content.
+///
+/// [`SecretError::is_transient`] tells an answer about the Secret (it is gone, has no such key,
+/// spillway may not read it) from a failure of the moment (the API server is unreachable,
+/// throttling or restarting; the Secret cache has not synced yet): a ScaledObject is
+/// unregistered on the first only.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read secret file {path}: {cause}")]
     File { path: PathBuf, cause: String },
-    /// The API server refused or failed the read (not found, forbidden, unreachable).
+    /// The Secret does not exist: deleted, never created, or absent from a synced cache.
+    #[error("secret {namespace}/{name} (key {key}) does not exist")]
+    NotFound {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    /// The API server refused the read for good: forbidden, or a request it rejects.
     #[error("cannot read secret {namespace}/{name} (key {key}): {cause}")]
-    Fetch {
+    Refused {
+        namespace: String,
+        name: String,
+        key: String,
+        cause: String,
+    },
+    /// No answer now (see [`ApiFailure::Unavailable`]); asking again later may answer.
+    #[error("secret {namespace}/{name} (key {key}) cannot be read now: {cause}")]
+    Unavailable {
         namespace: String,
         name: String,
         key: String,
@@ -172,6 +195,83 @@ pub enum SecretError {
         "secret {name} key {key} was not fetched: secretKeyRef works in ScaledObjects; a config file names a file"
     )]
     Unresolved { name: String, key: String },
+}
+
+impl SecretError {
+    /// The error of a failed request for Secret `namespace/name`, by what the failure says.
+    pub fn of_request(err: &kube::Error, namespace: &str, name: &str, key: &str) -> Self {
+        let (namespace, name, key) = (namespace.to_owned(), name.to_owned(), key.to_owned());
+        let cause = safe_cause(err);
+        match ApiFailure::of(err) {
+            ApiFailure::NotFound => Self::NotFound {
+                namespace,
+                name,
+                key,
+            },
+            ApiFailure::Refused => Self::Refused {
+                namespace,
+                name,
+                key,
+                cause,
+            },
+            ApiFailure::Unavailable => Self::Unavailable {
+                namespace,
+                name,
+                key,
+                cause,
+            },
+        }
+    }
+
+    /// True when the read may succeed if tried again with nothing changed: what was read
+    /// before stays in use meanwhile. Every other error is an answer about the Secret.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable { .. } => true,
+            Self::File { .. }
+            | Self::NotFound { .. }
+            | Self::Refused { .. }
+            | Self::MissingKey { .. }
+            | Self::NotText { .. }
+            | Self::Unresolved { .. } => false,
+        }
+    }
+
+    /// A stable CamelCase name, for a status condition's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "SecretNotFound",
+            Self::MissingKey { .. } => "SecretKeyNotFound",
+            Self::NotText { .. } => "SecretNotText",
+            Self::Unavailable { .. } => "SecretUnavailable",
+            Self::File { .. } | Self::Refused { .. } | Self::Unresolved { .. } => {
+                "SecretNotReadable"
+            }
+        }
+    }
+}
+
+/// Where `secretKeyRef`s are read from: the controller's watch cache of Secrets, or one GET
+/// each from a [`kube::Client`] (`spillway plan --live`, which reads once).
+pub trait SecretReader {
+    /// The text of `key` in Secret `namespace/name`, one trailing newline removed.
+    fn read_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<SecretString, SecretError>> + Send;
+}
+
+impl SecretReader for kube::Client {
+    fn read_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<SecretString, SecretError>> + Send {
+        fetch_secret_key(self, namespace, name, key)
+    }
 }
 
 impl SecretSource {
@@ -207,16 +307,16 @@ impl SecretSource {
         }
     }
 
-    /// Fetches a `secretKeyRef` from `namespace` and keeps the value; a file is left to be read
+    /// Reads a `secretKeyRef` from `namespace` and keeps the value; a file is left to be read
     /// at each use.
     pub async fn resolve(
         &mut self,
-        client: &kube::Client,
+        reader: &impl SecretReader,
         namespace: &str,
     ) -> Result<(), SecretError> {
         match self {
             Self::File(_) => Ok(()),
-            Self::SecretKeyRef(reference) => reference.resolve(client, namespace).await,
+            Self::SecretKeyRef(reference) => reference.resolve(reader, namespace).await,
         }
     }
 }
@@ -242,20 +342,19 @@ impl SecretKeyRef {
         self.value.get_or_insert_with(|| SecretString::new(""));
     }
 
-    /// Fetches the value from the Secret in `namespace` and keeps it, so
+    /// Reads the value from the Secret in `namespace` and keeps it, so
     /// [`SecretSource::read`] answers from memory at each poll.
     pub async fn resolve(
         &mut self,
-        client: &kube::Client,
+        reader: &impl SecretReader,
         namespace: &str,
     ) -> Result<(), SecretError> {
-        self.value = Some(fetch_secret_key(client, namespace, &self.name, &self.key).await?);
+        self.value = Some(reader.read_key(namespace, &self.name, &self.key).await?);
         Ok(())
     }
 }
 
-/// Reads one key of a Secret (its `data`, base64-decoded by the client) as UTF-8 text, one
-/// trailing newline removed as for files.
+/// Reads one key of a Secret with a GET.
 pub async fn fetch_secret_key(
     client: &kube::Client,
     namespace: &str,
@@ -263,12 +362,21 @@ pub async fn fetch_secret_key(
     key: &str,
 ) -> Result<SecretString, SecretError> {
     let api = kube::Api::<Secret>::namespaced(client.clone(), namespace);
-    let secret = api.get(name).await.map_err(|err| SecretError::Fetch {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        key: key.to_owned(),
-        cause: fetch_cause(&err),
-    })?;
+    let secret = api
+        .get(name)
+        .await
+        .map_err(|err| SecretError::of_request(&err, namespace, name, key))?;
+    secret_key(&secret, namespace, name, key)
+}
+
+/// One key of `secret` (its `data`, base64-decoded by the client) as UTF-8 text, one trailing
+/// newline removed as for files.
+pub fn secret_key(
+    secret: &Secret,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<SecretString, SecretError> {
     let bytes = secret
         .data
         .as_ref()
@@ -287,10 +395,10 @@ pub async fn fetch_secret_key(
     Ok(SecretString::new(strip_newline(text)))
 }
 
-/// The cause of a failed read, safe to log: the API server's own message for its refusals;
-/// for an answer that could not be decoded only that, because a decoding error may quote the
-/// body, and the body holds the Secret's values.
-fn fetch_cause(err: &kube::Error) -> String {
+/// The cause of a failed request for Secrets, safe to log: the API server's own message for
+/// its refusals; for an answer that could not be decoded only that, because a decoding error
+/// may quote the body, and the body holds the Secrets' values.
+pub fn safe_cause(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) if !status.message.is_empty() => {
             format!("{} ({})", status.message, status.code)
@@ -481,7 +589,63 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_missing_secret_carries_the_api_servers_message() {
+    async fn a_failed_read_is_definite_only_when_it_answers_about_the_secret() {
+        let cases = [
+            (StatusCode::NOT_FOUND, "NotFound", false, "SecretNotFound"),
+            (
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                false,
+                "SecretNotReadable",
+            ),
+            (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                true,
+                "SecretUnavailable",
+            ),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                true,
+                "SecretUnavailable",
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                true,
+                "SecretUnavailable",
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                true,
+                "SecretUnavailable",
+            ),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                true,
+                "SecretUnavailable",
+            ),
+        ];
+        for (code, reason, transient, condition_reason) in cases {
+            let status = format!(
+                r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure",
+                "message":"refused by test","reason":"{reason}","code":{}}}"#,
+                code.as_u16()
+            );
+            let (client, _) = client_answering(code, status);
+            let err = fetch_secret_key(&client, "team-a", "kafka", "password")
+                .await
+                .unwrap_err();
+            assert_eq!(err.is_transient(), transient, "{code}: {err}");
+            assert_eq!(err.reason(), condition_reason, "{code}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_says_so_and_a_refusal_carries_the_api_servers_message() {
         let status = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
             "message":"secrets \"kafka\" not found","reason":"NotFound","code":404}"#;
         let (client, _) = client_answering(StatusCode::NOT_FOUND, status.into());
@@ -490,7 +654,37 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cannot read secret team-a/kafka (key password): secrets \"kafka\" not found (404)"
+            "secret team-a/kafka (key password) does not exist"
+        );
+        let status = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+            "message":"secrets \"kafka\" is forbidden","reason":"Forbidden","code":403}"#;
+        let (client, _) = client_answering(StatusCode::FORBIDDEN, status.into());
+        let err = fetch_secret_key(&client, "team-a", "kafka", "password")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read secret team-a/kafka (key password): secrets \"kafka\" is forbidden (403)"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_refuses_connections_is_not_an_answer() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let err = fetch_secret_key(&client, "team-a", "kafka", "password")
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("secret team-a/kafka (key password) cannot be read now: "),
+            "{err}"
         );
     }
 
@@ -500,6 +694,7 @@ mod tests {
         let err = fetch_secret_key(&client, "team-a", "kafka", "password")
             .await
             .unwrap_err();
+        assert!(err.is_transient(), "a garbled answer is no answer: {err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.to_string().contains("could not be decoded"), "{err}");
     }

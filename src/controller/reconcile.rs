@@ -1,9 +1,13 @@
 //! The reconcile loop: watches ScaledObjects (and the HPAs it owns) in every namespace and, for
 //! each object,
 //!
-//! 1. registers its triggers (credentials fetched from Secrets) with the [`Registry`], so the
-//!    poller reads them and the metrics API serves them: on every replica, leader or not,
-//!    since every replica serves the metrics API;
+//! 1. registers its triggers (credentials read from the [`SecretCache`]) with the
+//!    [`Registry`], so the poller reads them and the metrics API serves them: on every replica,
+//!    leader or not, since every replica serves the metrics API. A definite failure (invalid
+//!    spec, Secret or key gone, reading forbidden) unregisters the object and says why in its
+//!    Ready condition; a transient one (the Secrets not listed yet) keeps the last good
+//!    registration and its metrics, and retries. A change of a Secret reconciles the objects
+//!    naming it at once;
 //! 2. on the leader only: keeps its owned HPA as [`desired_hpa`] says (repairing hand edits),
 //!    scales the target to and from zero (or `idleReplicaCount`) through the scale
 //!    subresource, holds it while paused, and writes the status and Events.
@@ -19,6 +23,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -36,7 +41,8 @@ use tokio::sync::watch;
 use super::crd::{ScaledObject, ScaledObjectStatus, TriggerStatus, condition};
 use super::hpa::{HpaError, MANAGED_BY, MANAGED_BY_LABEL, desired_hpa, hpa_drift, hpa_name};
 use super::scale_to_zero::{Cooldown, TriggerActivity, ZeroDecision, ZeroRules, decide};
-use super::triggers::{SpecError, resolve_secrets, triggers};
+use super::secrets::SecretCache;
+use super::triggers::{SpecError, resolve_secrets, secret_names, triggers};
 use crate::cache::{MetricCache, TriggerState};
 use crate::metrics::Metrics;
 use crate::quantity::format_quantity;
@@ -50,6 +56,8 @@ pub const FIELD_MANAGER: &str = "spillway";
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// An object that cannot be served (bad spec, missing Secret or target) is retried this often.
 const RETRY_BROKEN: Duration = Duration::from_secs(15);
+/// An object whose Secrets cannot be read now is retried this often.
+const RETRY_TRANSIENT: Duration = Duration::from_secs(5);
 /// The status is rewritten at least this often while only poll times change.
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -87,6 +95,8 @@ pub struct Context {
     pub client: kube::Client,
     pub registry: Arc<Registry>,
     pub cache: Arc<MetricCache>,
+    /// The cluster's Secrets, filled by the watch [`run`] starts.
+    pub secrets: Arc<SecretCache>,
     /// True while this replica holds the leader Lease.
     pub leader: watch::Receiver<bool>,
     /// spillway's own metrics: reconciles, scaling actions, fallback and pause state.
@@ -114,6 +124,7 @@ impl Context {
             client,
             registry,
             cache,
+            secrets: Arc::new(SecretCache::new()),
             leader,
             metrics,
             resources: Mutex::new(HashMap::new()),
@@ -132,14 +143,24 @@ pub async fn run(
 ) {
     let objects: Api<ScaledObject> = Api::all(context.client.clone());
     let hpas: Api<HorizontalPodAutoscaler> = Api::all(context.client.clone());
-    let controller = Controller::new(objects, watcher::Config::default()).owns(
-        hpas,
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-    );
+    let Some(secret_changes) = context.secrets.watch(context.client.clone()) else {
+        tracing::error!("the controller runs once per Context; not started again");
+        return;
+    };
+    let secrets = Arc::clone(&context.secrets);
+    let controller = Controller::new(objects, watcher::Config::default())
+        .owns(
+            hpas,
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        )
+        .watches_stream(secret_changes, move |secret: Secret| {
+            secrets.objects_naming(&secret)
+        });
     // Deleted objects are never reconciled again: unregister what the watch no longer has.
     let store = controller.store();
     let registry = Arc::clone(&context.registry);
     let metrics = Arc::clone(&context.metrics);
+    let secrets = Arc::clone(&context.secrets);
     let sweeper = tokio::spawn(async move {
         if store.wait_until_ready().await.is_err() {
             return;
@@ -161,6 +182,9 @@ pub async fn run(
                 metrics.forget_scaled_object(&namespace, &name);
                 tracing::info!(%namespace, %name, "unregistered a deleted ScaledObject");
             }
+            secrets.retain_objects(|namespace, name| {
+                store.get(&ObjectRef::new(name).within(namespace)).is_some()
+            });
         }
     });
     controller
@@ -240,21 +264,20 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     let interval = Duration::from_secs(so.spec.polling_interval.max(1) as u64);
 
     // 1. Register, on every replica.
-    let registered = match registration(&so, &ctx.client).await {
+    let registered = match registration(&so, &ctx.secrets).await {
         Ok(registered) => registered,
+        Err(err) if err.is_transient() => return Ok(keep_registration(&so, ctx, &err).await),
         Err(err) => {
-            ctx.registry.remove(&namespace, &name);
+            if ctx.registry.remove(&namespace, &name) {
+                tracing::warn!(%namespace, %name, error = %err, "unregistered ScaledObject");
+            }
             if ctx.is_leader() {
-                let reason = match err {
-                    SpecError::Secret { .. } => "SecretNotReadable",
-                    _ => "InvalidSpec",
-                };
                 let mut status = so.status.clone().unwrap_or_default();
                 set_condition(
                     &mut status,
                     condition::READY,
                     false,
-                    reason,
+                    err.reason(),
                     &err.to_string(),
                     &so,
                 );
@@ -509,10 +532,12 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     Ok(Action::requeue(interval.max(MIN_REQUEUE)))
 }
 
-/// The object's triggers as the poller reads them, credentials fetched.
-async fn registration(so: &ScaledObject, client: &kube::Client) -> Result<Registered, SpecError> {
+/// The object's triggers as the poller reads them, credentials read from `secrets`.
+async fn registration(so: &ScaledObject, secrets: &SecretCache) -> Result<Registered, SpecError> {
     let mut config = so.to_config()?;
-    resolve_secrets(&mut config, client).await?;
+    // Named before they are read, so a change that lands after the read still reconciles.
+    secrets.set_named(&config.namespace, &config.name, secret_names(&config));
+    resolve_secrets(&mut config, secrets).await?;
     let triggers = triggers(&config)?;
     Ok(Registered {
         config,
@@ -524,6 +549,51 @@ async fn registration(so: &ScaledObject, client: &kube::Client) -> Result<Regist
             .as_ref()
             .map(|f| (f.failure_threshold.max(1) as u32, f.replicas.max(0) as u32)),
     })
+}
+
+/// The object's Secrets could not be read now: whatever is registered stays (its metrics keep
+/// being served and polled), and the leader says so in the Ready condition, whose status stays
+/// as it was (Unknown when nothing is registered). Retried soon.
+async fn keep_registration(so: &ScaledObject, ctx: &Context, err: &SpecError) -> Action {
+    let namespace = so.namespace().unwrap_or_default();
+    let name = so.name_any();
+    let kept = ctx
+        .registry
+        .served()
+        .objects
+        .contains_key(&(namespace.clone(), name.clone()));
+    tracing::warn!(%namespace, %name, error = %err, kept, "cannot read the object's Secrets now; retrying");
+    if ctx.is_leader() {
+        let mut status = so.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .and_then(|c| match c.status.as_str() {
+                "True" => Some(true),
+                "False" => Some(false),
+                _ => None,
+            })
+            .filter(|_| kept);
+        let message = if kept {
+            format!("{err}; serving the last registration meanwhile")
+        } else {
+            format!("{err}; not registered yet")
+        };
+        set_condition_tri(
+            &mut status,
+            condition::READY,
+            ready,
+            err.reason(),
+            &message,
+            so,
+        );
+        // Best effort: the API server that could not answer may not take the status either.
+        if let Err(err) = write_status(ctx, so, status).await {
+            tracing::debug!(%namespace, %name, error = %err, "cannot write the status");
+        }
+    }
+    Action::requeue(RETRY_TRANSIENT)
 }
 
 /// An API for the scale subresource of `kind` in `api_version`, found by discovery once.
@@ -900,6 +970,93 @@ mod tests {
                 states.len()
             );
             assert_eq!(act.triggers.len(), states.len());
+        }
+    }
+
+    use k8s_openapi::ByteString;
+
+    const SO: &str = r#"
+apiVersion: spillway.dev/v1alpha1
+kind: ScaledObject
+metadata: {name: worker, namespace: shop}
+spec:
+  scaleTargetRef: {name: worker}
+  pollingInterval: 7
+  triggers:
+    - rabbitmq:
+        hostFromSecret: {secretKeyRef: {name: rabbit, key: url}}
+        queueName: jobs
+        mode: QueueLength
+        value: 5
+"#;
+
+    fn rabbit(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("rabbit".into()),
+                namespace: Some("shop".into()),
+                resource_version: Some("1".into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// A follower's context: its reconciles register and send nothing to the API server.
+    fn follower() -> Context {
+        let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let cache = Arc::new(MetricCache::new());
+        let (_, leader) = watch::channel(false);
+        Context::new(
+            kube::Client::try_from(nowhere).unwrap(),
+            Arc::new(Registry::new()),
+            Arc::clone(&cache),
+            leader,
+            Arc::new(Metrics::new(cache)),
+            "test".into(),
+        )
+    }
+
+    fn registered(ctx: &Context) -> Option<Registered> {
+        let served = ctx.registry.served();
+        let object = served.objects.get(&("shop".into(), "worker".into()))?;
+        Some((**object).clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn secrets_unreadable_for_now_keep_the_registration_and_an_answer_ends_it() {
+        let so = Arc::new(serde_norway::from_str::<ScaledObject>(SO).unwrap());
+        let listed = || SecretCache::listed_with(vec![rabbit(&[("url", "amqp://u:p@rabbit/")])]);
+        let good = registration(&so, &listed()).await.unwrap();
+        let mut ctx = follower();
+        ctx.secrets = Arc::new(listed());
+        let action = reconcile_object(Arc::clone(&so), &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(7)));
+        assert_eq!(registered(&ctx), Some(good.clone()));
+        assert_eq!(
+            ctx.secrets.objects_naming(&rabbit(&[])).len(),
+            1,
+            "a change of the Secret reconciles the object"
+        );
+
+        // No answer (the Secrets are not listed yet): kept as it was, retried soon.
+        ctx.secrets = Arc::new(SecretCache::new());
+        let action = reconcile_object(Arc::clone(&so), &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(RETRY_TRANSIENT));
+        assert_eq!(registered(&ctx), Some(good.clone()));
+
+        // Answers: a key or a Secret gone unregisters.
+        for answer in [vec![rabbit(&[("user", "u")])], vec![]] {
+            ctx.registry.upsert(good.clone());
+            ctx.secrets = Arc::new(SecretCache::listed_with(answer));
+            let action = reconcile_object(Arc::clone(&so), &ctx).await.unwrap();
+            assert_eq!(action, Action::requeue(RETRY_BROKEN));
+            assert_eq!(registered(&ctx), None);
         }
     }
 }

@@ -1,12 +1,15 @@
 //! From a ScaledObject to what the poller and the metrics API read: the same
 //! [`ScaledObjectConfig`] a config file yields, and the [`Trigger`]s with their ids. Also the
-//! credentials of those triggers: a ScaledObject names Secrets, which are fetched here before
-//! the poller sees the triggers, so the poller never waits on the API server.
+//! credentials of those triggers: a ScaledObject names Secrets, which are read here (from the
+//! controller's Secret cache) before the poller sees the triggers, so the poller never waits on
+//! the API server.
+
+use std::collections::BTreeSet;
 
 use crate::cache::TriggerId;
 use crate::config::{self, ScaledObjectConfig, TriggerConfig};
 use crate::scalers::{Trigger, served_metric_name};
-use crate::secret::{SecretError, SecretKeyRef, SecretSource};
+use crate::secret::{SecretError, SecretKeyRef, SecretReader, SecretSource};
 
 use super::crd::ScaledObject;
 
@@ -32,6 +35,28 @@ pub enum SpecError {
         #[source]
         source: Box<SecretError>,
     },
+}
+
+impl SpecError {
+    /// True when the object may be fine and only its Secrets could not be read now (see
+    /// [`SecretError::is_transient`]): its last registration stays. Every other error is
+    /// an answer: the object cannot be served as it is.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Secret { source, .. } => source.is_transient(),
+            Self::MissingMetadata(_) | Self::Invalid { .. } | Self::FileSecret { .. } => false,
+        }
+    }
+
+    /// A stable CamelCase name, for a status condition's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Secret { source, .. } => source.reason(),
+            Self::MissingMetadata(_) | Self::Invalid { .. } | Self::FileSecret { .. } => {
+                "InvalidSpec"
+            }
+        }
+    }
 }
 
 impl ScaledObject {
@@ -142,18 +167,18 @@ pub fn metric_names(config: &ScaledObjectConfig) -> Result<Vec<String>, SpecErro
         .collect())
 }
 
-/// Fetches every `secretKeyRef` of `config`'s triggers from its namespace, so the scalers read
-/// them from memory. Fetched again at each call: a rotated Secret is picked up when the
+/// Reads every `secretKeyRef` of `config`'s triggers from its namespace, so the scalers read
+/// them from memory. Read again at each call: a rotated Secret is picked up when the
 /// controller next converts the object.
 pub async fn resolve_secrets(
     config: &mut ScaledObjectConfig,
-    client: &kube::Client,
+    reader: &impl SecretReader,
 ) -> Result<(), SpecError> {
     let namespace = config.namespace.clone();
     for (index, entry) in config.triggers.iter_mut().enumerate() {
         for (field, source) in entry_secret_sources(entry) {
             source
-                .resolve(client, &namespace)
+                .resolve(reader, &namespace)
                 .await
                 .map_err(|source| SpecError::Secret {
                     index,
@@ -177,6 +202,19 @@ pub fn unfetched_secrets(entry: &mut TriggerConfig) -> Vec<(String, &mut SecretK
                 Some((field.to_owned(), reference))
             }
             _ => None,
+        })
+        .collect()
+}
+
+/// The names of the Secrets `config`'s triggers name (all in its namespace).
+pub fn secret_names(config: &ScaledObjectConfig) -> BTreeSet<String> {
+    let mut triggers = config.triggers.clone();
+    triggers
+        .iter_mut()
+        .flat_map(entry_secret_sources)
+        .filter_map(|(_, source)| match source {
+            SecretSource::SecretKeyRef(reference) => Some(reference.name.clone()),
+            SecretSource::File(_) => None,
         })
         .collect()
 }
@@ -337,6 +375,102 @@ scaledObjects:
         );
     }
 
+    #[test]
+    fn the_secrets_an_object_names_are_listed_once() {
+        let text = SO.replace(
+            "    - natsJetStream:",
+            "    - prometheus:\n        serverAddress: http://prometheus:9090\n        query: up\n        threshold: 1\n        bearerToken: {secretKeyRef: {name: kafka-orders, key: token}}\n        password: {secretKeyRef: {name: prom, key: password}}\n    - natsJetStream:",
+        );
+        let config = so(&text).to_config().unwrap();
+        assert_eq!(
+            secret_names(&config).into_iter().collect::<Vec<_>>(),
+            ["kafka-orders", "prom"]
+        );
+    }
+
+    #[test]
+    fn only_secrets_unreadable_for_now_keep_a_registration() {
+        let secret = |source: SecretError| SpecError::Secret {
+            index: 0,
+            field: "kafka.password".into(),
+            source: Box::new(source),
+        };
+        let (namespace, name, key) = ("shop".to_owned(), "kafka".to_owned(), "password".to_owned());
+        let cases = [
+            (
+                secret(SecretError::Unavailable {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    key: key.clone(),
+                    cause: "connection refused".into(),
+                }),
+                true,
+                "SecretUnavailable",
+            ),
+            (
+                secret(SecretError::NotFound {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    key: key.clone(),
+                }),
+                false,
+                "SecretNotFound",
+            ),
+            (
+                secret(SecretError::Refused {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    key: key.clone(),
+                    cause: "forbidden (403)".into(),
+                }),
+                false,
+                "SecretNotReadable",
+            ),
+            (
+                secret(SecretError::MissingKey {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    key: key.clone(),
+                }),
+                false,
+                "SecretKeyNotFound",
+            ),
+            (
+                secret(SecretError::NotText {
+                    namespace,
+                    name,
+                    key,
+                }),
+                false,
+                "SecretNotText",
+            ),
+            (
+                SpecError::Invalid {
+                    field: "triggers".into(),
+                    message: "needs at least one trigger".into(),
+                },
+                false,
+                "InvalidSpec",
+            ),
+            (
+                SpecError::FileSecret {
+                    index: 0,
+                    field: "kafka.password".into(),
+                },
+                false,
+                "InvalidSpec",
+            ),
+            (SpecError::MissingMetadata("name"), false, "InvalidSpec"),
+        ];
+        for (err, transient, reason) in cases {
+            assert_eq!(
+                (err.is_transient(), err.reason()),
+                (transient, reason),
+                "{err}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn secrets_are_fetched_from_the_objects_namespace() {
         let service = tower::service_fn(|request: Request<Body>| async move {
@@ -377,7 +511,7 @@ scaledObjects:
         let err = resolve_secrets(&mut missing, &client).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "spec.triggers[0].kafka.password: cannot read secret shop/gone (key password): not found (404)"
+            "spec.triggers[0].kafka.password: secret shop/gone (key password) does not exist"
         );
     }
 }

@@ -359,6 +359,67 @@ pub async fn install_spillway(client: &kube::Client) -> PathBuf {
     service_account_kubeconfig(client, SPILLWAY_NAMESPACE, SPILLWAY_SERVICE_ACCOUNT).await
 }
 
+/// [`install_spillway`], acting as a ServiceAccount `account` of its own, bound to copies of
+/// `deploy/rbac.yaml`'s roles named `<role>-<account>`: the rights this checkout ships, kept
+/// while another checkout installs its own `deploy/` on the same control plane.
+pub async fn install_spillway_as(client: &kube::Client, account: &str) -> PathBuf {
+    for file in DEPLOY_MANIFESTS.into_iter().filter(|f| *f != "rbac.yaml") {
+        for object in deploy_manifest(file) {
+            apply(client, object).await;
+        }
+    }
+    apply(
+        client,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": SPILLWAY_NAMESPACE}}),
+    )
+    .await;
+    let rbac = deploy_manifest("rbac.yaml");
+    let names_spillway = |binding: &serde_json::Value| {
+        binding["subjects"].as_array().is_some_and(|subjects| {
+            subjects
+                .iter()
+                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == SPILLWAY_SERVICE_ACCOUNT)
+        })
+    };
+    let bindings: Vec<serde_json::Value> = rbac
+        .iter()
+        .filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("Binding")) && names_spillway(o))
+        .cloned()
+        .collect();
+    let shipped_roles: Vec<serde_json::Value> = rbac
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+        .filter(|role| {
+            bindings.iter().any(|b| {
+                b["roleRef"]["kind"] == role["kind"]
+                    && b["roleRef"]["name"] == role["metadata"]["name"]
+            })
+        })
+        .cloned()
+        .collect();
+    let renamed = |name: &serde_json::Value| json!(format!("{}-{account}", name.as_str().unwrap()));
+    for mut role in shipped_roles.clone() {
+        role["metadata"]["name"] = renamed(&role["metadata"]["name"]);
+        apply(client, role).await;
+    }
+    for mut binding in bindings {
+        binding["metadata"]["name"] = renamed(&binding["metadata"]["name"]);
+        binding["subjects"] =
+            json!([{"kind": "ServiceAccount", "name": account, "namespace": SPILLWAY_NAMESPACE}]);
+        if shipped_roles
+            .iter()
+            .any(|r| r["metadata"]["name"] == binding["roleRef"]["name"])
+        {
+            binding["roleRef"]["name"] = renamed(&binding["roleRef"]["name"]);
+        }
+        apply(client, binding).await;
+    }
+    install_spillway_service(client).await;
+    wait_crd_established(client, SCALED_OBJECT_CRD, Duration::from_secs(30)).await;
+    service_account_kubeconfig(client, SPILLWAY_NAMESPACE, account).await
+}
+
 /// Waits until a CustomResourceDefinition is Established (its API is served).
 pub async fn wait_crd_established(client: &kube::Client, name: &str, timeout: Duration) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -437,6 +498,8 @@ pub struct SpillwayController {
     pub lease_name: String,
     /// The metrics API's port (only [`SPILLWAY_PORT`] is registered with the aggregator).
     pub port: u16,
+    /// spillway's own `/metrics` (plain HTTP).
+    pub metrics_port: u16,
     pub log: PathBuf,
 }
 
@@ -494,6 +557,7 @@ impl SpillwayController {
             identity: identity.to_owned(),
             lease_name: lease_name.to_owned(),
             port,
+            metrics_port,
             log,
         };
         controller.wait_healthy(Duration::from_secs(30)).await;
