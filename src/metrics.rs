@@ -477,8 +477,28 @@ struct TriggerCollector {
 }
 
 impl TriggerCollector {
-    /// One gauge family: a descriptor, then one sample per `(labels, value)`; nothing at all
-    /// without samples.
+    /// One family of constant samples: a descriptor, then one sample per `(labels, value)`
+    /// made into a metric by `metric`; nothing at all without samples.
+    fn encode_family<L: EncodeLabelSet, V: Copy, M: EncodeMetric>(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        samples: &[(L, V)],
+        metric: impl Fn(V) -> M,
+    ) -> Result<(), std::fmt::Error> {
+        let Some((_, first)) = samples.first() else {
+            return Ok(());
+        };
+        let mut family =
+            encoder.encode_descriptor(name, help, unit, metric(*first).metric_type())?;
+        for (labels, value) in samples {
+            metric(*value).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// One gauge family; see [`TriggerCollector::encode_family`].
     fn encode_gauges<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
         encoder: &mut DescriptorEncoder,
         name: &str,
@@ -486,43 +506,7 @@ impl TriggerCollector {
         unit: Option<&Unit>,
         samples: &[(L, V)],
     ) -> Result<(), std::fmt::Error> {
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let mut family = encoder.encode_descriptor(
-            name,
-            help,
-            unit,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (labels, value) in samples {
-            ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
-        }
-        Ok(())
-    }
-}
-
-impl TriggerCollector {
-    /// One counter family, as [`TriggerCollector::encode_gauges`] does gauges.
-    fn encode_counters<L: EncodeLabelSet>(
-        encoder: &mut DescriptorEncoder,
-        name: &str,
-        help: &str,
-        samples: &[(L, u64)],
-    ) -> Result<(), std::fmt::Error> {
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let mut family = encoder.encode_descriptor(
-            name,
-            help,
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (labels, value) in samples {
-            ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
-        }
-        Ok(())
+        Self::encode_family(encoder, name, help, unit, samples, ConstGauge::new)
     }
 }
 
@@ -593,11 +577,13 @@ impl Collector for TriggerCollector {
             Some(&Unit::Seconds),
             &ages,
         )?;
-        Self::encode_counters(
+        Self::encode_family(
             &mut encoder,
             "trigger_polls",
             "Polls of the trigger recorded since its spec last changed (stale marks are not polls)",
+            None,
             &polls,
+            ConstCounter::new,
         )?;
         backlog.encode(&mut encoder)
     }
