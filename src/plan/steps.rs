@@ -150,6 +150,19 @@ pub fn plan(input: &PlanInput) -> Plan {
             );
             None
         }
+        // Without a current count nobody knows whether `p` is a step up (taken) or down (not
+        // taken on partial data): the count is held, as the live view shows it.
+        Some((_, p)) if !failed.is_empty() && current.is_none() => {
+            step(
+                "metrics",
+                None,
+                format!(
+                    "{} without a value: the HPA uses the others (at most {p}) only to scale up, so the count is held unless it is below {p}",
+                    failed.join(", ")
+                ),
+            );
+            None
+        }
         Some((_, p)) if !failed.is_empty() && current.is_some_and(|c| p < c) => {
             step(
                 "metrics",
@@ -686,6 +699,14 @@ mod tests {
             (vec![trigger("s0", 10.0, 0.0)], 2, 5, Some(2)),
             // No value: the count is held, never read as 0.
             (vec![failed("s0", 10.0, 1)], 0, 5, None),
+            // One idle trigger and one without a value: held too (the HPA does not scale
+            // down on partial data, and a failing trigger never scales to zero).
+            (
+                vec![trigger("s0", 10.0, 0.0), failed("s1", 10.0, 1)],
+                0,
+                5,
+                None,
+            ),
         ];
         for (triggers, min, max, want) in cases {
             let mut i = input(triggers, None);
