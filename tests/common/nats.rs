@@ -23,14 +23,25 @@ impl TestStream {
         let js = jetstream::new(client);
         let name = super::unique_name(prefix);
         let subject = format!("{name}.jobs");
-        let stream = js
-            .create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject.clone()],
-                ..Default::default()
-            })
-            .await
-            .expect("create stream");
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        };
+        // On a busy machine JetStream's API can miss the client's request timeout; creating a
+        // stream again with the same config is idempotent, so a few tries are safe.
+        let mut tries = 0;
+        let stream = loop {
+            tries += 1;
+            match js.create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(err) if tries < 3 => {
+                    eprintln!("create stream {name}: {err}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => panic!("create stream {name}: {err}"),
+            }
+        };
         let mut pulls = Vec::new();
         for consumer_name in consumers {
             pulls.push(
