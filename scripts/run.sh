@@ -13,7 +13,9 @@ mkdir -p "$RUN_DIR"
 
 started=()
 for s in kafka rabbitmq nats prometheus; do
-  "scripts/$s.sh" status | grep -q running || started+=("$s")
+  # Captured first: `grep -q` closing the pipe early would fail a multi-line status under pipefail.
+  state=$("scripts/$s.sh" status || true)
+  grep -q running <<<"$state" || started+=("$s")
 done
 loadgens=()
 watcher=""

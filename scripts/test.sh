@@ -14,7 +14,9 @@ wait "$k8s_build" || die "the Kubernetes control plane did not build; see the li
 
 started=()
 for s in kafka rabbitmq nats prometheus k8s; do
-  "scripts/$s.sh" status | grep -q running || started+=("$s")
+  # Captured first: `grep -q` closing the pipe early would fail a multi-line status under pipefail.
+  state=$("scripts/$s.sh" status || true)
+  grep -q running <<<"$state" || started+=("$s")
 done
 stop_started() {
   local rc=$?

@@ -510,9 +510,13 @@ async fn missing_queue_over_http_is_not_found() {
         trigger(&secret, &queue, json!({"vhostName": no_vhost})),
         trigger(&secret, &queue, json!({})),
     ];
+    // The management API samples queues every few seconds: wait for the 2 messages to show.
     let results = common::eventually("present queue sampled", SETTLE, || async {
         let results = poll_once(&triggers).await;
-        results[3].is_ok().then_some(results)
+        results[3]
+            .as_ref()
+            .is_ok_and(|r| r.value == 2.0)
+            .then_some(results)
     })
     .await;
     let whats: Vec<String> = results[..3]
