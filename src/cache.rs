@@ -86,6 +86,17 @@ impl TriggerState {
     }
 }
 
+/// A trigger's poll times; see [`MetricCache::poll_times`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollTimes {
+    /// When its latest poll finished; `None` while no poll of its spec ever finished.
+    pub polled_at: Option<Instant>,
+    /// When its latest outcome (a poll or a stale mark) was recorded.
+    pub recorded_at: Instant,
+    /// Whether that outcome is a stale mark.
+    pub stale: bool,
+}
+
 /// The states and the spec each may hold, under one lock so a spec change and a record
 /// cannot interleave.
 #[derive(Debug, Default)]
@@ -263,6 +274,22 @@ impl MetricCache {
         self.get(id).filter(|state| state.is_for_spec(version))
     }
 
+    /// When `id` was last polled and last given an outcome, and whether that outcome is a stale
+    /// mark: what the freshness check reads of every trigger each second, without cloning its
+    /// reading (a backlog of up to a thousand samples).
+    pub fn poll_times(&self, id: &TriggerId) -> Option<PollTimes> {
+        self.entries
+            .read()
+            .expect("cache lock")
+            .states
+            .get(id)
+            .map(|state| PollTimes {
+                polled_at: (state.polls > 0).then_some(state.polled_at),
+                recorded_at: state.recorded_at,
+                stale: matches!(state.error, Some(ScalerError::Stale { .. })),
+            })
+    }
+
     /// One trigger's state.
     pub fn get(&self, id: &TriggerId) -> Option<TriggerState> {
         self.entries
@@ -405,6 +432,9 @@ mod tests {
         assert_eq!((state.polled_at, state.polls), (polled.polled_at, 1));
         assert!(state.recorded_at >= polled.recorded_at);
         assert_eq!(state.error.as_ref().map(ScalerError::reason), Some("stale"));
+        let times = cache.poll_times(&id(0)).unwrap();
+        assert_eq!(times.polled_at, Some(polled.polled_at));
+        assert!(times.stale && times.recorded_at == state.recorded_at);
 
         // A good poll ends it.
         cache.record_for_spec(id(0), 1, Ok(Reading::new(4.0, true)), Duration::ZERO);
@@ -419,6 +449,11 @@ mod tests {
         let state = cache.get(&id(1)).unwrap();
         assert_eq!((state.consecutive_failures, state.polls), (1, 0));
         assert!(state.last_reading.is_none());
+        assert_eq!(
+            cache.poll_times(&id(1)).unwrap().polled_at,
+            None,
+            "never polled"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! [`ROUND_DEADLINE`](super::ROUND_DEADLINE), and records each outcome only for the spec it
 //! was read with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,7 +133,10 @@ impl Schedule {
     /// Follows `members`: a new member, or one whose spec changed, is due at once; members
     /// no longer listed are forgotten.
     pub fn sync(&mut self, members: &[Member], now: Instant) {
-        self.due.retain(|id, _| members.iter().any(|m| &m.id == id));
+        // A set, not a scan per entry: a group can hold thousands of triggers (one Kafka
+        // cluster, a group each) and this runs before every round.
+        let listed: HashSet<&TriggerId> = members.iter().map(|m| &m.id).collect();
+        self.due.retain(|id, _| listed.contains(id));
         for member in members {
             let entry = self
                 .due

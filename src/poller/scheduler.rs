@@ -40,7 +40,11 @@ pub const MIN_FRESHNESS: Duration = Duration::from_secs(15);
 /// How old a trigger's latest poll may be before its reading is stale: three polling
 /// intervals, and at least [`MIN_FRESHNESS`].
 pub fn freshness_bound(interval: Duration) -> Duration {
-    (interval * 3).max(MIN_FRESHNESS)
+    bound_with_floor(interval, MIN_FRESHNESS)
+}
+
+fn bound_with_floor(interval: Duration, floor: Duration) -> Duration {
+    (interval * 3).max(floor)
 }
 
 /// One registered trigger as the scheduler follows it.
@@ -297,17 +301,15 @@ impl Scheduler {
                     }
                 }
                 Ok(address) => {
-                    let state = cache.get(id);
-                    let polled_at = match &state {
-                        Some(s) if s.polls > 0 => s.polled_at,
-                        _ => tracked.since.into_std(),
-                    };
+                    let times = cache.poll_times(id);
+                    let polled_at = times
+                        .and_then(|t| t.polled_at)
+                        .unwrap_or_else(|| tracked.since.into_std());
                     let age = now.into_std().saturating_duration_since(polled_at);
-                    // `freshness_bound`, with the floor tests may lower.
-                    let bound = (tracked.interval * 3).max(min_freshness);
-                    let marked_lately = state.as_ref().is_some_and(|s| {
-                        matches!(s.error, Some(ScalerError::Stale { .. }))
-                            && now.into_std().saturating_duration_since(s.recorded_at)
+                    let bound = bound_with_floor(tracked.interval, min_freshness);
+                    let marked_lately = times.is_some_and(|t| {
+                        t.stale
+                            && now.into_std().saturating_duration_since(t.recorded_at)
                                 < tracked.interval
                     });
                     if age > bound && !marked_lately {
