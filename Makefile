@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench services-up services-down services-status lint deps build
+.PHONY: run test bench fuzz services-up services-down services-status lint deps build
 
 run: deps
 	scripts/run.sh
@@ -37,3 +37,8 @@ bench: services-up
 	$(CARGO) bench --locked --bench kafka_lag
 	$(CARGO) bench --locked --bench metrics_api
 	$(CARGO) bench --locked --bench fault_isolation
+
+# Hostile input at length: every property of tests/hostile_input.rs with 50,000 cases each
+# (make test runs 2,000 per parser and 300 per broker answer). About 20 minutes.
+fuzz: services-up
+	PROPTEST_CASES=50000 $(CARGO) test --locked --test hostile_input -- --nocapture

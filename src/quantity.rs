@@ -48,7 +48,7 @@ pub fn format_quantity(value: f64) -> Result<Quantity, QuantityError> {
         // binary noise of a decimal (0.1 * 1000 = 100.00000000000001 is 100m, not 101m).
         let scaled = value * 1000.0;
         let nearest = scaled.round();
-        if (scaled - nearest).abs() <= 1e-9 * nearest.abs().max(1.0) {
+        if nearest != 0.0 && (scaled - nearest).abs() <= 1e-9 * nearest.abs() {
             nearest as i128
         } else {
             scaled.ceil() as i128
@@ -106,6 +106,10 @@ mod tests {
             (9e15, "9P", false),
             (4_503_599_627_370_497.0, "4503599627370497", false),
             (0.001, "1m", false),
+            // Found by tests/hostile_input.rs: the noise tolerance once read these as 0.
+            (1e-300, "1m", false),
+            (1e-10, "1m", false),
+            (-1e-300, "0", false),
             (-1.5, "-1500m", false),
             (-2000.0, "-2k", false),
             (1e30, "9223372036854775", true),

@@ -1392,3 +1392,83 @@ async fn editing_a_triggers_queue_never_serves_the_old_queues_value() {
     delete_scaled_object(&sos, "worker").await;
     delete_lease(admin, &controller.lease_name).await;
 }
+
+/// The normal first deploy: a consumer Deployment at 0 whose consumer group has never existed,
+/// on a topic that already holds records. The group behaves as one without commits (KEDA's
+/// rule), so the target starts from zero and reaches the HPA's count with no fallback set.
+#[tokio::test]
+async fn a_brand_new_consumer_group_scales_its_target_from_zero_without_fallback() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-newgroup").await;
+    // 45 records and a group nobody ever used: under `earliest` the whole backlog is lag.
+    let topic = common::kafka::create_topic(3).await;
+    common::kafka::produce(&topic, &[20, 15, 10], Duration::ZERO).await;
+    let group = common::unique_name("e2e-ctl-never-seen");
+    let deployments = deployment(admin, &ns, "first-consumer", 0).await;
+    let controller = start_controller(&cluster).await;
+    let recorder = ReplicaRecorder::start(deployments.clone(), "first-consumer");
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+
+    let mut trigger = kafka_trigger(&common::kafka::bootstrap(), &group, &topic);
+    trigger["kafka"]["offsetResetPolicy"] = json!("earliest");
+    let created = Instant::now();
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "first",
+            "first-consumer",
+            json!({"minReplicaCount": 0, "maxReplicaCount": 10, "cooldownPeriod": 300,
+                "pollingInterval": 1, "triggers": [trigger]}),
+        ),
+    )
+    .await;
+    wait_replicas(
+        &deployments,
+        "first-consumer",
+        "to leave 0 replicas for a group that never committed",
+        Duration::from_secs(60),
+        |r| r >= 1,
+    )
+    .await;
+    let activated = created.elapsed();
+    wait_replicas(
+        &deployments,
+        "first-consumer",
+        "to reach ceil(45/10) = 5 replicas",
+        Duration::from_secs(120),
+        |r| r == 5,
+    )
+    .await;
+    println!(
+        "new group over a backlog of 45 -> replicas >= 1 after {}, 5 after {}",
+        secs(activated),
+        secs(created.elapsed())
+    );
+    let status = sos
+        .get("first")
+        .await
+        .expect("ScaledObject first")
+        .status
+        .expect("status");
+    let trigger = status.triggers.first().expect("trigger status");
+    assert!(
+        trigger.last_error.is_none() && trigger.consecutive_failures.unwrap_or(0) == 0,
+        "a group without commits is not a failure: {trigger:?}"
+    );
+    assert_ne!(
+        condition(&sos, "first", "Fallback").await.map(|c| c.status),
+        Some("True".to_owned()),
+        "no fallback was set, none may engage"
+    );
+    recorder.catch_up().await;
+    println!("replicas: {}", recorder.describe());
+
+    let lease = controller.lease_name.clone();
+    drop(controller);
+    delete_scaled_object(&sos, "first").await;
+    common::kafka::delete_topic(&topic).await;
+    delete_lease(admin, &lease).await;
+}
