@@ -247,7 +247,7 @@ async fn serve(
         let client = spillway::kube_client::client(kubeconfig.as_deref())
             .await
             .context("authentication needs a cluster to ask (pass --no-auth to serve without, on a trusted machine only)")?;
-        Some(api::auth::Authenticator::new(client).await?)
+        Some(api::auth::Authenticator::new(client, Arc::clone(&state.own_metrics)).await?)
     };
     let poller = Poller::new(cache).with_metrics(Arc::clone(&state.own_metrics));
     let poller = tokio::spawn(poller.run_registry(Arc::clone(&state.registry), poll_asks));
@@ -273,7 +273,8 @@ async fn run_in_cluster(
     let (poll_requests, poll_asks) = PollRequests::channel();
     let state = api::AppState::new(Arc::clone(&cache), Arc::clone(&registry))
         .with_poll_requests(poll_requests);
-    let auth = api::auth::Authenticator::new(client.clone()).await?;
+    let auth =
+        api::auth::Authenticator::new(client.clone(), Arc::clone(&state.own_metrics)).await?;
     let poller = Poller::new(Arc::clone(&cache)).with_metrics(Arc::clone(&state.own_metrics));
     let poller = tokio::spawn(poller.run_registry(Arc::clone(&registry), poll_asks));
 
@@ -362,7 +363,13 @@ async fn serve_api(
             let _ = metrics_stopped.await;
         },
     ));
-    api::serve(listener, tls, state, auth, shutdown).await;
+    let limits = spillway::connections::ConnectionLimits {
+        max_connections: config.server.max_connections as usize,
+        idle_timeout: std::time::Duration::from_secs(config.server.idle_timeout_seconds.into()),
+        header_read_timeout: api::HEADER_READ_TIMEOUT,
+        keep_alive_interval: api::KEEP_ALIVE_INTERVAL,
+    };
+    api::serve(listener, tls, state, auth, None, limits, shutdown).await;
     let _ = stop_metrics.send(());
     // A scraper holding its connection open must not hold up the exit.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), metrics_server).await;

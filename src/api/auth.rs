@@ -9,7 +9,8 @@
 //!   re-read every minute so a rotated CA is picked up without a restart.
 //! - **Client certificates** that chain to the cluster's client CA (same ConfigMap): the
 //!   common name is the user, the organizations the groups.
-//! - **Bearer tokens**: a TokenReview, cached briefly.
+//! - **Bearer tokens**: a TokenReview, cached briefly under a keyed hash, one per token at a
+//!   time, within a rate and a concurrency limit (see [`super::token_reviews`]).
 //!
 //! Every request but the health endpoints is then authorized with a SubjectAccessReview
 //! built from the path exactly as kube-apiserver would (`list` on resource `<metric>` in
@@ -42,6 +43,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
 use super::status::Status;
+use super::token_reviews::{ReviewAnswer, TokenRefusal, TokenReviews};
+use crate::metrics::Metrics;
 
 /// Where kube-apiserver publishes how aggregated servers must authenticate callers.
 pub const AUTHENTICATION_CONFIG_MAP: (&str, &str) =
@@ -52,13 +55,13 @@ const ALWAYS_ALLOWED_PATHS: [&str; 3] = ["/healthz", "/livez", "/readyz"];
 const ALWAYS_ALLOWED_GROUPS: [&str; 1] = ["system:masters"];
 /// The group every authenticated caller belongs to.
 const AUTHENTICATED_GROUP: &str = "system:authenticated";
-/// How long a TokenReview or SubjectAccessReview answer is reused (k8s.io/apiserver's
-/// delegating defaults are 10 s for both outcomes).
+/// How long a SubjectAccessReview answer is reused (k8s.io/apiserver's delegating default is
+/// 10 s for both outcomes).
 const REVIEW_TTL: Duration = Duration::from_secs(10);
 /// A review kube-apiserver has not answered by then fails the request instead of holding it.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
-/// Entries kept per cache; beyond that expired ones are dropped, then all (a flood of
-/// distinct tokens must not grow memory without bound).
+/// Decisions kept; beyond that expired ones are dropped, then all. Only authenticated
+/// callers reach it, so nobody can flood it with made-up identities.
 const CACHE_CAPACITY: usize = 4096;
 /// How often the ConfigMap is re-read.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
@@ -320,7 +323,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
 pub struct Authenticator {
     client: kube::Client,
     verifiers: RwLock<Arc<Verifiers>>,
-    tokens: TtlCache<String, Result<UserInfo, String>>,
+    tokens: TokenReviews,
     decisions: TtlCache<String, Result<(), String>>,
 }
 
@@ -335,15 +338,17 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Reads the ConfigMap once; fails when it cannot (without it no front proxy can be
     /// trusted, so serving would answer every aggregated request with 401).
-    pub async fn new(client: kube::Client) -> Result<Arc<Self>, AuthError> {
+    /// Token reviews are counted in `metrics`.
+    pub async fn new(client: kube::Client, metrics: Arc<Metrics>) -> Result<Arc<Self>, AuthError> {
         let config = load_config(&client).await?;
-        Self::with_config(client, config)
+        Self::with_config(client, config, metrics)
     }
 
     /// An authenticator with a fixed configuration (tests, or a config given in files).
     pub fn with_config(
         client: kube::Client,
         config: AuthenticationConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, AuthError> {
         tracing::info!(
             requestheader_ca = config.requestheader_ca.is_some(),
@@ -354,7 +359,7 @@ impl Authenticator {
         Ok(Arc::new(Self {
             client,
             verifiers: RwLock::new(Arc::new(Verifiers::new(config)?)),
-            tokens: TtlCache::new(),
+            tokens: TokenReviews::new(metrics),
             decisions: TtlCache::new(),
         }))
     }
@@ -429,41 +434,17 @@ impl Authenticator {
     }
 
     async fn review_token(&self, token: &str) -> Result<UserInfo, Status> {
-        if let Some(cached) = self.tokens.get(&token.to_owned()) {
-            return cached.map_err(Status::unauthorized);
-        }
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: None,
-            },
-            ..Default::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer =
-            tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
-                .await
-                .map_err(|_| format!("TokenReview did not answer within {REVIEW_TIMEOUT:?}"))
-                .and_then(|r| r.map_err(|err| format!("TokenReview failed: {err}")));
-        let status = match answer {
-            Ok(review) => review.status.unwrap_or_default(),
-            // Not cached: kube-apiserver being briefly away must not lock users out for 10 s.
-            Err(message) => return Err(Status::unauthorized(message)),
-        };
-        let outcome = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) => Ok(UserInfo {
-                name: user.username.unwrap_or_default(),
-                uid: user.uid,
-                groups: user.groups.unwrap_or_default(),
-                extra: user.extra.unwrap_or_default().into_iter().collect(),
-            }),
-            _ => Err(format!(
-                "the bearer token is not valid{}",
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )),
-        };
-        self.tokens.put(token.to_owned(), outcome.clone());
-        outcome.map_err(Status::unauthorized)
+        let client = self.client.clone();
+        let outcome = self
+            .tokens
+            .authenticate(token, |token| token_review(client, token))
+            .await;
+        outcome.map_err(|refusal| match refusal {
+            TokenRefusal::Invalid(message) | TokenRefusal::Failed(message) => {
+                Status::unauthorized(message)
+            }
+            TokenRefusal::Limited(message) => Status::too_many_requests(message),
+        })
     }
 
     /// Whether `user` may make this request.
@@ -534,6 +515,36 @@ impl Authenticator {
             Status::forbidden(message)
         })
     }
+}
+
+/// One TokenReview: the user, or why the token is not valid; `Err` without an answer.
+async fn token_review(client: kube::Client, token: String) -> ReviewAnswer {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token),
+            audiences: None,
+        },
+        ..Default::default()
+    };
+    let api: Api<TokenReview> = Api::all(client);
+    let status = tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
+        .await
+        .map_err(|_| format!("TokenReview did not answer within {REVIEW_TIMEOUT:?}"))?
+        .map_err(|err| format!("TokenReview failed: {err}"))?
+        .status
+        .unwrap_or_default();
+    Ok(match (status.authenticated, status.user) {
+        (Some(true), Some(user)) => Ok(UserInfo {
+            name: user.username.unwrap_or_default(),
+            uid: user.uid,
+            groups: user.groups.unwrap_or_default(),
+            extra: user.extra.unwrap_or_default().into_iter().collect(),
+        }),
+        _ => Err(format!(
+            "the bearer token is not valid{}",
+            status.error.map(|e| format!(": {e}")).unwrap_or_default()
+        )),
+    })
 }
 
 fn user_phrase(user: &UserInfo) -> String {
