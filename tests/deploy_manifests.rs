@@ -100,6 +100,7 @@ async fn the_kustomization_and_the_examples_are_accepted_by_kube_apiserver() {
         "Service",
         "PodDisruptionBudget",
         "APIService",
+        "ValidatingWebhookConfiguration",
     ] {
         assert!(
             kinds.contains(&kind),

@@ -340,12 +340,20 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let refused = state.own_metrics.connections_refused("api");
+    let own_metrics = Arc::clone(&state.own_metrics);
     let app = match auth {
         Some(auth) => authenticated_router(state, auth),
         None => router(state),
     };
     let app = match extra {
-        Some(extra) => extra.merge(app),
+        // The same size limits and request counting as the API's own routes.
+        Some(extra) => extra
+            .layer(axum::middleware::from_fn(limits::limit_requests))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&own_metrics),
+                crate::metrics::track_requests,
+            ))
+            .merge(app),
         None => app,
     };
     let health = health_router();
