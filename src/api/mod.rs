@@ -18,6 +18,7 @@ pub mod external;
 pub mod limits;
 pub mod openapi;
 pub mod selector;
+pub mod serving_cert;
 pub mod status;
 pub mod token_reviews;
 pub mod values;
@@ -239,8 +240,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Status {
     Status::method_not_allowed(format!("{method} is not supported on {}", uri.path()))
 }
 
-/// The rustls server config: the PEM files of `files`, or a fresh self-signed certificate for
-/// localhost, 127.0.0.1 and ::1 when there are none.
+/// The rustls server config: the PEM files of `files`, re-read when they change (see
+/// [`serving_cert`]), or a fresh self-signed certificate for localhost, 127.0.0.1 and ::1 when
+/// there are none.
 ///
 /// `client_certs` asks clients for a certificate and checks it (the front proxy's, a user's);
 /// without it no certificate is asked for.
@@ -248,18 +250,15 @@ pub fn tls_config(
     files: Option<&TlsFiles>,
     client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, ApiError> {
-    let (certs, key) = match files {
-        Some(files) => (read_certs(&files.cert_file)?, read_key(&files.key_file)?),
-        None => self_signed()?,
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let serving = serving_cert::ServingCertificate::load(files, Arc::clone(&provider))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?;
     let builder = match client_certs {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key)?;
+    let mut config = builder.with_cert_resolver(Arc::new(serving));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
