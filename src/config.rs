@@ -271,6 +271,10 @@ pub struct ServerConfig {
     /// Connections the metrics API keeps open at once; one more is closed on accept.
     #[serde(default = "ServerConfig::default_max_connections")]
     pub max_connections: u32,
+    /// Connections the metrics API keeps open at once from one client address, so one pod
+    /// cannot take every place.
+    #[serde(default = "ServerConfig::default_max_connections_per_client")]
+    pub max_connections_per_client: u32,
     /// Seconds a metrics API connection (HTTP/1 or HTTP/2) may stay open with no request in
     /// flight before spillway closes it.
     #[serde(default = "ServerConfig::default_idle_timeout_seconds")]
@@ -287,6 +291,9 @@ impl ServerConfig {
     fn default_max_connections() -> u32 {
         1000
     }
+    fn default_max_connections_per_client() -> u32 {
+        100
+    }
     fn default_idle_timeout_seconds() -> u32 {
         120
     }
@@ -299,6 +306,7 @@ impl Default for ServerConfig {
             metrics_listen: Self::default_metrics_listen(),
             tls: None,
             max_connections: Self::default_max_connections(),
+            max_connections_per_client: Self::default_max_connections_per_client(),
             idle_timeout_seconds: Self::default_idle_timeout_seconds(),
         }
     }
@@ -486,6 +494,12 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return invalid("server.maxConnections", "must be at least 1".to_owned());
+        }
+        if self.server.max_connections_per_client == 0 {
+            return invalid(
+                "server.maxConnectionsPerClient",
+                "must be at least 1".to_owned(),
+            );
         }
         if self.server.idle_timeout_seconds == 0 {
             return invalid("server.idleTimeoutSeconds", "must be at least 1".to_owned());

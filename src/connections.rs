@@ -1,11 +1,14 @@
 //! Bounded serving of accepted connections, shared by the metrics API and `/metrics`: a cap on
-//! open connections (one over it is closed at once and counted), a header-read timeout, HTTP/2
+//! open connections in all and per client address (one over either is closed at once and
+//! counted), so one pod cannot take every place, a header-read timeout, HTTP/2
 //! keep-alive pings, an idle timeout that closes a connection with no request in flight
 //! (HTTP/2 included, which hyper would otherwise keep open forever), and a graceful drain.
 //!
 //! Without these, any pod that reaches the port can hold sockets and tasks without bound.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +28,8 @@ use tower::ServiceExt;
 pub struct ConnectionLimits {
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_client: usize,
     /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2).
     pub idle_timeout: Duration,
     /// How long a request's headers may take to arrive (HTTP/1).
@@ -46,8 +51,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub struct Connections {
     limits: ConnectionLimits,
     permits: Arc<Semaphore>,
-    /// Counts connections closed because the cap was reached.
+    /// Open connections per client address (addresses with none are removed).
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Counts connections closed because the cap was reached: in all, and per client.
     refused: Counter,
+    refused_per_client: Counter,
     /// `true` once shutdown starts: every connection finishes its requests and closes.
     closing: watch::Sender<bool>,
     /// Each connection task holds a clone; the drain waits until every clone is gone.
@@ -60,31 +68,70 @@ pub struct Connections {
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
     _open: mpsc::Sender<()>,
+    _client: ClientPlace,
     closing: watch::Receiver<bool>,
 }
 
+/// One of a client address's places; given back when dropped.
+#[derive(Debug)]
+struct ClientPlace {
+    client: IpAddr,
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let mut per_client = self.per_client.lock().expect("per-client lock");
+        if let Some(open) = per_client.get_mut(&self.client) {
+            *open -= 1;
+            if *open == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
 impl Connections {
-    /// `refused` counts connections turned away at the cap.
-    pub fn new(limits: ConnectionLimits, refused: Counter) -> Self {
+    /// `refused` counts connections turned away at the cap, `refused_per_client` those turned
+    /// away at a client's cap.
+    pub fn new(limits: ConnectionLimits, refused: Counter, refused_per_client: Counter) -> Self {
         let (open, all_closed) = mpsc::channel(1);
         Self {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_client: Arc::new(Mutex::new(HashMap::new())),
             limits,
             refused,
+            refused_per_client,
             closing: watch::channel(false).0,
             open: Mutex::new(Some(open)),
             all_closed: tokio::sync::Mutex::new(all_closed),
         }
     }
 
-    /// A place for a connection just accepted, or `None` (counted) when the cap is reached or
-    /// shutdown has started: the caller drops the socket, which closes it.
-    pub fn admit(&self) -> Option<Admitted> {
+    /// A place for a connection just accepted from `client`, or `None` (counted) when the cap
+    /// or the client's cap is reached or shutdown has started: the caller drops the socket,
+    /// which closes it.
+    pub fn admit(&self, client: IpAddr) -> Option<Admitted> {
         let open = self.open.lock().expect("connections lock").clone()?;
+        let place = {
+            let mut per_client = self.per_client.lock().expect("per-client lock");
+            let count = per_client.entry(client).or_insert(0);
+            if *count >= self.limits.max_connections_per_client {
+                drop(per_client);
+                self.refused_per_client.inc();
+                return None;
+            }
+            *count += 1;
+            ClientPlace {
+                client,
+                per_client: Arc::clone(&self.per_client),
+            }
+        };
         match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => Some(Admitted {
                 _permit: permit,
                 _open: open,
+                _client: place,
                 closing: self.closing.subscribe(),
             }),
             Err(_) => {
@@ -246,25 +293,35 @@ mod tests {
 
     #[tokio::test]
     async fn admission_stops_at_the_cap_and_counts_refusals() {
-        let refused = Counter::default();
+        let (refused, refused_per_client) = (Counter::default(), Counter::default());
         let connections = Connections::new(
             ConnectionLimits {
-                max_connections: 2,
+                max_connections: 3,
+                max_connections_per_client: 2,
                 idle_timeout: Duration::from_secs(1),
                 header_read_timeout: Duration::from_secs(1),
                 keep_alive_interval: Duration::from_secs(1),
             },
             refused.clone(),
+            refused_per_client.clone(),
         );
-        let first = connections.admit().expect("first");
-        let _second = connections.admit().expect("second");
-        assert!(connections.admit().is_none());
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        let first = connections.admit(a).expect("first");
+        let second = connections.admit(a).expect("second");
+        assert!(connections.admit(a).is_none(), "a third from one client");
+        assert_eq!(refused_per_client.get(), 1);
+        let third = connections.admit(b).expect("another client");
+        assert!(connections.admit(c).is_none(), "a fourth in all");
         assert_eq!(refused.get(), 1);
         drop(first);
-        let third = connections.admit().expect("a freed place");
-        drop(third);
-        drop(_second);
+        let fourth = connections.admit(c).expect("a freed place");
+        drop((second, third, fourth));
+        assert!(connections.per_client.lock().unwrap().is_empty());
         assert!(connections.drain(Duration::from_secs(1)).await);
-        assert!(connections.admit().is_none(), "admitted after shutdown");
+        assert!(connections.admit(a).is_none(), "admitted after shutdown");
     }
 }

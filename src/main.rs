@@ -371,6 +371,7 @@ async fn serve_api(
     ));
     let limits = spillway::connections::ConnectionLimits {
         max_connections: config.server.max_connections as usize,
+        max_connections_per_client: config.server.max_connections_per_client as usize,
         idle_timeout: std::time::Duration::from_secs(config.server.idle_timeout_seconds.into()),
         header_read_timeout: api::HEADER_READ_TIMEOUT,
         keep_alive_interval: api::KEEP_ALIVE_INTERVAL,

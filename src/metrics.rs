@@ -94,9 +94,11 @@ struct ReconcileErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServerLabels {
+struct ConnectionRefusalLabels {
     /// `api` (the metrics API) or `metrics` (this `/metrics` server).
     server: &'static str,
+    /// `server` (the server's cap) or `client` (one client address's cap).
+    limit: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -240,7 +242,7 @@ pub struct Metrics {
     fallback: Family<ScaledObjectLabels, Gauge>,
     paused: Family<ScaledObjectLabels, Gauge>,
     leader: Gauge,
-    connections_refused: Family<ServerLabels, Counter>,
+    connections_refused: Family<ConnectionRefusalLabels, Counter>,
     token_reviews: Family<TokenReviewLabels, Counter>,
     token_reviews_refused: Family<TokenReviewRefusalLabels, Counter>,
     token_reviews_in_flight: Gauge,
@@ -324,10 +326,10 @@ impl Metrics {
             "1 while this replica holds the controller's leader Lease",
             leader.clone(),
         );
-        let connections_refused = Family::<ServerLabels, Counter>::default();
+        let connections_refused = Family::<ConnectionRefusalLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed on accept because the server had its maximum open, by server",
+            "Connections closed on accept because the server, or the client's address, had its maximum open",
             connections_refused.clone(),
         );
         let token_reviews = Family::<TokenReviewLabels, Counter>::default();
@@ -374,10 +376,11 @@ impl Metrics {
         }
     }
 
-    /// The counter of connections `server` (`api`, `metrics`) closed at its cap.
-    pub fn connections_refused(&self, server: &'static str) -> Counter {
+    /// The counter of connections `server` (`api`, `metrics`) closed at `limit` (`server`:
+    /// its cap, `client`: a client address's cap).
+    pub fn connections_refused(&self, server: &'static str, limit: &'static str) -> Counter {
         self.connections_refused
-            .get_or_create(&ServerLabels { server })
+            .get_or_create(&ConnectionRefusalLabels { server, limit })
             .clone()
     }
 
@@ -874,6 +877,7 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
 /// seconds, so a few connections, short header and idle timeouts.
 pub const METRICS_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
     max_connections: 64,
+    max_connections_per_client: 16,
     idle_timeout: Duration::from_secs(60),
     header_read_timeout: Duration::from_secs(10),
     keep_alive_interval: Duration::from_secs(30),
@@ -888,7 +892,8 @@ pub async fn serve_metrics(
 ) {
     let connections = Arc::new(Connections::new(
         METRICS_CONNECTION_LIMITS,
-        metrics.connections_refused("metrics"),
+        metrics.connections_refused("metrics", "server"),
+        metrics.connections_refused("metrics", "client"),
     ));
     let app = metrics_router(metrics);
     tokio::pin!(shutdown);
@@ -904,7 +909,7 @@ pub async fn serve_metrics(
             },
             () = &mut shutdown => break,
         };
-        let Some(admitted) = connections.admit() else {
+        let Some(admitted) = connections.admit(peer.ip()) else {
             tracing::debug!(%peer, "/metrics connection cap reached; closed");
             continue;
         };

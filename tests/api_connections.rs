@@ -84,29 +84,54 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// A TCP connection to spillway on 127.0.0.1 from the loopback address `from`.
+async fn connect_from(from: &str, port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
 #[tokio::test]
-async fn connections_over_the_cap_are_closed_and_a_freed_place_serves_again() {
-    let (_server, port, metrics_port) = start("cap", "  maxConnections: 5\n", false).await;
-    // Five silent connections hold every place (each waits for its first byte).
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        held.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
-    }
-    // Accepted by the kernel, closed by spillway before it reads anything.
-    let mut sixth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    assert!(
-        closed_within(&mut sixth, Duration::from_secs(5)).await,
-        "a connection over the cap stayed open"
-    );
-    assert_eq!(
+async fn connections_over_the_caps_are_closed_and_a_freed_place_serves_again() {
+    let (_server, port, metrics_port) = start(
+        "cap",
+        "  maxConnections: 5\n  maxConnectionsPerClient: 3\n",
+        false,
+    )
+    .await;
+    let refused = |limit: &'static str| async move {
         sample(
             metrics_port,
-            "spillway_connections_refused_total{server=\"api\"}"
+            &format!("spillway_connections_refused_total{{server=\"api\",limit=\"{limit}\"}}"),
         )
-        .await,
-        1.0
+        .await
+    };
+    // Silent connections hold their places (each waits for its first byte): three from one
+    // client fill its share; a fourth from it is accepted by the kernel and closed by spillway
+    // before anything is read.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.1", port).await);
+    }
+    let mut fourth = connect_from("127.0.0.1", port).await;
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(5)).await,
+        "a client over its cap kept a connection"
     );
-    drop(held.pop());
+    assert_eq!(refused("client").await, 1.0);
+    // Another client takes the remaining two places; then the server is full for everyone.
+    for _ in 0..2 {
+        held.push(connect_from("127.0.0.2", port).await);
+    }
+    let mut sixth = connect_from("127.0.0.2", port).await;
+    assert!(
+        closed_within(&mut sixth, Duration::from_secs(5)).await,
+        "a connection over the server's cap stayed open"
+    );
+    assert_eq!(refused("server").await, 1.0);
+    held.truncate(2);
     let health = common::eventually(
         "a freed place to serve /healthz",
         Duration::from_secs(10),
@@ -165,7 +190,7 @@ async fn metrics_cuts_off_a_client_that_never_finishes_its_headers() {
     assert!(sample(metrics_port, "spillway_leader").await >= 0.0);
 }
 
-/// `count` GETs with distinct random bearer tokens (or `same` for all), at most 100 at a
+/// `count` GETs with distinct random bearer tokens (or `same` for all), at most 50 at a
 /// time; the HTTP codes answered.
 async fn send_tokens(port: u16, count: usize, same: Option<&str>) -> Vec<u16> {
     let client = k8s::direct_client(None);
@@ -188,7 +213,7 @@ async fn send_tokens(port: u16, count: usize, same: Option<&str>) -> Vec<u16> {
                     .as_u16()
             }
         })
-        .buffer_unordered(100)
+        .buffer_unordered(50)
         .collect()
         .await
 }

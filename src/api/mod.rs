@@ -338,7 +338,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let refused = state.own_metrics.connections_refused("api");
+    let refused = (
+        state.own_metrics.connections_refused("api", "server"),
+        state.own_metrics.connections_refused("api", "client"),
+    );
     let own_metrics = Arc::clone(&state.own_metrics);
     let app = match auth {
         Some(auth) => authenticated_router(state, auth),
@@ -356,7 +359,7 @@ pub async fn serve(
         None => app,
     };
     let health = health_router();
-    let connections = Arc::new(Connections::new(limits, refused));
+    let connections = Arc::new(Connections::new(limits, refused.0, refused.1));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -372,7 +375,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         // Over the cap the socket is dropped (closed) before any byte is read.
-        let Some(admitted) = connections.admit() else {
+        let Some(admitted) = connections.admit(peer.ip()) else {
             tracing::debug!(%peer, "connection cap reached; closed");
             continue;
         };
