@@ -21,7 +21,7 @@
 //! X-Remote-* headers from anyone but a verified front proxy are ignored: they would let any
 //! client claim any identity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
+use super::lru::ExpiringLru;
 use super::status::Status;
 use super::token_reviews::{ReviewAnswer, TokenRefusal, TokenReviews};
 use crate::metrics::Metrics;
@@ -60,8 +61,8 @@ const AUTHENTICATED_GROUP: &str = "system:authenticated";
 const REVIEW_TTL: Duration = Duration::from_secs(10);
 /// A review kube-apiserver has not answered by then fails the request instead of holding it.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
-/// Decisions kept; beyond that expired ones are dropped, then all. Only authenticated
-/// callers reach it, so nobody can flood it with made-up identities.
+/// Decisions kept; beyond that the least recently used is dropped. Only authenticated callers
+/// reach it, so nobody can flood it with made-up identities.
 const CACHE_CAPACITY: usize = 4096;
 /// How often the ConfigMap is re-read.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
@@ -272,59 +273,12 @@ impl ClientCertVerifier for ClientCertPolicy {
     }
 }
 
-/// A cached review outcome.
-#[derive(Debug, Clone)]
-struct Cached<T> {
-    value: T,
-    until: Instant,
-}
-
-/// A small TTL cache; see [`CACHE_CAPACITY`].
-#[derive(Debug)]
-struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, Cached<V>>>,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
-    fn new() -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<V> {
-        let entries = self.entries.lock().expect("cache lock");
-        entries
-            .get(key)
-            .filter(|c| c.until > Instant::now())
-            .map(|c| c.value.clone())
-    }
-
-    fn put(&self, key: K, value: V) {
-        let mut entries = self.entries.lock().expect("cache lock");
-        let now = Instant::now();
-        if entries.len() >= CACHE_CAPACITY {
-            entries.retain(|_, c| c.until > now);
-            if entries.len() >= CACHE_CAPACITY {
-                entries.clear();
-            }
-        }
-        entries.insert(
-            key,
-            Cached {
-                value,
-                until: now + REVIEW_TTL,
-            },
-        );
-    }
-}
-
 /// Authenticates and authorizes requests against a kube-apiserver.
 pub struct Authenticator {
     client: kube::Client,
     verifiers: RwLock<Arc<Verifiers>>,
     tokens: TokenReviews,
-    decisions: TtlCache<String, Result<(), String>>,
+    decisions: Mutex<ExpiringLru<String, Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -360,7 +314,7 @@ impl Authenticator {
             client,
             verifiers: RwLock::new(Arc::new(Verifiers::new(config)?)),
             tokens: TokenReviews::new(metrics),
-            decisions: TtlCache::new(),
+            decisions: Mutex::new(ExpiringLru::new(CACHE_CAPACITY)),
         }))
     }
 
@@ -472,7 +426,13 @@ impl Authenticator {
             non_resource_attributes: attributes.non_resource.clone(),
         };
         let key = serde_json::to_string(&spec).expect("a review spec serializes");
-        let decision = match self.decisions.get(&key) {
+        let cached = self
+            .decisions
+            .lock()
+            .expect("decision cache lock")
+            .get(&key, Instant::now())
+            .cloned();
+        let decision = match cached {
             Some(decision) => decision,
             None => {
                 let review = SubjectAccessReview {
@@ -503,7 +463,11 @@ impl Authenticator {
                 } else {
                     Err(status.reason.unwrap_or_default())
                 };
-                self.decisions.put(key, decision.clone());
+                self.decisions.lock().expect("decision cache lock").put(
+                    key,
+                    decision.clone(),
+                    Instant::now() + REVIEW_TTL,
+                );
                 decision
             }
         };
@@ -973,15 +937,5 @@ mod tests {
         assert_eq!(bearer_token(&headers).unwrap(), Some("abc"));
         headers.insert("authorization", "Basic YTpi".parse().unwrap());
         assert_eq!(bearer_token(&headers).unwrap_err().code, 401);
-    }
-
-    #[test]
-    fn cache_expires_and_stays_bounded() {
-        let cache: TtlCache<usize, u8> = TtlCache::new();
-        for i in 0..CACHE_CAPACITY + 10 {
-            cache.put(i, 1);
-        }
-        assert!(cache.entries.lock().unwrap().len() <= CACHE_CAPACITY);
-        assert_eq!(cache.get(&(CACHE_CAPACITY + 9)), Some(1));
     }
 }

@@ -16,6 +16,7 @@ pub mod custom;
 pub mod discovery;
 pub mod external;
 pub mod limits;
+pub mod lru;
 pub mod openapi;
 pub mod selector;
 pub mod serving_cert;

@@ -13,7 +13,7 @@
 //! flooder 429s and kube-apiserver at most the rate, while callers with a cached answer, and
 //! the aggregator (a front-proxy certificate, no token), are not affected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::auth::UserInfo;
+use super::lru::ExpiringLru;
 use crate::metrics::Metrics;
 
 /// How long an answer is reused (k8s.io/apiserver's delegating default is 10 s).
@@ -60,7 +61,7 @@ type TokenDigest = [u8; 32];
 /// The token cache, the reviews in flight and the limits; one per [`super::auth::Authenticator`].
 pub struct TokenReviews {
     key: ring::hmac::Key,
-    cache: Mutex<Lru<TokenDigest, (Outcome, Instant)>>,
+    cache: Mutex<ExpiringLru<TokenDigest, Outcome>>,
     in_flight: Mutex<HashMap<TokenDigest, Arc<OnceCell<Outcome>>>>,
     rate: Mutex<TokenBucket>,
     slots: Semaphore,
@@ -81,7 +82,7 @@ impl TokenReviews {
             .expect("the system's random source works");
         Self {
             key,
-            cache: Mutex::new(Lru::new(CACHE_CAPACITY)),
+            cache: Mutex::new(ExpiringLru::new(CACHE_CAPACITY)),
             in_flight: Mutex::new(HashMap::new()),
             rate: Mutex::new(TokenBucket::new(
                 REVIEW_BURST,
@@ -135,15 +136,11 @@ impl TokenReviews {
     }
 
     fn cached(&self, digest: &TokenDigest) -> Option<Outcome> {
-        let mut cache = self.cache.lock().expect("token cache lock");
-        match cache.get(digest) {
-            Some((outcome, until)) if *until > Instant::now() => Some(outcome.clone()),
-            Some(_) => {
-                cache.remove(digest);
-                None
-            }
-            None => None,
-        }
+        self.cache
+            .lock()
+            .expect("token cache lock")
+            .get(digest, Instant::now())
+            .cloned()
     }
 
     async fn review_once<F, Fut>(&self, digest: TokenDigest, token: String, review: F) -> Outcome
@@ -190,10 +187,11 @@ impl TokenReviews {
                 return Err(TokenRefusal::Failed(message));
             }
         };
-        self.cache
-            .lock()
-            .expect("token cache lock")
-            .put(digest, (outcome.clone(), Instant::now() + REVIEW_TTL));
+        self.cache.lock().expect("token cache lock").put(
+            digest,
+            outcome.clone(),
+            Instant::now() + REVIEW_TTL,
+        );
         outcome
     }
 }
@@ -227,61 +225,6 @@ impl TokenBucket {
         } else {
             false
         }
-    }
-}
-
-/// A least-recently-used map of at most `capacity` entries.
-#[derive(Debug)]
-struct Lru<K, V> {
-    capacity: usize,
-    entries: HashMap<K, (V, u64)>,
-    /// Use stamp -> key, oldest first.
-    order: BTreeMap<u64, K>,
-    stamp: u64,
-}
-
-impl<K: std::hash::Hash + Eq + Clone, V> Lru<K, V> {
-    fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
-            stamp: 0,
-        }
-    }
-
-    fn get(&mut self, key: &K) -> Option<&V> {
-        self.stamp += 1;
-        let (_, used) = self.entries.get_mut(key)?;
-        self.order.remove(used);
-        *used = self.stamp;
-        self.order.insert(self.stamp, key.clone());
-        self.entries.get(key).map(|(value, _)| value)
-    }
-
-    fn put(&mut self, key: K, value: V) {
-        self.stamp += 1;
-        if let Some((_, used)) = self.entries.insert(key.clone(), (value, self.stamp)) {
-            self.order.remove(&used);
-        }
-        self.order.insert(self.stamp, key);
-        while self.entries.len() > self.capacity {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            self.entries.remove(&oldest);
-        }
-    }
-
-    fn remove(&mut self, key: &K) {
-        if let Some((_, used)) = self.entries.remove(key) {
-            self.order.remove(&used);
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.len()
     }
 }
 
@@ -423,22 +366,6 @@ mod tests {
                 .windows(8)
                 .any(|w| token.as_bytes().windows(8).any(|t| t == w))
         );
-    }
-
-    #[test]
-    fn the_lru_drops_the_least_recently_used() {
-        let mut lru = Lru::new(3);
-        for (k, v) in [(1, 'a'), (2, 'b'), (3, 'c')] {
-            lru.put(k, v);
-        }
-        assert_eq!(lru.get(&1), Some(&'a'));
-        lru.put(4, 'd');
-        assert_eq!(lru.len(), 3);
-        assert_eq!(lru.get(&2), None, "2 was least recently used");
-        assert_eq!(lru.get(&1), Some(&'a'));
-        lru.put(1, 'z');
-        assert_eq!(lru.len(), 3);
-        assert_eq!(lru.get(&1), Some(&'z'));
     }
 
     #[test]
