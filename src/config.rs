@@ -265,8 +265,20 @@ pub struct ServerConfig {
     #[serde(default = "ServerConfig::default_metrics_listen")]
     pub metrics_listen: SocketAddr,
     /// Serving certificate and key; without them a self-signed pair is made at start.
+    /// Re-read when the files change, without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
+    /// Connections the metrics API keeps open at once; one more is closed on accept.
+    #[serde(default = "ServerConfig::default_max_connections")]
+    pub max_connections: u32,
+    /// Connections the metrics API keeps open at once from one client address, so one pod
+    /// cannot take every place.
+    #[serde(default = "ServerConfig::default_max_connections_per_client")]
+    pub max_connections_per_client: u32,
+    /// Seconds a metrics API connection (HTTP/1 or HTTP/2) may stay open with no request in
+    /// flight before spillway closes it.
+    #[serde(default = "ServerConfig::default_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u32,
 }
 
 impl ServerConfig {
@@ -276,6 +288,15 @@ impl ServerConfig {
     fn default_metrics_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9090))
     }
+    fn default_max_connections() -> u32 {
+        1000
+    }
+    fn default_max_connections_per_client() -> u32 {
+        100
+    }
+    fn default_idle_timeout_seconds() -> u32 {
+        120
+    }
 }
 
 impl Default for ServerConfig {
@@ -284,6 +305,9 @@ impl Default for ServerConfig {
             listen: Self::default_listen(),
             metrics_listen: Self::default_metrics_listen(),
             tls: None,
+            max_connections: Self::default_max_connections(),
+            max_connections_per_client: Self::default_max_connections_per_client(),
+            idle_timeout_seconds: Self::default_idle_timeout_seconds(),
         }
     }
 }
@@ -467,6 +491,18 @@ impl Config {
                     return invalid(&located, message);
                 }
             }
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.maxConnections", "must be at least 1".to_owned());
+        }
+        if self.server.max_connections_per_client == 0 {
+            return invalid(
+                "server.maxConnectionsPerClient",
+                "must be at least 1".to_owned(),
+            );
+        }
+        if self.server.idle_timeout_seconds == 0 {
+            return invalid("server.idleTimeoutSeconds", "must be at least 1".to_owned());
         }
         if self.server.listen == self.server.metrics_listen {
             return invalid(

@@ -12,6 +12,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod controller;
 pub mod kube_client;
 pub mod live;

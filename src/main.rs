@@ -241,18 +241,22 @@ async fn serve(
     let (poll_requests, poll_asks) = PollRequests::channel();
     let state =
         api::AppState::from_config(&config, Arc::clone(&cache)).with_poll_requests(poll_requests);
-    let auth = if no_auth {
-        None
+    let (auth, kube_client) = if no_auth {
+        (None, None)
     } else {
         let client = spillway::kube_client::client(kubeconfig.as_deref())
             .await
             .context("authentication needs a cluster to ask (pass --no-auth to serve without, on a trusted machine only)")?;
-        Some(api::auth::Authenticator::new(client).await?)
+        let auth =
+            api::auth::Authenticator::new(client.clone(), Arc::clone(&state.own_metrics)).await?;
+        (Some(auth), Some(client))
     };
     let poller = Poller::new(cache).with_metrics(Arc::clone(&state.own_metrics));
     let poller = tokio::spawn(poller.run_registry(Arc::clone(&state.registry), poll_asks));
     tracing::info!(metrics = state.metrics().len(), interval = %config.polling_interval, "polling");
-    serve_api(&config, state, auth, shutdown_signal()).await?;
+    // Connected to a cluster, `serve` answers the ScaledObject admission webhook too.
+    let webhook = kube_client.map(spillway::controller::admission::router);
+    serve_api(&config, state, auth, webhook, shutdown_signal()).await?;
     // The poller holds no state worth finishing: a reading cut short is simply not recorded.
     poller.abort();
     tracing::info!("stopped");
@@ -273,7 +277,8 @@ async fn run_in_cluster(
     let (poll_requests, poll_asks) = PollRequests::channel();
     let state = api::AppState::new(Arc::clone(&cache), Arc::clone(&registry))
         .with_poll_requests(poll_requests);
-    let auth = api::auth::Authenticator::new(client.clone()).await?;
+    let auth =
+        api::auth::Authenticator::new(client.clone(), Arc::clone(&state.own_metrics)).await?;
     let poller = Poller::new(Arc::clone(&cache)).with_metrics(Arc::clone(&state.own_metrics));
     let poller = tokio::spawn(poller.run_registry(Arc::clone(&registry), poll_asks));
 
@@ -309,6 +314,7 @@ async fn run_in_cluster(
             }
         }
     });
+    let webhook = spillway::controller::admission::router(client.clone());
     let context = Arc::new(reconcile::Context::new(
         client,
         registry,
@@ -323,7 +329,7 @@ async fn run_in_cluster(
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    serve_api(&config, state, Some(auth), stop_all).await?;
+    serve_api(&config, state, Some(auth), Some(webhook), stop_all).await?;
     // The Lease is released so a successor leads at once; bounded like every other wait.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), elector).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controller).await;
@@ -338,6 +344,7 @@ async fn serve_api(
     config: &Config,
     state: api::AppState,
     auth: Option<Arc<api::auth::Authenticator>>,
+    webhook: Option<axum::Router>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let verifier = auth.clone().map(|a| {
@@ -362,7 +369,14 @@ async fn serve_api(
             let _ = metrics_stopped.await;
         },
     ));
-    api::serve(listener, tls, state, auth, shutdown).await;
+    let limits = spillway::connections::ConnectionLimits {
+        max_connections: config.server.max_connections as usize,
+        max_connections_per_client: config.server.max_connections_per_client as usize,
+        idle_timeout: std::time::Duration::from_secs(config.server.idle_timeout_seconds.into()),
+        header_read_timeout: api::HEADER_READ_TIMEOUT,
+        keep_alive_interval: api::KEEP_ALIVE_INTERVAL,
+    };
+    api::serve(listener, tls, state, auth, webhook, limits, shutdown).await;
     let _ = stop_metrics.send(());
     // A scraper holding its connection open must not hold up the exit.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), metrics_server).await;

@@ -36,6 +36,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
 use crate::cache::{MetricCache, TriggerId};
+use crate::connections::{ConnectionLimits, Connections};
 use crate::scalers::{
     Backlog, BacklogSample, MAX_BACKLOG_SAMPLES, ScalerError, Trigger, served_metric_name,
 };
@@ -89,6 +90,26 @@ struct ReconcileLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconcileErrorLabels {
     /// The error's stable name (`ReconcileError::reason`): `spec`, `hpa`, `kube`, `target`.
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionRefusalLabels {
+    /// `api` (the metrics API) or `metrics` (this `/metrics` server).
+    server: &'static str,
+    /// `server` (the server's cap) or `client` (one client address's cap).
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenReviewLabels {
+    /// `authenticated`, `unauthenticated` (kube-apiserver said no), `error` (no answer).
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenReviewRefusalLabels {
+    /// `rate` (over the review rate) or `concurrency` (no review slot in time).
     reason: &'static str,
 }
 
@@ -221,6 +242,10 @@ pub struct Metrics {
     fallback: Family<ScaledObjectLabels, Gauge>,
     paused: Family<ScaledObjectLabels, Gauge>,
     leader: Gauge,
+    connections_refused: Family<ConnectionRefusalLabels, Counter>,
+    token_reviews: Family<TokenReviewLabels, Counter>,
+    token_reviews_refused: Family<TokenReviewRefusalLabels, Counter>,
+    token_reviews_in_flight: Gauge,
 }
 
 impl Metrics {
@@ -301,6 +326,30 @@ impl Metrics {
             "1 while this replica holds the controller's leader Lease",
             leader.clone(),
         );
+        let connections_refused = Family::<ConnectionRefusalLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on accept because the server, or the client's address, had its maximum open",
+            connections_refused.clone(),
+        );
+        let token_reviews = Family::<TokenReviewLabels, Counter>::default();
+        registry.register(
+            "token_reviews",
+            "TokenReviews sent to kube-apiserver to authenticate bearer tokens, by result",
+            token_reviews.clone(),
+        );
+        let token_reviews_refused = Family::<TokenReviewRefusalLabels, Counter>::default();
+        registry.register(
+            "token_reviews_refused",
+            "Bearer-token requests answered 429 without a TokenReview, by the limit they hit",
+            token_reviews_refused.clone(),
+        );
+        let token_reviews_in_flight = Gauge::default();
+        registry.register(
+            "token_reviews_in_flight",
+            "TokenReviews sent and not answered yet",
+            token_reviews_in_flight.clone(),
+        );
         let triggers = Arc::new(RwLock::new(Vec::new()));
         registry.register_collector(Box::new(TriggerCollector {
             cache,
@@ -320,7 +369,38 @@ impl Metrics {
             fallback,
             paused,
             leader,
+            connections_refused,
+            token_reviews,
+            token_reviews_refused,
+            token_reviews_in_flight,
         }
+    }
+
+    /// The counter of connections `server` (`api`, `metrics`) closed at `limit` (`server`:
+    /// its cap, `client`: a client address's cap).
+    pub fn connections_refused(&self, server: &'static str, limit: &'static str) -> Counter {
+        self.connections_refused
+            .get_or_create(&ConnectionRefusalLabels { server, limit })
+            .clone()
+    }
+
+    /// Counts one TokenReview answered (or failed) by kube-apiserver.
+    pub fn observe_token_review(&self, result: &'static str) {
+        self.token_reviews
+            .get_or_create(&TokenReviewLabels { result })
+            .inc();
+    }
+
+    /// Counts one bearer-token request refused before a review, by the limit it hit.
+    pub fn observe_token_review_refused(&self, reason: &'static str) {
+        self.token_reviews_refused
+            .get_or_create(&TokenReviewRefusalLabels { reason })
+            .inc();
+    }
+
+    /// The gauge of TokenReviews in flight.
+    pub fn token_reviews_in_flight(&self) -> Gauge {
+        self.token_reviews_in_flight.clone()
     }
 
     /// Counts one reconcile of the leader and how long it took; a failed one by its error's
@@ -793,18 +873,55 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-/// Serves `GET /metrics` over plain HTTP on `listener` until `shutdown` completes.
+/// How `/metrics` bounds its connections: a scraper sends one small request every few
+/// seconds, so a few connections, short header and idle timeouts.
+pub const METRICS_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    max_connections_per_client: 16,
+    idle_timeout: Duration::from_secs(60),
+    header_read_timeout: Duration::from_secs(10),
+    keep_alive_interval: Duration::from_secs(30),
+};
+
+/// Serves `GET /metrics` over plain HTTP on `listener` until `shutdown` completes, within
+/// [`METRICS_CONNECTION_LIMITS`]; open scrapes get five seconds to finish.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    if let Err(err) = axum::serve(listener, metrics_router(metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %err, "the /metrics server stopped");
+    let connections = Arc::new(Connections::new(
+        METRICS_CONNECTION_LIMITS,
+        metrics.connections_refused("metrics", "server"),
+        metrics.connections_refused("metrics", "client"),
+    ));
+    let app = metrics_router(metrics);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed on /metrics");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(admitted) = connections.admit(peer.ip()) else {
+            tracing::debug!(%peer, "/metrics connection cap reached; closed");
+            continue;
+        };
+        let (connections, app) = (Arc::clone(&connections), app.clone());
+        tokio::spawn(async move {
+            let builder = connections.builder();
+            if let Err(err) = connections.serve(admitted, &builder, tcp, app).await {
+                tracing::debug!(%peer, error = %err, "/metrics connection ended with an error");
+            }
+        });
     }
+    connections.drain(Duration::from_secs(5)).await;
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `deploy/` cannot rot: the real kube-apiserver of the local control plane accepts the
-//! kustomization (`kubectl apply -k deploy/ --dry-run=server`, every object validated and
-//! admitted, nothing stored), every example ScaledObject against the installed CRD, and the
-//! cert-manager component renders the verified-TLS variant.
+//! kustomization (every object but cert-manager's validated and admitted by a server-side dry
+//! run, nothing stored), every example ScaledObject against the installed CRD, and the default
+//! install verifies TLS through a CA chain from cert-manager.
 
 mod common;
 
@@ -100,21 +100,40 @@ async fn the_kustomization_and_the_examples_are_accepted_by_kube_apiserver() {
         "Service",
         "PodDisruptionBudget",
         "APIService",
+        "ValidatingWebhookConfiguration",
+        "Issuer",
+        "Certificate",
     ] {
         assert!(
             kinds.contains(&kind),
             "deploy/ renders no {kind}: {kinds:?}"
         );
     }
+    // cert-manager's kinds need its CRDs, which this control plane does not have: they are
+    // checked by shape in the test below; everything else goes to kube-apiserver.
+    let documents: Vec<&str> = rendered
+        .split("\n---\n")
+        .filter(|d| !d.contains("apiVersion: cert-manager.io/"))
+        .collect();
+    let without_cert_manager = repo()
+        .join("target")
+        .join(format!("{}.yaml", common::unique_name("deploy")));
+    std::fs::write(&without_cert_manager, documents.join("\n---\n")).unwrap();
     // A dry run stores nothing, so the namespaced objects would not find a namespace the
     // same dry run "created": the namespace itself is applied for real first.
     kubectl(&["apply", "-f", "deploy/namespace.yaml"]);
-    let applied = kubectl(&["apply", "-k", "deploy/", "--dry-run=server"]);
+    let applied = kubectl(&[
+        "apply",
+        "-f",
+        without_cert_manager.to_str().unwrap(),
+        "--dry-run=server",
+    ]);
+    std::fs::remove_file(&without_cert_manager).ok();
     let accepted = applied
         .lines()
         .filter(|l| l.ends_with("(server dry run)"))
         .count();
-    assert_eq!(accepted, kinds.len(), "{applied}");
+    assert_eq!(accepted, documents.len(), "{applied}");
 
     // The examples need the CRD itself, which the dry run did not store.
     kubectl(&[
@@ -142,35 +161,92 @@ async fn the_kustomization_and_the_examples_are_accepted_by_kube_apiserver() {
 }
 
 #[test]
-fn the_cert_manager_component_verifies_the_serving_certificate() {
-    // An overlay of the default install with the component, as the kustomization's comment
-    // tells users to write it.
-    // Kustomize wants relative paths: the overlay lives two levels under the repository.
-    let overlay = repo().join("target").join(common::unique_name("overlay"));
-    std::fs::create_dir_all(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../deploy]\ncomponents: [../../deploy/cert-manager]\n",
-    )
-    .unwrap();
-    let rendered = kubectl(&["kustomize", overlay.to_str().unwrap()]);
-    std::fs::remove_dir_all(&overlay).ok();
+fn the_default_install_verifies_tls_through_a_ca_chain_from_cert_manager() {
+    let rendered = kubectl(&["kustomize", "deploy/"]);
     let documents: Vec<serde_json::Value> = rendered
         .split("\n---\n")
         .map(|d| serde_norway::from_str(d).unwrap())
         .collect();
     let of_kind = |kind: &'static str| documents.iter().filter(move |d| d["kind"] == kind);
+    let named = |kind: &'static str, name: &str| {
+        of_kind(kind)
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    // Nothing skips verification.
+    assert!(
+        !rendered.contains("insecureSkipTLSVerify: true"),
+        "{rendered}"
+    );
+
+    // self-signed bootstrap Issuer -> CA Certificate -> CA Issuer -> serving Certificate.
+    let serving = named("Certificate", "spillway-serving");
+    let ca_issuer_name = serving["spec"]["issuerRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(serving["spec"]["issuerRef"]["kind"], "Issuer");
+    let ca_issuer = named("Issuer", &ca_issuer_name);
+    let ca_secret = ca_issuer["spec"]["ca"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the serving certificate's issuer is no CA Issuer: {ca_issuer}"))
+        .to_owned();
+    let ca = of_kind("Certificate")
+        .find(|c| c["spec"]["secretName"] == ca_secret.as_str())
+        .unwrap_or_else(|| panic!("no Certificate makes the CA Secret {ca_secret}"));
+    assert_eq!(ca["spec"]["isCA"], true, "{ca}");
+    let bootstrap = named("Issuer", ca["spec"]["issuerRef"]["name"].as_str().unwrap());
+    assert!(bootstrap["spec"]["selfSigned"].is_object(), "{bootstrap}");
+    assert_ne!(
+        serving["spec"]["issuerRef"]["name"], ca["spec"]["issuerRef"]["name"],
+        "the serving certificate must not be signed by the self-signed Issuer"
+    );
+    assert!(
+        serving["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("spillway.spillway-system.svc")),
+        "{serving}"
+    );
+
+    // Everything kube-apiserver calls trusts that CA, injected by cainjector.
+    let inject_from = format!(
+        "{}/{}",
+        ca["metadata"]["namespace"].as_str().unwrap(),
+        ca["metadata"]["name"].as_str().unwrap()
+    );
     let apiservices: Vec<_> = of_kind("APIService").collect();
     assert_eq!(apiservices.len(), 2);
     for service in apiservices {
         assert_eq!(service["spec"]["insecureSkipTLSVerify"], false, "{service}");
         assert_eq!(
             service["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
-            "spillway-system/spillway-serving"
+            inject_from.as_str()
         );
     }
-    assert_eq!(of_kind("Certificate").count(), 1);
+    let webhook = of_kind("ValidatingWebhookConfiguration").next().unwrap();
+    assert_eq!(
+        webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        inject_from.as_str()
+    );
+    assert_eq!(
+        webhook["webhooks"][0]["clientConfig"]["service"]["path"],
+        "/validate/scaledobjects"
+    );
+    assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail");
+
+    // The pods serve the serving certificate's Secret.
     let deployment = of_kind("Deployment").next().unwrap();
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == serving["spec"]["secretName"]),
+        "{deployment}"
+    );
     let mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
         .as_array()
         .unwrap();
@@ -188,6 +264,23 @@ fn the_cert_manager_component_verifies_the_serving_certificate() {
     let loaded =
         spillway::config::Config::load(Path::new(&file)).expect("the ConfigMap's config loads");
     assert!(loaded.server.tls.is_some(), "{config}");
+}
+
+#[test]
+fn the_operator_rbac_may_ask_subject_access_reviews() {
+    let rbac = common::k8s::deploy_manifest("rbac.yaml");
+    let role = rbac
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "spillway")
+        .unwrap();
+    assert!(
+        role["rules"].as_array().unwrap().iter().any(|r| {
+            r["apiGroups"] == serde_json::json!(["authorization.k8s.io"])
+                && r["resources"] == serde_json::json!(["subjectaccessreviews"])
+                && r["verbs"] == serde_json::json!(["create"])
+        }),
+        "{role}"
+    );
 }
 
 #[test]

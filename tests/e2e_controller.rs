@@ -1393,6 +1393,93 @@ async fn editing_a_triggers_queue_never_serves_the_old_queues_value() {
     delete_lease(admin, &controller.lease_name).await;
 }
 
+#[tokio::test]
+async fn a_scaled_object_takes_over_an_hpa_it_does_not_own_only_when_handed_over() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-hpa-owner").await;
+    let deployments = deployment(admin, &ns, "web", 2).await;
+    // A team's own HPA, which the ScaledObject below names as its HPA.
+    let victim = || {
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "victim", "namespace": ns},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 2, "maxReplicas": 5,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50}}}]}})
+    };
+    k8s::apply(admin, victim()).await;
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    k8s::apply(
+        admin,
+        scaled_object(
+            &ns,
+            "takeover",
+            "web",
+            json!({"minReplicaCount": 1, "maxReplicaCount": 1, "pollingInterval": 1,
+                "advanced": {"horizontalPodAutoscalerConfig": {"name": "victim"}},
+                "triggers": [{"cron": {"timezone": "UTC", "start": "0 6 * * *", "end": "0 20 * * *", "desiredReplicas": 1}}]}),
+        ),
+    )
+    .await;
+
+    let refused = wait_condition(&sos, "takeover", "Ready", "False", Duration::from_secs(30)).await;
+    println!("refused: {}: {}", refused.reason, refused.message);
+    assert_eq!(refused.reason, "HPANotOwned");
+    assert!(
+        refused
+            .message
+            .contains("annotate it spillway.dev/transfer-to=takeover"),
+        "{}",
+        refused.message
+    );
+    // Several reconciles later, the HPA and the target are as their team left them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let untouched = hpas.get("victim").await.unwrap();
+    assert_eq!(untouched.spec.as_ref().unwrap().max_replicas, 5);
+    assert!(
+        untouched
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert_eq!(replicas(&deployments, "web").await, 2);
+    let events = events_about(admin, &ns, "takeover").await;
+    assert!(
+        events.iter().any(|e| e.starts_with("HPANotOwned:")),
+        "{events:?}"
+    );
+
+    // Handed over by someone who may edit the HPA: adopted.
+    let mut handed_over = victim();
+    handed_over["metadata"]["annotations"] = json!({"spillway.dev/transfer-to": "takeover"});
+    k8s::apply(admin, handed_over).await;
+    wait_condition(&sos, "takeover", "Ready", "True", Duration::from_secs(30)).await;
+    let uid = sos.get("takeover").await.unwrap().metadata.uid.unwrap();
+    let adopted = common::eventually("the HPA to be adopted", Duration::from_secs(30), || async {
+        let hpa = hpas.get("victim").await.ok()?;
+        hpa.metadata
+            .owner_references
+            .as_ref()?
+            .iter()
+            .any(|o| o.uid == uid)
+            .then_some(hpa)
+    })
+    .await;
+    assert_eq!(adopted.spec.unwrap().max_replicas, 1);
+    let events = events_about(admin, &ns, "takeover").await;
+    assert!(
+        events.iter().any(|e| e.starts_with("HPAAdopted:")),
+        "{events:?}"
+    );
+    delete_scaled_object(&sos, "takeover").await;
+    drop(controller);
+}
+
 /// The normal first deploy: a consumer Deployment at 0 whose consumer group has never existed,
 /// on a topic that already holds records. The group behaves as one without commits (KEDA's
 /// rule), so the target starts from zero and reaches the HPA's count with no fallback set.

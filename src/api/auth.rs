@@ -9,7 +9,8 @@
 //!   re-read every minute so a rotated CA is picked up without a restart.
 //! - **Client certificates** that chain to the cluster's client CA (same ConfigMap): the
 //!   common name is the user, the organizations the groups.
-//! - **Bearer tokens**: a TokenReview, cached briefly.
+//! - **Bearer tokens**: a TokenReview, cached briefly under a keyed hash, one per token at a
+//!   time, within a rate and a concurrency limit (see [`super::token_reviews`]).
 //!
 //! Every request but the health endpoints is then authorized with a SubjectAccessReview
 //! built from the path exactly as kube-apiserver would (`list` on resource `<metric>` in
@@ -20,7 +21,7 @@
 //! X-Remote-* headers from anyone but a verified front proxy are ignored: they would let any
 //! client claim any identity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,10 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
+use super::lru::ExpiringLru;
 use super::status::Status;
+use super::token_reviews::{ReviewAnswer, TokenRefusal, TokenReviews};
+use crate::metrics::Metrics;
 
 /// Where kube-apiserver publishes how aggregated servers must authenticate callers.
 pub const AUTHENTICATION_CONFIG_MAP: (&str, &str) =
@@ -52,13 +56,13 @@ const ALWAYS_ALLOWED_PATHS: [&str; 3] = ["/healthz", "/livez", "/readyz"];
 const ALWAYS_ALLOWED_GROUPS: [&str; 1] = ["system:masters"];
 /// The group every authenticated caller belongs to.
 const AUTHENTICATED_GROUP: &str = "system:authenticated";
-/// How long a TokenReview or SubjectAccessReview answer is reused (k8s.io/apiserver's
-/// delegating defaults are 10 s for both outcomes).
+/// How long a SubjectAccessReview answer is reused (k8s.io/apiserver's delegating default is
+/// 10 s for both outcomes).
 const REVIEW_TTL: Duration = Duration::from_secs(10);
 /// A review kube-apiserver has not answered by then fails the request instead of holding it.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
-/// Entries kept per cache; beyond that expired ones are dropped, then all (a flood of
-/// distinct tokens must not grow memory without bound).
+/// Decisions kept; beyond that the least recently used is dropped. Only authenticated callers
+/// reach it, so nobody can flood it with made-up identities.
 const CACHE_CAPACITY: usize = 4096;
 /// How often the ConfigMap is re-read.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
@@ -269,59 +273,12 @@ impl ClientCertVerifier for ClientCertPolicy {
     }
 }
 
-/// A cached review outcome.
-#[derive(Debug, Clone)]
-struct Cached<T> {
-    value: T,
-    until: Instant,
-}
-
-/// A small TTL cache; see [`CACHE_CAPACITY`].
-#[derive(Debug)]
-struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, Cached<V>>>,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
-    fn new() -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<V> {
-        let entries = self.entries.lock().expect("cache lock");
-        entries
-            .get(key)
-            .filter(|c| c.until > Instant::now())
-            .map(|c| c.value.clone())
-    }
-
-    fn put(&self, key: K, value: V) {
-        let mut entries = self.entries.lock().expect("cache lock");
-        let now = Instant::now();
-        if entries.len() >= CACHE_CAPACITY {
-            entries.retain(|_, c| c.until > now);
-            if entries.len() >= CACHE_CAPACITY {
-                entries.clear();
-            }
-        }
-        entries.insert(
-            key,
-            Cached {
-                value,
-                until: now + REVIEW_TTL,
-            },
-        );
-    }
-}
-
 /// Authenticates and authorizes requests against a kube-apiserver.
 pub struct Authenticator {
     client: kube::Client,
     verifiers: RwLock<Arc<Verifiers>>,
-    tokens: TtlCache<String, Result<UserInfo, String>>,
-    decisions: TtlCache<String, Result<(), String>>,
+    tokens: TokenReviews,
+    decisions: Mutex<ExpiringLru<String, Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -335,15 +292,17 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Reads the ConfigMap once; fails when it cannot (without it no front proxy can be
     /// trusted, so serving would answer every aggregated request with 401).
-    pub async fn new(client: kube::Client) -> Result<Arc<Self>, AuthError> {
+    /// Token reviews are counted in `metrics`.
+    pub async fn new(client: kube::Client, metrics: Arc<Metrics>) -> Result<Arc<Self>, AuthError> {
         let config = load_config(&client).await?;
-        Self::with_config(client, config)
+        Self::with_config(client, config, metrics)
     }
 
     /// An authenticator with a fixed configuration (tests, or a config given in files).
     pub fn with_config(
         client: kube::Client,
         config: AuthenticationConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, AuthError> {
         tracing::info!(
             requestheader_ca = config.requestheader_ca.is_some(),
@@ -354,8 +313,8 @@ impl Authenticator {
         Ok(Arc::new(Self {
             client,
             verifiers: RwLock::new(Arc::new(Verifiers::new(config)?)),
-            tokens: TtlCache::new(),
-            decisions: TtlCache::new(),
+            tokens: TokenReviews::new(metrics),
+            decisions: Mutex::new(ExpiringLru::new(CACHE_CAPACITY)),
         }))
     }
 
@@ -429,41 +388,17 @@ impl Authenticator {
     }
 
     async fn review_token(&self, token: &str) -> Result<UserInfo, Status> {
-        if let Some(cached) = self.tokens.get(&token.to_owned()) {
-            return cached.map_err(Status::unauthorized);
-        }
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: None,
-            },
-            ..Default::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer =
-            tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
-                .await
-                .map_err(|_| format!("TokenReview did not answer within {REVIEW_TIMEOUT:?}"))
-                .and_then(|r| r.map_err(|err| format!("TokenReview failed: {err}")));
-        let status = match answer {
-            Ok(review) => review.status.unwrap_or_default(),
-            // Not cached: kube-apiserver being briefly away must not lock users out for 10 s.
-            Err(message) => return Err(Status::unauthorized(message)),
-        };
-        let outcome = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) => Ok(UserInfo {
-                name: user.username.unwrap_or_default(),
-                uid: user.uid,
-                groups: user.groups.unwrap_or_default(),
-                extra: user.extra.unwrap_or_default().into_iter().collect(),
-            }),
-            _ => Err(format!(
-                "the bearer token is not valid{}",
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )),
-        };
-        self.tokens.put(token.to_owned(), outcome.clone());
-        outcome.map_err(Status::unauthorized)
+        let client = self.client.clone();
+        let outcome = self
+            .tokens
+            .authenticate(token, |token| token_review(client, token))
+            .await;
+        outcome.map_err(|refusal| match refusal {
+            TokenRefusal::Invalid(message) | TokenRefusal::Failed(message) => {
+                Status::unauthorized(message)
+            }
+            TokenRefusal::Limited(message) => Status::too_many_requests(message),
+        })
     }
 
     /// Whether `user` may make this request.
@@ -491,7 +426,13 @@ impl Authenticator {
             non_resource_attributes: attributes.non_resource.clone(),
         };
         let key = serde_json::to_string(&spec).expect("a review spec serializes");
-        let decision = match self.decisions.get(&key) {
+        let cached = self
+            .decisions
+            .lock()
+            .expect("decision cache lock")
+            .get(&key, Instant::now())
+            .cloned();
+        let decision = match cached {
             Some(decision) => decision,
             None => {
                 let review = SubjectAccessReview {
@@ -522,7 +463,11 @@ impl Authenticator {
                 } else {
                     Err(status.reason.unwrap_or_default())
                 };
-                self.decisions.put(key, decision.clone());
+                self.decisions.lock().expect("decision cache lock").put(
+                    key,
+                    decision.clone(),
+                    Instant::now() + REVIEW_TTL,
+                );
                 decision
             }
         };
@@ -534,6 +479,36 @@ impl Authenticator {
             Status::forbidden(message)
         })
     }
+}
+
+/// One TokenReview: the user, or why the token is not valid; `Err` without an answer.
+async fn token_review(client: kube::Client, token: String) -> ReviewAnswer {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token),
+            audiences: None,
+        },
+        ..Default::default()
+    };
+    let api: Api<TokenReview> = Api::all(client);
+    let status = tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
+        .await
+        .map_err(|_| format!("TokenReview did not answer within {REVIEW_TIMEOUT:?}"))?
+        .map_err(|err| format!("TokenReview failed: {err}"))?
+        .status
+        .unwrap_or_default();
+    Ok(match (status.authenticated, status.user) {
+        (Some(true), Some(user)) => Ok(UserInfo {
+            name: user.username.unwrap_or_default(),
+            uid: user.uid,
+            groups: user.groups.unwrap_or_default(),
+            extra: user.extra.unwrap_or_default().into_iter().collect(),
+        }),
+        _ => Err(format!(
+            "the bearer token is not valid{}",
+            status.error.map(|e| format!(": {e}")).unwrap_or_default()
+        )),
+    })
 }
 
 fn user_phrase(user: &UserInfo) -> String {
@@ -962,15 +937,5 @@ mod tests {
         assert_eq!(bearer_token(&headers).unwrap(), Some("abc"));
         headers.insert("authorization", "Basic YTpi".parse().unwrap());
         assert_eq!(bearer_token(&headers).unwrap_err().code, 401);
-    }
-
-    #[test]
-    fn cache_expires_and_stays_bounded() {
-        let cache: TtlCache<usize, u8> = TtlCache::new();
-        for i in 0..CACHE_CAPACITY + 10 {
-            cache.put(i, 1);
-        }
-        assert!(cache.entries.lock().unwrap().len() <= CACHE_CAPACITY);
-        assert_eq!(cache.get(&(CACHE_CAPACITY + 9)), Some(1));
     }
 }

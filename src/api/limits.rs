@@ -1,5 +1,5 @@
 //! What a request may bring: headers up to [`MAX_HEADER_BYTES`] and a body up to
-//! [`MAX_BODY_BYTES`] (the API is GET-only and Kubernetes clients send no body), each refused
+//! [`MAX_BODY_BYTES`] (the API is GET-only; only the admission webhook reads a body), each refused
 //! with a metav1 Status, plus the hyper connection limits behind them, so one client cannot
 //! make the server buffer without bound.
 
@@ -17,7 +17,8 @@ use super::status::Status;
 /// The most request-line-and-header bytes answered with a Status: far above what the HPA or
 /// the aggregator's front proxy sends (a few identity headers), far below hyper's own cap.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-/// The largest request body accepted (and drained, unread); more is a 413.
+/// The largest request body accepted; more is a 413. An AdmissionReview of a ScaledObject
+/// is a few KiB.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// hyper's hard cap on a connection: the HTTP/1 read buffer (request line and headers) and the
 /// HTTP/2 header list. Above it hyper itself answers a bare 431 and closes the connection;
@@ -34,8 +35,7 @@ pub fn configure_connections(builder: &mut Builder<TokioExecutor>) {
 }
 
 /// Router middleware: 431 for oversized headers, 413 for an oversized body (declared or
-/// streamed), 400 for a malformed `Content-Length`; a small body is drained and dropped, so
-/// the connection stays usable for the next request.
+/// streamed), 400 for a malformed `Content-Length`; a small body is read whole and passed on.
 pub async fn limit_requests(request: Request, next: Next) -> Response {
     let header_bytes = request
         .uri()
@@ -68,18 +68,18 @@ pub async fn limit_requests(request: Request, next: Next) -> Response {
         }
     }
     let (parts, body) = request.into_parts();
+    let mut kept = Vec::new();
     if body.size_hint().exact() != Some(0) {
-        // Read and dropped: every route is a GET that ignores bodies, but an unread body would
-        // cost the client its keep-alive connection.
+        // Read whole, up to the cap: the admission webhook reads it, GET routes ignore it,
+        // and an unread body would cost the client its keep-alive connection.
         let mut chunks = body.into_data_stream();
-        let mut read = 0usize;
         while let Some(chunk) = chunks.next().await {
             match chunk {
                 Ok(chunk) => {
-                    read += chunk.len();
-                    if read > MAX_BODY_BYTES {
+                    if kept.len() + chunk.len() > MAX_BODY_BYTES {
                         return too_large().into_response();
                     }
+                    kept.extend_from_slice(&chunk);
                 }
                 Err(err) => {
                     return Status::bad_request(format!("cannot read the request body: {err}"))
@@ -88,7 +88,7 @@ pub async fn limit_requests(request: Request, next: Next) -> Response {
             }
         }
     }
-    next.run(Request::from_parts(parts, Body::empty())).await
+    next.run(Request::from_parts(parts, Body::from(kept))).await
 }
 
 fn too_large() -> Status {

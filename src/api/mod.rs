@@ -16,9 +16,12 @@ pub mod custom;
 pub mod discovery;
 pub mod external;
 pub mod limits;
+pub mod lru;
 pub mod openapi;
 pub mod selector;
+pub mod serving_cert;
 pub mod status;
+pub mod token_reviews;
 pub mod values;
 
 use std::future::Future;
@@ -30,16 +33,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{Method, Uri};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use crate::cache::{MetricCache, PollRequests};
 use crate::config::{Config, TlsFiles};
+use crate::connections::{ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::registry::{MetricSource, Registry, ScaleTarget};
 use status::Status;
@@ -51,7 +51,9 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request's headers may take; generous, since it also bounds an idle keep-alive
 /// connection and the aggregator reuses its connections.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an HTTP/2 connection is pinged to find a peer that went away.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long open connections get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -239,8 +241,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Status {
     Status::method_not_allowed(format!("{method} is not supported on {}", uri.path()))
 }
 
-/// The rustls server config: the PEM files of `files`, or a fresh self-signed certificate for
-/// localhost, 127.0.0.1 and ::1 when there are none.
+/// The rustls server config: the PEM files of `files`, re-read when they change (see
+/// [`serving_cert`]), or a fresh self-signed certificate for localhost, 127.0.0.1 and ::1 when
+/// there are none.
 ///
 /// `client_certs` asks clients for a certificate and checks it (the front proxy's, a user's);
 /// without it no certificate is asked for.
@@ -248,18 +251,15 @@ pub fn tls_config(
     files: Option<&TlsFiles>,
     client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, ApiError> {
-    let (certs, key) = match files {
-        Some(files) => (read_certs(&files.cert_file)?, read_key(&files.key_file)?),
-        None => self_signed()?,
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let serving = serving_cert::ServingCertificate::load(files, Arc::clone(&provider))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?;
     let builder = match client_certs {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key)?;
+    let mut config = builder.with_cert_resolver(Arc::new(serving));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -326,21 +326,41 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
 
 /// Serves `state` on `listener` until `shutdown` completes, then lets open requests finish
 /// (up to ten seconds). With `auth`, every request but the health endpoints is authenticated
-/// and authorized first; without it (standalone `--no-auth`) none is.
+/// and authorized first; without it (standalone `--no-auth`) none is. `extra` routes (the
+/// admission webhook) are served beside the API without the aggregator's authentication:
+/// kube-apiserver calls them with no client identity. Connections are bounded by `limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     state: AppState,
     auth: Option<Arc<auth::Authenticator>>,
+    extra: Option<Router>,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let refused = (
+        state.own_metrics.connections_refused("api", "server"),
+        state.own_metrics.connections_refused("api", "client"),
+    );
+    let own_metrics = Arc::clone(&state.own_metrics);
     let app = match auth {
         Some(auth) => authenticated_router(state, auth),
         None => router(state),
     };
+    let app = match extra {
+        // The same size limits and request counting as the API's own routes.
+        Some(extra) => extra
+            .layer(axum::middleware::from_fn(limits::limit_requests))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&own_metrics),
+                crate::metrics::track_requests,
+            ))
+            .merge(app),
+        None => app,
+    };
     let health = health_router();
-    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Connections::new(limits, refused.0, refused.1));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -355,17 +375,17 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Over the cap the socket is dropped (closed) before any byte is read.
+        let Some(admitted) = connections.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection cap reached; closed");
+            continue;
+        };
         let (acceptor, app, health) = (acceptor.clone(), app.clone(), health.clone());
-        let watcher = graceful.watcher();
+        let connections = Arc::clone(&connections);
         // The handshake runs in the connection's task so one slow client never stalls accept.
         tokio::spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
+            let mut builder = connections.builder();
             limits::configure_connections(&mut builder);
-            // A client that opens a connection and never finishes its headers is cut off.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
             let served = match tokio::time::timeout(HANDSHAKE_TIMEOUT, first_byte(&tcp)).await {
                 Ok(Some(TLS_HANDSHAKE)) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -380,11 +400,8 @@ pub async fn serve(
                                     .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                                     .unwrap_or_default(),
                             ));
-                            let app = tower::Layer::layer(&axum::Extension(certs), app);
-                            let service = TowerToHyperService::new(app);
-                            watcher
-                                .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                .await
+                            let app = app.layer(axum::Extension(certs));
+                            connections.serve(admitted, &builder, stream, app).await
                         }
                         Ok(Err(err)) => {
                             tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -393,12 +410,7 @@ pub async fn serve(
                         Err(_) => return,
                     }
                 }
-                Ok(Some(_)) => {
-                    let service = TowerToHyperService::new(health);
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(tcp), service))
-                        .await
-                }
+                Ok(Some(_)) => connections.serve(admitted, &builder, tcp, health).await,
                 Ok(None) | Err(_) => return,
             };
             if let Err(err) = served {
@@ -407,10 +419,7 @@ pub async fn serve(
         });
     }
     tracing::info!("shutting down: no new connections, draining open ones");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !connections.drain(DRAIN_TIMEOUT).await {
         tracing::warn!(after = ?DRAIN_TIMEOUT, "connections still open at shutdown; closing them");
     }
 }

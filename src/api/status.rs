@@ -76,6 +76,11 @@ impl Status {
         )
     }
 
+    /// 429: a limit of the server's (bearer-token reviews) is reached; retry later.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
+    }
+
     /// 405: the path exists but not for this method.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)

@@ -2,6 +2,10 @@
 //! ([`desired_hpa`]), and compared with what is in the cluster in the fields spillway owns
 //! ([`hpa_drift`]), so a hand edit is repaired and an unchanged HPA is left alone.
 //!
+//! An HPA of the chosen name that exists already is taken over only when this ScaledObject owns
+//! it, or when someone who may edit the HPA handed it over with the [`TRANSFER_ANNOTATION`]
+//! ([`hpa_ownership`]): otherwise a ScaledObject could rewrite any HPA of its namespace.
+//!
 //! The HPA scales between `max(1, minReplicaCount)` and `maxReplicaCount` on one External metric
 //! per trigger; scaling to and from zero is the controller's job, because an HPA stops at one.
 
@@ -26,6 +30,56 @@ use crate::scalers::{TriggerParams, served_metric_name};
 /// The label every object spillway creates carries, with [`MANAGED_BY`] as its value.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "spillway";
+
+/// The annotation on an existing HPA that hands it over to the ScaledObject it names (in the
+/// same namespace): whoever may write the HPA may give it away.
+pub const TRANSFER_ANNOTATION: &str = "spillway.dev/transfer-to";
+
+/// Whose an existing HPA of the chosen name is, seen from one ScaledObject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HpaOwnership {
+    /// Its owner references name this ScaledObject (by uid).
+    Owned,
+    /// Not owned, but annotated [`TRANSFER_ANNOTATION`]`: <this ScaledObject's name>`.
+    Transferred,
+    /// Someone else's: left alone, with why.
+    Foreign(String),
+}
+
+/// Whether `so` may manage `existing`, the HPA of its chosen name.
+pub fn hpa_ownership(existing: &HorizontalPodAutoscaler, so: &ScaledObject) -> HpaOwnership {
+    let owners = existing.metadata.owner_references.as_deref().unwrap_or(&[]);
+    if owners
+        .iter()
+        .any(|o| Some(&o.uid) == so.metadata.uid.as_ref())
+    {
+        return HpaOwnership::Owned;
+    }
+    let name = existing.metadata.name.as_deref().unwrap_or_default();
+    let so_name = so.metadata.name.as_deref().unwrap_or_default();
+    let transfer_to = existing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TRANSFER_ANNOTATION));
+    let controller = owners.iter().find(|o| o.controller == Some(true));
+    match (transfer_to, controller) {
+        (Some(to), None) if to == so_name => HpaOwnership::Transferred,
+        (Some(to), Some(owner)) if to == so_name => HpaOwnership::Foreign(format!(
+            "HorizontalPodAutoscaler {name} is handed over by {TRANSFER_ANNOTATION} but still controlled by {} {}; remove that owner reference",
+            owner.kind, owner.name
+        )),
+        _ => {
+            let whose = match controller {
+                Some(owner) => format!("it is controlled by {} {}", owner.kind, owner.name),
+                None => "this ScaledObject does not own it".to_owned(),
+            };
+            HpaOwnership::Foreign(format!(
+                "HorizontalPodAutoscaler {name} exists and {whose}; spillway does not take it over. Delete it, choose another name (advanced.horizontalPodAutoscalerConfig.name), or annotate it {TRANSFER_ANNOTATION}={so_name} to hand it over"
+            ))
+        }
+    }
+}
 
 /// Why no HPA can be built for a ScaledObject.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -264,6 +318,66 @@ mod tests {
         let mut so: ScaledObject = serde_norway::from_str(text).unwrap();
         so.metadata.uid = Some("7f1d3c2a-0000-4000-8000-000000000001".into());
         so
+    }
+
+    #[test]
+    fn an_existing_hpa_is_taken_over_only_when_owned_or_handed_over() {
+        let so = scaled_object(ORDERS);
+        let ours = desired_hpa(&so).unwrap();
+        let owner = |kind: &str, uid: &str| OwnerReference {
+            api_version: "x/v1".into(),
+            kind: kind.into(),
+            name: "other".into(),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        };
+        let hpa = |owners: Vec<OwnerReference>, transfer_to: Option<&str>| {
+            let mut hpa = ours.clone();
+            hpa.metadata.owner_references = Some(owners);
+            hpa.metadata.annotations = transfer_to
+                .map(|to| BTreeMap::from([(TRANSFER_ANNOTATION.to_owned(), to.to_owned())]));
+            hpa
+        };
+        let cases = [
+            // (owners, annotation, expected: Ok(ownership) or Err(part of the refusal))
+            (
+                ours.metadata.owner_references.clone().unwrap(),
+                None,
+                Ok(HpaOwnership::Owned),
+            ),
+            (
+                vec![],
+                Some("orders-consumer"),
+                Ok(HpaOwnership::Transferred),
+            ),
+            (vec![], None, Err("this ScaledObject does not own it")),
+            (
+                vec![],
+                Some("someone-else"),
+                Err("annotate it spillway.dev/transfer-to=orders-consumer"),
+            ),
+            (
+                vec![owner("ScaledObject", "another-uid")],
+                None,
+                Err("controlled by ScaledObject other"),
+            ),
+            (
+                vec![owner("Deployment", "d-uid")],
+                Some("orders-consumer"),
+                Err("still controlled by Deployment other"),
+            ),
+        ];
+        for (owners, transfer_to, expected) in cases {
+            let got = hpa_ownership(&hpa(owners, transfer_to), &so);
+            match (&got, expected) {
+                (got, Ok(want)) => assert_eq!(got, &want, "{transfer_to:?}"),
+                (HpaOwnership::Foreign(why), Err(part)) => {
+                    assert!(why.contains(part), "{why}")
+                }
+                (got, Err(part)) => panic!("{got:?}, expected a refusal with {part:?}"),
+            }
+        }
     }
 
     const ORDERS: &str = r#"

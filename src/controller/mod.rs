@@ -2,8 +2,10 @@
 //! object owns ([`hpa`]), the conversion of its triggers into what the poller reads
 //! ([`triggers`]), the cache of the Secrets they name ([`secrets`]), the step to and from
 //! zero ([`scale_to_zero`], pure), the watch and reconcile loop against the cluster
-//! ([`reconcile`]) and the leader Lease ([`leader`]).
+//! ([`reconcile`]), the leader Lease ([`leader`]) and the admission webhook that checks a
+//! ScaledObject's writer may scale its target ([`admission`]).
 
+pub mod admission;
 pub mod crd;
 pub mod hpa;
 pub mod leader;

@@ -39,7 +39,10 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::crd::{ScaledObject, ScaledObjectStatus, TriggerStatus, condition};
-use super::hpa::{HpaError, MANAGED_BY, MANAGED_BY_LABEL, desired_hpa, hpa_drift, hpa_name};
+use super::hpa::{
+    HpaError, HpaOwnership, MANAGED_BY, MANAGED_BY_LABEL, TRANSFER_ANNOTATION, desired_hpa,
+    hpa_drift, hpa_name, hpa_ownership,
+};
 use super::scale_to_zero::{Cooldown, TriggerActivity, ZeroDecision, ZeroRules, decide};
 use super::secrets::SecretCache;
 use super::triggers::{SpecError, resolve_secrets, secret_names, triggers};
@@ -352,6 +355,27 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
 
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
     let hpa = hpa_name(&so)?;
+    // Someone else's HPA of that name: touch neither it nor the target.
+    let existing_hpa = match hpas.get(&hpa).await {
+        Ok(existing) => Some(existing),
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(err) => return Err(err.into()),
+    };
+    if let Some(existing) = &existing_hpa
+        && let HpaOwnership::Foreign(why) = hpa_ownership(existing, &so)
+    {
+        tracing::warn!(%namespace, %name, %hpa, %why, "refusing to take over an HPA");
+        set_condition(
+            &mut status,
+            condition::READY,
+            false,
+            "HPANotOwned",
+            &why,
+            &so,
+        );
+        write_status(ctx, &so, status).await?;
+        return Ok(Action::requeue(RETRY_BROKEN));
+    }
     let mut want_hpa = true;
 
     if so.spec.is_paused() {
@@ -432,7 +456,7 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     }
 
     if want_hpa {
-        ensure_hpa(ctx, &hpas, &so, &hpa).await?;
+        ensure_hpa(ctx, &hpas, &so, &hpa, existing_hpa).await?;
         status.hpa_name = Some(hpa.clone());
     } else {
         delete_hpa(ctx, &hpas, &so, &hpa).await?;
@@ -671,18 +695,16 @@ async fn scale(
     Ok(())
 }
 
+/// Creates the HPA, or brings `existing` (owned or handed over: checked by the caller) to the
+/// desired state.
 async fn ensure_hpa(
     ctx: &Context,
     hpas: &Api<HorizontalPodAutoscaler>,
     so: &ScaledObject,
     name: &str,
+    existing: Option<HorizontalPodAutoscaler>,
 ) -> Result<(), ReconcileError> {
     let desired = desired_hpa(so)?;
-    let existing = match hpas.get(name).await {
-        Ok(existing) => Some(existing),
-        Err(kube::Error::Api(e)) if e.code == 404 => None,
-        Err(err) => return Err(err.into()),
-    };
     match existing {
         None => {
             hpas.create(
@@ -703,6 +725,7 @@ async fn ensure_hpa(
             .await;
         }
         Some(existing) => {
+            let adopted = hpa_ownership(&existing, so) == HpaOwnership::Transferred;
             let drift = hpa_drift(&existing, &desired);
             if !drift.is_empty() {
                 hpas.patch(
@@ -711,17 +734,23 @@ async fn ensure_hpa(
                     &Patch::Apply(&desired),
                 )
                 .await?;
-                publish(
-                    ctx,
-                    so,
-                    EventType::Normal,
-                    "HPARepaired",
-                    &format!(
-                        "HorizontalPodAutoscaler {name} differed in {}; restored",
-                        drift.join(", ")
-                    ),
-                )
-                .await;
+                let (reason, note) = if adopted {
+                    (
+                        "HPAAdopted",
+                        format!(
+                            "took over HorizontalPodAutoscaler {name}, handed over by {TRANSFER_ANNOTATION}"
+                        ),
+                    )
+                } else {
+                    (
+                        "HPARepaired",
+                        format!(
+                            "HorizontalPodAutoscaler {name} differed in {}; restored",
+                            drift.join(", ")
+                        ),
+                    )
+                };
+                publish(ctx, so, EventType::Normal, reason, &note).await;
             }
         }
     }
