@@ -11,9 +11,11 @@
 //! when every trigger names the same account, which only shrinks the answer). KEDA asks once
 //! per trigger.
 //!
+//! A missing stream or consumer is a [`ScalerError::NotFound`] naming it, as in KEDA since 2.20
+//! (before, KEDA served the stream's `last_seq`, the whole stream as backlog, for a missing
+//! consumer).
+//!
 //! Where spillway differs from KEDA, on purpose:
-//! - A missing consumer is a [`ScalerError::NotFound`] naming the consumer. KEDA reports the
-//!   stream's `last_seq` instead (the whole stream as backlog), which scales a typo to the max.
 //! - `account` defaults to `$G`, the account of a server that runs without accounts; KEDA
 //!   requires `account` or `accountID`. An account matches by id (`accountID`, else `account`)
 //!   or by name (`account`, else `accountID`), as in KEDA.

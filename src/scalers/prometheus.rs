@@ -25,7 +25,12 @@
 //!   can hold commas in values).
 //! - `±Inf` is always an error: KEDA reads it as 0 when `ignoreNullValues` is true, which would
 //!   scale down on a division by zero. `NaN` (0/0: no traffic) and an empty result are "null"
-//!   as in KEDA: 0 when `ignoreNullValues` is true (the default), an error when false.
+//!   as in KEDA: 0 when `ignoreNullValues` is true, an error when false.
+//! - `ignoreNullValues` defaults to **false** (KEDA: true): an empty answer is what a broken
+//!   exporter, a renamed series or a typo in a label gives, and reading it as 0 scales the
+//!   target down while the backlog grows. Write `ignoreNullValues: true` where "no series"
+//!   really means "nothing to do"; an object migrated from KEDA that relied on its default
+//!   says so explicitly.
 //! - A range vector, a string or a native-histogram sample is an error naming the result type.
 //! - Credentials inside `serverAddress` or `scrapeUrl` are rejected: they come from files.
 //! - No `time` parameter is sent: Prometheus evaluates at its own "now", which avoids clock
@@ -92,7 +97,7 @@ pub struct PrometheusTrigger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Query mode: an empty (or NaN) result reads 0 when true, is an error when false.
-    /// Defaults to true (KEDA).
+    /// Defaults to false (KEDA: true): a missing series is an error, never a silent 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_null_values: Option<bool>,
     /// Query mode: `namespace=` for Thanos Querier tenancy.
@@ -809,7 +814,7 @@ impl PrometheusScaler {
     ) -> Result<Reading, ScalerError> {
         let reading = match trigger.mode()? {
             Mode::Query { .. } => {
-                let value = interpret_query(body, trigger.ignore_null_values.unwrap_or(true))
+                let value = interpret_query(body, trigger.ignore_null_values.unwrap_or(false))
                     .map_err(|p| p.into_error(trigger.target()))?;
                 Reading::new(value, trigger.is_active(ActivationInput::value_only(value)))
             }

@@ -40,7 +40,10 @@
 //!   `excludeUnacknowledged`; MessageRate is `message_stats.publish_details.rate`. Every HTTP
 //!   reading also carries `deliver-rate` (`message_stats.deliver_get_details.rate`) as an extra
 //!   metric, plus `publish-rate` (QueueLength) or `messages` (MessageRate). RabbitMQ omits
-//!   `message_stats` until a queue sees traffic, so an absent rate reads 0.
+//!   `message_stats` until a queue sees traffic (and keeps counts without rates when rates are
+//!   off): such a rate is unknown, not 0, so a MessageRate trigger reads an error and an unknown
+//!   extra rate is left out (its metric answers 503). A counter that never moved while stats
+//!   exist (nothing delivered yet) is a rate of 0.
 //! - **Backlog detail** for spillway's `/metrics`, from the same answers: over HTTP each matched
 //!   queue's messages, ready, unacknowledged, publish and deliver rates (at most
 //!   [`MAX_BACKLOG_SAMPLES`](super::MAX_BACKLOG_SAMPLES) queues per trigger, the fullest);
@@ -50,7 +53,9 @@
 //!
 //! - Errors, never a guess: a missing queue, a regex that matches no queue (KEDA reads 0), a
 //!   missing vhost, or a queue the management plugin has not sampled yet (no `messages` field)
-//!   is an error, not 0. One failing queue does not fail the other triggers.
+//!   is an error, not 0. So is a MessageRate trigger's queue without a publish rate (no
+//!   `message_stats`; KEDA reads 0, which looks like an idle queue when the broker collects no
+//!   rates). One failing queue does not fail the other triggers.
 //! - Credentials: `host` must not carry a password; the whole URL goes in a file named by
 //!   `hostFromSecret` instead (KEDA takes `host`, `username` and `password` from env or
 //!   TriggerAuthentication). A URL without user defaults to `guest:guest`, like KEDA's client.
