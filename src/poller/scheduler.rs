@@ -216,7 +216,7 @@ impl Scheduler {
             let place = self
                 .kinds
                 .iter()
-                .find_map(|kind| kind.place(trigger))
+                .find_map(|kind| kind.place(id, trigger))
                 .unwrap_or_else(|| {
                     Err(ScalerError::InvalidTrigger {
                         broker: trigger.kind(),

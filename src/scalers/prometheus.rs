@@ -430,12 +430,13 @@ impl PrometheusTrigger {
         }
     }
 
-    /// Which credentials are used, by reference (file paths), never by content.
+    /// Which credentials are used: by reference and a keyed hash of the value
+    /// ([`SecretSource::fingerprint`]), never by content.
     fn auth_identity(&self) -> String {
         match (&self.bearer_token, &self.username, &self.password) {
-            (Some(token), _, _) => format!("bearer:{}", token.identity()),
+            (Some(token), _, _) => format!("bearer:{}", token.fingerprint()),
             (None, Some(user), Some(password)) => {
-                format!("basic:{user}:{}", password.identity())
+                format!("basic:{user}:{}", password.fingerprint())
             }
             _ => "none".into(),
         }

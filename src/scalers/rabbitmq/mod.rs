@@ -88,9 +88,10 @@ pub use trigger::{
 };
 
 use self::amqp::AmqpReader;
-use self::endpoint::{Wire, display_server, keyed_hash};
+use self::endpoint::{Wire, display_server};
 use self::http::HttpReader;
 use super::{Reading, Scaler, ScalerError};
+use crate::secret::keyed_hash;
 
 const BROKER: &str = "rabbitmq";
 
