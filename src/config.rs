@@ -267,6 +267,10 @@ pub struct ServerConfig {
     /// Serving certificate and key; without them a self-signed pair is made at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
+    /// Destination classes triggers may reach beyond the default (`loopback`, `link-local`,
+    /// `api-server`; see [`crate::destination`]), added to `--allow-destinations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_destinations: Vec<crate::destination::DestinationClass>,
 }
 
 impl ServerConfig {
@@ -284,6 +288,7 @@ impl Default for ServerConfig {
             listen: Self::default_listen(),
             metrics_listen: Self::default_metrics_listen(),
             tls: None,
+            allow_destinations: Vec::new(),
         }
     }
 }

@@ -89,6 +89,7 @@ async fn recording_prometheus() -> (String, Arc<Mutex<Vec<String>>>) {
 
 #[tokio::test]
 async fn a_same_named_secret_in_another_namespace_never_shares_a_session() {
+    common::allow_loopback_destinations();
     let (address, seen) = recording_prometheus().await;
     let prometheus = serde_json::json!({"prometheus": {
         "serverAddress": format!("http://{address}"), "query": "up", "threshold": 1,

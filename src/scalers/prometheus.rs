@@ -48,7 +48,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
-use super::http::{HttpAuth, HttpClient};
+use super::http::{HttpAuth, HttpClient, json_error, known_error_kind};
 use super::{
     ActivationInput, MAX_TIMEOUT_MS, Reading, Scaler, ScalerError, TriggerParams,
     normalize_metric_name,
@@ -639,8 +639,6 @@ struct ApiResponse {
     data: Option<serde_json::Value>,
     #[serde(default, rename = "errorType")]
     error_type: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
 }
 
 /// One element of an instant vector.
@@ -655,18 +653,27 @@ struct VectorSample {
 /// Parses a Prometheus sample value (`"1"`, `"NaN"`, `"+Inf"`).
 fn parse_sample_value(text: &str) -> Result<f64, Problem> {
     text.parse::<f64>()
-        .map_err(|_| Problem::Bad(format!("sample value {text:?} is not a number")))
+        .map_err(|_| Problem::Bad("a sample value is not a number".into()))
 }
 
 /// The value of an instant query's JSON answer under KEDA's rules (see the module docs).
 pub fn interpret_query(body: &str, ignore_null_values: bool) -> Result<f64, Problem> {
-    let response: ApiResponse = serde_json::from_str(body)
-        .map_err(|err| Problem::Bad(format!("response is not the expected JSON: {err}")))?;
+    let response: ApiResponse = serde_json::from_str(body).map_err(|err| {
+        Problem::Bad(format!(
+            "response is not the expected JSON ({})",
+            json_error(&err)
+        ))
+    })?;
     if response.status != "success" {
+        // The error type from Prometheus's fixed list; its free-text message stays out of
+        // errors a tenant reads (see `super::http`).
         return Err(Problem::Broker(format!(
-            "query failed: {}: {}",
-            response.error_type.as_deref().unwrap_or("error"),
-            response.error.as_deref().unwrap_or("no message")
+            "query failed: {}",
+            response
+                .error_type
+                .as_deref()
+                .and_then(known_error_kind)
+                .unwrap_or("error")
         )));
     }
     let data = response
@@ -689,12 +696,12 @@ pub fn interpret_query(body: &str, ignore_null_values: bool) -> Result<f64, Prob
     let text = match result_type {
         "scalar" => {
             let (_, text): (f64, String) = serde_json::from_value(result)
-                .map_err(|err| Problem::Bad(format!("malformed scalar: {err}")))?;
+                .map_err(|err| Problem::Bad(format!("malformed scalar ({})", json_error(&err))))?;
             text
         }
         "vector" => {
             let samples: Vec<VectorSample> = serde_json::from_value(result)
-                .map_err(|err| Problem::Bad(format!("malformed vector: {err}")))?;
+                .map_err(|err| Problem::Bad(format!("malformed vector ({})", json_error(&err))))?;
             match samples.as_slice() {
                 [] => return null("the query returned an empty vector"),
                 [one] => match &one.value {

@@ -42,8 +42,8 @@ pub(super) struct Endpoint {
     /// the API lives under (`http://host:15672/prefix`). Safe to show.
     pub(super) server: Url,
     /// Host for the AMQP socket (an IPv6 address in brackets).
-    host: String,
-    port: u16,
+    pub(super) host: String,
+    pub(super) port: u16,
     /// Percent-decoded; empty when the URL has none.
     username: String,
     password: Option<SecretString>,
