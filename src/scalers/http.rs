@@ -18,6 +18,16 @@ use super::ScalerError;
 use crate::destination;
 use crate::secret::SecretString;
 
+/// The most bytes of one answer spillway reads. Answers are read as they arrive and a longer
+/// one is refused at this size, so a huge or endless body (a trigger pointed at the wrong
+/// server, or a hostile one) costs at most this much memory per request in flight, never the
+/// process. 16 MiB holds a RabbitMQ page of 500 queues or a NATS `/jsz` of thousands of
+/// consumers many times over.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Of an error answer, only this much is read: its start goes to the debug log.
+const ERROR_ANSWER_BYTES: usize = 4096;
+
 /// Most redirects followed, each to a destination the policy allows.
 const MAX_REDIRECTS: usize = 5;
 
@@ -141,13 +151,19 @@ impl HttpClient {
             .await
             .map_err(|err| self.transport_error(err, target))?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|err| self.transport_error(err, target))?;
         if status.is_success() {
-            return Ok(body);
+            let body = self.read_capped(response, MAX_ANSWER_BYTES, target).await?;
+            return String::from_utf8(body).map_err(|_| ScalerError::BadResponse {
+                broker: self.broker,
+                target: target.to_owned(),
+                cause: "the answer is not UTF-8 text".into(),
+            });
         }
+        let body = self
+            .read_capped(response, ERROR_ANSWER_BYTES, target)
+            .await
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&body);
         let excerpt: String = body.chars().take(300).collect();
         tracing::debug!(broker = self.broker, target, %status, body = %excerpt, "HTTP error answer");
         let cause = match error_kind_of_answer(&body) {
@@ -173,6 +189,45 @@ impl HttpClient {
                 cause,
             },
         })
+    }
+
+    /// The body of `response`, read as it arrives: at most `cap` bytes. A success answer longer
+    /// than that is refused (a partial one would parse as a wrong figure, or not at all); an
+    /// error answer is cut there, since only its start is ever used.
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+        cap: usize,
+        target: &str,
+    ) -> Result<Vec<u8>, ScalerError> {
+        let refuse = |broker| ScalerError::BadResponse {
+            broker,
+            target: target.to_owned(),
+            cause: format!(
+                "the answer is larger than {} MiB, more than spillway reads",
+                MAX_ANSWER_BYTES / (1024 * 1024)
+            ),
+        };
+        let cuts = cap < MAX_ANSWER_BYTES;
+        if !cuts && response.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(refuse(self.broker));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| self.transport_error(err, target))?
+        {
+            if body.len() + chunk.len() > cap {
+                if cuts {
+                    body.extend_from_slice(&chunk[..cap - body.len()]);
+                    return Ok(body);
+                }
+                return Err(refuse(self.broker));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport_error(&self, err: reqwest::Error, target: &str) -> ScalerError {

@@ -15,9 +15,10 @@ use super::trigger::{MAX_TIMEOUT_MS, RabbitMqTrigger};
 use crate::scalers::http::{HttpAuth, HttpClient};
 use crate::scalers::{BacklogSample, Reading, ScalerError};
 
-/// A listing longer than this is refused rather than read in part: 1000 pages of up to 500
-/// queues is far beyond any broker spillway expects.
-const MAX_PAGES: u32 = 1_000;
+/// A listing longer than this is refused rather than read in part (a partial listing would read
+/// as a too-small sum or a missing queue). The whole listing of a vhost is held while a round
+/// answers its triggers, so this bounds memory too: 100 pages of up to 500 queues.
+const MAX_PAGES: u32 = 100;
 
 /// The listing's columns: everything any trigger needs, nothing more.
 const LISTING_COLUMNS: &str = "name,messages,messages_ready,messages_unacknowledged,\
@@ -278,7 +279,8 @@ impl HttpReader {
         let target = format!("vhost {vhost:?} at {}", display_server(&self.server));
         let mut queues = HashMap::new();
         let mut page = 1;
-        loop {
+        // Never more pages than the bound, whatever page_count says (it may change between pages).
+        while page <= MAX_PAGES {
             let url = self.listing_url(vhost, page, page_size);
             let request = self
                 .client
@@ -313,6 +315,17 @@ impl HttpReader {
                     ),
                 });
             }
+            if body.items.len() > page_size as usize {
+                // The server ignored the page size: the page count means nothing either.
+                return Err(ScalerError::BadResponse {
+                    broker: BROKER,
+                    target,
+                    cause: format!(
+                        "page {page} has {} queues, more than the {page_size} asked for",
+                        body.items.len()
+                    ),
+                });
+            }
             queues.extend(body.items.into_iter().map(|q| (q.name.clone(), q)));
             if page >= body.page_count {
                 tracing::debug!(
@@ -327,6 +340,11 @@ impl HttpReader {
             }
             page += 1;
         }
+        Err(ScalerError::BadResponse {
+            broker: BROKER,
+            target,
+            cause: format!("the listing goes on past {MAX_PAGES} pages, more than spillway reads"),
+        })
     }
 
     fn listing_url(&self, vhost: &str, page: u32, page_size: u32) -> Url {

@@ -64,7 +64,8 @@
 //!   extra metric `deliver-rate` rather than a mode.
 //! - `timeout` bounds AMQP too (KEDA rejects it with AMQP); each trigger's timeout bounds its
 //!   own requests, and a connect or listing shared by several triggers waits for the longest.
-//! - Regex: every page of the listing is read (KEDA errors past the first page, #2068) and the
+//! - Regex: every page of the listing is read, up to 100 pages (KEDA errors past the first
+//!   page, #2068; a longer listing, or a page larger than `pageSize`, is an error) and the
 //!   regex runs in spillway with Rust `regex` syntax, unanchored and case-insensitive like
 //!   RabbitMQ's own filter; PCRE-only constructs (look-around, back-references) are rejected
 //!   at validation. `avg` is a float (KEDA integer-divides counts).
