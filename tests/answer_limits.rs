@@ -177,3 +177,79 @@ async fn a_rabbitmq_listing_past_its_page_size_or_page_cap_is_refused() {
         .expect("a bounded listing reads");
     assert_eq!(reading.value, 1.0);
 }
+
+/// A clustered NATS server's monitoring port: `/jsz` says the consumer's leader is `n2`, and
+/// `/varz` (answered on every address) says this is `n1` and advertises 200 other hosts.
+/// Returns the port and the local addresses `/varz` was asked on.
+async fn nats_advertising_many_hosts() -> (u16, Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>) {
+    common::allow_loopback_destinations();
+    // Every 127.x address reaches a listener on 0.0.0.0: each advertised host is a real socket.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&asked);
+    let hosts: Vec<String> = (2..202)
+        .map(|i| format!("127.0.{}.{}:4222", i / 256, i % 256))
+        .collect();
+    let varz = serde_json::json!({"server_id": "ID-N1", "server_name": "n1",
+        "connect_urls": hosts})
+    .to_string();
+    let jsz = serde_json::json!({
+        "server_id": "ID-N1",
+        "meta_cluster": {"name": "c1", "leader": "n3", "cluster_size": 3},
+        "account_details": [{"name": "$G", "id": "$G", "stream_detail": [{
+            "name": "capture", "cluster": {"name": "c1", "leader": "n1"},
+            "consumer_detail": [{"name": "worker", "num_pending": 4, "num_ack_pending": 0,
+                "cluster": {"name": "c1", "leader": "n2"}}]}]}]
+    })
+    .to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (varz, jsz, recorded) = (varz.clone(), jsz.clone(), Arc::clone(&recorded));
+            tokio::spawn(async move {
+                let Some(head) = request_head(&mut socket).await else {
+                    return;
+                };
+                let body = if head.starts_with("GET /varz") {
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push(socket.local_addr().unwrap().ip());
+                    varz
+                } else {
+                    jsz
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, asked)
+}
+
+#[tokio::test]
+async fn a_nats_server_advertising_many_hosts_gets_a_bounded_number_of_probes() {
+    let (port, asked) = nats_advertising_many_hosts().await;
+    let trigger = serde_json::json!({"natsServerMonitoringEndpoint": format!("127.0.0.1:{port}"),
+        "stream": "capture", "consumer": "worker"});
+    // The leader n2 is nowhere to be found: an error, after a bounded search.
+    let result = poll_one::<spillway::scalers::nats::NatsJetStreamScaler>(trigger).await;
+    assert!(result.is_err(), "{result:?}");
+    let asked = asked.lock().unwrap().clone();
+    let hosts: std::collections::BTreeSet<_> = asked.iter().collect();
+    assert!(
+        hosts.len() <= 1 + spillway::scalers::nats::MAX_PROBED_HOSTS,
+        "{} hosts asked for /varz",
+        hosts.len()
+    );
+    assert!(hosts.len() > 1, "discovery did probe advertised hosts");
+    println!(
+        "nats: 200 hosts advertised, {} asked ({} /varz requests): {}",
+        hosts.len(),
+        asked.len(),
+        result.unwrap_err()
+    );
+}
