@@ -28,6 +28,15 @@ pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// Of an error answer, only this much is read: its start goes to the debug log.
 const ERROR_ANSWER_BYTES: usize = 4096;
 
+/// What [`HttpClient::read_capped`] does with an answer longer than its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BeyondCap {
+    /// Refuse it: a success answer read in part would parse as a wrong figure, or not at all.
+    Refuse,
+    /// Keep its start: of an error answer only the start is ever used.
+    Cut,
+}
+
 /// Most redirects followed, each to a destination the policy allows.
 const MAX_REDIRECTS: usize = 5;
 
@@ -152,7 +161,9 @@ impl HttpClient {
             .map_err(|err| self.transport_error(err, target))?;
         let status = response.status();
         if status.is_success() {
-            let body = self.read_capped(response, MAX_ANSWER_BYTES, target).await?;
+            let body = self
+                .read_capped(response, MAX_ANSWER_BYTES, BeyondCap::Refuse, target)
+                .await?;
             return String::from_utf8(body).map_err(|_| ScalerError::BadResponse {
                 broker: self.broker,
                 target: target.to_owned(),
@@ -160,7 +171,7 @@ impl HttpClient {
             });
         }
         let body = self
-            .read_capped(response, ERROR_ANSWER_BYTES, target)
+            .read_capped(response, ERROR_ANSWER_BYTES, BeyondCap::Cut, target)
             .await
             .unwrap_or_default();
         let body = String::from_utf8_lossy(&body);
@@ -191,26 +202,26 @@ impl HttpClient {
         })
     }
 
-    /// The body of `response`, read as it arrives: at most `cap` bytes. A success answer longer
-    /// than that is refused (a partial one would parse as a wrong figure, or not at all); an
-    /// error answer is cut there, since only its start is ever used.
+    /// The body of `response`, read as it arrives, at most `cap` bytes; what happens to a
+    /// longer one is `beyond`'s to say.
     async fn read_capped(
         &self,
         mut response: reqwest::Response,
         cap: usize,
+        beyond: BeyondCap,
         target: &str,
     ) -> Result<Vec<u8>, ScalerError> {
-        let refuse = |broker| ScalerError::BadResponse {
-            broker,
+        let refuse = || ScalerError::BadResponse {
+            broker: self.broker,
             target: target.to_owned(),
             cause: format!(
                 "the answer is larger than {} MiB, more than spillway reads",
-                MAX_ANSWER_BYTES / (1024 * 1024)
+                cap / (1024 * 1024)
             ),
         };
-        let cuts = cap < MAX_ANSWER_BYTES;
-        if !cuts && response.content_length().is_some_and(|n| n > cap as u64) {
-            return Err(refuse(self.broker));
+        if beyond == BeyondCap::Refuse && response.content_length().is_some_and(|n| n > cap as u64)
+        {
+            return Err(refuse());
         }
         let mut body = Vec::new();
         while let Some(chunk) = response
@@ -219,11 +230,13 @@ impl HttpClient {
             .map_err(|err| self.transport_error(err, target))?
         {
             if body.len() + chunk.len() > cap {
-                if cuts {
-                    body.extend_from_slice(&chunk[..cap - body.len()]);
-                    return Ok(body);
-                }
-                return Err(refuse(self.broker));
+                return match beyond {
+                    BeyondCap::Refuse => Err(refuse()),
+                    BeyondCap::Cut => {
+                        body.extend_from_slice(&chunk[..cap - body.len()]);
+                        Ok(body)
+                    }
+                };
             }
             body.extend_from_slice(&chunk);
         }
