@@ -82,6 +82,6 @@ log "loadgen logs in $RUN_DIR; config $RUN_DIR/spillway.yaml"
 sleep 3 # let the loadgens create their topic, queue and stream
 # In the background and waited for, so a signal to this script (not only Ctrl-C to the whole
 # terminal group) stops everything at once.
-"$SPILLWAY" watch --config "$RUN_DIR/spillway.yaml" 2>"$RUN_DIR/spillway.log" &
+"$SPILLWAY" watch --allow-destinations loopback --config "$RUN_DIR/spillway.yaml" 2>"$RUN_DIR/spillway.log" &
 watcher=$!
 wait "$watcher"

@@ -22,6 +22,17 @@ pub struct Cli {
         env = "RUST_LOG"
     )]
     pub log_level: String,
+    /// Destination classes triggers may reach, comma-separated: `loopback` (spillway's own
+    /// host or pod), `link-local` (169.254.0.0/16, fe80::/10: cloud metadata services),
+    /// `api-server` (the kube-apiserver's addresses). None by default: a ScaledObject's hosts
+    /// are checked after DNS resolution at every connection. Local brokers need `loopback`.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        env = "SPILLWAY_ALLOW_DESTINATIONS"
+    )]
+    pub allow_destinations: Vec<crate::destination::DestinationClass>,
 
     #[command(subcommand)]
     pub command: Command,

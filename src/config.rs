@@ -279,6 +279,10 @@ pub struct ServerConfig {
     /// flight before spillway closes it.
     #[serde(default = "ServerConfig::default_idle_timeout_seconds")]
     pub idle_timeout_seconds: u32,
+    /// Destination classes triggers may reach beyond the default (`loopback`, `link-local`,
+    /// `api-server`; see [`crate::destination`]), added to `--allow-destinations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_destinations: Vec<crate::destination::DestinationClass>,
 }
 
 impl ServerConfig {
@@ -308,6 +312,7 @@ impl Default for ServerConfig {
             max_connections: Self::default_max_connections(),
             max_connections_per_client: Self::default_max_connections_per_client(),
             idle_timeout_seconds: Self::default_idle_timeout_seconds(),
+            allow_destinations: Vec::new(),
         }
     }
 }
@@ -693,8 +698,15 @@ cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 1}
 
     #[test]
     fn full_file_round_trips() {
-        let text = "server:\n  listen: 127.0.0.1:7443\n  metricsListen: '[::1]:9191'\n  tls:\n    certFile: /etc/spillway/tls.crt\n    keyFile: /etc/spillway/tls.key\npollingInterval: 5\n";
+        let text = "server:\n  listen: 127.0.0.1:7443\n  metricsListen: '[::1]:9191'\n  tls:\n    certFile: /etc/spillway/tls.crt\n    keyFile: /etc/spillway/tls.key\n  allowDestinations: [loopback, link-local]\npollingInterval: 5\n";
         let config = parse(text).unwrap();
+        assert_eq!(
+            config.server.allow_destinations,
+            [
+                crate::destination::DestinationClass::Loopback,
+                crate::destination::DestinationClass::LinkLocal
+            ]
+        );
         assert_eq!(config.server.listen, "127.0.0.1:7443".parse().unwrap());
         assert_eq!(config.server.metrics_listen, "[::1]:9191".parse().unwrap());
         assert_eq!(config.polling_interval.to_string(), "5s");
@@ -712,6 +724,10 @@ cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 1}
             (
                 "server:\n  listen: 127.0.0.1:1\n  lisen: x\n",
                 "spillway.yaml:3:3: server: unknown field `lisen`",
+            ),
+            (
+                "server:\n  allowDestinations: [metadata]\n",
+                "spillway.yaml:2:23: server.allowDestinations[0]: unknown variant `metadata`",
             ),
             (
                 "server:\n  listen: nope\n",

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod controller;
+pub mod destination;
 pub mod kube_client;
 pub mod live;
 pub mod loadgen;

@@ -11,6 +11,7 @@ use spillway::cache::MetricCache;
 use spillway::cache::PollRequests;
 use spillway::cli::{Cli, Command, LoadTarget};
 use spillway::config::Config;
+use spillway::destination::{self, DestinationClass, DestinationPolicy};
 use spillway::live::LiveTable;
 use spillway::loadgen;
 use spillway::poller::Poller;
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         eprintln!("spillway: {err}");
         return ExitCode::from(2);
     }
-    match run(cli.command) {
+    match run(cli.command, &cli.allow_destinations) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "spillway failed");
@@ -31,7 +32,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+/// Installs the destination policy before anything connects: the classes `--allow-destinations`
+/// and the config's `server.allowDestinations` allow, and the API server's address.
+fn install_destination_policy(flags: &[DestinationClass], config: &Config) {
+    let allowed = flags
+        .iter()
+        .chain(&config.server.allow_destinations)
+        .copied();
+    destination::install(
+        DestinationPolicy::strict()
+            .allowing(allowed)
+            .with_api_server(destination::api_server_addresses()),
+    );
+}
+
+fn run(command: Command, allow_destinations: &[DestinationClass]) -> anyhow::Result<()> {
     match command {
         Command::Loadgen { load, target } => {
             let target = match target {
@@ -73,6 +88,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "{} defines no scaledObjects to watch",
                 config.display()
             );
+            install_destination_policy(allow_destinations, &loaded);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(watch(loaded, once))
         }
@@ -82,6 +98,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             no_auth,
         } => {
             let loaded = Config::load(&config)?;
+            install_destination_policy(allow_destinations, &loaded);
             tokio::runtime::Runtime::new()?.block_on(serve(loaded, kubeconfig, no_auth))
         }
         Command::Check { config } => {
@@ -94,7 +111,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", spillway::controller::crd::crd_yaml());
             Ok(())
         }
-        Command::Plan(args) => plan_command(args),
+        Command::Plan(args) => {
+            install_destination_policy(allow_destinations, &Config::default());
+            plan_command(args)
+        }
         Command::Run {
             config,
             kubeconfig,
@@ -112,6 +132,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 None => Config::default(),
             };
+            install_destination_policy(allow_destinations, &loaded);
             tokio::runtime::Runtime::new()?.block_on(run_in_cluster(loaded, kubeconfig, election))
         }
     }

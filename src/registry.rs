@@ -58,14 +58,30 @@ pub struct ScaleTarget {
     pub target: ScaleTargetRef,
 }
 
-/// What a trigger's metric serves once it has failed `failure_threshold` polls in a row:
-/// a value that makes the HPA settle on `replicas` (`replicas * target`, since an HPA with an
-/// AverageValue target asks for `ceil(value / target)`).
+/// KEDA's fallback rule, the one place it is written: a trigger is in fallback once it has
+/// failed MORE than `failure_threshold` polls in a row (with 3, from the fourth failure on;
+/// with 0, from the first). The served value ([`FallbackValue::applies`]) and the controller
+/// (scaling from zero, the Fallback condition, `spillway plan`) all ask here, so they agree,
+/// and an object moved from KEDA falls back at the same poll.
+pub fn past_failure_threshold(consecutive_failures: u32, failure_threshold: u32) -> bool {
+    consecutive_failures > failure_threshold
+}
+
+/// What a trigger's metric serves once it has failed more than `failure_threshold` polls in a
+/// row: a value that makes the HPA settle on `replicas` (`replicas * target`, since an HPA with
+/// an AverageValue target asks for `ceil(value / target)`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FallbackValue {
     pub failure_threshold: u32,
     pub replicas: u32,
     pub value: f64,
+}
+
+impl FallbackValue {
+    /// Whether a trigger that failed `consecutive_failures` polls in a row serves this value.
+    pub fn applies(&self, consecutive_failures: u32) -> bool {
+        past_failure_threshold(consecutive_failures, self.failure_threshold)
+    }
 }
 
 /// One scaled object as the poller and the API need it.

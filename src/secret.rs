@@ -4,7 +4,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use k8s_openapi::api::core::v1::Secret;
 use serde::{Deserialize, Serialize};
@@ -296,7 +298,7 @@ impl SecretSource {
         }
     }
 
-    /// What identifies the secret without its value, for connection keys and logs: the path, or
+    /// What identifies the secret without its value, for logs: the path, or
     /// `secret:<name>/<key>`.
     pub fn identity(&self) -> String {
         match self {
@@ -305,6 +307,20 @@ impl SecretSource {
                 format!("secret:{}/{}", reference.name, reference.key)
             }
         }
+    }
+
+    /// What a connection key holds of this secret: its [`identity`](Self::identity) and a
+    /// [`keyed_hash`] of its value now (a file's content, a Secret's value as last fetched), so
+    /// a changed value makes a new key (a new client on the next poll) and two Secrets of one
+    /// name in different namespaces, or holding different values, never share one. A value
+    /// that cannot be read hashes as such: the poll then fails on it.
+    pub fn fingerprint(&self) -> String {
+        let value = self.read().ok();
+        format!(
+            "{}#{:016x}",
+            self.identity(),
+            keyed_hash(&value.as_ref().map(SecretString::expose))
+        )
     }
 
     /// Reads a `secretKeyRef` from `namespace` and keeps the value; a file is left to be read
@@ -352,6 +368,13 @@ impl SecretKeyRef {
         self.value = Some(reader.read_key(namespace, &self.name, &self.key).await?);
         Ok(())
     }
+}
+
+/// A hash keyed once per process: stable within it, so equal values give equal connection
+/// keys, and meaningless outside it, so a logged key reveals nothing about the values hashed.
+pub fn keyed_hash(value: &impl Hash) -> u64 {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new).hash_one(value)
 }
 
 /// Reads one key of a Secret with a GET.

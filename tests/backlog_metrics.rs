@@ -137,6 +137,9 @@ async fn backlog_of_kafka_rabbitmq_and_jetstream_is_exported_exactly() {
                 && value(&text, "spillway_rabbitmq_queue_messages_unacked", &rabbit(1)) == Some(3.0)
                 && value(&text, "spillway_rabbitmq_queue_messages_ready", &rabbit(1)) == Some(34.0)
                 && value(&text, "spillway_rabbitmq_queue_messages_ready", &rabbit(2)).is_some()
+                // Rates come with message_stats, which may follow the counts by a sample.
+                && value(&text, "spillway_rabbitmq_queue_deliver_rate", &rabbit(1)).is_some()
+                && value(&text, "spillway_rabbitmq_queue_publish_rate", &rabbit(1)).is_some()
                 && value(&text, "spillway_nats_jetstream_consumer_pending", &nats).is_some();
             let down_polled = (0..4).all(|i| {
                 let prefix = format!(

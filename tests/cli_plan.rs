@@ -14,6 +14,7 @@ use common::rabbitmq;
 
 fn spillway(args: &[&str]) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .env(common::ALLOW_LOOPBACK.0, common::ALLOW_LOOPBACK.1)
         .args(args)
         .env("NO_COLOR", "1")
         .output()

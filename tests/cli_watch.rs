@@ -10,6 +10,7 @@ use common::{kafka, rabbitmq};
 
 fn spillway(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .env(common::ALLOW_LOOPBACK.0, common::ALLOW_LOOPBACK.1)
         .args(args)
         .output()
         .expect("run spillway");

@@ -1260,7 +1260,8 @@ async fn a_scaled_object_whose_broker_hangs_never_moves_another_ones_hpa_or_repl
         ),
     )
     .await;
-    // Stale after 15 s, fallback after two stale marks: 3 replicas, never 0.
+    // Stale after 15 s, fallback after more than two stale marks (KEDA's rule): 3 replicas,
+    // never 0.
     let fallback = wait_condition(&sos, "hung", "Fallback", "True", Duration::from_secs(60)).await;
     let to_fallback = created.elapsed();
     wait_replicas(

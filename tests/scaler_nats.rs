@@ -174,7 +174,8 @@ async fn missing_stream_and_missing_consumer_are_not_found() {
     )
     .await;
 
-    // KEDA reads a missing consumer as the stream's last_seq (3 here); spillway says what is missing.
+    // A missing consumer is an error naming it (KEDA agrees since 2.20; before, it read the
+    // stream's last_seq, 3 here).
     match &readings[1] {
         Err(ScalerError::NotFound { broker, what, .. }) => {
             assert_eq!(*broker, "nats-jetstream");

@@ -210,29 +210,35 @@ async fn query_reads_a_really_scraped_series() {
 }
 
 #[tokio::test]
-async fn an_empty_result_is_zero_or_an_error_by_ignore_null_values() {
+async fn an_empty_result_is_an_error_unless_ignore_null_values_is_true() {
     let query = format!("up{{job=\"{}\"}}", test_id());
+    let by_default = query_trigger(&query);
     let mut strict = query_trigger(&query);
     strict.ignore_null_values = Some(false);
-    let lenient = query_trigger(&query);
+    let mut lenient = query_trigger(&query);
+    lenient.ignore_null_values = Some(true);
     let scaler = PrometheusScaler::connect(&strict).expect("connect");
-    let readings = scaler.poll(&[strict, lenient]).await;
-    match &readings[0] {
-        Err(ScalerError::BadResponse { cause, target, .. }) => {
-            assert!(cause.contains("empty"), "{cause}");
-            assert!(
-                target.contains("up{job="),
-                "the error names the query: {target}"
-            );
-        }
-        other => {
-            panic!("empty result with ignoreNullValues false: expected an error, got {other:?}")
+    let readings = scaler.poll(&[by_default, strict, lenient]).await;
+    for (reading, setting) in readings[..2].iter().zip(["unset", "false"]) {
+        match reading {
+            Err(ScalerError::BadResponse { cause, target, .. }) => {
+                assert!(cause.contains("empty"), "{cause}");
+                assert!(
+                    target.contains("up{job="),
+                    "the error names the query: {target}"
+                );
+            }
+            other => panic!(
+                "empty result with ignoreNullValues {setting}: expected an error, got {other:?}"
+            ),
         }
     }
-    let zero = readings[1].as_ref().expect("KEDA's default reads 0");
+    let zero = readings[2]
+        .as_ref()
+        .expect("ignoreNullValues true reads 0, as KEDA's default");
     assert_eq!((zero.value, zero.active), (0.0, false));
     println!(
-        "prometheus: empty result -> {}",
+        "prometheus: empty result by default -> {}",
         readings[0].as_ref().unwrap_err()
     );
 }
@@ -260,6 +266,11 @@ async fn bad_queries_and_non_finite_results_are_errors() {
         matches!(poll_one(&nan).await, Err(ScalerError::BadResponse { cause, .. }) if cause.contains("NaN"))
     );
     nan.ignore_null_values = None;
+    assert!(
+        matches!(poll_one(&nan).await, Err(ScalerError::BadResponse { cause, .. }) if cause.contains("NaN")),
+        "NaN is an error by default"
+    );
+    nan.ignore_null_values = Some(true);
     assert_eq!(poll_one(&nan).await.expect("NaN is null").value, 0.0);
     let infinite = query_trigger("1/0");
     assert!(

@@ -308,15 +308,22 @@ async fn depth_over_http_counts_unacknowledged_unless_excluded() {
         trigger(&secret, &queue, json!({})),
         trigger(&secret, &queue, json!({"excludeUnacknowledged": true})),
     ];
-    let results = common::eventually("management API to show 4 unacked", SETTLE, || async {
-        let results = poll_once(&triggers).await;
-        (values(&results)? == [10.0, 6.0]).then_some(results)
-    })
+    // The rates come with the queue's message_stats, which the management plugin may report a
+    // sample after the counts: until then they are unknown and left out, never 0.
+    let suffixes = |reading: &Reading| reading.extra.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    let results = common::eventually(
+        "management API to show 4 unacked, with rates",
+        SETTLE,
+        || async {
+            let results = poll_once(&triggers).await;
+            let rates = results[0].as_ref().is_ok_and(|r| suffixes(r).len() == 2);
+            (values(&results)? == [10.0, 6.0] && rates).then_some(results)
+        },
+    )
     .await;
     let all = results[0].as_ref().unwrap();
     assert!(all.active);
-    let suffixes: Vec<_> = all.extra.iter().map(|(s, _)| *s).collect();
-    assert_eq!(suffixes, ["publish-rate", "deliver-rate"]);
+    assert_eq!(suffixes(all), ["publish-rate", "deliver-rate"]);
 
     // Over AMQP the same queue reads its ready messages only, at once.
     let amqp_secret = SecretFile::new(&amqp_url("/"));
@@ -396,6 +403,44 @@ async fn message_rate_after_a_burst_of_publishes() {
         reading.value
     );
 
+    broker.delete(&queue).await;
+    broker.close().await;
+}
+
+/// Issue 15: a queue RabbitMQ reports no `message_stats` for (no traffic yet; the same answer
+/// as a broker with statistics off) has no publish rate. MessageRate is an error then, never a
+/// rate of 0 that would look like an idle queue; QueueLength still reads the depth.
+#[tokio::test]
+async fn message_rate_without_message_stats_is_an_error_not_zero() {
+    let broker = Broker::connect("/").await;
+    let queue = common::unique_name("no-stats");
+    broker.declare(&queue).await;
+    let secret = SecretFile::new(&http_url("/"));
+    let rate = trigger(&secret, &queue, json!({"mode": "MessageRate"}));
+    let depth = trigger(&secret, &queue, json!({}));
+    // Once the management plugin has sampled the queue (its depth reads), the rate still fails.
+    let results = common::eventually("the new queue's depth to read", SETTLE, || async {
+        let results = poll_once(&[rate.clone(), depth.clone()]).await;
+        results[1].is_ok().then_some(results)
+    })
+    .await;
+    let reading = results[1].as_ref().unwrap();
+    assert_eq!(reading.value, 0.0);
+    assert!(
+        reading
+            .extra
+            .iter()
+            .all(|(name, _)| !name.ends_with("rate")),
+        "no stats, no rate metrics: {:?}",
+        reading.extra
+    );
+    match &results[0] {
+        Err(ScalerError::BadResponse { cause, .. }) => {
+            assert!(cause.contains("no publish rate"), "{cause}")
+        }
+        other => panic!("MessageRate without message_stats: expected an error, got {other:?}"),
+    }
+    println!("rate without stats: {}", results[0].as_ref().unwrap_err());
     broker.delete(&queue).await;
     broker.close().await;
 }

@@ -353,13 +353,16 @@ async fn a_trigger_failing_past_its_threshold_serves_the_fallback_value() {
             .body(Body::empty())
             .unwrap()
     };
-    cache.record(id("broken", 0), Err(down()), Default::default());
-    let (code, _, _) = call(&state, request()).await;
-    assert_eq!(
-        code,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "one failure is below the threshold"
-    );
+    // KEDA's rule: fallback after MORE than failureThreshold (2) failures in a row.
+    for failures in 1..=2 {
+        cache.record(id("broken", 0), Err(down()), Default::default());
+        let (code, _, _) = call(&state, request()).await;
+        assert_eq!(
+            code,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{failures} failures are not more than the threshold"
+        );
+    }
     cache.record(id("broken", 0), Err(down()), Default::default());
     let (code, _, body) = call(&state, request()).await;
     assert_eq!(code, StatusCode::OK, "{body}");

@@ -230,7 +230,7 @@ fn read(
                 if matches!(part, Part::Main)
                     && source
                         .fallback
-                        .is_some_and(|f| state.consecutive_failures >= f.failure_threshold) =>
+                        .is_some_and(|f| f.applies(state.consecutive_failures)) =>
             {
                 let fallback = source.fallback.expect("checked");
                 tracing::debug!(trigger = %id, %metric, replicas = fallback.replicas, error = %err, "serving the fallback value");

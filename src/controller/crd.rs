@@ -171,8 +171,8 @@ impl ScaleTargetRef {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
-    /// Consecutive failed polls of a trigger at which fallback applies: with 3, the third
-    /// failure in a row starts it (KEDA waits for the fourth). 0 counts as 1.
+    /// Failed polls in a row a trigger may have before fallback applies, as in KEDA: with 3 the
+    /// fourth failure in a row starts it, with 0 the first.
     #[schemars(range(min = 0))]
     pub failure_threshold: i32,
     /// Replicas the HPA is steered to while fallback applies.

@@ -571,7 +571,7 @@ async fn registration(so: &ScaledObject, secrets: &SecretCache) -> Result<Regist
             .spec
             .fallback
             .as_ref()
-            .map(|f| (f.failure_threshold.max(1) as u32, f.replicas.max(0) as u32)),
+            .map(|f| (f.failure_threshold.max(0) as u32, f.replicas.max(0) as u32)),
     })
 }
 
@@ -981,8 +981,9 @@ mod tests {
             // (states, fallback threshold, active, all read, fallback reason)
             (&states[..2], Some(1), true, true, None),
             (&states[..1], Some(1), false, true, None),
-            (&states[..3], Some(3), true, false, Some(failing)),
-            (&states[..3], Some(4), true, false, None),
+            // Fallback after more failures in a row than the threshold (KEDA's rule).
+            (&states[..3], Some(2), true, false, Some(failing)),
+            (&states[..3], Some(3), true, false, None),
             (&states[..3], None, true, false, None),
             (&states[3..], Some(1), false, false, None),
         ];

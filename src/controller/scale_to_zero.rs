@@ -7,13 +7,22 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::crd::ScaledObjectSpec;
 use crate::cache::TriggerState;
+use crate::registry::past_failure_threshold;
 
 /// `fallback`: replicas to steer the target to after repeated failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fallback {
-    /// Failures in a row from which the fallback value is served (at least 1).
+    /// Failures in a row a trigger may have before fallback applies: it applies from the next
+    /// one (KEDA's rule, [`past_failure_threshold`]).
     pub failure_threshold: u32,
     pub replicas: u32,
+}
+
+impl Fallback {
+    /// Whether a trigger that failed `consecutive_failures` polls in a row is in fallback.
+    pub fn applies(&self, consecutive_failures: u32) -> bool {
+        past_failure_threshold(consecutive_failures, self.failure_threshold)
+    }
 }
 
 /// The numbers of a spec that scaling to and from zero reads.
@@ -27,7 +36,7 @@ pub struct ZeroRules {
 
 impl ZeroRules {
     /// The rules of a ScaledObject's spec. The API server keeps every count at 0 or more; a
-    /// `failureThreshold` of 0 counts as 1.
+    /// `failureThreshold` of 0 means fallback from the first failure, as in KEDA.
     pub fn from_spec(spec: &ScaledObjectSpec) -> Self {
         let count = |n: i32| n.max(0) as u32;
         Self {
@@ -35,7 +44,7 @@ impl ZeroRules {
             idle_replica_count: spec.idle_replica_count.map(count),
             cooldown_seconds: count(spec.cooldown_period),
             fallback: spec.fallback.as_ref().map(|f| Fallback {
-                failure_threshold: count(f.failure_threshold).max(1),
+                failure_threshold: count(f.failure_threshold),
                 replicas: count(f.replicas),
             }),
         }
@@ -57,12 +66,12 @@ impl ZeroRules {
         self.min_replica_count.max(1)
     }
 
-    /// The first trigger that failed at least `fallback.failureThreshold` polls in a row, when
+    /// The first trigger that failed more than `fallback.failureThreshold` polls in a row, when
     /// `fallback` is set.
     pub fn fallback_trigger(&self, triggers: &[TriggerActivity]) -> Option<usize> {
-        let threshold = self.fallback?.failure_threshold;
+        let fallback = self.fallback?;
         triggers.iter().position(|t| {
-            matches!(t, TriggerActivity::Failed { consecutive_failures } if *consecutive_failures >= threshold)
+            matches!(t, TriggerActivity::Failed { consecutive_failures } if fallback.applies(*consecutive_failures))
         })
     }
 }
@@ -221,7 +230,7 @@ mod tests {
     }
 
     /// `minReplicaCount`, `idleReplicaCount`, `cooldownPeriod` 300 s, and `fallback` of 3
-    /// replicas after 2 failures when `fallback` is true.
+    /// replicas after more than 2 failures when `fallback` is true.
     fn rules(min: u32, idle: Option<u32>, fallback: bool) -> ZeroRules {
         ZeroRules {
             min_replica_count: min,
@@ -401,12 +410,12 @@ mod tests {
                 cooled,
                 Hold(Unread { triggers: vec![0] }),
             ),
-            // Fallback from zero: only at 0, only past the threshold.
+            // Fallback from zero: only at 0, only past the threshold (more than 2 failures).
             (
                 "at 0, failing past fallback.failureThreshold",
                 rules(0, None, true),
                 Some(0),
-                vec![INACTIVE, failed(2)],
+                vec![INACTIVE, failed(3)],
                 cooled,
                 FallbackFromZero { to: 3, trigger: 1 },
             ),
@@ -419,10 +428,10 @@ mod tests {
                 FallbackFromZero { to: 3, trigger: 0 },
             ),
             (
-                "at 0, failing below the threshold",
+                "at 0, failing as often as the threshold: KEDA waits for one more",
                 rules(0, None, true),
                 Some(0),
-                vec![failed(1)],
+                vec![failed(2)],
                 cooled,
                 Hold(Unread { triggers: vec![0] }),
             ),
@@ -430,7 +439,7 @@ mod tests {
                 "above 0, failing past the threshold: the HPA has it",
                 rules(0, None, true),
                 Some(2),
-                vec![failed(2)],
+                vec![failed(3)],
                 cooled,
                 Hold(Unread { triggers: vec![0] }),
             ),
@@ -438,7 +447,7 @@ mod tests {
                 "count not known, failing past the threshold",
                 rules(0, None, true),
                 None,
-                vec![failed(2)],
+                vec![failed(3)],
                 Cooldown::AssumedPassed,
                 Hold(Unread { triggers: vec![0] }),
             ),
@@ -482,7 +491,7 @@ mod tests {
                 idle_replica_count: Some(0),
                 cooldown_seconds: 300,
                 fallback: Some(Fallback {
-                    failure_threshold: 1,
+                    failure_threshold: 0,
                     replicas: 4
                 }),
             }
@@ -516,12 +525,14 @@ mod tests {
         cache.record(id(1), Ok(Reading::new(0.0, false)), ms);
         // A failure after a good reading: the old reading is not current.
         cache.record(id(2), Ok(Reading::new(5.0, true)), ms);
-        cache.record(id(2), Err(down()), ms);
-        cache.record(id(2), Err(down()), ms);
+        for _ in 0..3 {
+            cache.record(id(2), Err(down()), ms);
+        }
         let activity: Vec<TriggerActivity> = (0..4)
             .map(|i| TriggerActivity::of(cache.get(&id(i)).as_ref()))
             .collect();
-        assert_eq!(activity, [ACTIVE, INACTIVE, failed(2), NotRead]);
+        // Three failures: more than the threshold of 2.
+        assert_eq!(activity, [ACTIVE, INACTIVE, failed(3), NotRead]);
         assert_eq!(rules(0, None, true).fallback_trigger(&activity), Some(2));
         assert_eq!(rules(0, None, false).fallback_trigger(&activity), None);
     }

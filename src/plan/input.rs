@@ -187,7 +187,7 @@ impl PlanSource {
                 ));
             }
             Some(f) => Some(Fallback {
-                failure_threshold: (f.failure_threshold as u32).max(1),
+                failure_threshold: f.failure_threshold as u32,
                 replicas: f.replicas as u32,
             }),
         };

@@ -512,7 +512,7 @@ fn trigger_plan(
             error,
             consecutive_failures,
         } => match fallback {
-            Some(f) if *consecutive_failures >= f.failure_threshold => (
+            Some(f) if f.applies(*consecutive_failures) => (
                 Some(f64::from(f.replicas) * target),
                 None,
                 Some(format!(
@@ -591,7 +591,7 @@ fn settings_line(input: &PlanInput, hpa_min: u32, max: u32) -> String {
     if let Some(f) = input.fallback {
         let _ = write!(
             line,
-            ", fallback {} after {} failures",
+            ", fallback {} after more than {} failures",
             f.replicas, f.failure_threshold
         );
     }
@@ -971,8 +971,9 @@ mod tests {
 
     #[test]
     fn fallback_serves_its_replicas_after_the_threshold() {
-        // fallback 3 after 2 failures: the value served is 3 × 100 = 300, ceil(300 / 100) = 3.
-        let mut i = input(vec![failed("s0", 100.0, 2)], Some(6));
+        // fallback 3 after more than 2 failures: at the third the value served is 3 × 100 = 300,
+        // ceil(300 / 100) = 3.
+        let mut i = input(vec![failed("s0", 100.0, 3)], Some(6));
         i.fallback = Some(Fallback {
             failure_threshold: 2,
             replicas: 3,
@@ -981,8 +982,8 @@ mod tests {
         assert_eq!(p.triggers[0].value, Some(300.0));
         assert_eq!(p.triggers[0].proposal, Some(3));
         assert_eq!(p.settles_at, Some(3));
-        // One failure is below the threshold: no value, hold.
-        i.triggers = vec![failed("s0", 100.0, 1)];
+        // Two failures are not more than the threshold: no value, hold (KEDA's rule).
+        i.triggers = vec![failed("s0", 100.0, 2)];
         assert_eq!(plan(&i).settles_at, Some(6));
     }
 

@@ -20,7 +20,9 @@ use super::limits::RoundLimits;
 use super::{observe_outcome, poll_within_deadline};
 use crate::cache::{MetricCache, TriggerId};
 use crate::metrics::Metrics;
-use crate::scalers::{KindVisitor, Scaler, ScalerError, Trigger, TriggerParams};
+use crate::scalers::{
+    KindVisitor, Scaler, ScalerError, Trigger, TriggerParams, carries_credentials,
+};
 
 /// One trigger of a group, as the scheduler hands it over.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,14 +51,30 @@ pub(super) struct GroupAddress {
     pub endpoint: String,
 }
 
+/// The connection group of `trigger`, polled for a scaled object in `namespace`: its scaler's
+/// connection key, with the namespace when the connection carries credentials. Tenants'
+/// authenticated sessions are never shared across namespaces (a Secret of the same name and
+/// value elsewhere gets its own), while credential-less connections to one broker are shared
+/// by every namespace, so a fleet on one cluster keeps one client per broker.
+pub(super) fn connection_group<S: Scaler>(namespace: &str, trigger: &S::Trigger) -> String {
+    let key = S::connection_key(trigger);
+    if carries_credentials(trigger) {
+        format!("{key}|namespace={namespace}")
+    } else {
+        key
+    }
+}
+
 /// A broker kind as the scheduler sees it, its scaler type erased: it places untyped triggers
 /// in groups and starts the typed group tasks.
 pub(super) trait GroupKind: Send + Sync {
     /// The broker kind (`kafka`, ...).
     fn kind(&self) -> &'static str;
 
-    /// `None` when `trigger` is another kind's; else its group, or why it cannot be polled.
-    fn place(&self, trigger: &Trigger) -> Option<Result<GroupAddress, ScalerError>>;
+    /// `None` when `trigger` (of trigger `id`) is another kind's; else its group, or why it
+    /// cannot be polled.
+    fn place(&self, id: &TriggerId, trigger: &Trigger)
+    -> Option<Result<GroupAddress, ScalerError>>;
 
     /// Starts the task of the group at `address`.
     fn spawn(
@@ -75,11 +93,15 @@ impl<S: Scaler> GroupKind for KindOf<S> {
         S::KIND
     }
 
-    fn place(&self, trigger: &Trigger) -> Option<Result<GroupAddress, ScalerError>> {
+    fn place(
+        &self,
+        id: &TriggerId,
+        trigger: &Trigger,
+    ) -> Option<Result<GroupAddress, ScalerError>> {
         S::trigger_of(trigger).map(|typed| {
             typed.validate().map(|()| GroupAddress {
                 kind: S::KIND,
-                connection: S::connection_key(typed),
+                connection: connection_group::<S>(&id.namespace, typed),
                 endpoint: S::endpoint(typed),
             })
         })
@@ -267,6 +289,104 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scalers::kafka::KafkaScaler;
+    use crate::scalers::prometheus::{PrometheusScaler, PrometheusTrigger};
+    use crate::secret::{SecretError, SecretReader, SecretSource, SecretString};
+
+    /// Every Secret key of a namespace reads `value`.
+    struct Reads(&'static str);
+
+    impl SecretReader for Reads {
+        async fn read_key(&self, _: &str, _: &str, _: &str) -> Result<SecretString, SecretError> {
+            Ok(SecretString::new(self.0))
+        }
+    }
+
+    /// A trigger as the controller registers it: `secret` resolved to `value` in `namespace`.
+    async fn resolved<T: TriggerParams + Clone>(
+        trigger: &T,
+        namespace: &str,
+        value: &'static str,
+    ) -> T {
+        let mut trigger = trigger.clone();
+        for (_, source) in trigger.secret_sources() {
+            source.resolve(&Reads(value), namespace).await.unwrap();
+        }
+        trigger
+    }
+
+    #[tokio::test]
+    async fn credentials_keep_a_connection_to_their_namespace_and_value() {
+        let prometheus: PrometheusTrigger = serde_json::from_value(serde_json::json!({
+            "serverAddress": "http://prometheus:9090", "query": "up", "threshold": 1,
+            "bearerToken": {"secretKeyRef": {"name": "prom", "key": "token"}},
+        }))
+        .unwrap();
+        let group = |namespace: &str, t: &PrometheusTrigger| {
+            connection_group::<PrometheusScaler>(namespace, t)
+        };
+        let a = resolved(&prometheus, "tenant-a", "alpha").await;
+        let b_same_value = resolved(&prometheus, "tenant-b", "alpha").await;
+        let b_other_value = resolved(&prometheus, "tenant-b", "bravo").await;
+        // A Secret of the same name elsewhere never shares the session, whatever it holds.
+        assert_ne!(group("tenant-a", &a), group("tenant-b", &b_same_value));
+        assert_ne!(group("tenant-a", &a), group("tenant-b", &b_other_value));
+        // A rotated value is a new connection; the same value the same one.
+        let rotated = resolved(&prometheus, "tenant-a", "charlie").await;
+        assert_ne!(group("tenant-a", &a), group("tenant-a", &rotated));
+        assert_eq!(
+            group("tenant-a", &a),
+            group(
+                "tenant-a",
+                &resolved(&prometheus, "tenant-a", "alpha").await
+            )
+        );
+        for key in [group("tenant-a", &a), group("tenant-a", &rotated)] {
+            assert!(!key.contains("alpha") && !key.contains("charlie"), "{key}");
+        }
+
+        // Without credentials one connection serves every namespace.
+        let open = PrometheusTrigger {
+            bearer_token: None,
+            ..prometheus.clone()
+        };
+        assert_eq!(group("tenant-a", &open), group("tenant-b", &open));
+
+        let kafka: crate::scalers::kafka::KafkaTrigger =
+            serde_json::from_value(serde_json::json!({
+                "bootstrapServers": "kafka:9092", "consumerGroup": "g", "topic": "t",
+                "sasl": "plaintext", "username": "u",
+                "password": {"secretKeyRef": {"name": "kafka", "key": "password"}},
+            }))
+            .unwrap();
+        let kafka_group = |namespace: &str, t: &crate::scalers::kafka::KafkaTrigger| {
+            connection_group::<KafkaScaler>(namespace, t)
+        };
+        let k_a = resolved(&kafka, "tenant-a", "alpha").await;
+        assert_ne!(
+            kafka_group("tenant-a", &k_a),
+            kafka_group("tenant-b", &resolved(&kafka, "tenant-b", "alpha").await)
+        );
+        assert_ne!(
+            kafka_group("tenant-a", &k_a),
+            kafka_group("tenant-a", &resolved(&kafka, "tenant-a", "bravo").await)
+        );
+        let plain = crate::scalers::kafka::KafkaTrigger {
+            sasl: Default::default(),
+            username: None,
+            password: None,
+            ..kafka
+        };
+        assert_eq!(
+            kafka_group("tenant-a", &plain),
+            kafka_group("tenant-b", &plain)
+        );
+        assert!(
+            SecretSource::file("/nonexistent")
+                .fingerprint()
+                .starts_with("/nonexistent#")
+        );
+    }
 
     fn member(index: usize, version: u64, interval_s: u64) -> Member {
         Member {

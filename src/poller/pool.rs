@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, join_all};
 
+use super::group::connection_group;
 use super::{PollOutcome, poll_within_deadline};
 use crate::cache::TriggerId;
 use crate::scalers::{KindVisitor, Scaler, Trigger, TriggerParams};
@@ -52,8 +53,10 @@ impl<S: Scaler> ScalerPool<S> {
 
     /// Closes the connections no trigger of `triggers` (every trigger of the kind) uses.
     pub fn close_unused(&mut self, triggers: &[(TriggerId, S::Trigger)]) {
-        let used: std::collections::HashSet<String> =
-            triggers.iter().map(|(_, t)| S::connection_key(t)).collect();
+        let used: std::collections::HashSet<String> = triggers
+            .iter()
+            .map(|(id, t)| connection_group::<S>(&id.namespace, t))
+            .collect();
         self.scalers.retain(|key, _| used.contains(key));
     }
 
@@ -67,7 +70,7 @@ impl<S: Scaler> ScalerPool<S> {
         for entry in triggers {
             match entry.1.validate() {
                 Ok(()) => groups
-                    .entry(S::connection_key(&entry.1))
+                    .entry(connection_group::<S>(&entry.0.namespace, &entry.1))
                     .or_default()
                     .push(entry),
                 Err(err) => outcomes.push((entry.0.clone(), Err(err), Duration::ZERO)),

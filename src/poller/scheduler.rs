@@ -216,7 +216,7 @@ impl Scheduler {
             let place = self
                 .kinds
                 .iter()
-                .find_map(|kind| kind.place(trigger))
+                .find_map(|kind| kind.place(id, trigger))
                 .unwrap_or_else(|| {
                     Err(ScalerError::InvalidTrigger {
                         broker: trigger.kind(),
@@ -385,6 +385,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_hung_broker_delays_only_its_own_group_and_turns_stale() {
+        use crate::destination::{self, DestinationClass, DestinationPolicy};
+        // The hung broker is on loopback, which the default policy refuses at once.
+        destination::install(DestinationPolicy::strict().allowing([DestinationClass::Loopback]));
         // Accepts connections and never answers.
         let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = tarpit.local_addr().unwrap();

@@ -5,7 +5,8 @@
 //! after now, the window is open unless the next start comes before the next end. So the window
 //! is `[the last start before an end, that end)`, and a start repeated before the end (an hourly
 //! start with a daily end) does not open it earlier. Inside, the value is `desiredReplicas`
-//! (target 1, AverageValue, so the HPA asks for that many) and the trigger is active.
+//! (target 1, AverageValue, so the HPA asks for that many) and the trigger is active; outside
+//! it the value is 0 and the trigger inactive, as in KEDA since 2.18 (before, KEDA served 1).
 //!
 //! Expressions follow robfig/cron's standard parser, which KEDA uses: `minute hour
 //! day-of-month month day-of-week`, with `*`, `?`, lists, ranges, steps (`*/15`, `5/10`,
@@ -25,9 +26,6 @@
 //! - A start and an end at the same instant count as open, as in KEDA, unless they are different
 //!   local times collapsed onto one instant by a spring-forward (`15 2`-`45 2` on that night):
 //!   that window did not exist on the wall clock, so it stays closed.
-//! - Outside the window the value is 0. KEDA serves 1 (its `defaultDesiredReplicas`): the same
-//!   HPA decision with AverageValue targets, since an HPA never goes below one replica, but 1
-//!   would hold the current replica count with a `Value` target.
 //! - `7` is accepted as Sunday. Expressions that can never fire (`0 0 30 2 *`) are rejected;
 //!   robfig accepts them and its `Next` returns the zero time, which KEDA reads as "open".
 //! - `desiredReplicas` must be at least 1 (KEDA only rejects 0).

@@ -329,6 +329,14 @@ pub trait TriggerParams {
     fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)>;
 }
 
+/// Whether `trigger` sends credentials: any of its [`TriggerParams::secret_sources`] is set
+/// (each trigger destructures itself there, so a new credential field counts here too). The
+/// poller keeps such a trigger's connection to its own namespace: a tenant's authenticated
+/// session is never another tenant's.
+pub fn carries_credentials<T: TriggerParams + Clone>(trigger: &T) -> bool {
+    !trigger.clone().secret_sources().is_empty()
+}
+
 /// The name a trigger's main metric is served under and its HPA asks for,
 /// `s<index>-<metric_name>`, `index` being the trigger's position in its scaled object (KEDA's
 /// `s0-kafka-orders`).
@@ -365,7 +373,9 @@ pub trait Scaler: Send + Sync + Sized + 'static {
     /// This kind's trigger inside `trigger`, or `None` when it is another broker's.
     fn trigger_of(trigger: &Trigger) -> Option<&Self::Trigger>;
 
-    /// Triggers with equal keys share one scaler (servers plus credentials identity).
+    /// Triggers with equal keys share one scaler: servers, client settings, and each credential
+    /// by [`SecretSource::fingerprint`] (never by name alone). The poller adds the namespace
+    /// for triggers that [carry credentials](carries_credentials).
     fn connection_key(trigger: &Self::Trigger) -> String;
 
     /// The broker endpoint `trigger` reads (servers, origin), without credentials: rounds in

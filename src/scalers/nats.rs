@@ -11,9 +11,11 @@
 //! when every trigger names the same account, which only shrinks the answer). KEDA asks once
 //! per trigger.
 //!
+//! A missing stream or consumer is a [`ScalerError::NotFound`] naming it, as in KEDA since 2.20
+//! (before, KEDA served the stream's `last_seq`, the whole stream as backlog, for a missing
+//! consumer).
+//!
 //! Where spillway differs from KEDA, on purpose:
-//! - A missing consumer is a [`ScalerError::NotFound`] naming the consumer. KEDA reports the
-//!   stream's `last_seq` instead (the whole stream as backlog), which scales a typo to the max.
 //! - `account` defaults to `$G`, the account of a server that runs without accounts; KEDA
 //!   requires `account` or `accountID`. An account matches by id (`accountID`, else `account`)
 //!   or by name (`account`, else `accountID`), as in KEDA.
@@ -25,8 +27,8 @@
 //!   leads. Server names are mapped to monitoring URLs by asking `/varz` of candidate hosts and
 //!   keeping those whose `server_name` answers: first `<name>.<endpoint host>` (the headless
 //!   Service naming KEDA assumes), then the hosts in the endpoint's `/varz` `connect_urls` and
-//!   `cluster.urls`, all on the endpoint's monitoring port. The map is cached and rebuilt only
-//!   when a leader is unknown or stops answering. A consumer absent from the node that answered
+//!   `cluster.urls`, all on the endpoint's monitoring port, at most [`MAX_PROBED_HOSTS`] per
+//!   discovery. The map is cached and rebuilt only when a leader is unknown or stops answering. A consumer absent from the node that answered
 //!   (an R1 stream on another node) is looked for on every known node. A consumer without a
 //!   leader (an election in progress), or whose leader cannot be found, is an error, never the
 //!   follower's figure.
@@ -453,9 +455,16 @@ fn host_of(address: &str) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// The most hosts one discovery asks `/varz` of. The candidates come from the server's answer
+/// (its `connect_urls` and routes), so without a bound one answer would decide how many
+/// requests spillway sends; a JetStream cluster has a handful of servers, a super-cluster a few
+/// dozen.
+pub const MAX_PROBED_HOSTS: usize = 32;
+
 /// Monitoring URLs that may belong to servers of the cluster, most likely first: the
 /// headless-Service name `<name>.<endpoint host>` of each wanted server (KEDA's guess), then the
-/// hosts the endpoint's `/varz` advertises. All use the endpoint's scheme and monitoring port.
+/// hosts the endpoint's `/varz` advertises, at most [`MAX_PROBED_HOSTS`]. All use the
+/// endpoint's scheme and monitoring port.
 pub fn candidate_urls(endpoint: &Url, wanted: &[&str], varz: Option<&Varz>) -> Vec<Url> {
     let mut hosts: Vec<String> = Vec::new();
     if let Some(url::Host::Domain(domain)) = endpoint.host() {
@@ -482,6 +491,7 @@ pub fn candidate_urls(endpoint: &Url, wanted: &[&str], varz: Option<&Varz>) -> V
             url.set_host(Some(&host)).ok()?;
             Some(url)
         })
+        .take(MAX_PROBED_HOSTS)
         .collect()
 }
 
@@ -1080,6 +1090,19 @@ mod tests {
         // An IP endpoint has no DNS suffix to build names from.
         let by_ip = Url::parse("https://10.1.1.1:8222/").unwrap();
         assert!(candidate_urls(&by_ip, &["nats-2"], None).is_empty());
+
+        // However many hosts an answer advertises, one discovery asks a bounded number.
+        let advertised: Vec<String> = (0..5_000)
+            .map(|i| format!("10.{}.{}.{}:4222", i / 65_536, (i / 256) % 256, i % 256))
+            .collect();
+        let flood: Varz = serde_json::from_value(serde_json::json!({
+            "server_id": "X", "server_name": "nats-0", "connect_urls": advertised,
+        }))
+        .unwrap();
+        let names: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let urls = candidate_urls(&endpoint, &names, Some(&flood));
+        assert_eq!(urls.len(), MAX_PROBED_HOSTS);
     }
 
     #[test]

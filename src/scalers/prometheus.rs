@@ -25,7 +25,12 @@
 //!   can hold commas in values).
 //! - `±Inf` is always an error: KEDA reads it as 0 when `ignoreNullValues` is true, which would
 //!   scale down on a division by zero. `NaN` (0/0: no traffic) and an empty result are "null"
-//!   as in KEDA: 0 when `ignoreNullValues` is true (the default), an error when false.
+//!   as in KEDA: 0 when `ignoreNullValues` is true, an error when false.
+//! - `ignoreNullValues` defaults to **false** (KEDA: true): an empty answer is what a broken
+//!   exporter, a renamed series or a typo in a label gives, and reading it as 0 scales the
+//!   target down while the backlog grows. Write `ignoreNullValues: true` where "no series"
+//!   really means "nothing to do"; an object migrated from KEDA that relied on its default
+//!   says so explicitly.
 //! - A range vector, a string or a native-histogram sample is an error naming the result type.
 //! - Credentials inside `serverAddress` or `scrapeUrl` are rejected: they come from files.
 //! - No `time` parameter is sent: Prometheus evaluates at its own "now", which avoids clock
@@ -43,7 +48,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
-use super::http::{HttpAuth, HttpClient};
+use super::http::{HttpAuth, HttpClient, json_error, known_error_kind};
 use super::{
     ActivationInput, MAX_TIMEOUT_MS, Reading, Scaler, ScalerError, TriggerParams,
     normalize_metric_name,
@@ -92,7 +97,7 @@ pub struct PrometheusTrigger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Query mode: an empty (or NaN) result reads 0 when true, is an error when false.
-    /// Defaults to true (KEDA).
+    /// Defaults to false (KEDA: true): a missing series is an error, never a silent 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_null_values: Option<bool>,
     /// Query mode: `namespace=` for Thanos Querier tenancy.
@@ -425,12 +430,13 @@ impl PrometheusTrigger {
         }
     }
 
-    /// Which credentials are used, by reference (file paths), never by content.
+    /// Which credentials are used: by reference and a keyed hash of the value
+    /// ([`SecretSource::fingerprint`]), never by content.
     fn auth_identity(&self) -> String {
         match (&self.bearer_token, &self.username, &self.password) {
-            (Some(token), _, _) => format!("bearer:{}", token.identity()),
+            (Some(token), _, _) => format!("bearer:{}", token.fingerprint()),
             (None, Some(user), Some(password)) => {
-                format!("basic:{user}:{}", password.identity())
+                format!("basic:{user}:{}", password.fingerprint())
             }
             _ => "none".into(),
         }
@@ -633,8 +639,6 @@ struct ApiResponse {
     data: Option<serde_json::Value>,
     #[serde(default, rename = "errorType")]
     error_type: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
 }
 
 /// One element of an instant vector.
@@ -649,18 +653,27 @@ struct VectorSample {
 /// Parses a Prometheus sample value (`"1"`, `"NaN"`, `"+Inf"`).
 fn parse_sample_value(text: &str) -> Result<f64, Problem> {
     text.parse::<f64>()
-        .map_err(|_| Problem::Bad(format!("sample value {text:?} is not a number")))
+        .map_err(|_| Problem::Bad("a sample value is not a number".into()))
 }
 
 /// The value of an instant query's JSON answer under KEDA's rules (see the module docs).
 pub fn interpret_query(body: &str, ignore_null_values: bool) -> Result<f64, Problem> {
-    let response: ApiResponse = serde_json::from_str(body)
-        .map_err(|err| Problem::Bad(format!("response is not the expected JSON: {err}")))?;
+    let response: ApiResponse = serde_json::from_str(body).map_err(|err| {
+        Problem::Bad(format!(
+            "response is not the expected JSON ({})",
+            json_error(&err)
+        ))
+    })?;
     if response.status != "success" {
+        // The error type from Prometheus's fixed list; its free-text message stays out of
+        // errors a tenant reads (see `super::http`).
         return Err(Problem::Broker(format!(
-            "query failed: {}: {}",
-            response.error_type.as_deref().unwrap_or("error"),
-            response.error.as_deref().unwrap_or("no message")
+            "query failed: {}",
+            response
+                .error_type
+                .as_deref()
+                .and_then(known_error_kind)
+                .unwrap_or("error")
         )));
     }
     let data = response
@@ -683,12 +696,12 @@ pub fn interpret_query(body: &str, ignore_null_values: bool) -> Result<f64, Prob
     let text = match result_type {
         "scalar" => {
             let (_, text): (f64, String) = serde_json::from_value(result)
-                .map_err(|err| Problem::Bad(format!("malformed scalar: {err}")))?;
+                .map_err(|err| Problem::Bad(format!("malformed scalar ({})", json_error(&err))))?;
             text
         }
         "vector" => {
             let samples: Vec<VectorSample> = serde_json::from_value(result)
-                .map_err(|err| Problem::Bad(format!("malformed vector: {err}")))?;
+                .map_err(|err| Problem::Bad(format!("malformed vector ({})", json_error(&err))))?;
             match samples.as_slice() {
                 [] => return null("the query returned an empty vector"),
                 [one] => match &one.value {
@@ -809,7 +822,7 @@ impl PrometheusScaler {
     ) -> Result<Reading, ScalerError> {
         let reading = match trigger.mode()? {
             Mode::Query { .. } => {
-                let value = interpret_query(body, trigger.ignore_null_values.unwrap_or(true))
+                let value = interpret_query(body, trigger.ignore_null_values.unwrap_or(false))
                     .map_err(|p| p.into_error(trigger.target()))?;
                 Reading::new(value, trigger.is_active(ActivationInput::value_only(value)))
             }

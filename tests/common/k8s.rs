@@ -260,6 +260,7 @@ impl Spillway {
     /// Starts spillway on an existing config file (a restart keeps the same file).
     pub async fn start_with(config: PathBuf) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .env(super::ALLOW_LOOPBACK.0, super::ALLOW_LOOPBACK.1)
             .args(["serve", "--config"])
             .arg(&config)
             .arg("--kubeconfig")
@@ -529,6 +530,7 @@ impl SpillwayController {
         let output = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
         command
+            .env(super::ALLOW_LOOPBACK.0, super::ALLOW_LOOPBACK.1)
             .args(["run", "--config"])
             .arg(&config)
             .arg("--kubeconfig")

@@ -36,8 +36,23 @@ fn endpoints() -> &'static HashMap<String, String> {
     })
 }
 
+/// Lets scalers in this test process reach loopback, where the harness runs every broker (the
+/// destination policy refuses loopback by default, as `spillway` does without
+/// `--allow-destinations loopback`). Called wherever a test learns a loopback address.
+pub fn allow_loopback_destinations() {
+    use spillway::destination::{self, DestinationClass, DestinationPolicy};
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        destination::install(DestinationPolicy::strict().allowing([DestinationClass::Loopback]))
+    });
+}
+
+/// What spawned `spillway` processes are given so they reach the harness's loopback brokers.
+pub const ALLOW_LOOPBACK: (&str, &str) = ("SPILLWAY_ALLOW_DESTINATIONS", "loopback");
+
 /// An endpoint by its variable name, e.g. `SPILLWAY_KAFKA_BOOTSTRAP`.
 pub fn endpoint(name: &str) -> String {
+    allow_loopback_destinations();
     std::env::var(name)
         .ok()
         .or_else(|| endpoints().get(name).cloned())
@@ -49,6 +64,7 @@ pub fn endpoint(name: &str) -> String {
 /// A port nothing listens on right now (the OS picks it; a race with another process is
 /// possible but harmless in tests: the bind fails loudly).
 pub fn free_port() -> u16 {
+    allow_loopback_destinations();
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -89,6 +105,7 @@ where
 /// A listener on a free loopback port that accepts every connection, reads nothing and never
 /// answers (a hung broker); connections stay open until the returned task is aborted.
 pub async fn tarpit() -> (String, tokio::task::JoinHandle<()>) {
+    allow_loopback_destinations();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a tarpit");

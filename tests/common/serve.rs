@@ -51,6 +51,7 @@ pub async fn start(name: &str, scaled_objects: &str) -> Started {
 pub async fn spawn(config: &Path, port: u16, log_level: Option<&str>) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
     command
+        .env(super::ALLOW_LOOPBACK.0, super::ALLOW_LOOPBACK.1)
         .args(["serve", "--no-auth", "--config"])
         .arg(config)
         .stdout(Stdio::inherit())

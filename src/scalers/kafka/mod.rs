@@ -181,17 +181,19 @@ impl Scaler for KafkaScaler {
     fn connection_key(trigger: &KafkaTrigger) -> String {
         let mut servers = trigger.servers();
         servers.sort_unstable();
-        // Secret files are identified by path: a rotated file keeps its key.
+        // Secrets count by identity and a keyed hash of their value: a rotated one gets a new
+        // client, and a Secret of the same name elsewhere never shares this one's session.
         format!(
-            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}",
+            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}",
             servers.join(","),
             trigger.sasl,
             trigger.username.as_deref().unwrap_or(""),
-            trigger.password.as_ref().map(SecretSource::identity),
+            trigger.password.as_ref().map(SecretSource::fingerprint),
             trigger.tls,
-            trigger.ca.as_ref().map(SecretSource::identity),
-            trigger.cert.as_ref().map(SecretSource::identity),
-            trigger.key.as_ref().map(SecretSource::identity),
+            trigger.ca.as_ref().map(SecretSource::fingerprint),
+            trigger.cert.as_ref().map(SecretSource::fingerprint),
+            trigger.key.as_ref().map(SecretSource::fingerprint),
+            trigger.key_password.as_ref().map(SecretSource::fingerprint),
             trigger.unsafe_ssl,
             trigger.timeout,
         )

@@ -14,6 +14,7 @@ use super::BROKER;
 use super::endpoint::{Endpoint, display_server};
 use super::figures::reading_from_ready;
 use super::trigger::{RabbitMqTls, RabbitMqTrigger};
+use crate::destination;
 use crate::scalers::{Reading, ScalerError};
 
 /// How long a connection being discarded may take to close politely before it is dropped.
@@ -173,7 +174,34 @@ impl AmqpReader {
     async fn open_connection(&self, timeout: Duration) -> Result<Connection, ScalerError> {
         let target = self.vhost_target();
         let tls = amqp_tls_config(self.tls.as_ref())?;
-        let uri = self.endpoint.amqp_uri(timeout);
+        let mut uri = self.endpoint.amqp_uri(timeout);
+        // The destination policy, after resolution. Over plain AMQP the socket goes to the
+        // address checked here; over amqps the client needs the name for TLS and resolves it
+        // again, so there the check is made once per connect, just before it.
+        let resolving = destination::resolve(&self.endpoint.host, self.endpoint.port);
+        let addresses = match tokio::time::timeout(timeout, resolving).await {
+            Ok(Ok(addresses)) => addresses,
+            Ok(Err(err)) => {
+                return Err(ScalerError::Unreachable {
+                    broker: BROKER,
+                    target,
+                    cause: err.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(ScalerError::Timeout {
+                    broker: BROKER,
+                    target,
+                    after: timeout,
+                });
+            }
+        };
+        if !self.endpoint.tls {
+            uri.authority.host = match addresses[0].ip() {
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+        }
         let properties = ConnectionProperties::default().with_connection_name(
             concat!("spillway/", env!("CARGO_PKG_VERSION"))
                 .to_owned()

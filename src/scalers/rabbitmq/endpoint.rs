@@ -2,8 +2,6 @@
 //! protocol, server, vhost and credentials, and the connection key triggers share a scaler by.
 //! Nothing here shows a password: the server URL is kept without credentials.
 
-use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use lapin::uri::{
@@ -15,7 +13,7 @@ use super::BROKER;
 use super::trigger::{Protocol, RabbitMqTrigger};
 use crate::scalers::ScalerError;
 use crate::scalers::http::HttpAuth;
-use crate::secret::SecretString;
+use crate::secret::{SecretString, keyed_hash};
 
 /// Which protocol a trigger resolved to (never `auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,8 +42,8 @@ pub(super) struct Endpoint {
     /// the API lives under (`http://host:15672/prefix`). Safe to show.
     pub(super) server: Url,
     /// Host for the AMQP socket (an IPv6 address in brackets).
-    host: String,
-    port: u16,
+    pub(super) host: String,
+    pub(super) port: u16,
     /// Percent-decoded; empty when the URL has none.
     username: String,
     password: Option<SecretString>,
@@ -237,12 +235,6 @@ fn percent_decoded(text: &str) -> Result<String, String> {
         .decode_utf8()
         .map(|s| s.into_owned())
         .map_err(|_| "the URL has percent-encoded bytes that are not UTF-8".to_owned())
-}
-
-/// A hash keyed once per process: stable for connection keys, meaningless outside it.
-pub(super) fn keyed_hash(value: &impl Hash) -> u64 {
-    static KEY: OnceLock<RandomState> = OnceLock::new();
-    KEY.get_or_init(RandomState::new).hash_one(value)
 }
 
 impl RabbitMqTrigger {

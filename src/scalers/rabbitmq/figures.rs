@@ -10,35 +10,49 @@ pub(super) struct QueueFigures {
     pub(super) messages: f64,
     pub(super) messages_ready: f64,
     pub(super) messages_unacknowledged: f64,
-    pub(super) publish_rate: f64,
-    pub(super) deliver_rate: f64,
+    /// Messages per second; `None` when RabbitMQ reports no rate (no `message_stats`: the queue
+    /// has seen no traffic yet, or statistics are off). Never read as 0.
+    pub(super) publish_rate: Option<f64>,
+    pub(super) deliver_rate: Option<f64>,
 }
 
 /// Combines the figures of regex-matched queues, each figure on its own (KEDA's
-/// `getComposedQueue`); `None` when nothing matched.
+/// `getComposedQueue`); `None` when nothing matched. A rate some queue does not report is not
+/// reported for the combination either: the sum or maximum of the others would be a guess.
 pub(super) fn aggregate(operation: Operation, queues: &[QueueFigures]) -> Option<QueueFigures> {
     if queues.is_empty() {
         return None;
     }
-    let combine = |figure: fn(&QueueFigures) -> f64| {
-        let values = queues.iter().map(figure);
-        match operation {
-            Operation::Sum => values.sum(),
-            Operation::Max => values.fold(f64::NEG_INFINITY, f64::max),
-            Operation::Avg => values.sum::<f64>() / queues.len() as f64,
-        }
+    let combine_values = |values: Vec<f64>| match operation {
+        Operation::Sum => values.iter().sum(),
+        Operation::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        Operation::Avg => values.iter().sum::<f64>() / queues.len() as f64,
+    };
+    let combine =
+        |figure: fn(&QueueFigures) -> f64| combine_values(queues.iter().map(figure).collect());
+    let combine_rate = |rate: fn(&QueueFigures) -> Option<f64>| {
+        queues
+            .iter()
+            .map(rate)
+            .collect::<Option<Vec<f64>>>()
+            .map(combine_values)
     };
     Some(QueueFigures {
         messages: combine(|q| q.messages),
         messages_ready: combine(|q| q.messages_ready),
         messages_unacknowledged: combine(|q| q.messages_unacknowledged),
-        publish_rate: combine(|q| q.publish_rate),
-        deliver_rate: combine(|q| q.deliver_rate),
+        publish_rate: combine_rate(|q| q.publish_rate),
+        deliver_rate: combine_rate(|q| q.deliver_rate),
     })
 }
 
-/// The reading of an HTTP trigger from its queue's (or queues') figures.
-pub(super) fn reading_from_figures(trigger: &RabbitMqTrigger, figures: &QueueFigures) -> Reading {
+/// The reading of an HTTP trigger from its queue's (or queues') figures. A MessageRate trigger
+/// whose publish rate RabbitMQ does not report has no reading (the error says why); a rate
+/// missing beside the value leaves its extra metric out rather than serving 0.
+pub(super) fn reading_from_figures(
+    trigger: &RabbitMqTrigger,
+    figures: &QueueFigures,
+) -> Result<Reading, String> {
     let depth = if trigger.exclude_unacknowledged {
         figures.messages_ready
     } else {
@@ -46,18 +60,28 @@ pub(super) fn reading_from_figures(trigger: &RabbitMqTrigger, figures: &QueueFig
     };
     let value = match trigger.mode {
         Mode::QueueLength => depth,
-        Mode::MessageRate => figures.publish_rate,
+        Mode::MessageRate => figures.publish_rate.ok_or(
+            "mode MessageRate: RabbitMQ reports no publish rate (no message_stats: the queue \
+             has seen no traffic yet, or the management plugin collects no rates)",
+        )?,
     };
     let active = trigger.is_active(ActivationInput {
         value,
         backlog: Some(depth),
     });
-    let reading = Reading::new(value, active);
+    let mut reading = Reading::new(value, active);
     match trigger.mode {
-        Mode::QueueLength => reading.with_extra("publish-rate", figures.publish_rate),
-        Mode::MessageRate => reading.with_extra("messages", depth),
+        Mode::QueueLength => {
+            if let Some(rate) = figures.publish_rate {
+                reading = reading.with_extra("publish-rate", rate);
+            }
+        }
+        Mode::MessageRate => reading = reading.with_extra("messages", depth),
     }
-    .with_extra("deliver-rate", figures.deliver_rate)
+    if let Some(rate) = figures.deliver_rate {
+        reading = reading.with_extra("deliver-rate", rate);
+    }
+    Ok(reading)
 }
 
 /// The reading of an AMQP trigger from its queue's ready messages, all a passive declare
@@ -94,8 +118,16 @@ mod tests {
             messages,
             messages_ready: ready,
             messages_unacknowledged: messages - ready,
-            publish_rate: publish,
-            deliver_rate: deliver,
+            publish_rate: Some(publish),
+            deliver_rate: Some(deliver),
+        }
+    }
+
+    fn without_rates(messages: f64) -> QueueFigures {
+        QueueFigures {
+            publish_rate: None,
+            deliver_rate: None,
+            ..figures(messages, messages, 0.0, 0.0)
         }
     }
 
@@ -113,9 +145,37 @@ mod tests {
         assert_eq!(max, figures(10.0, 4.0, 5.0, 3.0));
         let avg = aggregate(Operation::Avg, &queues).unwrap();
         assert_eq!(avg.messages, 4.0);
-        assert_eq!(avg.publish_rate, 2.0);
-        assert!((avg.deliver_rate - 3.5 / 3.0).abs() < 1e-12);
+        assert_eq!(avg.publish_rate, Some(2.0));
+        assert!((avg.deliver_rate.unwrap() - 3.5 / 3.0).abs() < 1e-12);
         assert_eq!(aggregate(Operation::Sum, &[]), None);
+    }
+
+    #[test]
+    fn a_rate_one_queue_lacks_is_lacking_in_the_combination() {
+        let queues = [figures(10.0, 4.0, 1.0, 2.0), without_rates(3.0)];
+        for operation in [Operation::Sum, Operation::Max, Operation::Avg] {
+            let combined = aggregate(operation, &queues).unwrap();
+            assert_eq!(
+                (combined.publish_rate, combined.deliver_rate),
+                (None, None),
+                "{operation:?}"
+            );
+        }
+        assert_eq!(aggregate(Operation::Sum, &queues).unwrap().messages, 13.0);
+    }
+
+    #[test]
+    fn a_missing_rate_is_an_error_in_rate_mode_and_no_extra_otherwise() {
+        let t = trigger("http://r/", "q");
+        let r = reading_from_figures(&t, &without_rates(7.0)).unwrap();
+        assert_eq!((r.value, r.extra.as_slice()), (7.0, &[][..]));
+
+        let rate = with(&t, serde_json::json!({"mode": "MessageRate"}));
+        let err = reading_from_figures(&rate, &without_rates(7.0)).unwrap_err();
+        assert!(err.contains("no publish rate"), "{err}");
+        // A reported rate of 0 is a reading.
+        let idle = reading_from_figures(&rate, &figures(0.0, 0.0, 0.0, 0.0)).unwrap();
+        assert_eq!(idle.value, 0.0);
     }
 
     #[test]
@@ -123,7 +183,7 @@ mod tests {
         let t = trigger("http://r/", "q");
         let f = figures(10.0, 4.0, 2.5, 1.5);
 
-        let r = reading_from_figures(&t, &f);
+        let r = reading_from_figures(&t, &f).unwrap();
         assert_eq!((r.value, r.active), (10.0, true));
         assert_eq!(r.extra, vec![("publish-rate", 2.5), ("deliver-rate", 1.5)]);
 
@@ -131,19 +191,19 @@ mod tests {
             &t,
             serde_json::json!({"excludeUnacknowledged": true, "activationValue": 4}),
         );
-        let r = reading_from_figures(&ready_only, &f);
+        let r = reading_from_figures(&ready_only, &f).unwrap();
         assert_eq!((r.value, r.active), (4.0, false));
 
         let rate = with(
             &t,
             serde_json::json!({"mode": "MessageRate", "activationValue": 5}),
         );
-        let r = reading_from_figures(&rate, &f);
+        let r = reading_from_figures(&rate, &f).unwrap();
         assert_eq!(r.value, 2.5);
         // Still active: the backlog (10) is above the activation value even if the rate is not.
         assert!(r.active);
         assert_eq!(r.extra, vec![("messages", 10.0), ("deliver-rate", 1.5)]);
-        let idle = reading_from_figures(&rate, &figures(1.0, 1.0, 0.0, 0.0));
+        let idle = reading_from_figures(&rate, &figures(1.0, 1.0, 0.0, 0.0)).unwrap();
         assert!(!idle.active);
     }
 
@@ -161,7 +221,7 @@ mod tests {
             figures(4.0, 4.0, 9.0, 0.0),
             figures(0.0, 0.0, 0.0, 0.0),
         ] {
-            let read = reading_from_figures(&queue_length, &f);
+            let read = reading_from_figures(&queue_length, &f).unwrap();
             assert_eq!(plan(&queue_length, read.value), read.active, "{f:?}");
         }
         for ready in [0.0, 4.0, 5.0] {
@@ -176,13 +236,13 @@ mod tests {
         let rate = with(&queue_length, serde_json::json!({"mode": "MessageRate"}));
         // The backlog (messages) at or below the activation value: the rate alone decides.
         for f in [figures(4.0, 4.0, 5.0, 0.0), figures(1.0, 1.0, 4.0, 0.0)] {
-            let read = reading_from_figures(&rate, &f);
+            let read = reading_from_figures(&rate, &f).unwrap();
             assert_eq!(plan(&rate, read.value), read.active, "{f:?}");
         }
         // A backlog above it keeps the trigger active whatever the rate. A plan given the rate
         // alone cannot see it; given the backlog too, the rule answers as the scaler did.
         let draining = figures(10.0, 10.0, 0.0, 0.0);
-        let read = reading_from_figures(&rate, &draining);
+        let read = reading_from_figures(&rate, &draining).unwrap();
         assert!(read.active);
         assert!(!plan(&rate, read.value));
         let with_backlog = ActivationInput {

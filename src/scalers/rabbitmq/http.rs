@@ -15,13 +15,15 @@ use super::trigger::{MAX_TIMEOUT_MS, RabbitMqTrigger};
 use crate::scalers::http::{HttpAuth, HttpClient};
 use crate::scalers::{BacklogSample, Reading, ScalerError};
 
-/// A listing longer than this is refused rather than read in part: 1000 pages of up to 500
-/// queues is far beyond any broker spillway expects.
-const MAX_PAGES: u32 = 1_000;
+/// A listing longer than this is refused rather than read in part (a partial listing would read
+/// as a too-small sum or a missing queue). The whole listing of a vhost is held while a round
+/// answers its triggers, so this bounds memory too: 100 pages of up to 500 queues.
+const MAX_PAGES: u32 = 100;
 
 /// The listing's columns: everything any trigger needs, nothing more.
 const LISTING_COLUMNS: &str = "name,messages,messages_ready,messages_unacknowledged,\
-message_stats.publish_details.rate,message_stats.deliver_get_details.rate";
+message_stats.publish,message_stats.publish_details.rate,\
+message_stats.deliver_get,message_stats.deliver_get_details.rate";
 
 /// One page of `GET /api/queues/<vhost>?pagination=true`.
 #[derive(Debug, Deserialize)]
@@ -41,10 +43,27 @@ struct QueueItem {
     message_stats: Option<MessageStats>,
 }
 
+/// A queue's `message_stats`: RabbitMQ omits the whole object until the queue sees traffic
+/// (or when statistics are off), and omits a counter that never moved since statistics began.
 #[derive(Debug, Deserialize)]
 struct MessageStats {
+    publish: Option<f64>,
     publish_details: Option<RateDetails>,
+    deliver_get: Option<f64>,
     deliver_get_details: Option<RateDetails>,
+}
+
+impl MessageStats {
+    /// One rate from its counter and details: the details' rate; 0 when the counter is absent
+    /// too (nothing happened since statistics began); `None` when the counter is there without
+    /// a rate (the management plugin counts but collects no rates).
+    fn rate(count: Option<f64>, details: Option<&RateDetails>) -> Option<f64> {
+        match (details, count) {
+            (Some(details), _) => Some(details.rate),
+            (None, Some(_)) => None,
+            (None, None) => Some(0.0),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,25 +82,27 @@ impl QueueItem {
                 self.name
             ));
         };
+        // No message_stats at all: no rate is known, none is read as 0.
         let stats = self.message_stats.as_ref();
-        let rate = |details: Option<&RateDetails>| details.map_or(0.0, |d| d.rate);
         let figures = QueueFigures {
             messages,
             messages_ready,
             messages_unacknowledged: self
                 .messages_unacknowledged
                 .unwrap_or(messages - messages_ready),
-            publish_rate: rate(stats.and_then(|s| s.publish_details.as_ref())),
-            deliver_rate: rate(stats.and_then(|s| s.deliver_get_details.as_ref())),
+            publish_rate: stats
+                .and_then(|s| MessageStats::rate(s.publish, s.publish_details.as_ref())),
+            deliver_rate: stats
+                .and_then(|s| MessageStats::rate(s.deliver_get, s.deliver_get_details.as_ref())),
         };
         let all = [
-            figures.messages,
-            figures.messages_ready,
-            figures.messages_unacknowledged,
+            Some(figures.messages),
+            Some(figures.messages_ready),
+            Some(figures.messages_unacknowledged),
             figures.publish_rate,
             figures.deliver_rate,
         ];
-        if all.iter().all(|v| v.is_finite() && *v >= 0.0) {
+        if all.iter().flatten().all(|v| v.is_finite() && *v >= 0.0) {
             Ok(figures)
         } else {
             Err(format!(
@@ -128,9 +149,9 @@ fn answer_from_listing(
         Selector::Name(_) => "queue",
         Selector::Regex(_) => "any queue matching the regex",
     };
-    let combined = aggregate(trigger.operation, &figures).ok_or(ScalerError::NotFound {
+    let combined = aggregate(trigger.operation, &figures).ok_or_else(|| ScalerError::NotFound {
         broker: BROKER,
-        target,
+        target: target.clone(),
         what: what.into(),
     })?;
     let backlog = matched
@@ -142,11 +163,17 @@ fn answer_from_listing(
             messages: Some(figures.messages),
             messages_ready: figures.messages_ready,
             messages_unacknowledged: Some(figures.messages_unacknowledged),
-            publish_rate: Some(figures.publish_rate),
-            deliver_rate: Some(figures.deliver_rate),
+            publish_rate: figures.publish_rate,
+            deliver_rate: figures.deliver_rate,
         })
         .collect();
-    Ok(reading_from_figures(trigger, &combined).with_backlog(backlog))
+    let reading =
+        reading_from_figures(trigger, &combined).map_err(|cause| ScalerError::BadResponse {
+            broker: BROKER,
+            target,
+            cause,
+        })?;
+    Ok(reading.with_backlog(backlog))
 }
 
 /// Reads the management API of one server.
@@ -252,7 +279,8 @@ impl HttpReader {
         let target = format!("vhost {vhost:?} at {}", display_server(&self.server));
         let mut queues = HashMap::new();
         let mut page = 1;
-        loop {
+        // Never more pages than the bound, whatever page_count says (it may change between pages).
+        while page <= MAX_PAGES {
             let url = self.listing_url(vhost, page, page_size);
             let request = self
                 .client
@@ -287,6 +315,17 @@ impl HttpReader {
                     ),
                 });
             }
+            if body.items.len() > page_size as usize {
+                // The server ignored the page size: the page count means nothing either.
+                return Err(ScalerError::BadResponse {
+                    broker: BROKER,
+                    target,
+                    cause: format!(
+                        "page {page} has {} queues, more than the {page_size} asked for",
+                        body.items.len()
+                    ),
+                });
+            }
             queues.extend(body.items.into_iter().map(|q| (q.name.clone(), q)));
             if page >= body.page_count {
                 tracing::debug!(
@@ -301,6 +340,11 @@ impl HttpReader {
             }
             page += 1;
         }
+        Err(ScalerError::BadResponse {
+            broker: BROKER,
+            target,
+            cause: format!("the listing goes on past {MAX_PAGES} pages, more than spillway reads"),
+        })
     }
 
     fn listing_url(&self, vhost: &str, page: u32, page_size: u32) -> Url {
@@ -351,6 +395,9 @@ mod tests {
                  "message_stats": {"publish_details": {"rate": 1.5}}},
                 {"name": "Jobs-B", "messages": 7, "messages_ready": 7, "messages_unacknowledged": 0},
                 {"name": "other", "messages": 100, "messages_ready": 100},
+                // Counted, but the management plugin keeps no rates.
+                {"name": "counted", "messages": 1, "messages_ready": 1,
+                 "message_stats": {"publish": 4, "deliver_get": 3}},
                 {"name": "fresh"},
             ],
             "page_count": 1,
@@ -381,6 +428,7 @@ mod tests {
                 messages_ready: 3.0,
                 messages_unacknowledged: Some(2.0),
                 publish_rate: Some(1.5),
+                // Stats collected, nothing delivered yet: a rate of 0.
                 deliver_rate: Some(0.0),
             }]
         );
@@ -427,5 +475,20 @@ mod tests {
             answer(&fresh),
             Err(ScalerError::BadResponse { .. })
         ));
+
+        let rate = with(&t, serde_json::json!({"mode": "MessageRate"}));
+        assert_eq!(answer(&rate).unwrap().value, 1.5);
+        for queue in ["Jobs-B", "counted"] {
+            let no_rate = with(&rate, serde_json::json!({"queueName": queue}));
+            assert!(
+                matches!(
+                    answer(&no_rate),
+                    Err(ScalerError::BadResponse { cause, .. }) if cause.contains("no publish rate")
+                ),
+                "{queue}"
+            );
+        }
+        let counted = answer(&with(&t, serde_json::json!({"queueName": "counted"}))).unwrap();
+        assert!(counted.extra.is_empty(), "no rates, no rate metrics");
     }
 }

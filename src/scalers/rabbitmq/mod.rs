@@ -40,7 +40,10 @@
 //!   `excludeUnacknowledged`; MessageRate is `message_stats.publish_details.rate`. Every HTTP
 //!   reading also carries `deliver-rate` (`message_stats.deliver_get_details.rate`) as an extra
 //!   metric, plus `publish-rate` (QueueLength) or `messages` (MessageRate). RabbitMQ omits
-//!   `message_stats` until a queue sees traffic, so an absent rate reads 0.
+//!   `message_stats` until a queue sees traffic (and keeps counts without rates when rates are
+//!   off): such a rate is unknown, not 0, so a MessageRate trigger reads an error and an unknown
+//!   extra rate is left out (its metric answers 503). A counter that never moved while stats
+//!   exist (nothing delivered yet) is a rate of 0.
 //! - **Backlog detail** for spillway's `/metrics`, from the same answers: over HTTP each matched
 //!   queue's messages, ready, unacknowledged, publish and deliver rates (at most
 //!   [`MAX_BACKLOG_SAMPLES`](super::MAX_BACKLOG_SAMPLES) queues per trigger, the fullest);
@@ -50,7 +53,9 @@
 //!
 //! - Errors, never a guess: a missing queue, a regex that matches no queue (KEDA reads 0), a
 //!   missing vhost, or a queue the management plugin has not sampled yet (no `messages` field)
-//!   is an error, not 0. One failing queue does not fail the other triggers.
+//!   is an error, not 0. So is a MessageRate trigger's queue without a publish rate (no
+//!   `message_stats`; KEDA reads 0, which looks like an idle queue when the broker collects no
+//!   rates). One failing queue does not fail the other triggers.
 //! - Credentials: `host` must not carry a password; the whole URL goes in a file named by
 //!   `hostFromSecret` instead (KEDA takes `host`, `username` and `password` from env or
 //!   TriggerAuthentication). A URL without user defaults to `guest:guest`, like KEDA's client.
@@ -59,7 +64,8 @@
 //!   extra metric `deliver-rate` rather than a mode.
 //! - `timeout` bounds AMQP too (KEDA rejects it with AMQP); each trigger's timeout bounds its
 //!   own requests, and a connect or listing shared by several triggers waits for the longest.
-//! - Regex: every page of the listing is read (KEDA errors past the first page, #2068) and the
+//! - Regex: every page of the listing is read, up to 100 pages (KEDA errors past the first
+//!   page, #2068; a longer listing, or a page larger than `pageSize`, is an error) and the
 //!   regex runs in spillway with Rust `regex` syntax, unanchored and case-insensitive like
 //!   RabbitMQ's own filter; PCRE-only constructs (look-around, back-references) are rejected
 //!   at validation. `avg` is a float (KEDA integer-divides counts).
@@ -83,9 +89,10 @@ pub use trigger::{
 };
 
 use self::amqp::AmqpReader;
-use self::endpoint::{Wire, display_server, keyed_hash};
+use self::endpoint::{Wire, display_server};
 use self::http::HttpReader;
 use super::{Reading, Scaler, ScalerError};
+use crate::secret::keyed_hash;
 
 const BROKER: &str = "rabbitmq";
 
