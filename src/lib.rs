@@ -13,6 +13,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod kafka_client;
 pub mod kube_client;
 pub mod live;
 pub mod loadgen;

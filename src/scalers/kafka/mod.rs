@@ -31,6 +31,7 @@
 
 mod client;
 mod lag;
+mod records;
 mod trigger;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,12 +39,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Offset;
+use rdkafka::config::ClientConfig;
 
 pub use client::{GroupOffsets, KafkaCluster, RequestCounts, TopicPartition};
 pub use lag::{
     LagRules, OffsetResetPolicy, PartitionOffsets, TotalLag, parse_partition_limitation,
     partition_lag, total_lag,
 };
+use records::RecordReader;
 pub use trigger::{KafkaTrigger, SaslMechanism, TlsMode};
 
 use super::{ActivationInput, BacklogSample, Reading, Scaler, ScalerError, TriggerParams};
@@ -86,37 +89,90 @@ struct LagState {
     timestamps: HashMap<(TopicPartition, i64), i64>,
 }
 
+/// The librdkafka record reader of a cluster, created the first time a partition lags (a
+/// cluster whose consumers keep up never starts its threads).
+struct LazyRecordReader {
+    config: ClientConfig,
+    target: String,
+    timeout: Duration,
+    reader: Mutex<Option<Arc<RecordReader>>>,
+}
+
+impl LazyRecordReader {
+    fn get(&self) -> Result<Arc<RecordReader>, ScalerError> {
+        let mut reader = self.reader.lock().expect("record reader lock");
+        if let Some(reader) = reader.as_ref() {
+            return Ok(Arc::clone(reader));
+        }
+        let created = Arc::new(RecordReader::new(
+            self.config.clone(),
+            self.target.clone(),
+            self.timeout,
+        )?);
+        *reader = Some(Arc::clone(&created));
+        Ok(created)
+    }
+}
+
 /// The scaler for one Kafka cluster.
 pub struct KafkaScaler {
     cluster: Arc<KafkaCluster>,
-    state: Arc<Mutex<LagState>>,
+    records: Arc<LazyRecordReader>,
+    state: Arc<tokio::sync::Mutex<LagState>>,
     timeout: Duration,
 }
 
 impl KafkaScaler {
-    /// Builds the scaler with extra librdkafka settings (e.g. `statistics.interval.ms` for the
-    /// benchmark's request counts).
+    /// Builds the scaler with extra librdkafka settings for the record reader behind lag
+    /// seconds (e.g. `statistics.interval.ms`, for its request counts).
     pub fn connect_with(
         trigger: &KafkaTrigger,
         extra: &[(&str, &str)],
     ) -> Result<Self, ScalerError> {
         trigger.validate()?;
+        let options = trigger.connect_options()?;
         let mut config = trigger.client_config()?;
         for (key, value) in extra {
             config.set(*key, *value);
         }
         let timeout = Duration::from_millis(trigger.timeout);
-        let cluster = KafkaCluster::new(config, trigger.servers().join(","), timeout)?;
+        let target = trigger.servers().join(",");
+        let servers = trigger.servers().into_iter().map(str::to_owned).collect();
+        let client = crate::kafka_client::ClusterClient::new(servers, options);
         Ok(Self {
-            cluster: Arc::new(cluster),
+            cluster: Arc::new(KafkaCluster::new(client, target.clone())),
+            records: Arc::new(LazyRecordReader {
+                config,
+                target,
+                timeout,
+                reader: Mutex::default(),
+            }),
             state: Arc::default(),
             timeout,
         })
     }
 
-    /// Kafka requests sent so far, by API (needs `statistics.interval.ms`).
+    /// Kafka requests sent so far, by API: the wire client's, plus the record reader's from
+    /// librdkafka's statistics (needs `statistics.interval.ms`) as `<API> (lag reader)`.
     pub fn request_counts(&self) -> RequestCounts {
-        self.cluster.request_counts()
+        let mut counts = self.cluster.request_counts();
+        let reader = self
+            .records
+            .reader
+            .lock()
+            .expect("record reader lock")
+            .clone();
+        if let Some(reader) = reader {
+            for (api, n) in reader.request_counts() {
+                counts.insert(format!("{api} (lag reader)"), n);
+            }
+        }
+        counts
+    }
+
+    /// Open broker connections of the wire client.
+    pub fn open_connections(&self) -> usize {
+        self.cluster.open_connections()
     }
 
     /// One batched round for `triggers`, with per-partition detail.
@@ -124,27 +180,13 @@ impl KafkaScaler {
         &self,
         triggers: &[KafkaTrigger],
     ) -> Vec<Result<KafkaLagReport, ScalerError>> {
-        let cluster = Arc::clone(&self.cluster);
-        let state = Arc::clone(&self.state);
-        let owned = triggers.to_vec();
-        // Each broker call is bounded by the timeout; a round makes at most six in sequence
-        // (metadata, committed offsets, group lookup, end offsets and its one retry, records),
-        // plus three when an end-offsets call failed on one topic's error and is narrowed down
-        // (metadata again, then calls within one timeout, a leader retry among them).
+        // Each broker request is bounded by the timeout; a round makes at most nine in sequence
+        // (metadata, coordinators, committed offsets and one retry after a coordinator moved,
+        // group lookup, end offsets, metadata again and one retry, records).
         let bound = self.timeout * 9 + Duration::from_secs(1);
-        let round = tokio::task::spawn_blocking(move || poll_round(&cluster, &state, &owned));
+        let round = poll_round(&self.cluster, &self.records, &self.state, triggers);
         match tokio::time::timeout(bound, round).await {
-            Ok(Ok(reports)) => reports,
-            Ok(Err(join)) => triggers
-                .iter()
-                .map(|t| {
-                    Err(ScalerError::Broker {
-                        broker: KIND,
-                        target: t.bootstrap_servers.clone(),
-                        cause: format!("poll task failed: {join}"),
-                    })
-                })
-                .collect(),
+            Ok(reports) => reports,
             Err(_) => triggers
                 .iter()
                 .map(|t| {
@@ -242,9 +284,10 @@ fn activation_input(total: &TotalLag) -> ActivationInput {
 
 /// One tick for all triggers of a cluster: committed offsets per group, metadata, end offsets,
 /// lag, then record timestamps for lagging partitions.
-fn poll_round(
+async fn poll_round(
     cluster: &KafkaCluster,
-    state: &Mutex<LagState>,
+    records: &Arc<LazyRecordReader>,
+    state: &tokio::sync::Mutex<LagState>,
     triggers: &[KafkaTrigger],
 ) -> Vec<Result<KafkaLagReport, ScalerError>> {
     let mut results: Vec<Option<Result<KafkaLagReport, ScalerError>>> = triggers
@@ -269,7 +312,7 @@ fn poll_round(
             Some(topic) => {
                 candidates.insert(i, vec![topic.clone()]);
             }
-            None => match cluster.all_topics() {
+            None => match cluster.all_topics().await {
                 Ok(topics) => {
                     candidates.insert(i, topics);
                 }
@@ -279,7 +322,7 @@ fn poll_round(
     }
     let all_topics: BTreeSet<&str> = candidates.values().flatten().map(String::as_str).collect();
     let all_topics: Vec<&str> = all_topics.into_iter().collect();
-    let partitions = cluster.partitions(&all_topics);
+    let partitions = cluster.partitions(&all_topics).await;
 
     phases.push(("metadata", phase_started.elapsed()));
     phase_started = std::time::Instant::now();
@@ -299,13 +342,13 @@ fn poll_round(
         .into_iter()
         .map(|(g, tps)| (g, tps.into_iter().collect()))
         .collect();
-    let committed = cluster.committed_offsets(&requests);
+    let committed = cluster.committed_offsets(&requests).await;
     let without_commits: Vec<&str> = requests
         .iter()
         .map(|(g, _)| *g)
         .filter(|g| matches!(committed.get(*g), Some(Ok(o)) if o.committed.is_empty()))
         .collect();
-    let existing = cluster.groups_exist(&without_commits);
+    let existing = cluster.groups_exist(&without_commits).await;
     for i in open(&results) {
         let group = triggers[i].consumer_group.as_str();
         match committed.get(group) {
@@ -390,7 +433,7 @@ fn poll_round(
     // 4. End offsets of every partition any trigger counts, in one call.
     let needed: BTreeSet<&TopicPartition> = trigger_partitions.values().flatten().collect();
     let needed: Vec<TopicPartition> = needed.into_iter().cloned().collect();
-    let end_offsets = match cluster.end_offsets(&needed) {
+    let end_offsets = match cluster.end_offsets(&needed).await {
         Ok(offsets) => offsets,
         Err(err) => {
             for i in trigger_partitions.keys() {
@@ -411,7 +454,8 @@ fn poll_round(
     phases.push(("end_offsets", phase_started.elapsed()));
     phase_started = std::time::Instant::now();
     // 5. Lag per trigger.
-    let mut state = state.lock().expect("lag state lock");
+    // A tokio lock: it is held across the record reads; rounds of one scaler run one at a time.
+    let mut state = state.lock().await;
     let mut reports: HashMap<usize, KafkaLagReport> = HashMap::new();
     for (i, tps) in &trigger_partitions {
         if results[*i].is_some() {
@@ -530,7 +574,22 @@ fn poll_round(
             )
         })
         .collect();
-    let fetched = cluster.record_timestamps(&missing);
+    let fetched = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        match records.get() {
+            Ok(reader) => {
+                let asked = missing.clone();
+                tokio::task::spawn_blocking(move || reader.record_timestamps(&asked))
+                    .await
+                    .unwrap_or_default()
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot create the record reader for lag seconds");
+                HashMap::new()
+            }
+        }
+    };
     for (tp, offset) in &missing {
         if let Some(ts) = fetched.get(tp) {
             let key = if *offset == Offset::Beginning {
