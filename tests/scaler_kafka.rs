@@ -524,3 +524,157 @@ async fn deleting_one_topic_fails_only_its_triggers_on_the_next_poll() {
     );
     delete_topic(&kept).await;
 }
+
+/// Requests of one tick by API, after a warm-up tick filled the caches.
+async fn requests_of_one_tick(
+    scaler: &KafkaScaler,
+    triggers: &[KafkaTrigger],
+) -> (Vec<Result<Reading, ScalerError>>, HashMap<String, i64>) {
+    let before = scaler.request_counts();
+    let readings = scaler.poll(triggers).await;
+    let after = scaler.request_counts();
+    let delta = after
+        .into_iter()
+        .map(|(api, n)| {
+            let d = n - before.get(&api).copied().unwrap_or(0);
+            (api, d)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    (readings, delta)
+}
+
+/// Issue 14: groups share the cluster's connection and their requests; 200 groups cost one
+/// OffsetFetch per coordinator per tick (one broker here, so one coordinator), one ListOffsets
+/// per leader, and no Metadata or FindCoordinator once cached.
+#[tokio::test]
+async fn two_hundred_groups_are_read_with_requests_that_do_not_grow_with_groups() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[10, 10], Duration::ZERO).await;
+    let groups: Vec<String> = (0..200)
+        .map(|i| common::unique_name(&format!("fleet{i}")))
+        .collect();
+    common::kafka::commit_many(&groups, &[(&topic, 0, 4), (&topic, 1, 7)]).await;
+    let triggers: Vec<KafkaTrigger> = groups
+        .iter()
+        .map(|g| KafkaTrigger {
+            allow_idle_consumers: true,
+            ..trigger(g, Some(&topic))
+        })
+        .collect();
+    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let warm_up = scaler.poll(&triggers).await;
+    assert!(
+        warm_up
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.value == 9.0)),
+        "{:?}",
+        &warm_up[..3]
+    );
+    let (readings, requests) = requests_of_one_tick(&scaler, &triggers).await;
+    assert!(
+        readings
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.value == 9.0))
+    );
+    let wire: HashMap<&str, i64> = requests
+        .iter()
+        .filter(|(api, _)| !api.contains("lag reader"))
+        .map(|(api, n)| (api.as_str(), *n))
+        .collect();
+    assert_eq!(
+        wire,
+        HashMap::from([("OffsetFetch", 1), ("ListOffsets", 1)]),
+        "requests of a tick for 200 groups"
+    );
+    assert_eq!(
+        scaler.open_connections(),
+        1,
+        "one connection to the one broker"
+    );
+    delete_topic(&topic).await;
+}
+
+/// Issue 14: a group the cluster does not know fails its trigger alone; the groups batched in
+/// the same OffsetFetch keep their values.
+#[tokio::test]
+async fn a_missing_group_fails_alone_among_existing_groups() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[5, 5], Duration::ZERO).await;
+    let existing: Vec<String> = (0..3).map(|_| common::unique_name("present")).collect();
+    common::kafka::commit_many(&existing, &[(&topic, 0, 1), (&topic, 1, 2)]).await;
+    let missing = common::unique_name("never-existed");
+    let mut triggers: Vec<KafkaTrigger> =
+        existing.iter().map(|g| trigger(g, Some(&topic))).collect();
+    triggers.insert(1, trigger(&missing, Some(&topic)));
+    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let readings = scaler.poll(&triggers).await;
+    let values: Vec<Option<f64>> = readings
+        .iter()
+        .map(|r| r.as_ref().ok().map(|r| r.value))
+        .collect();
+    assert_eq!(
+        values,
+        [Some(7.0), None, Some(7.0), Some(7.0)],
+        "{readings:?}"
+    );
+    assert!(
+        matches!(&readings[1], Err(ScalerError::NotFound { what, .. }) if what.contains(&missing)),
+        "{:?}",
+        readings[1]
+    );
+    delete_topic(&topic).await;
+}
+
+/// Issue 14: with many groups batched per coordinator, a deleted topic fails only the groups
+/// counting it, on the first tick after the deletion, at the cost of one Metadata request.
+#[tokio::test]
+async fn a_deleted_topic_fails_only_its_groups_among_many_healthy_ones() {
+    let kept = create_topic(2).await;
+    let gone = create_topic(2).await;
+    produce(&kept, &[6, 6], Duration::ZERO).await;
+    produce(&gone, &[6, 6], Duration::ZERO).await;
+    let kept_groups: Vec<String> = (0..20).map(|_| common::unique_name("kept")).collect();
+    let gone_groups: Vec<String> = (0..20).map(|_| common::unique_name("gone")).collect();
+    common::kafka::commit_many(&kept_groups, &[(&kept, 0, 1), (&kept, 1, 1)]).await;
+    common::kafka::commit_many(&gone_groups, &[(&gone, 0, 2), (&gone, 1, 2)]).await;
+    let triggers: Vec<KafkaTrigger> = kept_groups
+        .iter()
+        .map(|g| trigger(g, Some(&kept)))
+        .chain(gone_groups.iter().map(|g| trigger(g, Some(&gone))))
+        .map(|t| KafkaTrigger {
+            allow_idle_consumers: true,
+            ..t
+        })
+        .collect();
+    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let before = scaler.poll(&triggers).await;
+    assert!(
+        before.iter().all(Result::is_ok),
+        "{:?}",
+        before.iter().find(|r| r.is_err())
+    );
+    delete_topic(&gone).await;
+    wait_until_gone(&gone).await;
+    let (after, requests) = requests_of_one_tick(&scaler, &triggers).await;
+    for (i, reading) in after.iter().enumerate() {
+        if i < 20 {
+            assert_eq!(
+                reading.as_ref().map(|r| r.value).ok(),
+                Some(10.0),
+                "kept group {i}: {reading:?}"
+            );
+        } else {
+            assert!(
+                matches!(reading, Err(ScalerError::NotFound { what, .. }) if what.contains(&gone)),
+                "group {i} of the deleted topic: {reading:?}"
+            );
+        }
+    }
+    let count = |api: &str| requests.get(api).copied().unwrap_or(0);
+    assert!(
+        count("Metadata") <= 1 && count("ListOffsets") <= 2 && count("OffsetFetch") <= 1,
+        "requests of the deletion tick: {requests:?}"
+    );
+    delete_topic(&kept).await;
+}

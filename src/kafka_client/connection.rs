@@ -5,7 +5,7 @@
 //! closed, so the pool opens a new one on the next request: a broker restart costs the requests
 //! in flight, never the process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -37,10 +37,28 @@ const MAX_FRAME: usize = 256 << 20;
 #[derive(Default)]
 pub struct RequestCounter(Mutex<HashMap<&'static str, u64>>);
 
+/// Requests sent by every cluster of the process, by API (`spillway_kafka_requests_total`).
+static SENT_BY_PROCESS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// Requests sent by every cluster of the process so far, by Kafka API name.
+pub fn requests_sent_by_process() -> Vec<(&'static str, u64)> {
+    SENT_BY_PROCESS
+        .lock()
+        .expect("request counter lock")
+        .iter()
+        .map(|(api, n)| (*api, *n))
+        .collect()
+}
+
 impl RequestCounter {
     fn count(&self, api: &'static str) {
         *self
             .0
+            .lock()
+            .expect("request counter lock")
+            .entry(api)
+            .or_default() += 1;
+        *SENT_BY_PROCESS
             .lock()
             .expect("request counter lock")
             .entry(api)
