@@ -37,3 +37,4 @@ bench: services-up
 	$(CARGO) bench --locked --bench kafka_lag
 	$(CARGO) bench --locked --bench metrics_api
 	$(CARGO) bench --locked --bench fault_isolation
+	$(CARGO) bench --locked --bench kafka_fleet

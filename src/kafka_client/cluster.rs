@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListOffsetsRequest,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    BrokerId, FindCoordinatorRequest, GroupId, ListOffsetsRequest, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, TopicName,
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
     metadata_request::MetadataRequestTopic,
     offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
@@ -423,45 +423,6 @@ impl ClusterClient {
             .await
             .into_iter()
             .collect()
-    }
-
-    /// Whether each group exists on its coordinator `node` (DescribeGroups, one request): a
-    /// group in state `Dead` or answered GROUP_ID_NOT_FOUND does not.
-    pub async fn groups_exist(
-        &self,
-        node: i32,
-        groups: &[String],
-    ) -> HashMap<String, Result<bool, ItemError>> {
-        let request = DescribeGroupsRequest::default().with_groups(
-            groups
-                .iter()
-                .map(|g| GroupId(StrBytes::from_string(g.clone())))
-                .collect(),
-        );
-        match self.send_to_node(node, &request).await {
-            Ok(answer) => {
-                let mut found: HashMap<String, Result<bool, ItemError>> = answer
-                    .groups
-                    .into_iter()
-                    .map(|g| {
-                        let result = match error_of(g.error_code) {
-                            None => Ok(!g.group_state.as_str().eq_ignore_ascii_case("dead")),
-                            Some(ResponseError::GroupIdNotFound) => Ok(false),
-                            Some(code) => Err(ItemError::Code(code)),
-                        };
-                        (g.group_id.0.as_str().to_owned(), result)
-                    })
-                    .collect();
-                groups
-                    .iter()
-                    .map(|g| (g.clone(), found.remove(g).unwrap_or(Ok(false))))
-                    .collect()
-            }
-            Err(err) => groups
-                .iter()
-                .map(|g| (g.clone(), Err(err.clone().into())))
-                .collect(),
-        }
     }
 
     /// Offsets at `timestamp` ([`LATEST`] or [`EARLIEST`]) of `partitions` (by topic), from

@@ -1,6 +1,6 @@
 //! A small async, read-only Kafka client on tokio: exactly the APIs an autoscaler needs to read
-//! consumer-group lag (ApiVersions, Metadata, FindCoordinator, OffsetFetch, ListOffsets,
-//! DescribeGroups) plus OffsetCommit for fixtures and benches, over TLS (rustls) and SASL
+//! consumer-group lag (ApiVersions, Metadata, FindCoordinator, OffsetFetch, ListOffsets) plus
+//! OffsetCommit for fixtures and benches, over TLS (rustls) and SASL
 //! PLAIN / SCRAM-SHA-256/512. Message types come from the `kafka-protocol` crate, generated from
 //! Kafka's own JSON schemas.
 //!

@@ -3,11 +3,11 @@
 //! topics by id), and the connection picks the highest version both sides speak.
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -44,13 +44,6 @@ read_request!(
 read_request!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, 1, 9);
 read_request!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, 1, 8);
 read_request!(
-    DescribeGroupsRequest,
-    DescribeGroupsResponse,
-    DescribeGroups,
-    0,
-    5
-);
-read_request!(
     OffsetCommitRequest,
     OffsetCommitResponse,
     OffsetCommit,
@@ -83,7 +76,6 @@ pub fn version_ranges() -> Vec<(&'static str, (i16, i16))> {
         of::<FindCoordinatorRequest>(),
         of::<OffsetFetchRequest>(),
         of::<ListOffsetsRequest>(),
-        of::<DescribeGroupsRequest>(),
         of::<OffsetCommitRequest>(),
         of::<SaslHandshakeRequest>(),
         of::<SaslAuthenticateRequest>(),

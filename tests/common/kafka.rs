@@ -23,20 +23,21 @@ pub fn client_config() -> ClientConfig {
 
 pub async fn create_topic(partitions: i32) -> String {
     let topic = super::unique_name("lag");
+    create_topic_named(&topic, partitions).await;
+    topic
+}
+
+/// Creates `topic` (say, again after deleting it).
+pub async fn create_topic_named(topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin");
     let result = admin
         .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
         )
         .await
         .expect("CreateTopics");
     assert!(result.iter().all(|r| r.is_ok()), "{result:?}");
-    topic
 }
 
 pub async fn delete_topic(topic: &str) {

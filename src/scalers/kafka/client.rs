@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::kafka_client::{ClusterClient, ItemError, LATEST, ResponseError, WireError};
+use crate::kafka_client::{ClusterClient, EARLIEST, ItemError, LATEST, ResponseError, WireError};
 use crate::scalers::ScalerError;
 
 const KIND: &str = "kafka";
@@ -26,6 +26,13 @@ const METADATA_MAX_AGE: Duration = Duration::from_secs(60);
 pub type TopicPartition = (String, i32);
 
 pub use crate::kafka_client::RequestCounts;
+
+/// The log of one partition: its start (first record kept) and end (next offset written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub start: i64,
+    pub end: i64,
+}
 
 /// Committed offsets of one group: every partition it has committed, over all topics.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -161,6 +168,10 @@ impl KafkaCluster {
                             ));
                             results.insert(group, Ok(offsets));
                         }
+                        // The coordinator knows no such group: it has no commits (new group).
+                        Err(ItemError::Code(ResponseError::GroupIdNotFound)) => {
+                            results.insert(group, Ok(GroupOffsets::default()));
+                        }
                         Err(err) => {
                             if coordinator_moved(&err) {
                                 self.coordinators
@@ -220,32 +231,6 @@ impl KafkaCluster {
             }
         }
         by_node
-    }
-
-    /// Whether each group is known to its coordinator (has members or committed offsets).
-    /// Asked only for groups with no commits, to tell "never committed" from "no such group".
-    pub async fn groups_exist(
-        &self,
-        groups: &[&str],
-    ) -> HashMap<String, Result<bool, ScalerError>> {
-        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        let mut failures = HashMap::new();
-        let by_node = self.coordinators_of(&groups, &mut failures).await;
-        let mut results: HashMap<String, Result<bool, ScalerError>> = failures
-            .into_iter()
-            .map(|(g, r)| (g, r.map(|_| false)))
-            .collect();
-        let lookups = by_node
-            .into_iter()
-            .map(|(node, groups)| async move { self.client.groups_exist(node, &groups).await });
-        for answers in futures::future::join_all(lookups).await {
-            for (group, answer) in answers {
-                let answer =
-                    answer.map_err(|err| self.error(&err, &format!("consumer group {group}")));
-                results.insert(group, answer);
-            }
-        }
-        results
     }
 
     /// Names of every topic in the cluster (for triggers without `topic`), cached like metadata.
@@ -360,19 +345,19 @@ impl KafkaCluster {
         }
     }
 
-    /// Log-end offsets of `partitions`, in one ListOffsets per partition leader. The outer
-    /// error (no broker answered at all) fails the whole round; inner errors fail only their
-    /// partition. Partitions answered with an error a topic can cause (deleted, leader moved:
+    /// Log start and end offsets of `partitions`: per partition leader one ListOffsets for the
+    /// ends and one for the starts, all in parallel. The outer error (no broker answered at
+    /// all) fails the whole round; inner errors fail only their partition. Partitions answered with an error a topic can cause (deleted, leader moved:
     /// [`is_topic_scoped`]) get their topic's metadata read again at once and are asked once
     /// more on their new leader, so the others still get their offsets in this round.
-    pub async fn end_offsets(
+    pub async fn log_offsets(
         &self,
         partitions: &[TopicPartition],
-    ) -> Result<HashMap<TopicPartition, Result<i64, ScalerError>>, ScalerError> {
+    ) -> Result<HashMap<TopicPartition, Result<LogOffsets, ScalerError>>, ScalerError> {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut offsets = self.offsets_by_leader(partitions, LATEST).await;
+        let mut offsets = self.log_offsets_by_leader(partitions).await;
         let scoped: BTreeSet<String> = offsets
             .iter()
             .filter(|(_, r)| matches!(r, Err(ItemError::Code(code)) if is_topic_scoped(*code)))
@@ -394,7 +379,7 @@ impl KafkaCluster {
                     Ok(_) => again.push(tp.clone()),
                 }
             }
-            offsets.extend(self.offsets_by_leader(&again, LATEST).await);
+            offsets.extend(self.log_offsets_by_leader(&again).await);
             // What metadata says about a deleted topic beats the partition's error code.
             let mut answers = self.scaler_errors(offsets);
             for (tp, answer) in answers.iter_mut() {
@@ -413,9 +398,9 @@ impl KafkaCluster {
     #[allow(clippy::type_complexity)]
     fn whole_round_failure(
         &self,
-        answers: HashMap<TopicPartition, Result<i64, ScalerError>>,
-    ) -> Result<HashMap<TopicPartition, Result<i64, ScalerError>>, ScalerError> {
-        let unreachable = |r: &Result<i64, ScalerError>| {
+        answers: HashMap<TopicPartition, Result<LogOffsets, ScalerError>>,
+    ) -> Result<HashMap<TopicPartition, Result<LogOffsets, ScalerError>>, ScalerError> {
+        let unreachable = |r: &Result<LogOffsets, ScalerError>| {
             matches!(
                 r,
                 Err(ScalerError::Unreachable { .. } | ScalerError::Timeout { .. })
@@ -431,14 +416,37 @@ impl KafkaCluster {
 
     fn scaler_errors(
         &self,
-        offsets: HashMap<TopicPartition, Result<i64, ItemError>>,
-    ) -> HashMap<TopicPartition, Result<i64, ScalerError>> {
+        offsets: HashMap<TopicPartition, Result<LogOffsets, ItemError>>,
+    ) -> HashMap<TopicPartition, Result<LogOffsets, ScalerError>> {
         offsets
             .into_iter()
             .map(|(tp, result)| {
                 let result =
                     result.map_err(|err| self.error(&err, &format!("partition {}/{}", tp.0, tp.1)));
                 (tp, result)
+            })
+            .collect()
+    }
+
+    /// Start and end offsets of `partitions`, both asked at once; a partition fails with the
+    /// first error of either answer.
+    async fn log_offsets_by_leader(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> HashMap<TopicPartition, Result<LogOffsets, ItemError>> {
+        let (mut ends, mut starts) = futures::join!(
+            self.offsets_by_leader(partitions, LATEST),
+            self.offsets_by_leader(partitions, EARLIEST)
+        );
+        partitions
+            .iter()
+            .map(|tp| {
+                let end = ends.remove(tp).expect("every partition answered");
+                let start = starts.remove(tp).expect("every partition answered");
+                (
+                    tp.clone(),
+                    end.and_then(|end| Ok(LogOffsets { start: start?, end })),
+                )
             })
             .collect()
     }

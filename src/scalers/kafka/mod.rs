@@ -1,33 +1,50 @@
 //! Kafka consumer-group lag, with KEDA's `kafka` trigger parameters and semantics, answered for
-//! every trigger on a cluster by one shared client in one batched round per tick.
+//! every trigger on a cluster by one shared client in one batched round per tick: requests grow
+//! with brokers and coordinators, never with groups (see `client.rs` and `crate::kafka_client`).
 //!
 //! Beyond KEDA:
 //! - **lag in seconds**: the age of the oldest unconsumed message of each lagging partition (the
 //!   timestamp of the record at the committed offset), served as the trigger's second metric
 //!   `lag-seconds` (the maximum over its partitions). Timestamps are cached per offset, so a
-//!   partition is read again only when its consumer moved.
+//!   partition is read again only when its consumer moved. Records are read by one librdkafka
+//!   consumer per cluster, created when a partition first lags (`records.rs`).
 //! - **backlog per partition**: each reading carries every counted partition's lag (records
 //!   behind, persistent lag included, before KEDA's caps on the total) and lag seconds, for
 //!   spillway's `/metrics` (`spillway_kafka_consumer_lag{,_seconds}`); at most
 //!   [`MAX_BACKLOG_SAMPLES`](super::MAX_BACKLOG_SAMPLES) partitions per trigger, the most
 //!   lagging ones. They come from the same answers, so the requests per tick do not change.
-//! - **errors are errors**: an unreachable cluster, a missing topic, an unknown consumer group,
-//!   a refused authorization, a partition left out of an answer: each is a [`ScalerError`],
-//!   never a lag of 0 (KEDA reads a missing partition as 0).
-//! - **one topic's failure is its own**: when the batched end-offsets call fails on an error one
-//!   topic can cause (deleted, unknown partition, leader moved, not authorized), the round
-//!   re-reads that metadata at once and narrows the call down to the failing topics, so only the
-//!   triggers counting them fail and every other trigger gets its value from the same round.
+//! - **errors are errors**: an unreachable cluster, a missing topic, a refused authorization, a
+//!   partition left out of an answer: each is a [`ScalerError`], never a lag of 0 (KEDA reads
+//!   a missing partition as 0).
+//! - **one topic's failure is its own**: ListOffsets answers per partition, so a deleted topic
+//!   or a moved leader fails only its partitions; the round re-reads their metadata at once
+//!   (not after the cache's 60 s) and asks moved partitions once more, so only the triggers
+//!   counting a failing topic fail and every other trigger gets its value from the same round.
+//!
+//! Deliberate differences from KEDA, each because KEDA's answer misleads the HPA:
+//! - **`earliest` counts the records still in the log**: a partition without a valid commit
+//!   counts end - log start (the log start read with ListOffsets EARLIEST in the same round),
+//!   not the end offset. After retention or DeleteRecords moved the log start, KEDA counts
+//!   records that no consumer can read any more (millions on a topic with retention) and sends
+//!   the target to maxReplicas.
+//! - **a commit outside the log is an invalid offset**: beyond the end (topic deleted and
+//!   recreated, or truncated) or below the log start (retention passed the consumer), the
+//!   committed offset counts as no commit, by `offsetResetPolicy` (and
+//!   `scaleToZeroOnInvalidOffset`), because that is where a consumer restarts. KEDA reads a
+//!   commit beyond the end as lag 0, so a recreated topic shows no backlog until its end passes
+//!   the old commit.
 //!
 //! Where KEDA is silent or lax, spillway chooses:
-//! - a consumer group the coordinator does not know at all (no members, no commits) is
-//!   `NotFound`; a known group that has not committed yet gets KEDA's invalid-offset rules;
+//! - a consumer group the coordinator does not know is a group without commits, as in KEDA:
+//!   each partition counts by `offsetResetPolicy` (1 under `latest`, the records in the log
+//!   under `earliest`), so the first consumer of a new group starts from zero replicas; an
+//!   error stays an error only when the cluster or the topic cannot be read;
 //! - with `topic` empty, the topics counted are those of the cluster the group has committed
 //!   to, so a deleted topic drops out (it holds no work); a named `topic` that is missing is
-//!   `NotFound`;
+//!   `NotFound`, and a group with no commits at all has nothing to count: `NotFound`, not 0;
 //! - `partitionLimitation` without `topic`, and TLS files without `tls: enable`, are rejected
-//!   instead of ignored;
-//! - a committed offset beyond the log end (topic recreated) counts as lag 0, not negative.
+//!   instead of ignored; an encrypted client key (`keyPassword`) is refused with a clear error
+//!   (the wire client's rustls reads unencrypted keys only).
 
 mod client;
 mod lag;
@@ -60,6 +77,8 @@ pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,
     pub end_offset: i64,
+    /// First offset still in the log (retention and DeleteRecords move it).
+    pub log_start_offset: i64,
     /// `None` when the group has not committed this partition.
     pub committed_offset: Option<i64>,
     /// Lag counted for the scaling metric (KEDA's rules, persistent lag excluded if asked).
@@ -343,26 +362,21 @@ async fn poll_round(
         .map(|(g, tps)| (g, tps.into_iter().collect()))
         .collect();
     let committed = cluster.committed_offsets(&requests).await;
-    let without_commits: Vec<&str> = requests
-        .iter()
-        .map(|(g, _)| *g)
-        .filter(|g| matches!(committed.get(*g), Some(Ok(o)) if o.committed.is_empty()))
-        .collect();
-    let existing = cluster.groups_exist(&without_commits).await;
     for i in open(&results) {
         let group = triggers[i].consumer_group.as_str();
         match committed.get(group) {
             Some(Err(err)) => results[i] = Some(Err(err.clone())),
-            Some(Ok(_)) if without_commits.contains(&group) => match existing.get(group) {
-                Some(Ok(true)) => {}
-                Some(Err(err)) => results[i] = Some(Err(err.clone())),
-                Some(Ok(false)) | None => {
-                    results[i] = Some(Err(not_found(
-                        &triggers[i],
-                        format!("consumer group {group}"),
-                    )))
-                }
-            },
+            // A group without commits, known or not, is counted by the reset policy (KEDA):
+            // a new group's first consumer must start. Without `topic`, the topics counted are
+            // those the group committed to, so there is nothing to count: an error, not 0.
+            Some(Ok(offsets)) if triggers[i].topic.is_none() && offsets.topics().is_empty() => {
+                results[i] = Some(Err(not_found(
+                    &triggers[i],
+                    format!(
+                        "committed offsets of consumer group {group} (no `topic` is named, so the topics counted are those the group committed to)"
+                    ),
+                )))
+            }
             Some(Ok(_)) => {}
             None => {
                 results[i] = Some(Err(not_found(
@@ -433,7 +447,7 @@ async fn poll_round(
     // 4. End offsets of every partition any trigger counts, in one call.
     let needed: BTreeSet<&TopicPartition> = trigger_partitions.values().flatten().collect();
     let needed: Vec<TopicPartition> = needed.into_iter().cloned().collect();
-    let end_offsets = match cluster.end_offsets(&needed).await {
+    let log_offsets = match cluster.log_offsets(&needed).await {
         Ok(offsets) => offsets,
         Err(err) => {
             for i in trigger_partitions.keys() {
@@ -442,7 +456,7 @@ async fn poll_round(
             HashMap::new()
         }
     };
-    let failed_topics: BTreeSet<&str> = end_offsets
+    let failed_topics: BTreeSet<&str> = log_offsets
         .iter()
         .filter(|(_, r)| r.is_err())
         .map(|((t, _), _)| t.as_str())
@@ -468,8 +482,8 @@ async fn poll_round(
         let mut partition_lags = Vec::with_capacity(tps.len());
         let mut failure = None;
         for tp in tps {
-            let end = match &end_offsets[tp] {
-                Ok(end) => *end,
+            let log = match &log_offsets[tp] {
+                Ok(log) => *log,
                 Err(err) => {
                     failure = Some(err.clone());
                     break;
@@ -487,7 +501,8 @@ async fn poll_round(
                     == committed_offset.as_ref();
             let (lag, with_persistent) = partition_lag(
                 PartitionOffsets {
-                    end,
+                    log_start: log.start,
+                    end: log.end,
                     committed: committed_offset,
                     persistent,
                 },
@@ -497,7 +512,8 @@ async fn poll_round(
             partition_lags.push(PartitionLag {
                 topic: tp.0.clone(),
                 partition: tp.1,
-                end_offset: end,
+                end_offset: log.end,
+                log_start_offset: log.start,
                 committed_offset,
                 lag,
                 lag_with_persistent: with_persistent,
@@ -542,21 +558,9 @@ async fn poll_round(
     // 6. Lag seconds: the record at each lagging partition's next offset to consume.
     let mut wanted: BTreeSet<(TopicPartition, i64)> = BTreeSet::new();
     for (i, report) in &reports {
-        for p in report
-            .partitions
-            .iter()
-            .filter(|p| p.end_offset > p.committed_offset.unwrap_or(0))
-        {
-            match p.committed_offset {
-                Some(offset) => {
-                    wanted.insert(((p.topic.clone(), p.partition), offset));
-                }
-                None if triggers[*i].offset_reset_policy == OffsetResetPolicy::Earliest
-                    && !triggers[*i].scale_to_zero_on_invalid_offset =>
-                {
-                    wanted.insert(((p.topic.clone(), p.partition), OFFSET_BEGINNING_KEY));
-                }
-                None => {}
+        for p in &report.partitions {
+            if let Some(offset) = oldest_unconsumed(p, &triggers[*i]) {
+                wanted.insert(((p.topic.clone(), p.partition), offset));
             }
         }
     }
@@ -604,25 +608,24 @@ async fn poll_round(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    for report in reports.values_mut() {
+    for (i, report) in reports.iter_mut() {
         let mut complete = true;
         let mut oldest: f64 = 0.0;
         for p in &mut report.partitions {
-            if p.end_offset <= p.committed_offset.unwrap_or(0) {
+            let Some(offset) = oldest_unconsumed(p, &triggers[*i]) else {
                 p.lag_seconds = Some(0.0);
                 continue;
-            }
-            let key = (
-                (p.topic.clone(), p.partition),
-                p.committed_offset.unwrap_or(OFFSET_BEGINNING_KEY),
-            );
-            match state.timestamps.get(&key) {
+            };
+            match state
+                .timestamps
+                .get(&((p.topic.clone(), p.partition), offset))
+            {
                 Some(ts) => {
                     let age = ((now_ms - ts).max(0)) as f64 / 1000.0;
                     p.lag_seconds = Some(age);
                     oldest = oldest.max(age);
                 }
-                None if p.committed_offset.is_none() => p.lag_seconds = Some(0.0),
+                None if offset == OFFSET_BEGINNING_KEY => p.lag_seconds = Some(0.0),
                 None => complete = false,
             }
         }
@@ -647,6 +650,27 @@ async fn poll_round(
 
 /// Timestamp cache key for "the first record of the partition" (earliest policy, no commit).
 const OFFSET_BEGINNING_KEY: i64 = -2;
+
+/// Where the oldest unconsumed record of a lagging partition is: at the commit when it lies in
+/// the log; at the log start when the commit is missing or invalid and the group would reset
+/// to earliest; nowhere under `latest` (a new consumer starts at the end, so nothing waits).
+fn oldest_unconsumed(p: &PartitionLag, trigger: &KafkaTrigger) -> Option<i64> {
+    if p.lag_with_persistent == 0 {
+        return None;
+    }
+    match p
+        .committed_offset
+        .filter(|c| (p.log_start_offset..=p.end_offset).contains(c))
+    {
+        Some(committed) => Some(committed),
+        None if trigger.offset_reset_policy == OffsetResetPolicy::Earliest
+            && !trigger.scale_to_zero_on_invalid_offset =>
+        {
+            Some(OFFSET_BEGINNING_KEY)
+        }
+        None => None,
+    }
+}
 
 fn not_found(trigger: &KafkaTrigger, what: String) -> ScalerError {
     ScalerError::NotFound {
@@ -847,6 +871,7 @@ mod tests {
             topic: "orders".into(),
             partition,
             end_offset: 100,
+            log_start_offset: 0,
             committed_offset: Some(100 - lag_with_persistent),
             lag,
             lag_with_persistent,
