@@ -22,7 +22,7 @@ pub use cluster::{
     ClusterClient, CommittedOffsets, ConnectOptions, EARLIEST, ItemError, LATEST, RequestCounts,
 };
 pub use connection::requests_sent_by_process;
-pub use requests::{ReadRequest, version_ranges};
+pub use requests::ReadRequest;
 pub use sasl::{SaslCredentials, ScramMechanism};
 pub use tls::TlsOptions;
 

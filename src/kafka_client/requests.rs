@@ -65,23 +65,6 @@ read_request!(
     2
 );
 
-/// Every API this client speaks with its version range (for tests and logs).
-pub fn version_ranges() -> Vec<(&'static str, (i16, i16))> {
-    fn of<R: ReadRequest>() -> (&'static str, (i16, i16)) {
-        (R::NAME, R::VERSIONS)
-    }
-    vec![
-        of::<ApiVersionsRequest>(),
-        of::<MetadataRequest>(),
-        of::<FindCoordinatorRequest>(),
-        of::<OffsetFetchRequest>(),
-        of::<ListOffsetsRequest>(),
-        of::<OffsetCommitRequest>(),
-        of::<SaslHandshakeRequest>(),
-        of::<SaslAuthenticateRequest>(),
-    ]
-}
-
 /// The version to send: the highest both sides speak, or `None`.
 pub fn negotiate(ours: (i16, i16), theirs: (i16, i16)) -> Option<i16> {
     let high = ours.1.min(theirs.1);
