@@ -39,6 +39,7 @@ bench: services-up
 	$(CARGO) bench --locked --bench metrics_api
 	$(CARGO) bench --locked --bench fault_isolation
 	$(CARGO) bench --locked --bench metrics_load
+	$(CARGO) bench --locked --bench kafka_fleet
 
 # Hostile input at length: every property of tests/hostile_input.rs with 50,000 cases each
 # (make test runs 2,000 per parser and 300 per broker answer). About 20 minutes.

@@ -2,9 +2,10 @@
 //! `cargo bench --bench kafka_lag`; needs `make services-up`). Prints figures, asserts nothing.
 //!
 //! 1. Time per tick for one consumer group over 10,000 partitions (10 topics x 1,000).
-//! 2. Kafka requests per tick for 1, 10 and 200 triggers on one cluster, counted by librdkafka's
-//!    own statistics: all sharing one scaler (spillway) against one scaler per trigger (KEDA's
-//!    architecture: a client per ScaledObject), for triggers on one group and on a group each.
+//! 2. Kafka requests per tick for 1, 10 and 200 triggers on one cluster, counted by the wire
+//!    client (`request_counts`): all sharing one scaler (spillway) against one scaler per
+//!    trigger (KEDA's architecture: a client per ScaledObject), for triggers on one group and
+//!    on a group each.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -278,7 +279,7 @@ async fn requests_by_trigger_count() {
         }
     }
     println!(
-        "Kafka requests per tick (librdkafka statistics; 1 broker, 3 partitions per topic, each trigger its own topic):"
+        "Kafka requests per tick (spillway's wire client counts; 1 broker, 3 partitions per topic, each trigger its own topic):"
     );
     for grouping in ["one group", "a group each"] {
         for n in [1usize, 10, 200] {

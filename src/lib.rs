@@ -15,6 +15,7 @@ pub mod config;
 pub mod connections;
 pub mod controller;
 pub mod destination;
+pub mod kafka_client;
 pub mod kube_client;
 pub mod live;
 pub mod loadgen;

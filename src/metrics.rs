@@ -46,6 +46,12 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// The `route` label of requests no route matched: one value, whatever the path.
 const UNMATCHED_ROUTE: &str = "unmatched";
 
+/// The labels of `spillway_kafka_requests_total`: the Kafka API (`OffsetFetch`, `ListOffsets`...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KafkaApiLabels {
+    api: &'static str,
+}
+
 /// The labels of a per-trigger series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
@@ -663,6 +669,19 @@ impl Collector for TriggerCollector {
             "Polls of the trigger recorded since its spec last changed (stale marks are not polls)",
             None,
             &polls,
+            ConstCounter::new,
+        )?;
+        let kafka_requests: Vec<(KafkaApiLabels, u64)> =
+            crate::kafka_client::requests_sent_by_process()
+                .into_iter()
+                .map(|(api, n)| (KafkaApiLabels { api }, n))
+                .collect();
+        Self::encode_family(
+            &mut encoder,
+            "kafka_requests",
+            "Kafka requests sent by spillway's wire client, by Kafka API (all clusters)",
+            None,
+            &kafka_requests,
             ConstCounter::new,
         )?;
         backlog.encode(&mut encoder)

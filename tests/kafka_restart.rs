@@ -23,7 +23,8 @@ fn kafka_script(action: &str) {
     assert!(status.success(), "scripts/kafka.sh {action} failed");
 }
 
-#[tokio::test]
+// Multi-threaded: a task keeps polling while the (blocking) script stops the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_tick_after_a_broker_restart_recovers() {
     let bootstrap = kafka::bootstrap();
     // Two topics on one cluster: a broker down is every trigger's failure, never one topic's
@@ -46,7 +47,7 @@ async fn next_tick_after_a_broker_restart_recovers() {
             ..KafkaTrigger::new(&bootstrap, &group, Some(topic))
         })
         .collect();
-    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let scaler = std::sync::Arc::new(KafkaScaler::connect(&triggers[0]).unwrap());
     let values = |readings: &[Result<spillway::scalers::Reading, ScalerError>]| {
         readings
             .iter()
@@ -56,7 +57,29 @@ async fn next_tick_after_a_broker_restart_recovers() {
     let before = scaler.poll(&triggers).await;
     assert_eq!(values(&before), [Some(24.0), Some(24.0)], "{before:?}");
 
+    // Requests in flight while the broker goes down: rounds run back to back during the stop.
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let in_flight = tokio::spawn({
+        let (scaler, triggers, stopping) = (
+            std::sync::Arc::clone(&scaler),
+            triggers.clone(),
+            std::sync::Arc::clone(&stopping),
+        );
+        async move {
+            let mut rounds = 0u32;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = scaler.poll(&triggers).await;
+                rounds += 1;
+            }
+            rounds
+        }
+    });
     kafka_script("stop");
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = in_flight
+        .await
+        .expect("rounds across the stop must not panic");
+    assert!(rounds > 0, "no round ran while the broker stopped");
     let down = scaler.poll(&triggers).await;
     let restarted = std::panic::catch_unwind(|| kafka_script("start"));
     for reading in &down {

@@ -127,8 +127,10 @@ async fn group_without_commits_follows_reset_policy() {
     delete_topic(&topic).await;
 }
 
+/// Issue 15: an unknown group is a group without commits (KEDA's rule), a missing topic is an
+/// error.
 #[tokio::test]
-async fn unknown_group_and_missing_topic_are_errors_not_zero() {
+async fn unknown_group_reads_by_its_reset_policy_and_missing_topic_is_an_error() {
     let topic = create_topic(2).await;
     produce(&topic, &[3, 3], Duration::ZERO).await;
     let known = common::unique_name("known");
@@ -140,10 +142,11 @@ async fn unknown_group_and_missing_topic_are_errors_not_zero() {
     let readings = scaler
         .poll(&[unknown_group, missing_topic, trigger(&known, Some(&topic))])
         .await;
-    assert!(
-        matches!(&readings[0], Err(ScalerError::NotFound { what, .. }) if what.starts_with("consumer group")),
-        "{:?}",
-        readings[0]
+    let unknown = readings[0].as_ref().expect("unknown group");
+    assert_eq!(
+        (unknown.value, unknown.active),
+        (2.0, true),
+        "1 per partition under latest"
     );
     assert!(
         matches!(&readings[1], Err(ScalerError::NotFound { what, .. }) if what.starts_with("topic")),
@@ -471,13 +474,14 @@ async fn deleting_one_topic_fails_only_its_triggers_on_the_next_poll() {
         "{before:?}"
     );
 
-    // A healthy tick: one ListOffsets (one broker leads every partition), no Metadata.
+    // A healthy tick: one ListOffsets for the ends and one for the log starts (one broker leads
+    // every partition), no Metadata.
     let at_start = requests().await;
     assert!(scaler.poll(&triggers).await.iter().all(Result::is_ok));
     let healthy = requests().await;
     assert_eq!(
         (healthy.0 - at_start.0, healthy.1 - at_start.1),
-        (1, 0),
+        (2, 0),
         "ListOffsets and Metadata requests of a healthy tick"
     );
 
@@ -523,4 +527,312 @@ async fn deleting_one_topic_fails_only_its_triggers_on_the_next_poll() {
             .collect::<Vec<_>>()
     );
     delete_topic(&kept).await;
+}
+
+/// Requests of one tick by API, after a warm-up tick filled the caches.
+async fn requests_of_one_tick(
+    scaler: &KafkaScaler,
+    triggers: &[KafkaTrigger],
+) -> (Vec<Result<Reading, ScalerError>>, HashMap<String, i64>) {
+    let before = scaler.request_counts();
+    let readings = scaler.poll(triggers).await;
+    let after = scaler.request_counts();
+    let delta = after
+        .into_iter()
+        .map(|(api, n)| {
+            let d = n - before.get(&api).copied().unwrap_or(0);
+            (api, d)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    (readings, delta)
+}
+
+/// Issue 14: groups share the cluster's connection and their requests; 200 groups cost one
+/// OffsetFetch per coordinator per tick (one broker here, so one coordinator), two ListOffsets
+/// per leader (ends and log starts), and no Metadata or FindCoordinator once cached.
+#[tokio::test]
+async fn two_hundred_groups_are_read_with_requests_that_do_not_grow_with_groups() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[10, 10], Duration::ZERO).await;
+    let groups: Vec<String> = (0..200)
+        .map(|i| common::unique_name(&format!("fleet{i}")))
+        .collect();
+    common::kafka::commit_many(&groups, &[(&topic, 0, 4), (&topic, 1, 7)]).await;
+    let triggers: Vec<KafkaTrigger> = groups
+        .iter()
+        .map(|g| KafkaTrigger {
+            allow_idle_consumers: true,
+            ..trigger(g, Some(&topic))
+        })
+        .collect();
+    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let warm_up = scaler.poll(&triggers).await;
+    assert!(
+        warm_up
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.value == 9.0)),
+        "{:?}",
+        &warm_up[..3]
+    );
+    let (readings, requests) = requests_of_one_tick(&scaler, &triggers).await;
+    assert!(
+        readings
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.value == 9.0))
+    );
+    let wire: HashMap<&str, i64> = requests
+        .iter()
+        .filter(|(api, _)| !api.contains("lag reader"))
+        .map(|(api, n)| (api.as_str(), *n))
+        .collect();
+    assert_eq!(
+        wire,
+        HashMap::from([("OffsetFetch", 1), ("ListOffsets", 2)]),
+        "requests of a tick for 200 groups"
+    );
+    assert_eq!(
+        scaler.open_connections(),
+        1,
+        "one connection to the one broker"
+    );
+    delete_topic(&topic).await;
+}
+
+/// Issues 14 and 15: a group the cluster does not know reads as a new group (by its reset
+/// policy) in the same batched OffsetFetch as existing groups, which keep their values.
+#[tokio::test]
+async fn a_new_group_among_existing_groups_reads_by_its_reset_policy() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[5, 5], Duration::ZERO).await;
+    let existing: Vec<String> = (0..3).map(|_| common::unique_name("present")).collect();
+    common::kafka::commit_many(&existing, &[(&topic, 0, 1), (&topic, 1, 2)]).await;
+    let missing = common::unique_name("never-existed");
+    let mut triggers: Vec<KafkaTrigger> =
+        existing.iter().map(|g| trigger(g, Some(&topic))).collect();
+    triggers.insert(1, trigger(&missing, Some(&topic)));
+    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let readings = scaler.poll(&triggers).await;
+    let values: Vec<Option<f64>> = readings
+        .iter()
+        .map(|r| r.as_ref().ok().map(|r| r.value))
+        .collect();
+    assert_eq!(
+        values,
+        [Some(7.0), Some(2.0), Some(7.0), Some(7.0)],
+        "{readings:?}"
+    );
+    delete_topic(&topic).await;
+}
+
+/// Issue 14: with many groups batched per coordinator, a deleted topic fails only the groups
+/// counting it, on the first tick after the deletion, at the cost of one Metadata request.
+#[tokio::test]
+async fn a_deleted_topic_fails_only_its_groups_among_many_healthy_ones() {
+    let kept = create_topic(2).await;
+    let gone = create_topic(2).await;
+    produce(&kept, &[6, 6], Duration::ZERO).await;
+    produce(&gone, &[6, 6], Duration::ZERO).await;
+    let kept_groups: Vec<String> = (0..20).map(|_| common::unique_name("kept")).collect();
+    let gone_groups: Vec<String> = (0..20).map(|_| common::unique_name("gone")).collect();
+    common::kafka::commit_many(&kept_groups, &[(&kept, 0, 1), (&kept, 1, 1)]).await;
+    common::kafka::commit_many(&gone_groups, &[(&gone, 0, 2), (&gone, 1, 2)]).await;
+    let triggers: Vec<KafkaTrigger> = kept_groups
+        .iter()
+        .map(|g| trigger(g, Some(&kept)))
+        .chain(gone_groups.iter().map(|g| trigger(g, Some(&gone))))
+        .map(|t| KafkaTrigger {
+            allow_idle_consumers: true,
+            ..t
+        })
+        .collect();
+    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let before = scaler.poll(&triggers).await;
+    assert!(
+        before.iter().all(Result::is_ok),
+        "{:?}",
+        before.iter().find(|r| r.is_err())
+    );
+    delete_topic(&gone).await;
+    wait_until_gone(&gone).await;
+    let (after, requests) = requests_of_one_tick(&scaler, &triggers).await;
+    for (i, reading) in after.iter().enumerate() {
+        if i < 20 {
+            assert_eq!(
+                reading.as_ref().map(|r| r.value).ok(),
+                Some(10.0),
+                "kept group {i}: {reading:?}"
+            );
+        } else {
+            assert!(
+                matches!(reading, Err(ScalerError::NotFound { what, .. }) if what.contains(&gone)),
+                "group {i} of the deleted topic: {reading:?}"
+            );
+        }
+    }
+    let count = |api: &str| requests.get(api).copied().unwrap_or(0);
+    assert!(
+        count("Metadata") <= 1 && count("ListOffsets") <= 2 && count("OffsetFetch") <= 1,
+        "requests of the deletion tick: {requests:?}"
+    );
+    delete_topic(&kept).await;
+}
+
+/// Issue 15: the first deploy of a consumer with `minReplicaCount: 0`: its group has never
+/// existed, and the topic already has records. Under both policies the trigger is active.
+#[tokio::test]
+async fn a_brand_new_group_on_a_topic_with_records_reads_by_its_reset_policy() {
+    let topic = create_topic(3).await;
+    produce(&topic, &[5, 7, 9], Duration::ZERO).await;
+    let group = common::unique_name("brand-new");
+    let latest = trigger(&group, Some(&topic));
+    let earliest = KafkaTrigger {
+        offset_reset_policy: OffsetResetPolicy::Earliest,
+        allow_idle_consumers: true,
+        ..trigger(&group, Some(&topic))
+    };
+    let to_zero = KafkaTrigger {
+        scale_to_zero_on_invalid_offset: true,
+        ..trigger(&group, Some(&topic))
+    };
+    let scaler = KafkaScaler::connect(&latest).unwrap();
+    let readings = scaler.poll(&[latest, earliest, to_zero]).await;
+    let figures: Vec<(f64, bool)> = readings
+        .iter()
+        .map(|r| {
+            let r = r.as_ref().expect("a new group is not an error");
+            (r.value, r.active)
+        })
+        .collect();
+    assert_eq!(figures, [(3.0, true), (21.0, true), (0.0, false)]);
+    delete_topic(&topic).await;
+}
+
+/// Offsets of every partition of `topic` at `time` (-1 latest, -2 earliest), as Kafka's own
+/// GetOffsetShell reports them.
+async fn get_offset_shell(topic: &str, time: &str) -> HashMap<i32, i64> {
+    let classpath = format!("{}/*", common::endpoint("SPILLWAY_KAFKA_CLASSPATH"));
+    let output = tokio::process::Command::new("java")
+        .args([
+            "-Xmx256m",
+            "-cp",
+            &classpath,
+            "org.apache.kafka.tools.GetOffsetShell",
+        ])
+        .args([
+            "--bootstrap-server",
+            &bootstrap(),
+            "--topic",
+            topic,
+            "--time",
+            time,
+        ])
+        .output()
+        .await
+        .expect("run GetOffsetShell");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "GetOffsetShell failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.rsplitn(3, ':');
+            let offset = fields.next()?.parse().ok()?;
+            let partition = fields.next()?.parse().ok()?;
+            (fields.next()? == topic).then_some((partition, offset))
+        })
+        .collect()
+}
+
+/// Issue 15: after DeleteRecords moved the log start, `earliest` counts the records a new
+/// consumer would read, end - log start, exactly as Kafka's GetOffsetShell reports the two;
+/// a commit below the log start is invalid and counts the same way.
+#[tokio::test]
+async fn earliest_after_delete_records_counts_end_minus_log_start_as_get_offset_shell_reports() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let topic = create_topic(2).await;
+    produce(&topic, &[141, 60], Duration::ZERO).await;
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin");
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset(&topic, 0, Offset::Offset(50))
+        .unwrap();
+    before
+        .add_partition_offset(&topic, 1, Offset::Offset(10))
+        .unwrap();
+    let deleted = admin
+        .delete_records(&before, &AdminOptions::new())
+        .await
+        .expect("DeleteRecords");
+    assert!(
+        deleted.elements().iter().all(|e| e.error().is_ok()),
+        "{deleted:?}"
+    );
+
+    let starts = get_offset_shell(&topic, "-2").await;
+    let ends = get_offset_shell(&topic, "-1").await;
+    assert_eq!(
+        starts,
+        HashMap::from([(0, 50), (1, 10)]),
+        "the tool sees the moved log start"
+    );
+    let expected: i64 = ends.iter().map(|(p, end)| end - starts[p]).sum();
+    assert_eq!(expected, 91 + 50);
+
+    let new_group = common::unique_name("earliest-new");
+    let behind_retention = common::unique_name("earliest-behind");
+    // Partition 0 committed below its log start (invalid), partition 1 within the log.
+    commit(&behind_retention, &[(&topic, 0, 20), (&topic, 1, 30)]);
+    let earliest = |group: &str| KafkaTrigger {
+        offset_reset_policy: OffsetResetPolicy::Earliest,
+        allow_idle_consumers: true,
+        ..trigger(group, Some(&topic))
+    };
+    let triggers = [earliest(&new_group), earliest(&behind_retention)];
+    let scaler = KafkaScaler::connect(&triggers[0]).unwrap();
+    let readings = scaler.poll(&triggers).await;
+    let values: Vec<f64> = readings
+        .iter()
+        .map(|r| r.as_ref().expect("earliest").value)
+        .collect();
+    assert_eq!(values, [expected as f64, (91 + 30) as f64]);
+    delete_topic(&topic).await;
+}
+
+/// Issue 15: a topic deleted and recreated under the same name while the group's commits
+/// point beyond its new end: the commits are invalid and count by the reset policy (KEDA reads
+/// 0 until the new end passes the old commit).
+#[tokio::test]
+async fn a_recreated_topic_with_old_commits_counts_by_the_reset_policy() {
+    let topic = create_topic(2).await;
+    produce(&topic, &[20, 20], Duration::ZERO).await;
+    let group = common::unique_name("recreated");
+    commit(&group, &[(&topic, 0, 15), (&topic, 1, 15)]);
+    delete_topic(&topic).await;
+    wait_until_gone(&topic).await;
+    common::kafka::create_topic_named(&topic, 2).await;
+    produce(&topic, &[4, 4], Duration::ZERO).await;
+    // The consumer's old position, committed again as a consumer that has not noticed the
+    // recreation does (the coordinator may have dropped the commits with the old topic).
+    commit(&group, &[(&topic, 0, 15), (&topic, 1, 15)]);
+    let latest = trigger(&group, Some(&topic));
+    let earliest = KafkaTrigger {
+        offset_reset_policy: OffsetResetPolicy::Earliest,
+        allow_idle_consumers: true,
+        ..trigger(&group, Some(&topic))
+    };
+    let scaler = KafkaScaler::connect(&latest).unwrap();
+    let readings = scaler.poll(&[latest, earliest]).await;
+    let figures: Vec<(f64, bool)> = readings
+        .iter()
+        .map(|r| r.as_ref().map(|r| (r.value, r.active)).unwrap())
+        .collect();
+    assert_eq!(figures, [(2.0, true), (8.0, true)]);
+    delete_topic(&topic).await;
 }

@@ -23,20 +23,21 @@ pub fn client_config() -> ClientConfig {
 
 pub async fn create_topic(partitions: i32) -> String {
     let topic = super::unique_name("lag");
+    create_topic_named(&topic, partitions).await;
+    topic
+}
+
+/// Creates `topic` (say, again after deleting it).
+pub async fn create_topic_named(topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin");
     let result = admin
         .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
         )
         .await
         .expect("CreateTopics");
     assert!(result.iter().all(|r| r.is_ok()), "{result:?}");
-    topic
 }
 
 pub async fn delete_topic(topic: &str) {
@@ -97,4 +98,30 @@ pub fn commit(group: &str, offsets: &[(&str, i32, i64)]) {
             .unwrap();
     }
     consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+}
+
+/// Commits the same `offsets` for each of `groups` without joining them, through spillway's
+/// wire client (one connection, many commits in flight): thousands of groups in seconds.
+#[allow(dead_code)]
+pub async fn commit_many(groups: &[String], offsets: &[(&str, i32, i64)]) {
+    use futures::StreamExt;
+    use spillway::kafka_client::{ClusterClient, ConnectOptions};
+    let client = ClusterClient::new(
+        vec![bootstrap()],
+        ConnectOptions {
+            tls: None,
+            sasl: None,
+            timeout: Duration::from_secs(30),
+        },
+    );
+    let commits = futures::stream::iter(groups)
+        .map(|group| {
+            let client = &client;
+            async move { (group, client.commit_offsets(group, offsets).await) }
+        })
+        .buffer_unordered(64);
+    let results: Vec<_> = commits.collect().await;
+    for (group, result) in results {
+        result.unwrap_or_else(|err| panic!("commit for {group}: {err}"));
+    }
 }

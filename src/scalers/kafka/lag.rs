@@ -1,5 +1,7 @@
 //! Consumer-group lag arithmetic with KEDA's semantics (pkg/scalers/kafka_scaler.go,
 //! `getLagForPartition` and `getTotalLag`), kept free of I/O so every rule is unit-tested.
+//! Two deliberate differences (see the module doc of [`super`]): the log start offset bounds
+//! what `earliest` counts, and a commit outside the log is an invalid offset.
 
 /// What to assume for a partition the group has never committed (KEDA's `offsetResetPolicy`).
 #[derive(
@@ -18,7 +20,7 @@ pub enum OffsetResetPolicy {
     /// A new consumer starts at the end: lag 1 per partition, enough to start one consumer.
     #[default]
     Latest,
-    /// A new consumer reads from the start: the whole partition is lag.
+    /// A new consumer reads from the log start: every record still in the partition is lag.
     Earliest,
 }
 
@@ -36,6 +38,8 @@ pub struct LagRules {
 /// Offsets of one partition at one poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionOffsets {
+    /// Log start offset (the first record still kept: retention and DeleteRecords move it).
+    pub log_start: i64,
     /// Log-end offset (the offset the next produced record gets).
     pub end: i64,
     /// The group's committed offset; `None` when nothing was committed (Kafka's -1).
@@ -54,19 +58,24 @@ pub fn partition_lag(
     rules: &LagRules,
     exclude_persistent: bool,
 ) -> (i64, i64) {
-    let Some(committed) = offsets.committed else {
+    // A commit outside the log (beyond the end after a topic was recreated or truncated, or
+    // below the log start after retention) is invalid: a consumer resets it by its policy.
+    let valid = offsets
+        .committed
+        .filter(|c| (offsets.log_start..=offsets.end).contains(c));
+    let Some(committed) = valid else {
         let lag = match (
             rules.scale_to_zero_on_invalid_offset,
             rules.offset_reset_policy,
         ) {
             (true, _) => 0,
             (false, OffsetResetPolicy::Latest) => 1,
-            (false, OffsetResetPolicy::Earliest) => offsets.end.max(0),
+            // The records a new consumer would read: from the log start, not from offset 0.
+            (false, OffsetResetPolicy::Earliest) => (offsets.end - offsets.log_start).max(0),
         };
         return (lag, lag);
     };
-    // A commit beyond the end (after a topic was truncated or recreated) is no backlog.
-    let lag = (offsets.end - committed).max(0);
+    let lag = offsets.end - committed;
     if exclude_persistent && offsets.persistent {
         (0, lag)
     } else {
@@ -174,9 +183,17 @@ mod tests {
 
     fn offsets(end: i64, committed: Option<i64>) -> PartitionOffsets {
         PartitionOffsets {
+            log_start: 0,
             end,
             committed,
             persistent: false,
+        }
+    }
+
+    fn moved(log_start: i64, end: i64, committed: Option<i64>) -> PartitionOffsets {
+        PartitionOffsets {
+            log_start,
+            ..offsets(end, committed)
         }
     }
 
@@ -203,7 +220,20 @@ mod tests {
             (offsets(100, None), earliest, (100, 100)),
             (offsets(100, None), zero, (0, 0)),
             (offsets(100, None), zero_earliest, (0, 0)),
-            (offsets(5, Some(9)), latest, (0, 0)),
+            // Differences from KEDA: the log start bounds `earliest` (records 0..50 deleted)...
+            (moved(50, 141, None), earliest, (91, 91)),
+            (moved(50, 141, None), latest, (1, 1)),
+            (moved(50, 141, None), zero_earliest, (0, 0)),
+            // ...and a commit outside the log is invalid (KEDA: beyond the end reads 0, below
+            // the start reads deleted records as lag).
+            (offsets(5, Some(9)), latest, (1, 1)),
+            (offsets(5, Some(9)), earliest, (5, 5)),
+            (offsets(5, Some(9)), zero, (0, 0)),
+            (moved(50, 141, Some(20)), earliest, (91, 91)),
+            (moved(50, 141, Some(20)), latest, (1, 1)),
+            (moved(50, 141, Some(50)), latest, (91, 91)),
+            (moved(50, 141, Some(141)), earliest, (0, 0)),
+            (moved(141, 141, None), earliest, (0, 0)),
         ];
         for (offsets, rules, want) in cases {
             assert_eq!(
@@ -217,6 +247,7 @@ mod tests {
     #[test]
     fn persistent_lag_counts_only_for_activation() {
         let stuck = PartitionOffsets {
+            log_start: 0,
             end: 50,
             committed: Some(20),
             persistent: true,

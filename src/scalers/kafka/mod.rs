@@ -1,36 +1,54 @@
 //! Kafka consumer-group lag, with KEDA's `kafka` trigger parameters and semantics, answered for
-//! every trigger on a cluster by one shared client in one batched round per tick.
+//! every trigger on a cluster by one shared client in one batched round per tick: requests grow
+//! with brokers and coordinators, never with groups (see `client.rs` and `crate::kafka_client`).
 //!
 //! Beyond KEDA:
 //! - **lag in seconds**: the age of the oldest unconsumed message of each lagging partition (the
 //!   timestamp of the record at the committed offset), served as the trigger's second metric
 //!   `lag-seconds` (the maximum over its partitions). Timestamps are cached per offset, so a
-//!   partition is read again only when its consumer moved.
+//!   partition is read again only when its consumer moved. Records are read by one librdkafka
+//!   consumer per cluster, created when a partition first lags (`records.rs`).
 //! - **backlog per partition**: each reading carries every counted partition's lag (records
 //!   behind, persistent lag included, before KEDA's caps on the total) and lag seconds, for
 //!   spillway's `/metrics` (`spillway_kafka_consumer_lag{,_seconds}`); at most
 //!   [`MAX_BACKLOG_SAMPLES`](super::MAX_BACKLOG_SAMPLES) partitions per trigger, the most
 //!   lagging ones. They come from the same answers, so the requests per tick do not change.
-//! - **errors are errors**: an unreachable cluster, a missing topic, an unknown consumer group,
-//!   a refused authorization, a partition left out of an answer: each is a [`ScalerError`],
-//!   never a lag of 0 (KEDA reads a missing partition as 0).
-//! - **one topic's failure is its own**: when the batched end-offsets call fails on an error one
-//!   topic can cause (deleted, unknown partition, leader moved, not authorized), the round
-//!   re-reads that metadata at once and narrows the call down to the failing topics, so only the
-//!   triggers counting them fail and every other trigger gets its value from the same round.
+//! - **errors are errors**: an unreachable cluster, a missing topic, a refused authorization, a
+//!   partition left out of an answer: each is a [`ScalerError`], never a lag of 0 (KEDA reads
+//!   a missing partition as 0).
+//! - **one topic's failure is its own**: ListOffsets answers per partition, so a deleted topic
+//!   or a moved leader fails only its partitions; the round re-reads their metadata at once
+//!   (not after the cache's 60 s) and asks moved partitions once more, so only the triggers
+//!   counting a failing topic fail and every other trigger gets its value from the same round.
+//!
+//! Deliberate differences from KEDA, each because KEDA's answer misleads the HPA:
+//! - **`earliest` counts the records still in the log**: a partition without a valid commit
+//!   counts end - log start (the log start read with ListOffsets EARLIEST in the same round),
+//!   not the end offset. After retention or DeleteRecords moved the log start, KEDA counts
+//!   records that no consumer can read any more (millions on a topic with retention) and sends
+//!   the target to maxReplicas.
+//! - **a commit outside the log is an invalid offset**: beyond the end (topic deleted and
+//!   recreated, or truncated) or below the log start (retention passed the consumer), the
+//!   committed offset counts as no commit, by `offsetResetPolicy` (and
+//!   `scaleToZeroOnInvalidOffset`), because that is where a consumer restarts. KEDA reads a
+//!   commit beyond the end as lag 0, so a recreated topic shows no backlog until its end passes
+//!   the old commit.
 //!
 //! Where KEDA is silent or lax, spillway chooses:
-//! - a consumer group the coordinator does not know at all (no members, no commits) is
-//!   `NotFound`; a known group that has not committed yet gets KEDA's invalid-offset rules;
+//! - a consumer group the coordinator does not know is a group without commits, as in KEDA:
+//!   each partition counts by `offsetResetPolicy` (1 under `latest`, the records in the log
+//!   under `earliest`), so the first consumer of a new group starts from zero replicas; an
+//!   error stays an error only when the cluster or the topic cannot be read;
 //! - with `topic` empty, the topics counted are those of the cluster the group has committed
 //!   to, so a deleted topic drops out (it holds no work); a named `topic` that is missing is
-//!   `NotFound`;
+//!   `NotFound`, and a group with no commits at all has nothing to count: `NotFound`, not 0;
 //! - `partitionLimitation` without `topic`, and TLS files without `tls: enable`, are rejected
-//!   instead of ignored;
-//! - a committed offset beyond the log end (topic recreated) counts as lag 0, not negative.
+//!   instead of ignored; an encrypted client key (`keyPassword`) is refused with a clear error
+//!   (the wire client's rustls reads unencrypted keys only).
 
 mod client;
 mod lag;
+mod records;
 mod trigger;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,12 +56,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Offset;
+use rdkafka::config::ClientConfig;
 
 pub use client::{GroupOffsets, KafkaCluster, RequestCounts, TopicPartition};
 pub use lag::{
     LagRules, OffsetResetPolicy, PartitionOffsets, TotalLag, parse_partition_limitation,
     partition_lag, total_lag,
 };
+use records::RecordReader;
 pub use trigger::{KafkaTrigger, SaslMechanism, TlsMode};
 
 use super::{ActivationInput, BacklogSample, Reading, Scaler, ScalerError, TriggerParams};
@@ -57,6 +77,8 @@ pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,
     pub end_offset: i64,
+    /// First offset still in the log (retention and DeleteRecords move it).
+    pub log_start_offset: i64,
     /// `None` when the group has not committed this partition.
     pub committed_offset: Option<i64>,
     /// Lag counted for the scaling metric (KEDA's rules, persistent lag excluded if asked).
@@ -86,37 +108,90 @@ struct LagState {
     timestamps: HashMap<(TopicPartition, i64), i64>,
 }
 
+/// The librdkafka record reader of a cluster, created the first time a partition lags (a
+/// cluster whose consumers keep up never starts its threads).
+struct LazyRecordReader {
+    config: ClientConfig,
+    target: String,
+    timeout: Duration,
+    reader: Mutex<Option<Arc<RecordReader>>>,
+}
+
+impl LazyRecordReader {
+    fn get(&self) -> Result<Arc<RecordReader>, ScalerError> {
+        let mut reader = self.reader.lock().expect("record reader lock");
+        if let Some(reader) = reader.as_ref() {
+            return Ok(Arc::clone(reader));
+        }
+        let created = Arc::new(RecordReader::new(
+            self.config.clone(),
+            self.target.clone(),
+            self.timeout,
+        )?);
+        *reader = Some(Arc::clone(&created));
+        Ok(created)
+    }
+}
+
 /// The scaler for one Kafka cluster.
 pub struct KafkaScaler {
     cluster: Arc<KafkaCluster>,
-    state: Arc<Mutex<LagState>>,
+    records: Arc<LazyRecordReader>,
+    state: Arc<tokio::sync::Mutex<LagState>>,
     timeout: Duration,
 }
 
 impl KafkaScaler {
-    /// Builds the scaler with extra librdkafka settings (e.g. `statistics.interval.ms` for the
-    /// benchmark's request counts).
+    /// Builds the scaler with extra librdkafka settings for the record reader behind lag
+    /// seconds (e.g. `statistics.interval.ms`, for its request counts).
     pub fn connect_with(
         trigger: &KafkaTrigger,
         extra: &[(&str, &str)],
     ) -> Result<Self, ScalerError> {
         trigger.validate()?;
+        let options = trigger.connect_options()?;
         let mut config = trigger.client_config()?;
         for (key, value) in extra {
             config.set(*key, *value);
         }
         let timeout = Duration::from_millis(trigger.timeout);
-        let cluster = KafkaCluster::new(config, trigger.servers().join(","), timeout)?;
+        let target = trigger.servers().join(",");
+        let servers = trigger.servers().into_iter().map(str::to_owned).collect();
+        let client = crate::kafka_client::ClusterClient::new(servers, options);
         Ok(Self {
-            cluster: Arc::new(cluster),
+            cluster: Arc::new(KafkaCluster::new(client, target.clone())),
+            records: Arc::new(LazyRecordReader {
+                config,
+                target,
+                timeout,
+                reader: Mutex::default(),
+            }),
             state: Arc::default(),
             timeout,
         })
     }
 
-    /// Kafka requests sent so far, by API (needs `statistics.interval.ms`).
+    /// Kafka requests sent so far, by API: the wire client's, plus the record reader's from
+    /// librdkafka's statistics (needs `statistics.interval.ms`) as `<API> (lag reader)`.
     pub fn request_counts(&self) -> RequestCounts {
-        self.cluster.request_counts()
+        let mut counts = self.cluster.request_counts();
+        let reader = self
+            .records
+            .reader
+            .lock()
+            .expect("record reader lock")
+            .clone();
+        if let Some(reader) = reader {
+            for (api, n) in reader.request_counts() {
+                counts.insert(format!("{api} (lag reader)"), n);
+            }
+        }
+        counts
+    }
+
+    /// Open broker connections of the wire client.
+    pub fn open_connections(&self) -> usize {
+        self.cluster.open_connections()
     }
 
     /// One batched round for `triggers`, with per-partition detail.
@@ -124,27 +199,13 @@ impl KafkaScaler {
         &self,
         triggers: &[KafkaTrigger],
     ) -> Vec<Result<KafkaLagReport, ScalerError>> {
-        let cluster = Arc::clone(&self.cluster);
-        let state = Arc::clone(&self.state);
-        let owned = triggers.to_vec();
-        // Each broker call is bounded by the timeout; a round makes at most six in sequence
-        // (metadata, committed offsets, group lookup, end offsets and its one retry, records),
-        // plus three when an end-offsets call failed on one topic's error and is narrowed down
-        // (metadata again, then calls within one timeout, a leader retry among them).
+        // Each broker request is bounded by the timeout; a round makes at most nine in sequence
+        // (metadata, coordinators, committed offsets and one retry after a coordinator moved,
+        // group lookup, end offsets, metadata again and one retry, records).
         let bound = self.timeout * 9 + Duration::from_secs(1);
-        let round = tokio::task::spawn_blocking(move || poll_round(&cluster, &state, &owned));
+        let round = poll_round(&self.cluster, &self.records, &self.state, triggers);
         match tokio::time::timeout(bound, round).await {
-            Ok(Ok(reports)) => reports,
-            Ok(Err(join)) => triggers
-                .iter()
-                .map(|t| {
-                    Err(ScalerError::Broker {
-                        broker: KIND,
-                        target: t.bootstrap_servers.clone(),
-                        cause: format!("poll task failed: {join}"),
-                    })
-                })
-                .collect(),
+            Ok(reports) => reports,
             Err(_) => triggers
                 .iter()
                 .map(|t| {
@@ -244,9 +305,10 @@ fn activation_input(total: &TotalLag) -> ActivationInput {
 
 /// One tick for all triggers of a cluster: committed offsets per group, metadata, end offsets,
 /// lag, then record timestamps for lagging partitions.
-fn poll_round(
+async fn poll_round(
     cluster: &KafkaCluster,
-    state: &Mutex<LagState>,
+    records: &Arc<LazyRecordReader>,
+    state: &tokio::sync::Mutex<LagState>,
     triggers: &[KafkaTrigger],
 ) -> Vec<Result<KafkaLagReport, ScalerError>> {
     let mut results: Vec<Option<Result<KafkaLagReport, ScalerError>>> = triggers
@@ -271,7 +333,7 @@ fn poll_round(
             Some(topic) => {
                 candidates.insert(i, vec![topic.clone()]);
             }
-            None => match cluster.all_topics() {
+            None => match cluster.all_topics().await {
                 Ok(topics) => {
                     candidates.insert(i, topics);
                 }
@@ -281,7 +343,7 @@ fn poll_round(
     }
     let all_topics: BTreeSet<&str> = candidates.values().flatten().map(String::as_str).collect();
     let all_topics: Vec<&str> = all_topics.into_iter().collect();
-    let partitions = cluster.partitions(&all_topics);
+    let partitions = cluster.partitions(&all_topics).await;
 
     phases.push(("metadata", phase_started.elapsed()));
     phase_started = std::time::Instant::now();
@@ -301,27 +363,22 @@ fn poll_round(
         .into_iter()
         .map(|(g, tps)| (g, tps.into_iter().collect()))
         .collect();
-    let committed = cluster.committed_offsets(&requests);
-    let without_commits: Vec<&str> = requests
-        .iter()
-        .map(|(g, _)| *g)
-        .filter(|g| matches!(committed.get(*g), Some(Ok(o)) if o.committed.is_empty()))
-        .collect();
-    let existing = cluster.groups_exist(&without_commits);
+    let committed = cluster.committed_offsets(&requests).await;
     for i in open(&results) {
         let group = triggers[i].consumer_group.as_str();
         match committed.get(group) {
             Some(Err(err)) => results[i] = Some(Err(err.clone())),
-            Some(Ok(_)) if without_commits.contains(&group) => match existing.get(group) {
-                Some(Ok(true)) => {}
-                Some(Err(err)) => results[i] = Some(Err(err.clone())),
-                Some(Ok(false)) | None => {
-                    results[i] = Some(Err(not_found(
-                        &triggers[i],
-                        format!("consumer group {group}"),
-                    )))
-                }
-            },
+            // A group without commits, known or not, is counted by the reset policy (KEDA):
+            // a new group's first consumer must start. Without `topic`, the topics counted are
+            // those the group committed to, so there is nothing to count: an error, not 0.
+            Some(Ok(offsets)) if triggers[i].topic.is_none() && offsets.topics().is_empty() => {
+                results[i] = Some(Err(not_found(
+                    &triggers[i],
+                    format!(
+                        "committed offsets of consumer group {group} (no `topic` is named, so the topics counted are those the group committed to)"
+                    ),
+                )))
+            }
             Some(Ok(_)) => {}
             None => {
                 results[i] = Some(Err(not_found(
@@ -392,7 +449,7 @@ fn poll_round(
     // 4. End offsets of every partition any trigger counts, in one call.
     let needed: BTreeSet<&TopicPartition> = trigger_partitions.values().flatten().collect();
     let needed: Vec<TopicPartition> = needed.into_iter().cloned().collect();
-    let end_offsets = match cluster.end_offsets(&needed) {
+    let log_offsets = match cluster.log_offsets(&needed).await {
         Ok(offsets) => offsets,
         Err(err) => {
             for i in trigger_partitions.keys() {
@@ -401,7 +458,7 @@ fn poll_round(
             HashMap::new()
         }
     };
-    let failed_topics: BTreeSet<&str> = end_offsets
+    let failed_topics: BTreeSet<&str> = log_offsets
         .iter()
         .filter(|(_, r)| r.is_err())
         .map(|((t, _), _)| t.as_str())
@@ -413,7 +470,8 @@ fn poll_round(
     phases.push(("end_offsets", phase_started.elapsed()));
     phase_started = std::time::Instant::now();
     // 5. Lag per trigger.
-    let mut state = state.lock().expect("lag state lock");
+    // A tokio lock: it is held across the record reads; rounds of one scaler run one at a time.
+    let mut state = state.lock().await;
     let mut reports: HashMap<usize, KafkaLagReport> = HashMap::new();
     for (i, tps) in &trigger_partitions {
         if results[*i].is_some() {
@@ -426,8 +484,8 @@ fn poll_round(
         let mut partition_lags = Vec::with_capacity(tps.len());
         let mut failure = None;
         for tp in tps {
-            let end = match &end_offsets[tp] {
-                Ok(end) => *end,
+            let log = match &log_offsets[tp] {
+                Ok(log) => *log,
                 Err(err) => {
                     failure = Some(err.clone());
                     break;
@@ -445,7 +503,8 @@ fn poll_round(
                     == committed_offset.as_ref();
             let (lag, with_persistent) = partition_lag(
                 PartitionOffsets {
-                    end,
+                    log_start: log.start,
+                    end: log.end,
                     committed: committed_offset,
                     persistent,
                 },
@@ -455,7 +514,8 @@ fn poll_round(
             partition_lags.push(PartitionLag {
                 topic: tp.0.clone(),
                 partition: tp.1,
-                end_offset: end,
+                end_offset: log.end,
+                log_start_offset: log.start,
                 committed_offset,
                 lag,
                 lag_with_persistent: with_persistent,
@@ -500,21 +560,9 @@ fn poll_round(
     // 6. Lag seconds: the record at each lagging partition's next offset to consume.
     let mut wanted: BTreeSet<(TopicPartition, i64)> = BTreeSet::new();
     for (i, report) in &reports {
-        for p in report
-            .partitions
-            .iter()
-            .filter(|p| p.end_offset > p.committed_offset.unwrap_or(0))
-        {
-            match p.committed_offset {
-                Some(offset) => {
-                    wanted.insert(((p.topic.clone(), p.partition), offset));
-                }
-                None if triggers[*i].offset_reset_policy == OffsetResetPolicy::Earliest
-                    && !triggers[*i].scale_to_zero_on_invalid_offset =>
-                {
-                    wanted.insert(((p.topic.clone(), p.partition), OFFSET_BEGINNING_KEY));
-                }
-                None => {}
+        for p in &report.partitions {
+            if let Some(offset) = oldest_unconsumed(p, &triggers[*i]) {
+                wanted.insert(((p.topic.clone(), p.partition), offset));
             }
         }
     }
@@ -532,7 +580,22 @@ fn poll_round(
             )
         })
         .collect();
-    let fetched = cluster.record_timestamps(&missing);
+    let fetched = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        match records.get() {
+            Ok(reader) => {
+                let asked = missing.clone();
+                tokio::task::spawn_blocking(move || reader.record_timestamps(&asked))
+                    .await
+                    .unwrap_or_default()
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot create the record reader for lag seconds");
+                HashMap::new()
+            }
+        }
+    };
     for (tp, offset) in &missing {
         if let Some(ts) = fetched.get(tp) {
             let key = if *offset == Offset::Beginning {
@@ -547,25 +610,24 @@ fn poll_round(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    for report in reports.values_mut() {
+    for (i, report) in reports.iter_mut() {
         let mut complete = true;
         let mut oldest: f64 = 0.0;
         for p in &mut report.partitions {
-            if p.end_offset <= p.committed_offset.unwrap_or(0) {
+            let Some(offset) = oldest_unconsumed(p, &triggers[*i]) else {
                 p.lag_seconds = Some(0.0);
                 continue;
-            }
-            let key = (
-                (p.topic.clone(), p.partition),
-                p.committed_offset.unwrap_or(OFFSET_BEGINNING_KEY),
-            );
-            match state.timestamps.get(&key) {
+            };
+            match state
+                .timestamps
+                .get(&((p.topic.clone(), p.partition), offset))
+            {
                 Some(ts) => {
                     let age = ((now_ms - ts).max(0)) as f64 / 1000.0;
                     p.lag_seconds = Some(age);
                     oldest = oldest.max(age);
                 }
-                None if p.committed_offset.is_none() => p.lag_seconds = Some(0.0),
+                None if offset == OFFSET_BEGINNING_KEY => p.lag_seconds = Some(0.0),
                 None => complete = false,
             }
         }
@@ -590,6 +652,27 @@ fn poll_round(
 
 /// Timestamp cache key for "the first record of the partition" (earliest policy, no commit).
 const OFFSET_BEGINNING_KEY: i64 = -2;
+
+/// Where the oldest unconsumed record of a lagging partition is: at the commit when it lies in
+/// the log; at the log start when the commit is missing or invalid and the group would reset
+/// to earliest; nowhere under `latest` (a new consumer starts at the end, so nothing waits).
+fn oldest_unconsumed(p: &PartitionLag, trigger: &KafkaTrigger) -> Option<i64> {
+    if p.lag_with_persistent == 0 {
+        return None;
+    }
+    match p
+        .committed_offset
+        .filter(|c| (p.log_start_offset..=p.end_offset).contains(c))
+    {
+        Some(committed) => Some(committed),
+        None if trigger.offset_reset_policy == OffsetResetPolicy::Earliest
+            && !trigger.scale_to_zero_on_invalid_offset =>
+        {
+            Some(OFFSET_BEGINNING_KEY)
+        }
+        None => None,
+    }
+}
 
 fn not_found(trigger: &KafkaTrigger, what: String) -> ScalerError {
     ScalerError::NotFound {
@@ -790,6 +873,7 @@ mod tests {
             topic: "orders".into(),
             partition,
             end_offset: 100,
+            log_start_offset: 0,
             committed_offset: Some(100 - lag_with_persistent),
             lag,
             lag_with_persistent,

@@ -7,6 +7,7 @@ use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 use super::{KIND, LagRules, OffsetResetPolicy, parse_partition_limitation};
+use crate::kafka_client::{ConnectOptions, SaslCredentials, ScramMechanism, TlsOptions};
 use crate::scalers::{ActivationInput, ScalerError, TriggerParams, normalize_metric_name};
 use crate::secret::{SecretSource, SecretString};
 
@@ -189,6 +190,69 @@ impl KafkaTrigger {
             .as_deref()
             .and_then(|text| parse_partition_limitation(text).ok())
             .map(|p| p.into_iter().collect())
+    }
+
+    /// How the wire client connects: TLS (CA, client certificate, `unsafeSsl`) and SASL, with
+    /// secret files read now. An encrypted client key (`keyPassword`) is refused: rustls reads
+    /// only unencrypted keys, and a key that silently fails would read as a broken cluster.
+    pub fn connect_options(&self) -> Result<ConnectOptions, ScalerError> {
+        let read = |field: &str, source: &SecretSource| -> Result<String, ScalerError> {
+            source
+                .read()
+                .map(|secret| secret.expose().to_owned())
+                .map_err(|err| ScalerError::invalid(KIND, field, err.to_string()))
+        };
+        let sasl = match self.sasl {
+            SaslMechanism::None => None,
+            mechanism => {
+                let username = self.username.clone().unwrap_or_default();
+                let password = match &self.password {
+                    Some(password) => read("password", password)?,
+                    None => String::new(),
+                };
+                Some(match mechanism {
+                    SaslMechanism::Plaintext => SaslCredentials::Plain { username, password },
+                    SaslMechanism::ScramSha256 => SaslCredentials::Scram {
+                        mechanism: ScramMechanism::Sha256,
+                        username,
+                        password,
+                    },
+                    SaslMechanism::ScramSha512 => SaslCredentials::Scram {
+                        mechanism: ScramMechanism::Sha512,
+                        username,
+                        password,
+                    },
+                    SaslMechanism::None => unreachable!("matched above"),
+                })
+            }
+        };
+        let tls = match self.tls {
+            TlsMode::Disable => None,
+            TlsMode::Enable => {
+                if self.key_password.is_some() {
+                    return Err(ScalerError::invalid(
+                        KIND,
+                        "keyPassword",
+                        "encrypted client keys are not supported; give the key unencrypted (PKCS#8 or PKCS#1 PEM) in `key`",
+                    ));
+                }
+                let options = TlsOptions {
+                    ca_pem: self.ca.as_ref().map(|ca| read("ca", ca)).transpose()?,
+                    cert_pem: self.cert.as_ref().map(|c| read("cert", c)).transpose()?,
+                    key_pem: self.key.as_ref().map(|k| read("key", k)).transpose()?,
+                    insecure: self.unsafe_ssl,
+                };
+                let config = options
+                    .client_config()
+                    .map_err(|err| ScalerError::invalid(KIND, "tls", err.to_string()))?;
+                Some(config)
+            }
+        };
+        Ok(ConnectOptions {
+            tls,
+            sasl,
+            timeout: std::time::Duration::from_millis(self.timeout),
+        })
     }
 
     /// librdkafka settings for this trigger's cluster, with secrets read from their files.

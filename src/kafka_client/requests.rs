@@ -1,0 +1,93 @@
+//! The requests this client sends, each with the versions it speaks. The ranges stop below
+//! versions that change what a field means for us (OffsetFetch v10 and OffsetCommit v9 name
+//! topics by id), and the connection picks the highest version both sides speak.
+
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+/// A request with its answer type and the versions this client speaks.
+pub trait ReadRequest: Encodable {
+    const KEY: ApiKey;
+    /// Name used in errors and request counts (Kafka's own API names).
+    const NAME: &'static str;
+    /// Lowest and highest version this client speaks.
+    const VERSIONS: (i16, i16);
+    type Response: Decodable;
+}
+
+macro_rules! read_request {
+    ($request:ty, $response:ty, $key:ident, $min:literal, $max:literal) => {
+        impl ReadRequest for $request {
+            const KEY: ApiKey = ApiKey::$key;
+            const NAME: &'static str = stringify!($key);
+            const VERSIONS: (i16, i16) = ($min, $max);
+            type Response = $response;
+        }
+    };
+}
+
+read_request!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, 0, 3);
+read_request!(MetadataRequest, MetadataResponse, Metadata, 1, 12);
+read_request!(
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
+    FindCoordinator,
+    0,
+    5
+);
+read_request!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, 1, 9);
+read_request!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, 1, 8);
+read_request!(
+    OffsetCommitRequest,
+    OffsetCommitResponse,
+    OffsetCommit,
+    2,
+    8
+);
+read_request!(
+    SaslHandshakeRequest,
+    SaslHandshakeResponse,
+    SaslHandshake,
+    1,
+    1
+);
+read_request!(
+    SaslAuthenticateRequest,
+    SaslAuthenticateResponse,
+    SaslAuthenticate,
+    0,
+    2
+);
+
+/// The version to send: the highest both sides speak, or `None`.
+pub fn negotiate(ours: (i16, i16), theirs: (i16, i16)) -> Option<i16> {
+    let high = ours.1.min(theirs.1);
+    (high >= ours.0.max(theirs.0)).then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        // (ours, theirs, chosen)
+        let cases = [
+            ((1, 9), (0, 9), Some(9)),
+            ((1, 9), (0, 10), Some(9)),
+            ((1, 9), (0, 7), Some(7)),
+            ((1, 9), (0, 0), None),
+            ((2, 8), (9, 10), None),
+            ((0, 3), (0, 4), Some(3)),
+        ];
+        for (ours, theirs, chosen) in cases {
+            assert_eq!(negotiate(ours, theirs), chosen, "{ours:?} {theirs:?}");
+        }
+    }
+}
