@@ -168,6 +168,7 @@ async fn start(path: &std::path::Path, port: u16) -> common::serve::Server {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
         .args(["serve", "--no-auth", "--config"])
         .arg(path)
+        .env(common::ALLOW_LOOPBACK.0, common::ALLOW_LOOPBACK.1)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use spillway::destination::{self, DestinationClass, DestinationPolicy};
+use spillway::scalers::kafka::KafkaScaler;
 use spillway::scalers::nats::NatsJetStreamScaler;
 use spillway::scalers::prometheus::PrometheusScaler;
 use spillway::scalers::rabbitmq::RabbitMqScaler;
@@ -123,6 +124,14 @@ async fn loopback_is_refused_by_default_by_name_and_by_address_and_never_connect
             &host,
         );
     }
+    // Kafka's bootstrap servers (and the brokers its metadata names) go through the same check.
+    let kafka = serde_json::json!({"bootstrapServers": format!("localhost:{port}"),
+        "consumerGroup": "g", "topic": "t", "lagThreshold": 1, "timeout": 2000});
+    assert_refused(
+        poll_one::<KafkaScaler>(kafka).await,
+        DestinationClass::Loopback,
+        "kafka",
+    );
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         0,

@@ -1059,3 +1059,124 @@ fn prometheus_answers_never_read_as_a_silent_zero() {
     .unwrap();
     check_broker::<PrometheusScaler>("Prometheus exposition", &runtime, &proxy, &[scrape]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kafka answers: the decoders of every response spillway's Kafka client reads
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes `bytes` as each response the Kafka client reads, at every version it may negotiate.
+fn decode_every_kafka_response(bytes: &[u8]) {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::Decodable;
+    fn each<T: Decodable>(bytes: &[u8], versions: std::ops::RangeInclusive<i16>) {
+        for version in versions {
+            let mut buf = bytes::Bytes::copy_from_slice(bytes);
+            let _ = T::decode(&mut buf, version);
+        }
+    }
+    each::<ResponseHeader>(bytes, 0..=1);
+    each::<ApiVersionsResponse>(bytes, 0..=4);
+    each::<MetadataResponse>(bytes, 0..=13);
+    each::<FindCoordinatorResponse>(bytes, 0..=6);
+    each::<OffsetFetchResponse>(bytes, 0..=9);
+    each::<ListOffsetsResponse>(bytes, 0..=10);
+    each::<SaslHandshakeResponse>(bytes, 0..=1);
+    each::<SaslAuthenticateResponse>(bytes, 0..=2);
+    each::<FetchResponse>(bytes, 4..=17);
+}
+
+#[test]
+fn kafka_answers_decode_or_refuse_without_a_crash() {
+    // Found here: kafka-protocol 0.18 sized a Vec from an array count before reading it, so
+    // these 8 bytes (throttle time, then a broker array of i32::MAX) asked for 206 GB and the
+    // process aborted. vendor/kafka-protocol refuses the count.
+    decode_every_kafka_response(&[0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff]);
+    decode_every_kafka_response(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let seeds = kafka_seed_answers();
+    check(
+        "Kafka answer decoders",
+        PURE_CASES,
+        (any::<Index>(), mutations()),
+        |(seed, mutation)| {
+            let seed: &Vec<u8> = seed.get(&seeds);
+            decode_every_kafka_response(&mutate(seed, &mutation));
+            Ok(())
+        },
+    );
+}
+
+/// Valid encodings of the answers the client reads, to mutate from.
+fn kafka_seed_answers() -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    fn encode<T: Encodable>(message: &T, version: i16) -> Vec<u8> {
+        let mut buf = bytes::BytesMut::new();
+        message.encode(&mut buf, version).expect("encode a seed");
+        buf.to_vec()
+    }
+    let topic = TopicName(StrBytes::from_static_str("orders"));
+    let metadata = MetadataResponse::default()
+        .with_brokers(vec![
+            metadata_response::MetadataResponseBroker::default()
+                .with_node_id(BrokerId(1))
+                .with_host(StrBytes::from_static_str("127.0.0.1"))
+                .with_port(19092),
+        ])
+        .with_topics(vec![
+            metadata_response::MetadataResponseTopic::default()
+                .with_name(Some(topic.clone()))
+                .with_partitions(
+                    (0..4)
+                        .map(|p| {
+                            metadata_response::MetadataResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_leader_id(BrokerId(1))
+                                .with_replica_nodes(vec![BrokerId(1)])
+                                .with_isr_nodes(vec![BrokerId(1)])
+                        })
+                        .collect(),
+                ),
+        ]);
+    let offsets = ListOffsetsResponse::default().with_topics(vec![
+        list_offsets_response::ListOffsetsTopicResponse::default()
+            .with_name(topic.clone())
+            .with_partitions(
+                (0..4)
+                    .map(|p| {
+                        list_offsets_response::ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p)
+                            .with_offset(100 + i64::from(p))
+                    })
+                    .collect(),
+            ),
+    ]);
+    let committed = OffsetFetchResponse::default().with_groups(vec![
+        offset_fetch_response::OffsetFetchResponseGroup::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("orders-consumer")))
+            .with_topics(vec![
+                offset_fetch_response::OffsetFetchResponseTopics::default()
+                    .with_name(topic.clone())
+                    .with_partitions(vec![
+                        offset_fetch_response::OffsetFetchResponsePartitions::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(42),
+                    ]),
+            ]),
+    ]);
+    let coordinators = FindCoordinatorResponse::default().with_coordinators(vec![
+        find_coordinator_response::Coordinator::default()
+            .with_key(StrBytes::from_static_str("orders-consumer"))
+            .with_node_id(BrokerId(1))
+            .with_host(StrBytes::from_static_str("127.0.0.1"))
+            .with_port(19092),
+    ]);
+    vec![
+        encode(&metadata, 1),
+        encode(&metadata, 12),
+        encode(&offsets, 1),
+        encode(&offsets, 8),
+        encode(&committed, 8),
+        encode(&coordinators, 4),
+        encode(&ApiVersionsResponse::default(), 3),
+    ]
+}

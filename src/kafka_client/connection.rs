@@ -30,8 +30,10 @@ trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 type BoxedStream = Box<dyn Stream>;
 
-/// The largest answer accepted: a bound against a garbage length, far above any real answer.
-const MAX_FRAME: usize = 256 << 20;
+/// The largest answer accepted, the same cap as every other broker answer (a Metadata answer
+/// for 10,000 partitions is under 1 MiB): a bound against a garbage or hostile length, checked
+/// before the frame is read.
+const MAX_FRAME: usize = 16 << 20;
 
 /// Requests sent, by API name, shared by every connection of a cluster.
 #[derive(Default)]
@@ -105,6 +107,27 @@ impl Drop for Connection {
     }
 }
 
+/// Connects to the first address of `broker` (`host:port`) the destination policy allows,
+/// checked after resolution for each connection: bootstrap servers come from tenants, and the
+/// brokers Kafka's metadata names could be anything.
+async fn connect_allowed(broker: &str) -> std::io::Result<TcpStream> {
+    let (host, port) = broker
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+        .ok_or_else(|| std::io::Error::other(format!("{broker:?} is not host:port")))?;
+    let addresses = crate::destination::resolve(host, port)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
+}
+
 impl Connection {
     /// Connects, negotiates versions and authenticates, each step within the timeout.
     pub async fn open(
@@ -113,7 +136,7 @@ impl Connection {
         counter: Arc<RequestCounter>,
     ) -> Result<Arc<Self>, WireError> {
         let timeout = options.timeout;
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(broker)).await {
+        let tcp = match tokio::time::timeout(timeout, connect_allowed(broker)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(err)) => {
                 return Err(WireError::Connect {

@@ -1,3 +1,5 @@
+// spillway patch: a vendored dependency; its own warnings are not ours to fix.
+#![allow(warnings)]
 //! Implementation of [the Kafka wire protocol](https://kafka.apache.org/protocol.html) in Rust.
 //!
 //! This library follows the approach of the Kafka project and generates the protocol through
