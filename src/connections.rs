@@ -141,6 +141,35 @@ impl Connections {
         }
     }
 
+    /// The next connection `listener` accepts that fits within the caps, with its place and
+    /// peer; `None` once `shutdown` completes. Connections over a cap are closed before any
+    /// byte is read; accept errors (out of file descriptors and the like) back off instead of
+    /// spinning. `server` names the listener in logs.
+    pub async fn accept<F: std::future::Future<Output = ()>>(
+        &self,
+        listener: &tokio::net::TcpListener,
+        mut shutdown: std::pin::Pin<&mut F>,
+        server: &str,
+    ) -> Option<(Admitted, tokio::net::TcpStream, std::net::SocketAddr)> {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(server, error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return None,
+            };
+            match self.admit(peer.ip()) {
+                Some(admitted) => return Some((admitted, tcp, peer)),
+                None => tracing::debug!(server, %peer, "connection cap reached; closed"),
+            }
+        }
+    }
+
     /// A connection builder with the header timeout and HTTP/2 keep-alive set.
     pub fn builder(&self) -> Builder<TokioExecutor> {
         let mut builder = Builder::new(TokioExecutor::new());

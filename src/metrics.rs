@@ -916,22 +916,10 @@ pub async fn serve_metrics(
     ));
     let app = metrics_router(metrics);
     tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed on /metrics");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Some(admitted) = connections.admit(peer.ip()) else {
-            tracing::debug!(%peer, "/metrics connection cap reached; closed");
-            continue;
-        };
+    while let Some((admitted, tcp, peer)) = connections
+        .accept(&listener, shutdown.as_mut(), "/metrics")
+        .await
+    {
         let (connections, app) = (Arc::clone(&connections), app.clone());
         tokio::spawn(async move {
             let builder = connections.builder();

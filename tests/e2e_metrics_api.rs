@@ -306,12 +306,19 @@ async fn callers_without_rights_are_refused_and_front_proxy_headers_need_the_pro
     assert_eq!(list["items"][0]["metricName"], metric.as_str());
 
     // The aggregator merges spillway's OpenAPI documents into kube-apiserver's.
-    let v3: serde_json::Value =
-        serde_json::from_str(&k8s::get_raw(&admin, "/openapi/v3").await.1).unwrap();
-    let url = v3["paths"]["apis/external.metrics.k8s.io/v1beta1"]["serverRelativeURL"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no external.metrics.k8s.io in /openapi/v3: {v3}"))
-        .to_owned();
+    // On a kube-apiserver started moments ago the aggregator merges it a little later.
+    let url = common::eventually(
+        "kube-apiserver's /openapi/v3 to list external.metrics.k8s.io",
+        Duration::from_secs(90),
+        || async {
+            let v3: serde_json::Value =
+                serde_json::from_str(&k8s::get_raw(&admin, "/openapi/v3").await.1).ok()?;
+            v3["paths"]["apis/external.metrics.k8s.io/v1beta1"]["serverRelativeURL"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    )
+    .await;
     let (code, document) = k8s::get_raw(&admin, &url).await;
     assert_eq!(code, 200, "{document}");
     assert!(document.contains("ExternalMetricValueList"), "{document}");

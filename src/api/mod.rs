@@ -362,24 +362,10 @@ pub async fn serve(
     let health = health_router();
     let connections = Arc::new(Connections::new(limits, refused.0, refused.1));
     tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Over the cap the socket is dropped (closed) before any byte is read.
-        let Some(admitted) = connections.admit(peer.ip()) else {
-            tracing::debug!(%peer, "connection cap reached; closed");
-            continue;
-        };
+    while let Some((admitted, tcp, peer)) = connections
+        .accept(&listener, shutdown.as_mut(), "metrics API")
+        .await
+    {
         let (acceptor, app, health) = (acceptor.clone(), app.clone(), health.clone());
         let connections = Arc::clone(&connections);
         // The handshake runs in the connection's task so one slow client never stalls accept.
