@@ -93,7 +93,7 @@ async fn main() {
         })
         .await,
     );
-    let url = format!("https://127.0.0.1:{}{path}", k8s::SPILLWAY_PORT);
+    let url = format!("https://127.0.0.1:{}{path}", k8s::spillway_port());
     let proxy = k8s::direct_client(Some("front-proxy-client"));
     // A user outside system:masters, so spillway's SubjectAccessReview cache is on the path.
     k8s::apply(

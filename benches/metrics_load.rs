@@ -29,7 +29,7 @@ const SATURATION_FOR: Duration = Duration::from_secs(10);
 fn config(ns: &str, prometheus: &str, metrics_port: u16) -> String {
     let mut text = format!(
         "server:\n  listen: 127.0.0.1:{}\n  metricsListen: 127.0.0.1:{metrics_port}\n  maxConnectionsPerClient: 250\n  tls:\n    certFile: {}\n    keyFile: {}\npollingInterval: 5\nscaledObjects:\n",
-        k8s::SPILLWAY_PORT,
+        k8s::spillway_port(),
         k8s::pki("spillway-serving.crt").display(),
         k8s::pki("spillway-serving.key").display(),
     );
@@ -170,7 +170,7 @@ async fn main() {
         .map(|source| {
             format!(
                 "https://127.0.0.1:{}/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{}?labelSelector=scaledobject.spillway.dev%2Fname%3D{}",
-                k8s::SPILLWAY_PORT,
+                k8s::spillway_port(),
                 source.metric,
                 source.id.scaled_object
             )

@@ -83,7 +83,7 @@ async fn start_controller(cluster: &Cluster) -> SpillwayController {
     let lease = common::unique_name("e2e-ctl-lease");
     let controller = SpillwayController::start(
         &cluster.kubeconfig,
-        k8s::SPILLWAY_PORT,
+        k8s::spillway_port(),
         &lease,
         &format!("{lease}-a"),
         None,
@@ -1070,7 +1070,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_its_successor_reconcil
     wait_holder(admin, &lease, &leader.identity, Duration::from_secs(20)).await;
     let follower = SpillwayController::start(
         &cluster.kubeconfig,
-        k8s::SPILLWAY_PORT,
+        k8s::spillway_port(),
         &lease,
         &format!("{lease}-a"),
         Some(timings),

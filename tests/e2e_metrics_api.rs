@@ -189,7 +189,7 @@ async fn callers_without_rights_are_refused_and_front_proxy_headers_need_the_pro
     assert_eq!(code, 200, "{body}");
 
     // Directly: spillway authenticates and authorizes by itself.
-    let url = format!("https://127.0.0.1:{}{path}", k8s::SPILLWAY_PORT);
+    let url = format!("https://127.0.0.1:{}{path}", k8s::spillway_port());
     let anonymous = k8s::direct_client(None).get(&url).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     let status: serde_json::Value = anonymous.json().await.unwrap();
@@ -335,7 +335,10 @@ async fn callers_without_rights_are_refused_and_front_proxy_headers_need_the_pro
 
     // Health stays open to probes without credentials.
     let health = direct
-        .get(format!("https://127.0.0.1:{}/healthz", k8s::SPILLWAY_PORT))
+        .get(format!(
+            "https://127.0.0.1:{}/healthz",
+            k8s::spillway_port()
+        ))
         .send()
         .await
         .unwrap();

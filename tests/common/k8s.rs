@@ -12,8 +12,16 @@ use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use serde_json::json;
 
-/// The port the e2e spillway listens on; the APIService points at it, so it is fixed.
-pub const SPILLWAY_PORT: u16 = 36450;
+/// The port the e2e spillway listens on; the APIService points at it, so one control plane
+/// has one. `SPILLWAY_E2E_PORT` moves it, for a second control plane on the same machine.
+pub fn spillway_port() -> u16 {
+    match std::env::var("SPILLWAY_E2E_PORT") {
+        Ok(port) => port
+            .parse()
+            .unwrap_or_else(|_| panic!("SPILLWAY_E2E_PORT={port:?} is not a port")),
+        Err(_) => 36450,
+    }
+}
 /// Where the aggregator looks for spillway (the serving certificate names this Service).
 pub const SPILLWAY_NAMESPACE: &str = "spillway-system";
 pub const SPILLWAY_SERVICE: &str = "spillway";
@@ -152,12 +160,12 @@ pub async fn install_spillway_service(client: &kube::Client) {
         json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": SPILLWAY_SERVICE, "namespace": SPILLWAY_NAMESPACE},
             "spec": {"type": "ExternalName", "externalName": "localhost",
-                     "ports": [{"name": "https", "port": SPILLWAY_PORT, "protocol": "TCP"}]}}),
+                     "ports": [{"name": "https", "port": spillway_port(), "protocol": "TCP"}]}}),
     )
     .await;
 }
 
-/// Registers `group/version` as served by spillway on [`SPILLWAY_PORT`], trusting the
+/// Registers `group/version` as served by spillway on [`spillway_port`], trusting the
 /// cluster CA that signed spillway's serving certificate.
 pub async fn register_api_service(client: &kube::Client, group: &str, version: &str) {
     use base64::Engine;
@@ -167,7 +175,7 @@ pub async fn register_api_service(client: &kube::Client, group: &str, version: &
         json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
             "metadata": {"name": format!("{version}.{group}")},
             "spec": {"group": group, "version": version,
-                     "service": {"namespace": SPILLWAY_NAMESPACE, "name": SPILLWAY_SERVICE, "port": SPILLWAY_PORT},
+                     "service": {"namespace": SPILLWAY_NAMESPACE, "name": SPILLWAY_SERVICE, "port": spillway_port()},
                      "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
                      "groupPriorityMinimum": 100, "versionPriority": 100}}),
     )
@@ -237,7 +245,7 @@ pub struct Spillway {
 
 impl Spillway {
     /// Starts spillway with `scaled_objects` (YAML list items, indented by 2) on
-    /// [`SPILLWAY_PORT`], and waits for its health endpoint.
+    /// [`spillway_port`], and waits for its health endpoint.
     pub async fn start(scaled_objects: &str) -> Self {
         let config = std::env::temp_dir().join(format!("{}.yaml", super::unique_name("e2e")));
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -248,9 +256,10 @@ impl Spillway {
         std::fs::write(
             &config,
             format!(
-                "server:\n  listen: 127.0.0.1:{SPILLWAY_PORT}\n  metricsListen: 127.0.0.1:{metrics_port}\n  tls:\n    certFile: {}\n    keyFile: {}\npollingInterval: 1\nscaledObjects:\n{scaled_objects}",
+                "server:\n  listen: 127.0.0.1:{spillway_port}\n  metricsListen: 127.0.0.1:{metrics_port}\n  tls:\n    certFile: {}\n    keyFile: {}\npollingInterval: 1\nscaledObjects:\n{scaled_objects}",
                 pki("spillway-serving.crt").display(),
                 pki("spillway-serving.key").display(),
+                spillway_port = spillway_port(),
             ),
         )
         .unwrap();
@@ -274,9 +283,10 @@ impl Spillway {
             "spillway to answer /healthz",
             Duration::from_secs(30),
             || async {
-                let response = reqwest::get(format!("http://127.0.0.1:{SPILLWAY_PORT}/healthz"))
-                    .await
-                    .ok()?;
+                let response =
+                    reqwest::get(format!("http://127.0.0.1:{}/healthz", spillway_port()))
+                        .await
+                        .ok()?;
                 response.status().is_success().then_some(())
             },
         )
@@ -497,7 +507,7 @@ pub struct SpillwayController {
     child: Child,
     pub identity: String,
     pub lease_name: String,
-    /// The metrics API's port (only [`SPILLWAY_PORT`] is registered with the aggregator).
+    /// The metrics API's port (only [`spillway_port`] is registered with the aggregator).
     pub port: u16,
     /// spillway's own `/metrics` (plain HTTP).
     pub metrics_port: u16,
