@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # A Kubernetes control plane without kubelet or Docker: etcd, kube-apiserver (with its
 # aggregator) and kube-controller-manager, all on 127.0.0.1, built from the Go module proxy.
-# usage: scripts/k8s.sh install|start|stop|status|kubectl ARGS...
+# usage: scripts/k8s.sh install|start|stop|status|restart COMPONENT|kubectl ARGS...
+#
+# `restart etcd|kube-apiserver|kube-controller-manager` stops one component (SIGTERM, SIGKILL
+# after 5 s) and starts it again with the same flags, the others left running: the
+# fault-matrix tests (tests/e2e_faults.rs) restart the API server and etcd under load.
 #
 # One Go binary (scripts/k8s/controlplane) holds all of them plus kubectl; it is built once
 # per version and source hash into ~/.cache/spillway/k8s-<version>-<hash>/ and reused, since
@@ -240,6 +244,24 @@ stop() {
   wait_port_closed "$K8S_ETCD_PORT" etcd
 }
 
+# restart COMPONENT: one component down and up again; the rest keep running.
+restart() {
+  local component=${1:-} port
+  case "$component" in
+  etcd) port=$K8S_ETCD_PORT ;;
+  kube-apiserver) port=$K8S_APISERVER_PORT ;;
+  kube-controller-manager) port=$K8S_CONTROLLER_MANAGER_PORT ;;
+  *) die "usage: $0 restart etcd|kube-apiserver|kube-controller-manager" ;;
+  esac
+  pid_alive "$DIR/$component.pid" || die "$component is not running; use start"
+  # kube-apiserver drains for tens of seconds on SIGTERM; a restart gives it 5 s (a kubelet
+  # would give a static pod its grace period), then SIGKILL.
+  stop_pid "$DIR/$component.pid" "$component" "${SPILLWAY_K8S_RESTART_GRACE:-5}"
+  wait_port_closed "$port" "$component"
+  # start() skips what is running and waits for the restarted component's readiness.
+  start
+}
+
 status() {
   local c
   for c in etcd kube-apiserver kube-controller-manager; do
@@ -249,9 +271,13 @@ status() {
 
 case "${1:-}" in
 install | start | stop | status) "$1" ;;
+restart)
+  shift
+  restart "$@"
+  ;;
 kubectl)
   shift
   exec "$BIN" kubectl --kubeconfig "$DIR/admin.kubeconfig" "$@"
   ;;
-*) die "usage: $0 install|start|stop|status|kubectl ARGS..." ;;
+*) die "usage: $0 install|start|stop|status|restart COMPONENT|kubectl ARGS..." ;;
 esac

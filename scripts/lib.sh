@@ -28,6 +28,7 @@ K8S_ETCD_PORT="${SPILLWAY_K8S_ETCD_PORT:-32379}"
 K8S_ETCD_PEER_PORT="${SPILLWAY_K8S_ETCD_PEER_PORT:-32380}"
 K8S_APISERVER_PORT="${SPILLWAY_K8S_APISERVER_PORT:-36443}"
 K8S_CONTROLLER_MANAGER_PORT="${SPILLWAY_K8S_CONTROLLER_MANAGER_PORT:-30257}"
+TOXIPROXY_PORT="${SPILLWAY_TOXIPROXY_PORT:-38474}"
 
 # Go (for the control plane build) lives in /usr/local/go on these machines, not always on PATH.
 if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="$PATH:/usr/local/go/bin"; fi
@@ -77,20 +78,21 @@ wait_until() {
 # http_ok URL: the URL answers 2xx.
 http_ok() { curl -fsS --max-time 2 -o /dev/null "$1"; }
 
-# stop_pid PIDFILE NAME: SIGTERM, wait up to 30 s, then SIGKILL; removes the pid file.
+# stop_pid PIDFILE NAME [GRACE]: SIGTERM, wait up to GRACE seconds (30), then SIGKILL;
+# removes the pid file.
 stop_pid() {
-  local pidfile=$1 name=$2
+  local pidfile=$1 name=$2 grace=${3:-30}
   if pid_alive "$pidfile"; then
     local pid
     pid=$(cat "$pidfile")
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do
+    for _ in $(seq 1 $((grace * 2))); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.5
     done
     if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not stop in 30s; killing"
+      log "$name did not stop in ${grace}s; killing"
       kill -KILL "$pid" 2>/dev/null || true
     fi
   fi
@@ -122,5 +124,6 @@ SPILLWAY_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
 SPILLWAY_K8S_DIR=$SERVICES_DIR/k8s
 SPILLWAY_KUBECONFIG=$SERVICES_DIR/k8s/admin.kubeconfig
 SPILLWAY_K8S_APISERVER=https://127.0.0.1:$K8S_APISERVER_PORT
+SPILLWAY_TOXIPROXY_API=http://127.0.0.1:$TOXIPROXY_PORT
 EOF
 }

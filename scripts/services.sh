@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Starts, stops or lists every local service the tests and `make run` need.
-# usage: scripts/services.sh up|down|status [service...]   (default: all, k8s included)
+# usage: scripts/services.sh up|down|status [service...]   (default: all, k8s and toxiproxy included)
 SERVICE_NAME=services
 source "$(dirname "$0")/lib.sh"
 
-# The brokers `make run` needs, and the Kubernetes control plane the end-to-end tests need.
+# The brokers `make run` needs, and the Kubernetes control plane and fault proxy the
+# end-to-end tests need.
 BROKERS=(kafka rabbitmq nats prometheus)
-ALL=("${BROKERS[@]}" k8s)
+ALL=("${BROKERS[@]}" k8s toxiproxy)
 cmd="${1:-}"
 shift || true
 services=("$@")

@@ -9,11 +9,14 @@ cd "$REPO_ROOT"
 # The control plane (Go, cached after the first time) builds alongside the Rust tests.
 scripts/k8s.sh install &
 k8s_build=$!
+scripts/toxiproxy.sh install &
+toxiproxy_build=$!
 cargo test --no-run --all-targets --locked 2>&1 | grep -vE '^\s+(Compiling|Checking|Downloaded|Downloading)' >&2
 wait "$k8s_build" || die "the Kubernetes control plane did not build; see the lines above"
+wait "$toxiproxy_build" || die "Toxiproxy did not build; see the lines above"
 
 started=()
-for s in kafka rabbitmq nats prometheus k8s; do
+for s in kafka rabbitmq nats prometheus k8s toxiproxy; do
   # Captured first: `grep -q` closing the pipe early would fail a multi-line status under pipefail.
   state=$("scripts/$s.sh" status || true)
   grep -q running <<<"$state" || started+=("$s")
