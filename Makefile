@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench fuzz services-up services-down services-status lint deps build
+.PHONY: run test bench fuzz faults services-up services-down services-status lint deps build
 
 run: deps
 	scripts/run.sh
@@ -40,6 +40,14 @@ bench: services-up
 	$(CARGO) bench --locked --bench fault_isolation
 	$(CARGO) bench --locked --bench metrics_load
 	$(CARGO) bench --locked --bench kafka_fleet
+
+# The fault matrix alone (it also runs in make test, about 4 minutes): broker kill -9, SIGSTOP,
+# restart, Toxiproxy latency, bandwidth, cut answers, resets and blackhole, Secret rotation,
+# spillway leader killed and both replicas restarted, kube-apiserver and etcd restarts, each
+# while an HPA holds 3 replicas; prints the README's table and every sample.
+# SPILLWAY_FAULT_CASES=kill,reset picks cases by name.
+faults: services-up
+	SPILLWAY_FAULT_TIMELINE=1 $(CARGO) test --locked --test e2e_faults -- --nocapture
 
 # Hostile input at length: every property of tests/hostile_input.rs with 50,000 cases each
 # (make test runs 2,000 per parser and 300 per broker answer). About 20 minutes.

@@ -46,7 +46,8 @@ start() {
   mkdir -p "$DIR"
   log "starting Toxiproxy on 127.0.0.1:$TOXIPROXY_PORT (log: $LOGFILE)"
   : >"$LOGFILE"
-  nohup "$BIN" -host 127.0.0.1 -port "$TOXIPROXY_PORT" >>"$LOGFILE" 2>&1 </dev/null &
+  # LOG_LEVEL: its default logs every connection's every step (a megabyte per test run).
+  LOG_LEVEL=info nohup "$BIN" -host 127.0.0.1 -port "$TOXIPROXY_PORT" >>"$LOGFILE" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   wait_until "${SPILLWAY_START_TIMEOUT:-30}" "Toxiproxy" "$LOGFILE" \
     http_ok "http://127.0.0.1:$TOXIPROXY_PORT/version" ||

@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod nats;
 pub mod rabbitmq;
 pub mod serve;
+pub mod toxiproxy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
