@@ -688,25 +688,32 @@ impl Bench {
             }
             Fault::LeaderKilled => {
                 let started = Instant::now();
-                let mut leader = self.other.take().expect("the leading replica");
                 let holder = self.lease_holder().await;
-                assert_eq!(
-                    holder.as_deref(),
-                    Some(leader.identity.as_str()),
-                    "the replica off the APIService's port leads"
-                );
-                leader.kill();
-                let successor = self.registered.as_ref().expect("the other replica");
-                let handover = match self
-                    .wait_holder(&successor.identity, Duration::from_secs(20))
-                    .await
-                {
-                    Ok(()) => secs(started.elapsed()),
+                // Set up so that the replica off the APIService's port leads; should the Lease
+                // have moved, the one the HPA reads is killed instead, and replaced on its port.
+                let registered_leads = holder.is_some()
+                    && holder.as_deref() == self.registered.as_ref().map(|r| r.identity.as_str());
+                let (mut leader, successor) = if registered_leads {
+                    (self.registered.take(), self.other.as_ref())
+                } else {
+                    (self.other.take(), self.registered.as_ref())
+                };
+                let successor = successor.expect("two replicas").identity.clone();
+                leader.as_mut().expect("two replicas").kill();
+                let handover = match self.wait_holder(&successor, Duration::from_secs(20)).await {
+                    Ok(()) => format!("Lease handed over after {}", secs(started.elapsed())),
                     Err(err) => err,
                 };
-                // A new replica, off the APIService's port, follows (and leads the next case).
-                self.other = Some(self.start_replica(k8s::free_port(), "b").await);
-                format!("Lease handed over after {handover}")
+                if registered_leads {
+                    drop(leader);
+                    let replacement = self.start_replica(k8s::spillway_port(), "a").await;
+                    self.set_registered(replacement);
+                    format!("{handover} (the replica the HPA reads led, and was replaced)")
+                } else {
+                    // A new replica, off the APIService's port, follows.
+                    self.other = Some(self.start_replica(k8s::free_port(), "b").await);
+                    handover
+                }
             }
             Fault::BothReplicasRestarted => {
                 let started = Instant::now();
