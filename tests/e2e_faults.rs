@@ -304,16 +304,29 @@ struct Probe {
     direct: reqwest::Client,
     /// `/metrics` of the replica on the APIService's port (it moves when replicas restart).
     replica_metrics: Arc<Mutex<String>>,
+    /// A Deployment scaled by a twin ScaledObject without `fallback`: its HPA must hold.
+    holder: Option<String>,
 }
 
 impl Probe {
     async fn replicas(&self) -> Option<i32> {
-        let found =
-            tokio::time::timeout(Duration::from_secs(2), self.deployments.get(&self.target))
-                .await
-                .ok()?
-                .ok()?;
+        self.replicas_of(&self.target).await
+    }
+
+    async fn replicas_of(&self, deployment: &str) -> Option<i32> {
+        let found = tokio::time::timeout(Duration::from_secs(2), self.deployments.get(deployment))
+            .await
+            .ok()?
+            .ok()?;
         found.spec?.replicas
+    }
+
+    /// The replicas of the twin without `fallback`, where there is one (3 when there is none).
+    async fn holder_replicas(&self) -> Option<i32> {
+        match &self.holder {
+            Some(name) => self.replicas_of(name).await,
+            None => Some(STEADY_REPLICAS),
+        }
     }
 
     /// The metric through kube-apiserver's aggregator, as the admin, over a plain HTTPS client:
@@ -386,15 +399,17 @@ impl Probe {
             let served = self.served().await;
             (served, at.elapsed())
         };
-        let (replicas, (served, served_took), direct, failures) = tokio::join!(
+        let (replicas, (served, served_took), direct, failures, holder) = tokio::join!(
             self.replicas(),
             timed,
             self.served_direct(),
-            self.failures()
+            self.failures(),
+            self.holder_replicas()
         );
         Sample {
             at,
             replicas,
+            holder,
             served,
             served_took,
             direct,
@@ -407,6 +422,8 @@ impl Probe {
 struct Sample {
     at: Instant,
     replicas: Option<i32>,
+    /// The twin without `fallback` (3 when there is none).
+    holder: Option<i32>,
     /// Through the aggregator, as the HPA reads it, and how long that took.
     served: Served,
     served_took: Duration,
@@ -617,7 +634,10 @@ impl Bench {
         let mut last = (None, Served::Unavailable("not sampled".into()));
         while Instant::now() < deadline {
             last = (probe.replicas().await, probe.served().await);
-            if last == (Some(STEADY_REPLICAS), Served::Value(served_steady())) {
+            let holder = probe.holder_replicas().await;
+            if last == (Some(STEADY_REPLICAS), Served::Value(served_steady()))
+                && holder == Some(STEADY_REPLICAS)
+            {
                 in_a_row += 1;
                 if in_a_row == 3 {
                     return Ok(());
@@ -747,6 +767,7 @@ impl Bench {
     async fn run(&mut self, case: &Case) -> Row {
         let mut failures = Vec::new();
         let probe = self.probe(case.target).clone();
+        let has_holder = probe.holder.is_some();
         if let Err(err) = self.wait_steady(&probe, Duration::from_secs(60)).await {
             failures.push(format!("before the fault: {err}"));
         }
@@ -767,6 +788,13 @@ impl Bench {
             failures.push(format!(
                 "replicas dropped to {} (from {STEADY_REPLICAS})",
                 lowest.unwrap()
+            ));
+        }
+        // Without fallback the HPA gets 503s and holds: exactly 3, never fewer, never more.
+        let holder_seen: Vec<i32> = samples.iter().filter_map(|s| s.holder).collect();
+        if holder_seen.iter().any(|r| *r != STEADY_REPLICAS) {
+            failures.push(format!(
+                "the twin without fallback moved: replicas {holder_seen:?}"
             ));
         }
         let wrong: Vec<f64> = samples
@@ -859,10 +887,13 @@ impl Bench {
             samples.len(),
             secs(slowest)
         );
-        let checked = match case.expect {
+        let mut checked = match case.expect {
             Expect::Fallback => format!("replicas >= 3, fallback <= {}", secs(fallback_bound())),
             Expect::NoFallback => "replicas >= 3, no fallback".to_owned(),
         };
+        if has_holder {
+            checked.push_str(", twin without fallback holds 3");
+        }
         Row {
             name: case.name,
             checked,
@@ -1062,18 +1093,36 @@ async fn scaled_object(
     trigger: Value,
     replica_metrics: &Arc<Mutex<String>>,
 ) -> Probe {
+    twin(admin, ns, name, trigger, true).await;
+    probe(admin, ns, name, replica_metrics).await
+}
+
+/// Applies ScaledObject `name` for the Deployment `name`, with the fallback or without it.
+async fn twin(admin: &kube::Client, ns: &str, name: &str, trigger: Value, fallback: bool) {
+    let mut spec = json!({"scaleTargetRef": {"name": name}, "minReplicaCount": 1,
+        "maxReplicaCount": 10, "pollingInterval": POLLING_INTERVAL.as_secs(),
+        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+            "scaleDown": {"stabilizationWindowSeconds": 0}}}},
+        "triggers": [trigger]});
+    if fallback {
+        spec["fallback"] =
+            json!({"failureThreshold": FAILURE_THRESHOLD, "replicas": FALLBACK_REPLICAS});
+    }
     k8s::apply(
         admin,
         json!({"apiVersion": "spillway.dev/v1alpha1", "kind": "ScaledObject",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"scaleTargetRef": {"name": name}, "minReplicaCount": 1,
-                "maxReplicaCount": 10, "pollingInterval": POLLING_INTERVAL.as_secs(),
-                "fallback": {"failureThreshold": FAILURE_THRESHOLD, "replicas": FALLBACK_REPLICAS},
-                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-                    "scaleDown": {"stabilizationWindowSeconds": 0}}}},
-                "triggers": [trigger]}}),
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}),
     )
     .await;
+}
+
+/// What the HPA of ScaledObject `name` reads, once the HPA exists.
+async fn probe(
+    admin: &kube::Client,
+    ns: &str,
+    name: &str,
+    replica_metrics: &Arc<Mutex<String>>,
+) -> Probe {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), ns);
     let hpa_name = format!("spillway-{name}");
     let hpa = common::eventually(
@@ -1097,6 +1146,7 @@ async fn scaled_object(
         ),
         direct: k8s::direct_client(Some("admin")),
         replica_metrics: replica_metrics.clone(),
+        holder: None,
     }
 }
 
@@ -1133,6 +1183,7 @@ async fn setup(_restore: &Restore) -> Bench {
     );
 
     deployment(&admin, &ns, "rabbitmq-worker").await;
+    deployment(&admin, &ns, "rabbitmq-holder").await;
     deployment(&admin, &ns, "kafka-worker").await;
     let lease = common::unique_name("e2e-faults-lease");
     let timings = LeaseTimings {
@@ -1171,19 +1222,29 @@ async fn setup(_restore: &Restore) -> Bench {
     k8s::wait_available(&admin, EXTERNAL, Duration::from_secs(60)).await;
 
     let poll_timeout = POLL_TIMEOUT.as_millis() as u64;
-    bench.rabbitmq = Some(
-        scaled_object(
-            &admin,
-            &ns,
-            "rabbitmq-worker",
-            json!({"rabbitmq": {
-                "hostFromSecret": {"secretKeyRef": {"name": "rabbit", "key": "url"}},
-                "protocol": "http", "vhostName": vhost, "queueName": queue,
-                "mode": "QueueLength", "value": TARGET, "timeout": poll_timeout}}),
-            &bench.replica_metrics,
-        )
-        .await,
-    );
+    let rabbitmq_trigger = json!({"rabbitmq": {
+        "hostFromSecret": {"secretKeyRef": {"name": "rabbit", "key": "url"}},
+        "protocol": "http", "vhostName": vhost, "queueName": queue,
+        "mode": "QueueLength", "value": TARGET, "timeout": poll_timeout}});
+    // The same trigger without fallback: through every RabbitMQ fault its HPA must hold at 3.
+    twin(
+        &admin,
+        &ns,
+        "rabbitmq-holder",
+        rabbitmq_trigger.clone(),
+        false,
+    )
+    .await;
+    let mut rabbitmq = scaled_object(
+        &admin,
+        &ns,
+        "rabbitmq-worker",
+        rabbitmq_trigger,
+        &bench.replica_metrics,
+    )
+    .await;
+    rabbitmq.holder = Some("rabbitmq-holder".into());
+    bench.rabbitmq = Some(rabbitmq);
     // No cap of one replica per partition (allowIdleConsumers): the HPA asks for ceil(lag / 10).
     bench.kafka = Some(
         scaled_object(
