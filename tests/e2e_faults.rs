@@ -898,7 +898,7 @@ impl Bench {
             name: case.name,
             checked,
             fallback: match (fallback, failures_at_fallback) {
-                (Some(after), Some(count)) => format!("{} ({count} failed polls)", secs(after)),
+                (Some(after), Some(count)) => format!("{} ({count})", secs(after)),
                 (Some(after), None) => secs(after),
                 (None, _) => "none".to_owned(),
             },
@@ -909,7 +909,7 @@ impl Bench {
                 (None, _) => "?".to_owned(),
             },
             note: format!(
-                "{note}; metric unavailable in {unavailable} of {} samples",
+                "{note}; no metric in {unavailable} of {} samples",
                 samples.len()
             ),
             failures,
@@ -1053,7 +1053,7 @@ fn cases() -> Vec<Case> {
 /// The Markdown table of the rows, as the README shows it.
 fn table(rows: &[Row]) -> String {
     let mut text = String::from(
-        "| fault | checked | fallback after | recovered after the fault ended | replicas | result | notes |\n|---|---|---|---|---|---|---|\n",
+        "| fault | checked | fallback after (failures in a row then) | metric right again after the fault ended | replicas | result | notes |\n|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
         let result = if row.failures.is_empty() {
