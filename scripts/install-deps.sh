@@ -46,6 +46,6 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (1.85 or newer
 command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || die "go not found: the control plane of the end-to-end tests is built with Go 1.24 or newer"
 
 "$REPO_ROOT/scripts/kafka.sh" install
-# The fault proxy of tests/e2e_faults.rs, built with Go once (about 40 s).
+# The fault proxy of tests/e2e_faults.rs, built with Go once (83 s from empty Go caches).
 "$REPO_ROOT/scripts/toxiproxy.sh" install
 log "dependencies present"

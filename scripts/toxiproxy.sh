@@ -2,7 +2,8 @@
 # Toxiproxy, the fault proxy of the fault-matrix tests (tests/e2e_faults.rs): latency, bandwidth
 # limits, connection resets and blackholes between spillway and a broker, driven over its HTTP
 # API. Built from the Go module proxy (github.com/Shopify/toxiproxy/v2, cmd/server) once per
-# version into ~/.cache/spillway/toxiproxy-<version>-<recipe>/ (about 40 s on 2 cores).
+# version into ~/.cache/spillway/toxiproxy-<version>-<recipe>/ (83 s on 2 cores from empty Go
+# caches).
 # usage: scripts/toxiproxy.sh install|start|stop|status
 SERVICE_NAME=toxiproxy
 source "$(dirname "$0")/lib.sh"
