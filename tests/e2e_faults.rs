@@ -99,20 +99,45 @@ async fn run_script(name: &str, args: &[&str]) -> Duration {
     started.elapsed()
 }
 
-fn rabbitmq_pid_file() -> PathBuf {
-    k8s::k8s_dir()
-        .parent()
-        .expect("services dir")
-        .join("rabbitmq/rabbitmq.pid")
+/// A broker the harness runs, as the faults reach it: its script and its process.
+#[derive(Debug, Clone, Copy)]
+enum Broker {
+    RabbitMq,
+    Kafka,
 }
 
-/// The harness's RabbitMQ node's pid (the BEAM process).
-fn rabbitmq_pid() -> String {
-    let file = rabbitmq_pid_file();
-    std::fs::read_to_string(&file)
-        .unwrap_or_else(|err| panic!("read {}: {err}", file.display()))
-        .trim()
-        .to_owned()
+impl Broker {
+    fn script(self) -> &'static str {
+        match self {
+            Broker::RabbitMq => "rabbitmq.sh",
+            Broker::Kafka => "kafka.sh",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Broker::RabbitMq => "RabbitMQ",
+            Broker::Kafka => "Kafka",
+        }
+    }
+
+    /// The pid file the script writes (RabbitMQ's BEAM, Kafka's JVM).
+    fn pid_file(self) -> PathBuf {
+        let services = k8s::k8s_dir();
+        let services = services.parent().expect("services dir");
+        match self {
+            Broker::RabbitMq => services.join("rabbitmq/rabbitmq.pid"),
+            Broker::Kafka => services.join("kafka/kafka.pid"),
+        }
+    }
+
+    fn pid(self) -> String {
+        let file = self.pid_file();
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|err| panic!("read {}: {err}", file.display()))
+            .trim()
+            .to_owned()
+    }
 }
 
 async fn signal(pid: &str, signal: &str) {
@@ -130,11 +155,13 @@ struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        // No panic here (it may run during one): a node with no pid file is started below.
-        if let Ok(pid) = std::fs::read_to_string(rabbitmq_pid_file()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", pid.trim()])
-                .status();
+        // No panic here (it may run during one): a broker with no pid file is started below.
+        for broker in [Broker::RabbitMq, Broker::Kafka] {
+            if let Ok(pid) = std::fs::read_to_string(broker.pid_file()) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-CONT", pid.trim()])
+                    .status();
+            }
         }
         for (name, args) in [
             ("rabbitmq.sh", "start"),
@@ -500,20 +527,18 @@ enum Fault {
         attributes: &'static str,
         hold: Duration,
     },
-    /// `kill -9` of the RabbitMQ node, down for `hold`, then started with the script.
-    BrokerKilled { hold: Duration },
-    /// SIGSTOP of the RabbitMQ node (hung, sockets open) for `hold`, then SIGCONT.
-    BrokerPaused { hold: Duration },
-    /// `scripts/rabbitmq.sh stop` then `start`.
-    BrokerRestarted,
+    /// `kill -9` of the broker, down for `hold`, then started with its script.
+    BrokerKilled { broker: Broker, hold: Duration },
+    /// SIGSTOP of the broker (hung, sockets open) for `hold`, then SIGCONT.
+    BrokerPaused { broker: Broker, hold: Duration },
+    /// The broker's script's `stop`, then `start`.
+    BrokerRestarted { broker: Broker },
     /// The monitoring user's password changed in RabbitMQ, then the Secret, `gap` later.
     SecretRotated { gap: Duration },
     /// The leading `spillway run` SIGKILLed; a new replica started once the other leads.
     LeaderKilled,
     /// Both `spillway run` replicas SIGKILLed, then both started again.
     BothReplicasRestarted,
-    /// `scripts/kafka.sh stop` then `start`.
-    KafkaRestarted,
     /// `scripts/k8s.sh restart <component>`.
     ControlPlaneRestarted { component: &'static str },
 }
@@ -671,28 +696,28 @@ impl Bench {
                 self.proxy.remove_toxic("fault").await;
                 format!("{kind} {stream} for {}", secs(hold))
             }
-            Fault::BrokerKilled { hold } => {
-                signal(&rabbitmq_pid(), "KILL").await;
+            Fault::BrokerKilled { broker, hold } => {
+                signal(&broker.pid(), "KILL").await;
                 tokio::time::sleep(hold).await;
-                let took = run_script("rabbitmq.sh", &["start"]).await;
+                let took = run_script(broker.script(), &["start"]).await;
                 format!("down {}, start took {}", secs(hold), secs(took))
             }
-            Fault::BrokerPaused { hold } => {
-                let pid = rabbitmq_pid();
+            Fault::BrokerPaused { broker, hold } => {
+                let pid = broker.pid();
                 signal(&pid, "STOP").await;
                 tokio::time::sleep(hold).await;
                 signal(&pid, "CONT").await;
                 format!("stopped for {}", secs(hold))
             }
-            Fault::BrokerRestarted => {
-                let stop = run_script("rabbitmq.sh", &["stop"]).await;
-                let start = run_script("rabbitmq.sh", &["start"]).await;
-                format!("stop took {}, start {}", secs(stop), secs(start))
-            }
-            Fault::KafkaRestarted => {
-                let stop = run_script("kafka.sh", &["stop"]).await;
-                let start = run_script("kafka.sh", &["start"]).await;
-                format!("stop took {}, start {}", secs(stop), secs(start))
+            Fault::BrokerRestarted { broker } => {
+                let stop = run_script(broker.script(), &["stop"]).await;
+                let start = run_script(broker.script(), &["start"]).await;
+                format!(
+                    "{} stop took {}, start {}",
+                    broker.name(),
+                    secs(stop),
+                    secs(start)
+                )
             }
             Fault::SecretRotated { gap } => {
                 let rotated = format!("{}-rotated", self.password);
@@ -989,6 +1014,7 @@ fn cases() -> Vec<Case> {
             target: Target::RabbitMq,
             name: "RabbitMQ SIGSTOP (hung, sockets open)",
             fault: Fault::BrokerPaused {
+                broker: Broker::RabbitMq,
                 hold: Duration::from_secs(12),
             },
             expect: Expect::Fallback,
@@ -997,6 +1023,7 @@ fn cases() -> Vec<Case> {
             target: Target::RabbitMq,
             name: "RabbitMQ kill -9",
             fault: Fault::BrokerKilled {
+                broker: Broker::RabbitMq,
                 hold: Duration::from_secs(5),
             },
             expect: Expect::Fallback,
@@ -1004,13 +1031,35 @@ fn cases() -> Vec<Case> {
         Case {
             target: Target::RabbitMq,
             name: "RabbitMQ restart (stop, start)",
-            fault: Fault::BrokerRestarted,
+            fault: Fault::BrokerRestarted {
+                broker: Broker::RabbitMq,
+            },
+            expect: Expect::Fallback,
+        },
+        Case {
+            target: Target::Kafka,
+            name: "Kafka SIGSTOP (hung, sockets open)",
+            fault: Fault::BrokerPaused {
+                broker: Broker::Kafka,
+                hold: Duration::from_secs(12),
+            },
+            expect: Expect::Fallback,
+        },
+        Case {
+            target: Target::Kafka,
+            name: "Kafka kill -9",
+            fault: Fault::BrokerKilled {
+                broker: Broker::Kafka,
+                hold: Duration::from_secs(5),
+            },
             expect: Expect::Fallback,
         },
         Case {
             target: Target::Kafka,
             name: "Kafka restart (stop, start)",
-            fault: Fault::KafkaRestarted,
+            fault: Fault::BrokerRestarted {
+                broker: Broker::Kafka,
+            },
             expect: Expect::Fallback,
         },
         Case {
