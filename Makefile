@@ -41,7 +41,7 @@ bench: services-up
 	$(CARGO) bench --locked --bench metrics_load
 	$(CARGO) bench --locked --bench kafka_fleet
 
-# The fault matrix alone (it also runs in make test, about 4 minutes): broker kill -9, SIGSTOP,
+# The fault matrix alone (it also runs in make test, about 5 minutes): broker kill -9, SIGSTOP,
 # restart, Toxiproxy latency, bandwidth, cut answers, resets and blackhole, Secret rotation,
 # spillway leader killed and both replicas restarted, kube-apiserver and etcd restarts, each
 # while an HPA holds 3 replicas; prints the README's table and every sample.
