@@ -19,6 +19,7 @@ pub mod kafka_client;
 pub mod kube_client;
 pub mod live;
 pub mod loadgen;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod plan;

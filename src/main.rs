@@ -18,6 +18,7 @@ use spillway::poller::Poller;
 use spillway::telemetry;
 
 fn main() -> ExitCode {
+    spillway::memory::configure_allocator();
     let cli = Cli::parse();
     if let Err(err) = telemetry::init_logging(cli.log_format, &cli.log_level) {
         eprintln!("spillway: {err}");
@@ -376,6 +377,7 @@ async fn serve_api(
     let listener = api::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     let reload = auth.clone().map(|a| tokio::spawn(a.reload_forever()));
+    let trim = tokio::spawn(spillway::memory::release_freed_memory_forever());
     if auth.is_none() {
         tracing::warn!(%addr, "--no-auth: the metrics API is unauthenticated; anyone who can reach this address can read every metric");
     }
@@ -404,6 +406,7 @@ async fn serve_api(
     if let Some(reload) = reload {
         reload.abort();
     }
+    trim.abort();
     Ok(())
 }
 

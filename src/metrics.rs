@@ -472,9 +472,14 @@ impl Metrics {
 
     /// Sets the triggers whose state is exported (the poller's current list); the poll error
     /// counts of triggers no longer listed end with them.
-    pub fn track_triggers(&self, triggers: &[(TriggerId, Trigger)]) {
+    /// Takes an iterator, not a list, so the poller need not clone every trigger to call it.
+    pub fn track_triggers<'a>(
+        &self,
+        triggers: impl IntoIterator<Item = &'a (TriggerId, Trigger)> + Clone,
+    ) {
         let live: HashSet<(&str, &str, String)> = triggers
-            .iter()
+            .clone()
+            .into_iter()
             .map(|(id, _)| {
                 (
                     id.namespace.as_str(),
@@ -491,7 +496,7 @@ impl Metrics {
             ))
         });
         let tracked = triggers
-            .iter()
+            .into_iter()
             .map(|(id, trigger)| TrackedTrigger {
                 id: id.clone(),
                 broker: trigger.kind(),

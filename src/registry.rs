@@ -200,9 +200,14 @@ impl Registry {
         for so in &config.scaled_objects {
             registry.upsert(Registered {
                 config: so.clone(),
-                triggers: by_object
-                    .remove(&(so.namespace.clone(), so.name.clone()))
-                    .unwrap_or_default(),
+                // Pushed one by one, so trimmed: the registry keeps it for the object's life.
+                triggers: {
+                    let mut triggers = by_object
+                        .remove(&(so.namespace.clone(), so.name.clone()))
+                        .unwrap_or_default();
+                    triggers.shrink_to_fit();
+                    triggers
+                },
                 polling_interval: config.polling_interval.as_duration(),
                 fallback: None,
             });

@@ -164,7 +164,9 @@ impl Scheduler {
         }
         self.tracked.retain(|id, _| live.contains(id));
         self.shared.cache.retain(|id| live.contains(id));
-        self.shared.metrics.track_triggers(&served.triggers());
+        self.shared
+            .metrics
+            .track_triggers(served.objects.values().flat_map(|o| o.triggers.iter()));
         // Groups nobody is in any more stop (dropping a group aborts its task).
         self.groups
             .retain(|address, group| members.contains_key(address) && !group.task.is_finished());

@@ -22,6 +22,12 @@ const KIND: &str = "kafka";
 /// How metadata (topic -> partitions) stays fresh: new partitions are seen within this time.
 const METADATA_MAX_AGE: Duration = Duration::from_secs(60);
 
+/// How long a partition's log start is reused while every group counting it has a commit at
+/// or after it. A log start only moves forward (retention, DeleteRecords), so a cached one is
+/// at most that old and never above the real one: a commit it passes as valid can at worst
+/// count records retention removed in the meantime, more backlog, never less.
+const LOG_START_MAX_AGE: Duration = Duration::from_secs(60);
+
 /// A topic partition.
 pub type TopicPartition = (String, i32);
 
@@ -92,6 +98,9 @@ pub struct KafkaCluster {
     topic_list: Mutex<Option<(Instant, Vec<String>)>>,
     /// Coordinator broker id per group; forgotten when the coordinator moves or fails.
     coordinators: Mutex<HashMap<String, i32>>,
+    /// Log start offsets with when they were read (see [`LOG_START_MAX_AGE`]): a tick of fully
+    /// committed groups asks only for end offsets, a third less broker work than both.
+    log_starts: Mutex<HashMap<TopicPartition, (i64, Instant)>>,
 }
 
 impl KafkaCluster {
@@ -103,6 +112,7 @@ impl KafkaCluster {
             metadata: Mutex::default(),
             topic_list: Mutex::default(),
             coordinators: Mutex::default(),
+            log_starts: Mutex::default(),
         }
     }
 
@@ -343,6 +353,11 @@ impl KafkaCluster {
         for topic in topics {
             cache.remove(*topic);
         }
+        // A topic deleted and created again starts a new log.
+        self.log_starts
+            .lock()
+            .expect("log starts lock")
+            .retain(|(topic, _), _| !topics.contains(&topic.as_str()));
     }
 
     /// Log start and end offsets of `partitions`: per partition leader one ListOffsets for the
@@ -350,14 +365,20 @@ impl KafkaCluster {
     /// all) fails the whole round; inner errors fail only their partition. Partitions answered with an error a topic can cause (deleted, leader moved:
     /// [`is_topic_scoped`]) get their topic's metadata read again at once and are asked once
     /// more on their new leader, so the others still get their offsets in this round.
+    ///
+    /// `lowest_commits` gives, per partition, the lowest commit of the groups counting it
+    /// (None: one of them has none). A log start is read again unless a cached one is younger
+    /// than [`LOG_START_MAX_AGE`] and at or below that commit: a partition without a commit
+    /// (`earliest` counts from the start) or with one below the start always gets a fresh one.
     pub async fn log_offsets(
         &self,
         partitions: &[TopicPartition],
+        lowest_commits: &HashMap<TopicPartition, Option<i64>>,
     ) -> Result<HashMap<TopicPartition, Result<LogOffsets, ScalerError>>, ScalerError> {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut offsets = self.log_offsets_by_leader(partitions).await;
+        let mut offsets = self.log_offsets_by_leader(partitions, lowest_commits).await;
         let scoped: BTreeSet<String> = offsets
             .iter()
             .filter(|(_, r)| matches!(r, Err(ItemError::Code(code)) if is_topic_scoped(*code)))
@@ -379,7 +400,8 @@ impl KafkaCluster {
                     Ok(_) => again.push(tp.clone()),
                 }
             }
-            offsets.extend(self.log_offsets_by_leader(&again).await);
+            // Moved partitions: their starts are read again with their ends.
+            offsets.extend(self.log_offsets_by_leader(&again, &HashMap::new()).await);
             // What metadata says about a deleted topic beats the partition's error code.
             let mut answers = self.scaler_errors(offsets);
             for (tp, answer) in answers.iter_mut() {
@@ -428,21 +450,52 @@ impl KafkaCluster {
             .collect()
     }
 
-    /// Start and end offsets of `partitions`, both asked at once; a partition fails with the
-    /// first error of either answer.
+    /// End offsets of `partitions` and the start offsets the cache cannot give (see
+    /// [`Self::log_offsets`]), both asked at once; a partition fails with the first error of
+    /// either answer.
     async fn log_offsets_by_leader(
         &self,
         partitions: &[TopicPartition],
+        lowest_commits: &HashMap<TopicPartition, Option<i64>>,
     ) -> HashMap<TopicPartition, Result<LogOffsets, ItemError>> {
+        let now = Instant::now();
+        let mut cached = HashMap::new();
+        let mut stale = Vec::new();
+        {
+            let log_starts = self.log_starts.lock().expect("log starts lock");
+            for tp in partitions {
+                let lowest = lowest_commits.get(tp).copied().flatten();
+                match (log_starts.get(tp), lowest) {
+                    (Some((start, read)), Some(lowest))
+                        if now.duration_since(*read) < LOG_START_MAX_AGE && *start <= lowest =>
+                    {
+                        cached.insert(tp.clone(), *start);
+                    }
+                    _ => stale.push(tp.clone()),
+                }
+            }
+        }
         let (mut ends, mut starts) = futures::join!(
             self.offsets_by_leader(partitions, LATEST),
-            self.offsets_by_leader(partitions, EARLIEST)
+            self.offsets_by_leader(&stale, EARLIEST)
         );
+        {
+            let mut log_starts = self.log_starts.lock().expect("log starts lock");
+            for (tp, start) in &starts {
+                match start {
+                    Ok(start) => log_starts.insert(tp.clone(), (*start, now)),
+                    Err(_) => log_starts.remove(tp),
+                };
+            }
+        }
         partitions
             .iter()
             .map(|tp| {
                 let end = ends.remove(tp).expect("every partition answered");
-                let start = starts.remove(tp).expect("every partition answered");
+                let start = match cached.remove(tp) {
+                    Some(start) => Ok(start),
+                    None => starts.remove(tp).expect("every stale partition answered"),
+                };
                 (
                     tp.clone(),
                     end.and_then(|end| Ok(LogOffsets { start: start?, end })),

@@ -449,7 +449,23 @@ async fn poll_round(
     // 4. End offsets of every partition any trigger counts, in one call.
     let needed: BTreeSet<&TopicPartition> = trigger_partitions.values().flatten().collect();
     let needed: Vec<TopicPartition> = needed.into_iter().cloned().collect();
-    let log_offsets = match cluster.log_offsets(&needed).await {
+    // The lowest commit per partition over the groups counting it (None: a group has none),
+    // so the cluster can reuse a log start that still bounds every commit.
+    let mut lowest_commits: HashMap<TopicPartition, Option<i64>> = HashMap::new();
+    for (i, tps) in &trigger_partitions {
+        let group = triggers[*i].consumer_group.as_str();
+        let Some(Ok(offsets)) = committed.get(group) else {
+            continue;
+        };
+        for tp in tps {
+            let commit = offsets.committed.get(tp).copied();
+            lowest_commits
+                .entry(tp.clone())
+                .and_modify(|lowest| *lowest = lowest.zip(commit).map(|(a, b)| a.min(b)))
+                .or_insert(commit);
+        }
+    }
+    let log_offsets = match cluster.log_offsets(&needed, &lowest_commits).await {
         Ok(offsets) => offsets,
         Err(err) => {
             for i in trigger_partitions.keys() {
