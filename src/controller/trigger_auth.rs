@@ -513,7 +513,9 @@ mod tests {
 
     #[test]
     fn parameters_fill_the_triggers_credential_fields() {
-        let cases: Vec<(&str, Credentials, Option<&str>, Vec<(&str, &str)>)> = vec![
+        // (trigger entry, credentials, Secret namespace, (field, identity) filled)
+        type Case<'a> = (&'a str, Credentials, Option<&'a str>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
             (
                 KAFKA,
                 targets(&[
