@@ -217,9 +217,12 @@ async fn wait_served(
     );
 }
 
+/// `spillway run` with `extra_args`, once it leads its own Lease: objects created after that
+/// are first reconciled by a leader, which writes their status at once (a replica that starts
+/// leading later looks at an object again only at its next requeue).
 async fn start_controller(kubeconfig: &std::path::Path, extra_args: &[&str]) -> SpillwayController {
     let lease = common::unique_name("e2e-trigger-auth-lease");
-    SpillwayController::start_with_args(
+    let controller = SpillwayController::start_with_args(
         kubeconfig,
         common::free_port(),
         &lease,
@@ -227,7 +230,20 @@ async fn start_controller(kubeconfig: &std::path::Path, extra_args: &[&str]) -> 
         None,
         extra_args,
     )
-    .await
+    .await;
+    let url = format!("http://127.0.0.1:{}/metrics", controller.metrics_port);
+    common::eventually(
+        "spillway to lead its Lease",
+        Duration::from_secs(20),
+        || async {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|line| line == "spillway_leader 1")
+                .then_some(())
+        },
+    )
+    .await;
+    controller
 }
 
 fn secs(duration: Duration) -> String {
@@ -242,6 +258,7 @@ async fn credentials_come_only_through_references_the_namespace_owns() {
     let kubeconfig = install(&admin).await;
     let (_connection, _channel, queue) =
         common::rabbitmq::queue_with_messages("ta-owned", MESSAGES).await;
+    let controller = start_controller(&kubeconfig, &[]).await;
 
     // Tenant A: its own TriggerAuthentication over its own Secret, first with a wrong password.
     let a = Tenant::new(&admin, "a").await;
@@ -273,8 +290,6 @@ async fn credentials_come_only_through_references_the_namespace_owns() {
         60,
     )
     .await;
-
-    let controller = start_controller(&kubeconfig, &[]).await;
 
     // (a, e) A is polled with its Secret's credentials: failing with the wrong password, read
     // on the next poll once the Secret is rotated.
@@ -375,12 +390,44 @@ async fn with_a_label_selector_only_labelled_secrets_are_read() {
     let d = Tenant::new(&admin, "d").await;
     d.secret(&d.ns, "rabbit", "guest", false).await;
     d.trigger_authentication("rabbit-auth", "rabbit").await;
-    // Requeued every 60 s: a reaction sooner is the Secret's watch.
-    d.scaled_object(&queue, json!({"name": "rabbit-auth"}), 60)
-        .await;
+    // The API server refuses what spillway would not read, by name, instead of pruning it.
+    let refused = k8s::try_apply(
+        &admin,
+        json!({"apiVersion": "spillway.dev/v1alpha1", "kind": "TriggerAuthentication",
+            "metadata": {"name": "from-env", "namespace": d.ns},
+            "spec": {"env": [{"parameter": "password", "name": "PASSWORD"}]}}),
+    )
+    .await
+    .expect_err("a TriggerAuthentication reading env is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("env is not supported by spillway"),
+        "{refused}"
+    );
+    let refused = k8s::try_apply(
+        &admin,
+        json!({"apiVersion": "spillway.dev/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": "other-kind", "namespace": d.ns},
+            "spec": {"scaleTargetRef": {"name": "worker"},
+                "triggers": [{"rabbitmq": {"queueName": queue, "value": 5},
+                    "authenticationRef": {"name": "rabbit", "kind": "Secret"}}]}}),
+    )
+    .await
+    .expect_err("an authenticationRef to another kind is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("Unsupported value: \"Secret\""),
+        "{refused}"
+    );
+
     let selector = format!("{LABEL}=true");
     let controller =
         start_controller(&kubeconfig, &["--secret-label-selector", selector.as_str()]).await;
+    // Requeued every 60 s: a reaction sooner is the Secret's watch.
+    d.scaled_object(&queue, json!({"name": "rabbit-auth"}), 60)
+        .await;
 
     // (d) The Secret exists but is not labelled: refused, saying so.
     let (_, reason, message) = d.wait_ready("False", Duration::from_secs(20)).await;

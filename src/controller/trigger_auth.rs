@@ -514,7 +514,12 @@ mod tests {
     #[test]
     fn parameters_fill_the_triggers_credential_fields() {
         // (trigger entry, credentials, Secret namespace, (field, identity) filled)
-        type Case<'a> = (&'a str, Credentials, Option<&'a str>, Vec<(&'a str, &'a str)>);
+        type Case<'a> = (
+            &'a str,
+            Credentials,
+            Option<&'a str>,
+            Vec<(&'a str, &'a str)>,
+        );
         let cases: Vec<Case> = vec![
             (
                 KAFKA,
