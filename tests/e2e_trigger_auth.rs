@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 use spillway::controller::crd::ScaledObject;
+use spillway::scalers::normalize_metric_name;
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -312,6 +313,19 @@ async fn credentials_come_only_through_references_the_namespace_owns() {
     .await;
     let (_, reason, message) = a.wait_ready("True", Duration::from_secs(10)).await;
     assert_eq!(reason, "ScaledObjectReady", "{message}");
+    // What an HPA reads: the external metrics API serves A's value, and nothing for B.
+    let metric = format!("s0-{}", normalize_metric_name(&format!("rabbitmq-{queue}")));
+    let external = |ns: &str| {
+        format!(
+            "https://127.0.0.1:{}/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector=scaledobject.spillway.dev%2Fname%3Dworker",
+            controller.port
+        )
+    };
+    let direct = k8s::direct_client(Some("admin"));
+    let answer = direct.get(external(&a.ns)).send().await.expect("metrics API");
+    assert_eq!(answer.status(), 200);
+    let list: serde_json::Value = answer.json().await.expect("a metric value list");
+    assert_eq!(list["items"][0]["value"], MESSAGES.to_string(), "{list}");
 
     // (b) B's reference finds nothing in B: refused with the reason, never served.
     let (_, reason, message) = b.wait_ready("False", Duration::from_secs(15)).await;
@@ -328,6 +342,8 @@ async fn credentials_come_only_through_references_the_namespace_owns() {
         None,
         "B is never registered"
     );
+    let answer = direct.get(external(&b.ns)).send().await.expect("metrics API");
+    assert_eq!(answer.status(), 404, "B's metric is not served");
 
     // (c) C reads the Secret of spillway's namespace through the ClusterTriggerAuthentication.
     wait_served(
