@@ -322,7 +322,11 @@ async fn credentials_come_only_through_references_the_namespace_owns() {
         )
     };
     let direct = k8s::direct_client(Some("admin"));
-    let answer = direct.get(external(&a.ns)).send().await.expect("metrics API");
+    let answer = direct
+        .get(external(&a.ns))
+        .send()
+        .await
+        .expect("metrics API");
     assert_eq!(answer.status(), 200);
     let list: serde_json::Value = answer.json().await.expect("a metric value list");
     assert_eq!(list["items"][0]["value"], MESSAGES.to_string(), "{list}");
@@ -342,7 +346,11 @@ async fn credentials_come_only_through_references_the_namespace_owns() {
         None,
         "B is never registered"
     );
-    let answer = direct.get(external(&b.ns)).send().await.expect("metrics API");
+    let answer = direct
+        .get(external(&b.ns))
+        .send()
+        .await
+        .expect("metrics API");
     assert_eq!(answer.status(), 404, "B's metric is not served");
 
     // (c) C reads the Secret of spillway's namespace through the ClusterTriggerAuthentication.

@@ -3,11 +3,14 @@
 //! reads them from here, and a change of one (created, edited, deleted) reconciles the
 //! ScaledObjects naming it at once, which read its Secrets again.
 //!
+//! A re-list (the watch fell behind) is told when it completes, with the objects deleted
+//! meanwhile, as for Secrets.
+//!
 //! Before the first list a read waits a moment, then answers "not now" (transient: the object
 //! keeps its last registration); a refused list (forbidden, or the CRD not installed) answers
 //! so, definitely, for the objects that name one, and leaves every other object alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
 use kube::Resource;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
@@ -131,14 +134,19 @@ where
         }
     }
 
-    /// The watch filling the store, once; yields the objects that changed (applied, deleted,
-    /// listed) after the store holds the change.
+    /// The watch filling the store, once; yields the objects that changed after the store
+    /// holds the change. An applied or deleted object as it comes; a (re-)list, which the store
+    /// swaps in when it completes, only then: every listed object, and a stub (`stub(name,
+    /// namespace)`) of each one the store held before and the list no longer has (deleted
+    /// while the watch was away).
     fn watch(
         self: &Arc<Self>,
         api: Api<K>,
+        stub: fn(String, Option<String>) -> K,
     ) -> Option<impl Stream<Item = Result<K, watcher::Error>> + Send + 'static> {
         let writer = self.writer.lock().expect("writer").take()?;
         let this = Arc::clone(self);
+        let mut changes = ListChanges::new(self.store.clone(), stub);
         Some(
             watcher(api, watcher::Config::default())
                 .map(move |event| {
@@ -147,8 +155,70 @@ where
                 })
                 .default_backoff()
                 .reflect(writer)
-                .touched_objects(),
+                .flat_map(move |event| {
+                    let changed: Vec<Result<K, watcher::Error>> = match event {
+                        Ok(event) => changes.after(event).into_iter().map(Ok).collect(),
+                        Err(err) => vec![Err(err)],
+                    };
+                    futures::stream::iter(changed)
+                }),
         )
+    }
+}
+
+/// From the watch's events, once the store has applied them, to the objects that changed (see
+/// [`KindStore::watch`]).
+struct ListChanges<K: Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    stub: fn(String, Option<String>) -> K,
+    /// Before a re-list: what the store held; what is still here when it completes is gone.
+    before: HashSet<ObjectRef<K>>,
+    relisted: Vec<K>,
+}
+
+impl<K> ListChanges<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
+    fn new(store: Store<K>, stub: fn(String, Option<String>) -> K) -> Self {
+        Self {
+            store,
+            stub,
+            before: HashSet::new(),
+            relisted: Vec::new(),
+        }
+    }
+
+    fn after(&mut self, event: watcher::Event<K>) -> Vec<K> {
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => vec![object],
+            watcher::Event::Init => {
+                self.before = self
+                    .store
+                    .state()
+                    .iter()
+                    .map(|object| ObjectRef::from_obj(&**object))
+                    .collect();
+                self.relisted.clear();
+                Vec::new()
+            }
+            watcher::Event::InitApply(object) => {
+                self.before.remove(&ObjectRef::from_obj(&object));
+                self.relisted.push(object);
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let stub = self.stub;
+                std::mem::take(&mut self.relisted)
+                    .into_iter()
+                    .chain(
+                        self.before
+                            .drain()
+                            .map(|gone| stub(gone.name, gone.namespace)),
+                    )
+                    .collect()
+            }
+        }
     }
 }
 
@@ -206,8 +276,27 @@ impl TriggerAuthCache {
         impl Stream<Item = Result<TriggerAuthentication, watcher::Error>> + Send + 'static,
         impl Stream<Item = Result<ClusterTriggerAuthentication, watcher::Error>> + Send + 'static,
     )> {
-        let namespaced = self.namespaced.watch(Api::all(client.clone()))?;
-        let cluster = self.cluster.watch(Api::all(client))?;
+        let namespaced = self
+            .namespaced
+            .watch(Api::all(client.clone()), |name, namespace| {
+                TriggerAuthentication {
+                    metadata: ObjectMeta {
+                        name: Some(name),
+                        namespace,
+                        ..Default::default()
+                    },
+                    spec: Default::default(),
+                }
+            })?;
+        let cluster =
+            self.cluster
+                .watch(Api::all(client), |name, _| ClusterTriggerAuthentication {
+                    metadata: ObjectMeta {
+                        name: Some(name),
+                        ..Default::default()
+                    },
+                    spec: Default::default(),
+                })?;
         Some((namespaced, cluster))
     }
 
@@ -297,8 +386,6 @@ impl TriggerAuthReader for TriggerAuthCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use kube::api::ObjectMeta;
 
     use super::super::trigger_auth::{
         ClusterTriggerAuthenticationSpec, SecretTargetRef, TriggerAuthenticationSpec,
@@ -443,5 +530,45 @@ mod tests {
         cache.retain_objects(|namespace, _| namespace != "team-a");
         assert!(cache.objects_naming(&ta("team-a", "rabbit")).is_empty());
         assert_eq!(cache.objects_naming_cluster(&cta("shared")).len(), 1);
+    }
+
+    #[test]
+    fn a_relist_tells_its_objects_and_those_deleted_meanwhile_only_when_complete() {
+        let (store, mut writer) = reflector::store::<TriggerAuthentication>();
+        let mut changes = ListChanges::new(store, |name, namespace| TriggerAuthentication {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace,
+                ..Default::default()
+            },
+            spec: Default::default(),
+        });
+        let mut feed = |event: watcher::Event<TriggerAuthentication>| {
+            writer.apply_watcher_event(&event);
+            let mut names: Vec<String> = changes
+                .after(event)
+                .iter()
+                .map(|ta| ObjectRef::from_obj(ta).to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        assert!(feed(watcher::Event::Init).is_empty());
+        assert!(feed(watcher::Event::InitApply(ta("a", "kept"))).is_empty());
+        assert!(feed(watcher::Event::InitApply(ta("a", "deleted"))).is_empty());
+        assert_eq!(feed(watcher::Event::InitDone).len(), 2);
+        assert_eq!(feed(watcher::Event::Apply(ta("a", "new"))).len(), 1);
+        // The watch fell behind: "deleted" went meanwhile.
+        assert!(feed(watcher::Event::Init).is_empty());
+        assert!(feed(watcher::Event::InitApply(ta("a", "kept"))).is_empty());
+        assert!(feed(watcher::Event::InitApply(ta("a", "new"))).is_empty());
+        assert_eq!(
+            feed(watcher::Event::InitDone),
+            [
+                "TriggerAuthentication.v1alpha1.spillway.dev/deleted.a",
+                "TriggerAuthentication.v1alpha1.spillway.dev/kept.a",
+                "TriggerAuthentication.v1alpha1.spillway.dev/new.a",
+            ]
+        );
     }
 }
