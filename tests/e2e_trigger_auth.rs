@@ -479,3 +479,79 @@ async fn with_a_label_selector_only_labelled_secrets_are_read() {
     println!("Secret labelled to a value read: {}", secs(took));
     d.delete().await;
 }
+
+#[tokio::test]
+async fn namespace_editors_create_trigger_authentications_and_only_cluster_admins_cluster_ones() {
+    let _serial = SERIAL.lock().await;
+    let admin = k8s::admin().await;
+    delete_leftovers(&admin).await;
+    install(&admin).await;
+    // The roles for namespace owners of deploy/rbac.yaml (install_spillway_as copies only
+    // spillway's own).
+    for role in k8s::deploy_manifest("rbac.yaml").into_iter().filter(|o| {
+        o["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("spillway-triggerauthentications-"))
+    }) {
+        k8s::apply(&admin, role).await;
+    }
+    let e = Tenant::new(&admin, "e").await;
+    // A namespace owner, granted what the aggregation adds to the built-in edit and admin roles
+    // (this control plane runs no clusterrole-aggregation controller, so the role is bound
+    // directly; its aggregation labels are checked below), in its namespace only.
+    let rbac = k8s::deploy_manifest("rbac.yaml");
+    let edit = rbac
+        .iter()
+        .find(|o| o["metadata"]["name"] == "spillway-triggerauthentications-edit")
+        .expect("the aggregated edit role");
+    for aggregate in ["aggregate-to-edit", "aggregate-to-admin"] {
+        assert_eq!(
+            edit["metadata"]["labels"][format!("rbac.authorization.k8s.io/{aggregate}")],
+            "true"
+        );
+    }
+    k8s::apply(
+        &admin,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "editor", "namespace": e.ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": "spillway-triggerauthentications-edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "spillway-test-nobody"}]}),
+    )
+    .await;
+    let editor = k8s::client_as("nobody").await;
+    let ta = json!({"apiVersion": "spillway.dev/v1alpha1", "kind": "TriggerAuthentication",
+        "metadata": {"name": "rabbit-auth", "namespace": e.ns},
+        "spec": {"secretTargetRef": [{"parameter": "host", "name": "rabbit", "key": "url"}]}});
+    // RBAC caches settle within moments of the binding.
+    common::eventually(
+        "the editor to create a TriggerAuthentication in its namespace",
+        Duration::from_secs(20),
+        || async { k8s::try_apply(&editor, ta.clone()).await.ok() },
+    )
+    .await;
+    let cluster_wide = common::unique_name("e2e-ta-editor").replace('_', "-");
+    let refused = k8s::try_apply(
+        &editor,
+        json!({"apiVersion": "spillway.dev/v1alpha1", "kind": "ClusterTriggerAuthentication",
+            "metadata": {"name": cluster_wide},
+            "spec": {"secretTargetRef": [{"parameter": "host", "name": "rabbit", "key": "url"}]}}),
+    )
+    .await
+    .expect_err("a namespace editor creates no ClusterTriggerAuthentication");
+    assert!(
+        matches!(&refused, kube::Error::Api(status) if status.code == 403),
+        "{refused}"
+    );
+    // Nor a TriggerAuthentication in a namespace it does not own.
+    let mut elsewhere = ta.clone();
+    elsewhere["metadata"]["namespace"] = json!(k8s::SPILLWAY_NAMESPACE);
+    let refused = k8s::try_apply(&editor, elsewhere)
+        .await
+        .expect_err("no TriggerAuthentication outside its namespace");
+    assert!(
+        matches!(&refused, kube::Error::Api(status) if status.code == 403),
+        "{refused}"
+    );
+    e.delete().await;
+}
