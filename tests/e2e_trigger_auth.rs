@@ -5,7 +5,9 @@
 //! a TriggerAuthentication that exists only in another namespace is refused and never served
 //! with the other's credentials; a rotated Secret is used on the next poll; with
 //! `--secret-label-selector` an unlabelled Secret is refused with the reason, and labelling it
-//! lets it in.
+//! lets it in. The API server refuses KEDA's unsupported sources and other kinds by name, and
+//! `deploy/rbac.yaml`'s role for namespace owners creates TriggerAuthentications in their
+//! namespace only, never a ClusterTriggerAuthentication.
 //!
 //! As in `e2e_secrets`, spillway acts as a ServiceAccount of its own bound to copies of
 //! `deploy/rbac.yaml`'s roles, values are read from its own `/metrics` (what is registered and
