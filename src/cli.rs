@@ -82,7 +82,8 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Print the ScaledObject CustomResourceDefinition as YAML, for `kubectl apply -f -`.
+    /// Print the CustomResourceDefinitions (ScaledObject, TriggerAuthentication,
+    /// ClusterTriggerAuthentication) as YAML, for `kubectl apply -f -`.
     Crd,
     /// Show the replicas an HPA would choose for a scaled object at a given backlog, and why:
     /// each trigger's proposal ceil(value / target) and tolerance test, the maximum, min/max,
@@ -101,7 +102,28 @@ pub enum Command {
         kubeconfig: Option<PathBuf>,
         #[command(flatten)]
         election: ElectionArgs,
+        #[command(flatten)]
+        credentials: CredentialArgs,
     },
+}
+
+/// Where `spillway run` reads triggers' credentials from.
+#[derive(Debug, clap::Args)]
+pub struct CredentialArgs {
+    /// The namespace a ClusterTriggerAuthentication's Secrets are read from (KEDA's
+    /// ClusterObjectNamespace): spillway's own (deploy/deployment.yaml sets it from the pod's
+    /// namespace).
+    #[arg(
+        long,
+        env = "SPILLWAY_CLUSTER_TRIGGER_AUTH_NAMESPACE",
+        default_value = crate::controller::reconcile::DEFAULT_CLUSTER_AUTH_NAMESPACE
+    )]
+    pub cluster_trigger_auth_namespace: String,
+    /// Watch and read only the Secrets matching this label selector (e.g.
+    /// `spillway.dev/credentials=true`): spillway then never holds any other Secret, and a
+    /// trigger naming an unlabelled one is told the label is missing. Default: every Secret.
+    #[arg(long, env = "SPILLWAY_SECRET_LABEL_SELECTOR")]
+    pub secret_label_selector: Option<String>,
 }
 
 /// Leader election on a coordination.k8s.io Lease (client-go's defaults).

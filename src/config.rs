@@ -19,6 +19,7 @@ use crate::scalers::nats::{NatsJetStreamScaler, NatsJetStreamTrigger};
 use crate::scalers::prometheus::{PrometheusScaler, PrometheusTrigger};
 use crate::scalers::rabbitmq::{RabbitMqScaler, RabbitMqTrigger};
 use crate::scalers::{Scaler, ScalerError, Trigger, TriggerParams};
+use crate::secret::AuthenticationRef;
 
 /// Why a configuration file could not be used. Each variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -176,13 +177,40 @@ impl ScaleTargetRef {
 // The same entry is a ScaledObject's `triggers[]` item; its schema says "exactly one" in CEL.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+// The rules after the first require a credential unless `authenticationRef` may supply it; the
+// controller checks again once the reference is read.
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "(has(self.kafka) ? 1 : 0) + (has(self.rabbitmq) ? 1 : 0) + (has(self.natsJetStream) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) + (has(self.cron) ? 1 : 0) == 1",
         "message": "a trigger names exactly one of kafka, rabbitmq, natsJetStream, prometheus, cron"
+    },
+    {
+        "rule": "!has(self.kafka) || has(self.authenticationRef) || !has(self.kafka.sasl) || self.kafka.sasl == 'none' || has(self.kafka.password)",
+        "message": "kafka: sasl needs username and password (the password inline or through authenticationRef)"
+    },
+    {
+        "rule": "!has(self.kafka) || has(self.authenticationRef) || has(self.kafka.cert) == has(self.kafka.key)",
+        "message": "kafka: cert and key go together"
+    },
+    {
+        "rule": "!has(self.rabbitmq) || has(self.authenticationRef) || has(self.rabbitmq.host) || has(self.rabbitmq.hostFromSecret)",
+        "message": "rabbitmq: set one of host (a URL without password) or hostFromSecret (a Secret holding the URL), or authenticationRef with parameter host"
+    },
+    {
+        "rule": "!has(self.prometheus) || has(self.authenticationRef) || !has(self.prometheus.username) || has(self.prometheus.password)",
+        "message": "prometheus: username and password go together (the password inline or through authenticationRef)"
+    },
+    {
+        "rule": "!has(self.authenticationRef) || !(has(self.cron) || has(self.natsJetStream))",
+        "message": "authenticationRef: cron and natsJetStream triggers take no credentials"
     }
 ]))]
 pub struct TriggerConfig {
+    /// Credentials from a TriggerAuthentication in the ScaledObject's namespace, or a
+    /// ClusterTriggerAuthentication, mapped to this trigger's credential fields (KEDA's
+    /// `authenticationRef`). ScaledObjects only: a config file names files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_ref: Option<AuthenticationRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaTrigger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,6 +227,7 @@ impl TriggerConfig {
     /// The one trigger this entry names, or the keys it sets (none, or more than one).
     pub fn trigger(&self) -> Result<Trigger, Vec<&'static str>> {
         let Self {
+            authentication_ref: _,
             kafka,
             rabbitmq,
             nats_jet_stream,
@@ -226,6 +255,7 @@ impl TriggerConfig {
     /// controller fills in the credentials it fetched.
     pub fn triggers_mut(&mut self) -> Vec<(&'static str, &mut dyn TriggerParams)> {
         let Self {
+            authentication_ref: _,
             kafka,
             rabbitmq,
             nats_jet_stream,
@@ -466,6 +496,13 @@ impl Config {
             }
             for (j, entry) in so.triggers.iter().enumerate() {
                 let at = format!("{at}.triggers[{j}]");
+                if entry.authentication_ref.is_some() {
+                    return invalid(
+                        &format!("{at}.authenticationRef"),
+                        "works in ScaledObjects only: a config file names its credentials as files"
+                            .into(),
+                    );
+                }
                 let trigger = match entry.trigger() {
                     Ok(trigger) => trigger,
                     Err(keys) if keys.is_empty() => {
@@ -655,6 +692,8 @@ mod tests {
             .unwrap()
             .keys()
             .map(String::as_str)
+            // The one key that is not a broker's.
+            .filter(|key| *key != "authenticationRef")
             .collect();
         properties.sort_unstable();
         let mut keys = Trigger::CONFIG_KEYS;
@@ -789,6 +828,7 @@ cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 1}
             (ORDERS.replace("      - kafka:", "      - cron: {timezone: UTC, start: '0 8 * * *', end: '0 9 * * *', desiredReplicas: 1}\n        kafka:"), "spillway.yaml:5:13: scaledObjects[0].triggers[0]: sets kafka and cron"),
             (ORDERS.replace("maxReplicaCount: 12", "maxReplicaCount: 12\n    minReplicaCount: 13"), "spillway.yaml:4:22: scaledObjects[0].minReplicaCount: 13 is above maxReplicaCount 12"),
             ("scaledObjects:\n  - name: a\n    triggers: [{}]\n".to_owned(), "spillway.yaml:3:16: scaledObjects[0].triggers[0]: names no broker"),
+            (ORDERS.replace("      - kafka:", "      - authenticationRef: {name: kafka}\n        kafka:"), "spillway.yaml:5:28: scaledObjects[0].triggers[0].authenticationRef: works in ScaledObjects only"),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -120,6 +120,7 @@ fn run(command: Command, allow_destinations: &[DestinationClass]) -> anyhow::Res
             config,
             kubeconfig,
             election,
+            credentials,
         } => {
             let loaded = match &config {
                 Some(path) => {
@@ -134,7 +135,12 @@ fn run(command: Command, allow_destinations: &[DestinationClass]) -> anyhow::Res
                 None => Config::default(),
             };
             install_destination_policy(allow_destinations, &loaded);
-            tokio::runtime::Runtime::new()?.block_on(run_in_cluster(loaded, kubeconfig, election))
+            tokio::runtime::Runtime::new()?.block_on(run_in_cluster(
+                loaded,
+                kubeconfig,
+                election,
+                credentials,
+            ))
         }
     }
 }
@@ -210,7 +216,17 @@ fn plan_command(args: spillway::cli::PlanArgs) -> anyhow::Result<()> {
         tokio::runtime::Runtime::new()?.block_on(async {
             if let Some(kubeconfig) = &args.kubeconfig {
                 let client = spillway::kube_client::client(Some(kubeconfig)).await?;
+                let cluster_namespace = std::env::var("SPILLWAY_CLUSTER_TRIGGER_AUTH_NAMESPACE")
+                    .unwrap_or_else(|_| {
+                        spillway::controller::reconcile::DEFAULT_CLUSTER_AUTH_NAMESPACE.into()
+                    });
                 for source in &mut sources {
+                    spillway::controller::triggers::resolve_authentication(
+                        &mut source.config,
+                        &client,
+                        &cluster_namespace,
+                    )
+                    .await?;
                     spillway::controller::triggers::resolve_secrets(&mut source.config, &client)
                         .await?;
                 }
@@ -291,8 +307,16 @@ async fn run_in_cluster(
     config: Config,
     kubeconfig: Option<std::path::PathBuf>,
     election: spillway::cli::ElectionArgs,
+    credentials: spillway::cli::CredentialArgs,
 ) -> anyhow::Result<()> {
     use spillway::controller::{leader, reconcile};
+    anyhow::ensure!(
+        credentials
+            .secret_label_selector
+            .as_deref()
+            .is_none_or(|s| !s.trim().is_empty()),
+        "--secret-label-selector is empty: give a selector such as spillway.dev/credentials=true, or leave it out"
+    );
     let client = spillway::kube_client::client(kubeconfig.as_deref()).await?;
     let cache = Arc::new(MetricCache::new());
     let registry = Arc::new(spillway::registry::Registry::new());
@@ -337,14 +361,23 @@ async fn run_in_cluster(
         }
     });
     let webhook = spillway::controller::admission::router(client.clone());
-    let context = Arc::new(reconcile::Context::new(
-        client,
-        registry,
-        cache,
-        leading,
-        Arc::clone(&state.own_metrics),
-        identity.clone(),
-    ));
+    tracing::info!(
+        cluster_trigger_auth_namespace = %credentials.cluster_trigger_auth_namespace,
+        secret_label_selector = credentials.secret_label_selector.as_deref().unwrap_or("(every Secret)"),
+        "where credentials are read from"
+    );
+    let context = Arc::new(
+        reconcile::Context::new(
+            client,
+            registry,
+            cache,
+            leading,
+            Arc::clone(&state.own_metrics),
+            identity.clone(),
+        )
+        .with_secret_label_selector(credentials.secret_label_selector)
+        .with_cluster_auth_namespace(credentials.cluster_trigger_auth_namespace),
+    );
     let controller = tokio::spawn(reconcile::run(context, until_stopped()));
     tracing::info!(%identity, lease = %format!("{}/{}", election.lease_namespace, election.lease_name), "running the ScaledObject controller");
     let stop_all = async move {

@@ -60,10 +60,68 @@ pub struct SecretKeyRef {
     pub name: String,
     /// The key in the Secret's `data`.
     pub key: String,
+    /// The namespace to read the Secret from instead of the object's: set only by the
+    /// controller, for a ClusterTriggerAuthentication's Secrets (in spillway's own namespace).
+    /// Never (de)serialized: a ScaledObject cannot name another namespace.
+    #[serde(skip)]
+    namespace: Option<String>,
     /// The value once [`SecretKeyRef::resolve`] fetched it. Never (de)serialized, so a resolved
     /// trigger prints as the reference the user wrote.
     #[serde(skip)]
     value: Option<SecretString>,
+}
+
+/// A trigger's reference to the credentials a TriggerAuthentication (in the ScaledObject's
+/// namespace) or a ClusterTriggerAuthentication (cluster-scoped, created by cluster admins)
+/// maps to its parameters, as KEDA's `authenticationRef`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthenticationRef {
+    /// The TriggerAuthentication's (or ClusterTriggerAuthentication's) name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Which kind `name` is (default TriggerAuthentication).
+    #[serde(default)]
+    pub kind: AuthenticationKind,
+}
+
+/// The two kinds an [`AuthenticationRef`] may name.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    schemars::JsonSchema,
+)]
+pub enum AuthenticationKind {
+    /// Namespaced: read from the ScaledObject's namespace only, its Secrets too.
+    #[default]
+    TriggerAuthentication,
+    /// Cluster-scoped: its Secrets are read from spillway's own namespace.
+    ClusterTriggerAuthentication,
+}
+
+impl AuthenticationKind {
+    /// The kind's name, as written in `authenticationRef.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TriggerAuthentication => "TriggerAuthentication",
+            Self::ClusterTriggerAuthentication => "ClusterTriggerAuthentication",
+        }
+    }
+}
+
+impl fmt::Display for AuthenticationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The wire form of [`SecretSource`]: one map with exactly one of the keys, so an unknown or a
@@ -179,6 +237,17 @@ pub enum SecretError {
         key: String,
         cause: String,
     },
+    /// spillway reads only Secrets with a label (`--secret-label-selector`), and this one
+    /// exists without it.
+    #[error(
+        "secret {namespace}/{name} (key {key}) lacks the label {selector}: spillway reads only Secrets matching --secret-label-selector; label it to let triggers use it"
+    )]
+    NotLabelled {
+        namespace: String,
+        name: String,
+        key: String,
+        selector: String,
+    },
     #[error("secret {namespace}/{name} has no key {key}")]
     MissingKey {
         namespace: String,
@@ -232,6 +301,7 @@ impl SecretError {
             Self::Unavailable { .. } => true,
             Self::File { .. }
             | Self::NotFound { .. }
+            | Self::NotLabelled { .. }
             | Self::Refused { .. }
             | Self::MissingKey { .. }
             | Self::NotText { .. }
@@ -243,6 +313,7 @@ impl SecretError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NotFound { .. } => "SecretNotFound",
+            Self::NotLabelled { .. } => "SecretNotLabelled",
             Self::MissingKey { .. } => "SecretKeyNotFound",
             Self::NotText { .. } => "SecretNotText",
             Self::Unavailable { .. } => "SecretUnavailable",
@@ -303,9 +374,12 @@ impl SecretSource {
     pub fn identity(&self) -> String {
         match self {
             Self::File(path) => path.display().to_string(),
-            Self::SecretKeyRef(reference) => {
-                format!("secret:{}/{}", reference.name, reference.key)
-            }
+            Self::SecretKeyRef(reference) => match &reference.namespace {
+                Some(namespace) => {
+                    format!("secret:{namespace}/{}/{}", reference.name, reference.key)
+                }
+                None => format!("secret:{}/{}", reference.name, reference.key),
+            },
         }
     }
 
@@ -342,8 +416,27 @@ impl SecretKeyRef {
         Self {
             name: name.into(),
             key: key.into(),
+            namespace: None,
             value: None,
         }
+    }
+
+    /// A reference to a Secret of `namespace`, whatever the object's: what a
+    /// ClusterTriggerAuthentication names (its Secrets live in spillway's namespace).
+    pub fn in_namespace(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Self {
+        Self {
+            namespace: Some(namespace.into()),
+            ..Self::new(name, key)
+        }
+    }
+
+    /// The namespace the Secret is read from when the object's is `object_namespace`.
+    pub fn namespace<'a>(&'a self, object_namespace: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(object_namespace)
     }
 
     /// True once the value was fetched.
@@ -358,14 +451,16 @@ impl SecretKeyRef {
         self.value.get_or_insert_with(|| SecretString::new(""));
     }
 
-    /// Reads the value from the Secret in `namespace` and keeps it, so
-    /// [`SecretSource::read`] answers from memory at each poll.
+    /// Reads the value from the Secret in `namespace` (the object's; see
+    /// [`SecretKeyRef::in_namespace`]) and keeps it, so [`SecretSource::read`] answers from
+    /// memory at each poll.
     pub async fn resolve(
         &mut self,
         reader: &impl SecretReader,
         namespace: &str,
     ) -> Result<(), SecretError> {
-        self.value = Some(reader.read_key(namespace, &self.name, &self.key).await?);
+        let namespace = self.namespace(namespace).to_owned();
+        self.value = Some(reader.read_key(&namespace, &self.name, &self.key).await?);
         Ok(())
     }
 }

@@ -172,6 +172,22 @@ fn replicas_settle_capped_at_max_or_at_zero_when_idle() {
 }
 
 #[test]
+fn a_manifest_with_its_trigger_authentication_is_planned() {
+    // deploy/examples/rabbitmq-trigger-authentication.yaml: a TriggerAuthentication, then a
+    // ScaledObject with value 20 whose URL comes through it; ceil(100 / 20) = 5.
+    let (code, stdout, stderr) = spillway(&[
+        "plan",
+        "-f",
+        &example("rabbitmq-trigger-authentication.yaml"),
+        "--value",
+        "s0=100",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("default/orders-worker: "), "{stdout}");
+    assert_eq!(step(&stdout, "result").0, "5", "{stdout}");
+}
+
+#[test]
 fn a_behavior_window_holds_a_scale_down() {
     // deploy/examples/prometheus.yaml: threshold 100, minReplicaCount 2, scaleDown window 120 s.
     let (code, stdout, stderr) = spillway(&[

@@ -1,15 +1,27 @@
-//! The ScaledObject CRD as shipped: `deploy/crd.yaml` is exactly what `spillway crd` prints,
-//! and its schema is one the API server accepts as structural (every node typed, nothing left
-//! to resolve, unknown fields preserved nowhere by accident).
+//! The CRDs as shipped (ScaledObject, TriggerAuthentication, ClusterTriggerAuthentication):
+//! `deploy/crd.yaml` is exactly what `spillway crd` prints, and each schema is one the API
+//! server accepts as structural (every node typed, nothing left to resolve, unknown fields
+//! preserved nowhere by accident).
 
 use std::path::Path;
 
 use serde_json::Value;
-use spillway::controller::crd::{crd, crd_yaml};
+use spillway::controller::crd::{crd_yaml, crds};
 
 /// Schema locations (JSON-pointer-like, `items` for array items) where
-/// `x-kubernetes-preserve-unknown-fields` is intended. None so far: every field is typed.
-const PRESERVE_UNKNOWN_FIELDS: &[&str] = &[];
+/// `x-kubernetes-preserve-unknown-fields` is intended: only KEDA's credential sources that a
+/// TriggerAuthentication declares so its rules can refuse them by name (left out, the API
+/// server would prune them silently).
+const PRESERVE_UNKNOWN_FIELDS: &[&str] = &[
+    "/spec/env/items",
+    "/spec/configMapTargetRef/items",
+    "/spec/boundServiceAccountToken/items",
+    "/spec/hashiCorpVault",
+    "/spec/azureKeyVault",
+    "/spec/awsSecretManager",
+    "/spec/gcpSecretManager",
+    "/spec/podIdentity",
+];
 
 /// The formats the API server knows for CRD schemas; any other earns a warning on every apply.
 const KNOWN_FORMATS: &[&str] = &[
@@ -57,15 +69,38 @@ fn the_crd_subcommand_prints_the_definition() {
         .expect("run spillway crd");
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8(output.stdout).unwrap(), crd_yaml());
-    // The YAML is a CustomResourceDefinition again.
-    let parsed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
-        serde_norway::from_str(&crd_yaml()).unwrap();
-    assert_eq!(parsed, crd());
+    // The YAML is the CustomResourceDefinitions again, one document each.
+    use serde::Deserialize;
+    let parsed: Vec<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = serde_norway::Deserializer::from_str(&crd_yaml())
+        .map(|document| Deserialize::deserialize(document).unwrap())
+        .collect();
+    assert_eq!(parsed, crds());
+    let names: Vec<&str> = parsed
+        .iter()
+        .map(|c| c.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "scaledobjects.spillway.dev",
+            "triggerauthentications.spillway.dev",
+            "clustertriggerauthentications.spillway.dev"
+        ]
+    );
 }
 
 #[test]
 fn the_schema_is_structural() {
-    let crd = crd();
+    for crd in crds() {
+        schema_is_structural(&crd);
+    }
+}
+
+fn schema_is_structural(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) {
     for version in &crd.spec.versions {
         let schema = serde_json::to_value(
             version
@@ -80,7 +115,8 @@ fn the_schema_is_structural() {
         check_metadata(&schema, &mut problems);
         assert!(
             problems.is_empty(),
-            "version {} is not structural:\n{}",
+            "{} version {} is not structural:\n{}",
+            crd.spec.names.kind,
             version.name,
             problems.join("\n")
         );

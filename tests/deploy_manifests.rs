@@ -143,12 +143,13 @@ async fn the_kustomization_and_the_examples_are_accepted_by_kube_apiserver() {
         "-f",
         "deploy/crd.yaml",
     ]);
-    k8s::wait_crd_established(
-        &admin,
+    for crd in [
         "scaledobjects.spillway.dev",
-        Duration::from_secs(30),
-    )
-    .await;
+        "triggerauthentications.spillway.dev",
+        "clustertriggerauthentications.spillway.dev",
+    ] {
+        k8s::wait_crd_established(&admin, crd, Duration::from_secs(30)).await;
+    }
     let examples = kubectl(&["apply", "-f", "deploy/examples/", "--dry-run=server"]);
     let accepted = examples
         .lines()

@@ -327,6 +327,12 @@ mod tests {
         );
         let err = needed_right(&request("CREATE", Some(json!({"spec": 1})), None)).unwrap_err();
         assert!(err.contains("not a ScaledObject"), "{err}");
+        // An authenticationRef names one of the two authentication kinds, nothing else.
+        let mut other_kind = so(json!({"name": "web"}), 1);
+        other_kind["spec"]["triggers"][0]["authenticationRef"] =
+            json!({"name": "creds", "kind": "Secret"});
+        let err = needed_right(&request("CREATE", Some(other_kind), None)).unwrap_err();
+        assert!(err.contains("unknown variant `Secret`"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The reconcile loop: watches ScaledObjects (and the HPAs it owns) in every namespace and, for
 //! each object,
 //!
-//! 1. registers its triggers (credentials read from the [`SecretCache`]) with the
+//! 1. registers its triggers (credentials read from the [`SecretCache`], through the
+//!    TriggerAuthentications of the [`TriggerAuthCache`] where a trigger names one) with the
 //!    [`Registry`], so the poller reads them and the metrics API serves them: on every replica,
 //!    leader or not, since every replica serves the metrics API. A definite failure (invalid
 //!    spec, Secret or key gone, reading forbidden) unregisters the object and says why in its
 //!    Ready condition; a transient one (the Secrets not listed yet) keeps the last good
-//!    registration and its metrics, and retries. A change of a Secret reconciles the objects
-//!    naming it at once;
+//!    registration and its metrics, and retries. A change of a Secret or of a
+//!    (Cluster)TriggerAuthentication reconciles the objects naming it at once;
 //! 2. on the leader only: keeps its owned HPA as [`desired_hpa`] says (repairing hand edits),
 //!    scales the target to and from zero (or `idleReplicaCount`) through the scale
 //!    subresource, holds it while paused, and writes the status and Events.
@@ -45,7 +46,11 @@ use super::hpa::{
 };
 use super::scale_to_zero::{Cooldown, TriggerActivity, ZeroDecision, ZeroRules, decide};
 use super::secrets::SecretCache;
-use super::triggers::{SpecError, resolve_secrets, secret_names, triggers};
+use super::trigger_auth::{ClusterTriggerAuthentication, TriggerAuthentication};
+use super::trigger_auth_cache::TriggerAuthCache;
+use super::triggers::{
+    SpecError, authentication_refs, resolve_authentication, resolve_secrets, secret_names, triggers,
+};
 use crate::cache::{MetricCache, TriggerState};
 use crate::metrics::Metrics;
 use crate::quantity::format_quantity;
@@ -100,6 +105,10 @@ pub struct Context {
     pub cache: Arc<MetricCache>,
     /// The cluster's Secrets, filled by the watch [`run`] starts.
     pub secrets: Arc<SecretCache>,
+    /// The cluster's (Cluster)TriggerAuthentications, filled by the watches [`run`] starts.
+    pub trigger_auths: Arc<TriggerAuthCache>,
+    /// Where a ClusterTriggerAuthentication's Secrets are read from: spillway's namespace.
+    pub cluster_auth_namespace: String,
     /// True while this replica holds the leader Lease.
     pub leader: watch::Receiver<bool>,
     /// spillway's own metrics: reconciles, scaling actions, fallback and pause state.
@@ -128,16 +137,35 @@ impl Context {
             registry,
             cache,
             secrets: Arc::new(SecretCache::new()),
+            trigger_auths: Arc::new(TriggerAuthCache::new()),
+            cluster_auth_namespace: DEFAULT_CLUSTER_AUTH_NAMESPACE.into(),
             leader,
             metrics,
             resources: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Reads only the Secrets matching `selector` (`--secret-label-selector`).
+    pub fn with_secret_label_selector(mut self, selector: Option<String>) -> Self {
+        self.secrets = Arc::new(SecretCache::with_label_selector(selector));
+        self
+    }
+
+    /// Reads ClusterTriggerAuthentications' Secrets from `namespace`
+    /// (`--cluster-trigger-auth-namespace`).
+    pub fn with_cluster_auth_namespace(mut self, namespace: String) -> Self {
+        self.cluster_auth_namespace = namespace;
+        self
+    }
+
     fn is_leader(&self) -> bool {
         *self.leader.borrow()
     }
 }
+
+/// spillway's namespace in the shipped install, where ClusterTriggerAuthentications' Secrets
+/// live unless told otherwise.
+pub const DEFAULT_CLUSTER_AUTH_NAMESPACE: &str = "spillway-system";
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
@@ -150,7 +178,15 @@ pub async fn run(
         tracing::error!("the controller runs once per Context; not started again");
         return;
     };
+    let Some((auth_changes, cluster_auth_changes)) =
+        context.trigger_auths.watch(context.client.clone())
+    else {
+        tracing::error!("the controller runs once per Context; not started again");
+        return;
+    };
     let secrets = Arc::clone(&context.secrets);
+    let auths = Arc::clone(&context.trigger_auths);
+    let cluster_auths = Arc::clone(&context.trigger_auths);
     let controller = Controller::new(objects, watcher::Config::default())
         .owns(
             hpas,
@@ -158,12 +194,20 @@ pub async fn run(
         )
         .watches_stream(secret_changes, move |secret: Secret| {
             secrets.objects_naming(&secret)
-        });
+        })
+        .watches_stream(auth_changes, move |ta: TriggerAuthentication| {
+            auths.objects_naming(&ta)
+        })
+        .watches_stream(
+            cluster_auth_changes,
+            move |cta: ClusterTriggerAuthentication| cluster_auths.objects_naming_cluster(&cta),
+        );
     // Deleted objects are never reconciled again: unregister what the watch no longer has.
     let store = controller.store();
     let registry = Arc::clone(&context.registry);
     let metrics = Arc::clone(&context.metrics);
     let secrets = Arc::clone(&context.secrets);
+    let auths = Arc::clone(&context.trigger_auths);
     let sweeper = tokio::spawn(async move {
         if store.wait_until_ready().await.is_err() {
             return;
@@ -185,9 +229,11 @@ pub async fn run(
                 metrics.forget_scaled_object(&namespace, &name);
                 tracing::info!(%namespace, %name, "unregistered a deleted ScaledObject");
             }
-            secrets.retain_objects(|namespace, name| {
+            let exists = |namespace: &str, name: &str| {
                 store.get(&ObjectRef::new(name).within(namespace)).is_some()
-            });
+            };
+            secrets.retain_objects(exists);
+            auths.retain_objects(exists);
         }
     });
     controller
@@ -267,7 +313,7 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     let interval = Duration::from_secs(so.spec.polling_interval.max(1) as u64);
 
     // 1. Register, on every replica.
-    let registered = match registration(&so, &ctx.secrets).await {
+    let registered = match registration(&so, ctx).await {
         Ok(registered) => registered,
         Err(err) if err.is_transient() => return Ok(keep_registration(&so, ctx, &err).await),
         Err(err) => {
@@ -556,12 +602,25 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     Ok(Action::requeue(interval.max(MIN_REQUEUE)))
 }
 
-/// The object's triggers as the poller reads them, credentials read from `secrets`.
-async fn registration(so: &ScaledObject, secrets: &SecretCache) -> Result<Registered, SpecError> {
+/// The object's triggers as the poller reads them, credentials read from the context's
+/// Secrets, through its TriggerAuthentications where a trigger names one.
+async fn registration(so: &ScaledObject, ctx: &Context) -> Result<Registered, SpecError> {
     let mut config = so.to_config()?;
     // Named before they are read, so a change that lands after the read still reconciles.
-    secrets.set_named(&config.namespace, &config.name, secret_names(&config));
-    resolve_secrets(&mut config, secrets).await?;
+    ctx.trigger_auths.set_named(
+        &config.namespace,
+        &config.name,
+        &authentication_refs(&config),
+    );
+    resolve_authentication(
+        &mut config,
+        &*ctx.trigger_auths,
+        &ctx.cluster_auth_namespace,
+    )
+    .await?;
+    ctx.secrets
+        .set_named(&config.namespace, &config.name, secret_names(&config));
+    resolve_secrets(&mut config, &*ctx.secrets).await?;
     let triggers = triggers(&config)?;
     Ok(Registered {
         config,
@@ -1062,9 +1121,10 @@ spec:
     async fn secrets_unreadable_for_now_keep_the_registration_and_an_answer_ends_it() {
         let so = Arc::new(serde_norway::from_str::<ScaledObject>(SO).unwrap());
         let listed = || SecretCache::listed_with(vec![rabbit(&[("url", "amqp://u:p@rabbit/")])]);
-        let good = registration(&so, &listed()).await.unwrap();
         let mut ctx = follower();
         ctx.secrets = Arc::new(listed());
+        ctx.trigger_auths = Arc::new(TriggerAuthCache::listed_with(vec![], vec![]));
+        let good = registration(&so, &ctx).await.unwrap();
         let action = reconcile_object(Arc::clone(&so), &ctx).await.unwrap();
         assert_eq!(action, Action::requeue(Duration::from_secs(7)));
         assert_eq!(registered(&ctx), Some(good.clone()));
@@ -1088,5 +1148,69 @@ spec:
             assert_eq!(action, Action::requeue(RETRY_BROKEN));
             assert_eq!(registered(&ctx), None);
         }
+    }
+
+    fn rabbit_auth(namespace: &str) -> TriggerAuthentication {
+        use crate::controller::trigger_auth::{SecretTargetRef, TriggerAuthenticationSpec};
+        TriggerAuthentication {
+            metadata: kube::api::ObjectMeta {
+                name: Some("rabbit-auth".into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            spec: TriggerAuthenticationSpec {
+                secret_target_ref: vec![SecretTargetRef {
+                    parameter: "host".into(),
+                    name: "rabbit".into(),
+                    key: "url".into(),
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_come_through_a_trigger_authentication_of_the_objects_namespace_only() {
+        let text = SO.replace(
+            "        hostFromSecret: {secretKeyRef: {name: rabbit, key: url}}\n",
+            "",
+        ) + "      authenticationRef: {name: rabbit-auth}\n";
+        let so = Arc::new(serde_norway::from_str::<ScaledObject>(&text).unwrap());
+        let mut ctx = follower();
+        ctx.secrets = Arc::new(SecretCache::listed_with(vec![rabbit(&[(
+            "url",
+            "amqp://u:p@rabbit/",
+        )])]));
+        ctx.trigger_auths = Arc::new(TriggerAuthCache::listed_with(
+            vec![rabbit_auth("shop")],
+            vec![],
+        ));
+        let action = reconcile_object(Arc::clone(&so), &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(7)));
+        let mut config = registered(&ctx).expect("registered").config;
+        let (_, trigger) = config.triggers[0].triggers_mut().remove(0);
+        let sources = trigger.secret_sources();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources[0].0, "hostFromSecret");
+        assert_eq!(sources[0].1.read().unwrap().expose(), "amqp://u:p@rabbit/");
+        assert_eq!(
+            ctx.trigger_auths.objects_naming(&rabbit_auth("shop")).len(),
+            1,
+            "a change of the TriggerAuthentication reconciles the object"
+        );
+        assert_eq!(
+            ctx.secrets.objects_naming(&rabbit(&[])).len(),
+            1,
+            "so does a change of the Secret it maps"
+        );
+
+        // Only another namespace has one of that name: unregistered, never served with it.
+        ctx.trigger_auths = Arc::new(TriggerAuthCache::listed_with(
+            vec![rabbit_auth("other")],
+            vec![],
+        ));
+        let action = reconcile_object(Arc::clone(&so), &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(RETRY_BROKEN));
+        assert_eq!(registered(&ctx), None);
     }
 }

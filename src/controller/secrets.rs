@@ -13,14 +13,20 @@
 //! do labels and managedFields). Helm release records (`type: helm.sh/release.v1`, up to 1 MiB
 //! each, one per revision) are not watched at all, so a trigger cannot name one. A re-list holds
 //! the old and the new copy until it completes.
+//!
+//! With a label selector (`--secret-label-selector spillway.dev/credentials=true`) the watch
+//! asks the API server for matching Secrets only, so spillway never holds the others; a
+//! trigger naming an unlabelled Secret is told the label is missing (one metadata-only list by
+//! name tells it from a Secret that does not exist). RBAC cannot grant by label: the option
+//! limits what spillway holds, not what it may list.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta};
+use kube::api::{Api, ListParams, ObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 
@@ -42,7 +48,12 @@ pub struct SecretCache {
     /// The watch's latest failure, cleared by its next event: what a read answers before the
     /// first list completes.
     watch_failure: Mutex<Option<(ApiFailure, String)>>,
-    users: Mutex<SecretUsers>,
+    /// (namespace, Secret) -> the ScaledObjects naming it.
+    users: Mutex<Referrers<(String, String)>>,
+    /// Only Secrets matching this label selector are watched.
+    label_selector: Option<String>,
+    /// The watch's client, for telling an unlabelled Secret from a missing one.
+    client: OnceLock<kube::Client>,
 }
 
 impl Default for SecretCache {
@@ -53,12 +64,19 @@ impl Default for SecretCache {
 
 impl SecretCache {
     pub fn new() -> Self {
+        Self::with_label_selector(None)
+    }
+
+    /// A cache that holds only the Secrets matching `selector` (all with `None`).
+    pub fn with_label_selector(selector: Option<String>) -> Self {
         let (store, writer) = reflector::store();
         Self {
             store,
             writer: Mutex::new(Some(writer)),
             watch_failure: Mutex::new(None),
-            users: Mutex::new(SecretUsers::default()),
+            users: Mutex::new(Referrers::default()),
+            label_selector: selector,
+            client: OnceLock::new(),
         }
     }
 
@@ -86,10 +104,15 @@ impl SecretCache {
         client: kube::Client,
     ) -> Option<impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static> {
         let writer = self.writer.lock().expect("secret writer").take()?;
+        let _ = self.client.set(client.clone());
         let api: Api<Secret> = Api::all(client);
         let cache = Arc::clone(self);
         let mut changes = Changes::new(self.store.clone());
-        let stream = watcher(api, watcher::Config::default().fields(UNWATCHED))
+        let mut config = watcher::Config::default().fields(UNWATCHED);
+        if let Some(selector) = &self.label_selector {
+            config = config.labels(selector);
+        }
+        let stream = watcher(api, config)
             .map(move |event| {
                 cache.note_watch(&event);
                 event
@@ -107,10 +130,11 @@ impl SecretCache {
         Some(stream)
     }
 
-    /// Records that the object `namespace/object` names `secrets` (and no others), so a change
+    /// Records that the object `namespace/object` names `secrets` (namespace, name; a
+    /// ClusterTriggerAuthentication's are in spillway's namespace) and no others, so a change
     /// of any of them reconciles it. Call it before reading them: a change that lands after
     /// the read then still finds the object.
-    pub fn set_named(&self, namespace: &str, object: &str, secrets: BTreeSet<String>) {
+    pub fn set_named(&self, namespace: &str, object: &str, secrets: BTreeSet<(String, String)>) {
         self.users
             .lock()
             .expect("secret users")
@@ -131,10 +155,7 @@ impl SecretCache {
         self.users
             .lock()
             .expect("secret users")
-            .of(namespace, name)
-            .into_iter()
-            .map(|object| ObjectRef::new(&object).within(namespace))
-            .collect()
+            .of(&(namespace.clone(), name.clone()))
     }
 
     /// True once the first list is complete.
@@ -202,11 +223,39 @@ impl SecretReader for SecretCache {
         }
         match self.store.get(&ObjectRef::new(name).within(namespace)) {
             Some(secret) => secret_key(&secret, namespace, name, key),
-            None => Err(SecretError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                key: key.to_owned(),
-            }),
+            None => Err(self.not_held(namespace, name, key).await),
+        }
+    }
+}
+
+impl SecretCache {
+    /// Why a listed cache does not hold `namespace/name`: it does not exist, or (with a label
+    /// selector) it exists without the label, told apart by a metadata-only list by name (no
+    /// data is fetched). Should that list fail, the Secret counts as missing.
+    async fn not_held(&self, namespace: &str, name: &str, key: &str) -> SecretError {
+        let (namespace, name, key) = (namespace.to_owned(), name.to_owned(), key.to_owned());
+        if let (Some(selector), Some(client)) = (&self.label_selector, self.client.get()) {
+            let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+            let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+            match api.list_metadata(&by_name).await {
+                Ok(list) if !list.items.is_empty() => {
+                    return SecretError::NotLabelled {
+                        namespace,
+                        name,
+                        key,
+                        selector: selector.clone(),
+                    };
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(%namespace, secret = %name, error = %safe_cause(&err), "cannot tell an unlabelled Secret from a missing one");
+                }
+            }
+        }
+        SecretError::NotFound {
+            namespace,
+            name,
+            key,
         }
     }
 }
@@ -248,46 +297,57 @@ fn strip(secret: &mut Secret) {
     secret.string_data = None;
 }
 
-/// Which ScaledObjects name which Secrets, both ways, so a change of a Secret finds its
-/// objects without walking every object.
-#[derive(Debug, Default)]
-struct SecretUsers {
-    /// (namespace, Secret) -> the objects naming it.
-    by_secret: BTreeMap<(String, String), BTreeSet<String>>,
-    /// (namespace, object) -> the Secrets it names.
-    by_object: BTreeMap<(String, String), BTreeSet<String>>,
+/// Which ScaledObjects (by namespace and name) name which things (Secrets by namespace and
+/// name, authentications), both ways, so a change of one finds its objects without walking
+/// every object.
+#[derive(Debug)]
+pub(crate) struct Referrers<T> {
+    /// What is named -> the objects naming it.
+    by_named: BTreeMap<T, BTreeSet<(String, String)>>,
+    /// (namespace, object) -> what it names.
+    by_object: BTreeMap<(String, String), BTreeSet<T>>,
 }
 
-impl SecretUsers {
-    fn set(&mut self, namespace: &str, object: &str, secrets: BTreeSet<String>) {
+impl<T> Default for Referrers<T> {
+    fn default() -> Self {
+        Self {
+            by_named: BTreeMap::new(),
+            by_object: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Ord + Clone> Referrers<T> {
+    /// Records that `namespace/object` names `named` and nothing else.
+    pub(crate) fn set(&mut self, namespace: &str, object: &str, named: BTreeSet<T>) {
         self.remove(namespace, object);
-        if secrets.is_empty() {
+        if named.is_empty() {
             return;
         }
-        for secret in &secrets {
-            self.by_secret
-                .entry((namespace.to_owned(), secret.clone()))
+        let key = (namespace.to_owned(), object.to_owned());
+        for item in &named {
+            self.by_named
+                .entry(item.clone())
                 .or_default()
-                .insert(object.to_owned());
+                .insert(key.clone());
         }
-        self.by_object
-            .insert((namespace.to_owned(), object.to_owned()), secrets);
+        self.by_object.insert(key, named);
     }
 
     fn remove(&mut self, namespace: &str, object: &str) {
         let key = (namespace.to_owned(), object.to_owned());
-        for secret in self.by_object.remove(&key).unwrap_or_default() {
-            let secret_key = (namespace.to_owned(), secret);
-            if let Some(objects) = self.by_secret.get_mut(&secret_key) {
-                objects.remove(object);
+        for item in self.by_object.remove(&key).unwrap_or_default() {
+            if let Some(objects) = self.by_named.get_mut(&item) {
+                objects.remove(&key);
                 if objects.is_empty() {
-                    self.by_secret.remove(&secret_key);
+                    self.by_named.remove(&item);
                 }
             }
         }
     }
 
-    fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+    /// Keeps the records of the objects for which `keep(namespace, name)` holds.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
         let gone: Vec<(String, String)> = self
             .by_object
             .keys()
@@ -299,11 +359,14 @@ impl SecretUsers {
         }
     }
 
-    fn of(&self, namespace: &str, secret: &str) -> BTreeSet<String> {
-        self.by_secret
-            .get(&(namespace.to_owned(), secret.to_owned()))
-            .cloned()
-            .unwrap_or_default()
+    /// The objects naming `item`, as references for the controller's queue.
+    pub(crate) fn of(&self, item: &T) -> Vec<ObjectRef<ScaledObject>> {
+        self.by_named
+            .get(item)
+            .into_iter()
+            .flatten()
+            .map(|(namespace, object)| ObjectRef::new(object).within(namespace))
+            .collect()
     }
 }
 
@@ -551,10 +614,16 @@ mod tests {
     #[test]
     fn a_secret_finds_the_objects_naming_it() {
         let cache = SecretCache::new();
-        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
-        cache.set_named("shop", "orders", names(&["rabbit", "kafka"]));
-        cache.set_named("shop", "billing", names(&["rabbit"]));
-        cache.set_named("other", "orders", names(&["rabbit"]));
+        let names = |namespace: &str, list: &[&str]| {
+            list.iter()
+                .map(|s| (namespace.to_owned(), (*s).to_owned()))
+                .collect()
+        };
+        cache.set_named("shop", "orders", names("shop", &["rabbit", "kafka"]));
+        cache.set_named("shop", "billing", names("shop", &["rabbit"]));
+        cache.set_named("other", "orders", names("other", &["rabbit"]));
+        // A ClusterTriggerAuthentication's Secret lives in spillway's namespace.
+        cache.set_named("other", "billing", names("spillway-system", &["shared"]));
         let naming = |namespace: &str, name: &str| -> Vec<String> {
             cache
                 .objects_naming(&secret(namespace, name, "1", &[]))
@@ -573,12 +642,16 @@ mod tests {
         assert!(naming("shop", "unused").is_empty());
 
         // A spec change names other Secrets; a deleted object names none.
-        cache.set_named("shop", "orders", names(&["kafka"]));
+        cache.set_named("shop", "orders", names("shop", &["kafka"]));
         assert_eq!(naming("shop", "rabbit").len(), 1);
         cache.retain_objects(|namespace, _| namespace != "shop");
         assert!(naming("shop", "kafka").is_empty());
         assert!(naming("shop", "rabbit").is_empty());
         assert_eq!(naming("other", "rabbit").len(), 1);
+        assert_eq!(
+            naming("spillway-system", "shared"),
+            ["ScaledObject.v1alpha1.spillway.dev/billing.other"]
+        );
     }
 
     #[test]

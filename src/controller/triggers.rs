@@ -2,16 +2,20 @@
 //! [`ScaledObjectConfig`] a config file yields, and the [`Trigger`]s with their ids. Also the
 //! credentials of those triggers: a ScaledObject names Secrets, which are read here (from the
 //! controller's Secret cache) before the poller sees the triggers, so the poller never waits on
-//! the API server.
+//! the API server; an `authenticationRef` is first turned into the `secretKeyRef`s its
+//! TriggerAuthentication maps ([`resolve_authentication`]).
 
 use std::collections::BTreeSet;
 
 use crate::cache::TriggerId;
 use crate::config::{self, ScaledObjectConfig, TriggerConfig};
 use crate::scalers::{Trigger, served_metric_name};
-use crate::secret::{SecretError, SecretKeyRef, SecretReader, SecretSource};
+use crate::secret::{
+    AuthenticationKind, AuthenticationRef, SecretError, SecretKeyRef, SecretReader, SecretSource,
+};
 
 use super::crd::ScaledObject;
+use super::trigger_auth::{TriggerAuthError, TriggerAuthReader, describe, fill_credentials};
 
 /// Why a ScaledObject cannot be handed to the poller. Each variant names the field, as a
 /// status condition's message would.
@@ -27,6 +31,13 @@ pub enum SpecError {
         "spec.triggers[{index}].{field}: a ScaledObject names Secrets (secretKeyRef), not files of spillway's pod"
     )]
     FileSecret { index: usize, field: String },
+    /// The authentication a trigger names could not supply its credentials.
+    #[error("spec.triggers[{index}].authenticationRef: {source}")]
+    Authentication {
+        index: usize,
+        #[source]
+        source: Box<TriggerAuthError>,
+    },
     /// A Secret a trigger names could not be read.
     #[error("spec.triggers[{index}].{field}: {source}")]
     Secret {
@@ -44,6 +55,7 @@ impl SpecError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Secret { source, .. } => source.is_transient(),
+            Self::Authentication { source, .. } => source.is_transient(),
             Self::MissingMetadata(_) | Self::Invalid { .. } | Self::FileSecret { .. } => false,
         }
     }
@@ -52,6 +64,7 @@ impl SpecError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Secret { source, .. } => source.reason(),
+            Self::Authentication { source, .. } => source.reason(),
             Self::MissingMetadata(_) | Self::Invalid { .. } | Self::FileSecret { .. } => {
                 "InvalidSpec"
             }
@@ -190,6 +203,55 @@ pub async fn resolve_secrets(
     Ok(())
 }
 
+/// The `authenticationRef`s of `config`'s triggers, each once.
+pub fn authentication_refs(config: &ScaledObjectConfig) -> Vec<AuthenticationRef> {
+    let mut references: Vec<AuthenticationRef> = Vec::new();
+    for reference in config
+        .triggers
+        .iter()
+        .filter_map(|entry| entry.authentication_ref.as_ref())
+    {
+        if !references.contains(reference) {
+            references.push(reference.clone());
+        }
+    }
+    references
+}
+
+/// Turns each trigger's `authenticationRef` into the `secretKeyRef`s its authentication maps
+/// to the trigger's credential fields (not fetched yet: [`resolve_secrets`] does that). A
+/// TriggerAuthentication is read from `config`'s namespace only, and so are its Secrets; a
+/// ClusterTriggerAuthentication's Secrets are read from `cluster_namespace` (spillway's own).
+pub async fn resolve_authentication(
+    config: &mut ScaledObjectConfig,
+    reader: &impl TriggerAuthReader,
+    cluster_namespace: &str,
+) -> Result<(), SpecError> {
+    let namespace = config.namespace.clone();
+    for (index, entry) in config.triggers.iter_mut().enumerate() {
+        let Some(reference) = entry.authentication_ref.clone() else {
+            continue;
+        };
+        let failed = |source| SpecError::Authentication {
+            index,
+            source: Box::new(source),
+        };
+        let credentials = reader
+            .read_authentication(&namespace, &reference)
+            .await
+            .map_err(failed)?;
+        let secret_namespace = match reference.kind {
+            AuthenticationKind::TriggerAuthentication => None,
+            AuthenticationKind::ClusterTriggerAuthentication => Some(cluster_namespace),
+        };
+        let object = describe(&reference, &namespace);
+        let filled =
+            fill_credentials(entry, &credentials, &object, secret_namespace).map_err(failed)?;
+        tracing::debug!(%namespace, scaled_object = %config.name, trigger = index, authentication = %object, ?filled, "credentials from an authenticationRef");
+    }
+    Ok(())
+}
+
 /// The `secretKeyRef`s of `entry` not fetched yet, each with the field its trigger reads it
 /// from, as the trigger's errors name it (`password`, `tls.clientPkcs12Password`).
 pub fn unfetched_secrets(entry: &mut TriggerConfig) -> Vec<(String, &mut SecretKeyRef)> {
@@ -206,14 +268,18 @@ pub fn unfetched_secrets(entry: &mut TriggerConfig) -> Vec<(String, &mut SecretK
         .collect()
 }
 
-/// The names of the Secrets `config`'s triggers name (all in its namespace).
-pub fn secret_names(config: &ScaledObjectConfig) -> BTreeSet<String> {
+/// The Secrets `config`'s triggers name, by namespace and name: its own namespace, or
+/// spillway's for those a ClusterTriggerAuthentication maps.
+pub fn secret_names(config: &ScaledObjectConfig) -> BTreeSet<(String, String)> {
     let mut triggers = config.triggers.clone();
     triggers
         .iter_mut()
         .flat_map(entry_secret_sources)
         .filter_map(|(_, source)| match source {
-            SecretSource::SecretKeyRef(reference) => Some(reference.name.clone()),
+            SecretSource::SecretKeyRef(reference) => Some((
+                reference.namespace(&config.namespace).to_owned(),
+                reference.name.clone(),
+            )),
             SecretSource::File(_) => None,
         })
         .collect()
@@ -383,8 +449,11 @@ scaledObjects:
         );
         let config = so(&text).to_config().unwrap();
         assert_eq!(
-            secret_names(&config).into_iter().collect::<Vec<_>>(),
-            ["kafka-orders", "prom"]
+            secret_names(&config)
+                .into_iter()
+                .map(|(namespace, name)| format!("{namespace}/{name}"))
+                .collect::<Vec<_>>(),
+            ["shop/kafka-orders", "shop/prom"]
         );
     }
 

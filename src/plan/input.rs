@@ -339,6 +339,11 @@ fn check_triggers(config: &ScaledObjectConfig) -> Result<(), String> {
         if fails_for_want_of_secrets(entry, &outcome) {
             continue;
         }
+        // Nor can one whose credentials an authenticationRef supplies: which fields it fills
+        // is known once the TriggerAuthentication is read (the controller checks then).
+        if outcome.is_err() && entry.authentication_ref.is_some() {
+            continue;
+        }
         if let Err(ScalerError::InvalidTrigger { field, message, .. }) = outcome {
             let key = trigger.config_key();
             return Err(format!("triggers[{}].{key}.{field}: {message}", id.index));

@@ -41,6 +41,15 @@ pub fn parse_scaled_objects(path: &Path, text: &str) -> Result<Vec<ScaledObject>
             continue;
         }
         let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+        // Credentials applied beside the ScaledObjects they serve: nothing to plan.
+        if field("apiVersion") == Some(&api_version)
+            && matches!(
+                field("kind"),
+                Some("TriggerAuthentication" | "ClusterTriggerAuthentication")
+            )
+        {
+            continue;
+        }
         if field("kind") != Some("ScaledObject") || field("apiVersion") != Some(&api_version) {
             return Err(file_error(format!(
                 "document {document} is {} {}, not a ScaledObject of {api_version}",

@@ -327,6 +327,39 @@ pub trait TriggerParams {
     /// the controller to fetch. Each trigger destructures itself without `..` here, so a new
     /// field does not compile until it is classed credential or not.
     fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)>;
+
+    /// The credential fields a TriggerAuthentication may fill, set or not, by the parameter
+    /// name it uses (spillway's field name, and KEDA's where it differs). None by default: a
+    /// trigger without credentials takes no parameter.
+    fn credential_slots(&mut self) -> Vec<CredentialSlot<'_>> {
+        Vec::new()
+    }
+}
+
+/// One credential field of a trigger that a TriggerAuthentication's `secretTargetRef` may fill.
+#[derive(Debug)]
+pub struct CredentialSlot<'a> {
+    /// spillway's field name (`password`, `hostFromSecret`), which a `parameter` may name.
+    pub parameter: &'static str,
+    /// KEDA's parameter name for the same field, where it differs (`host`).
+    pub keda_parameter: Option<&'static str>,
+    pub source: &'a mut Option<SecretSource>,
+}
+
+impl<'a> CredentialSlot<'a> {
+    /// A slot whose parameter name is the same in spillway and KEDA.
+    pub fn new(parameter: &'static str, source: &'a mut Option<SecretSource>) -> Self {
+        Self {
+            parameter,
+            keda_parameter: None,
+            source,
+        }
+    }
+
+    /// True when `parameter` names this slot.
+    pub fn is_named(&self, parameter: &str) -> bool {
+        self.parameter == parameter || self.keda_parameter == Some(parameter)
+    }
 }
 
 /// Whether `trigger` sends credentials: any of its [`TriggerParams::secret_sources`] is set
@@ -499,6 +532,10 @@ impl TriggerParams for Trigger {
 
     fn secret_sources(&mut self) -> Vec<(&'static str, &mut SecretSource)> {
         self.params_mut().secret_sources()
+    }
+
+    fn credential_slots(&mut self) -> Vec<CredentialSlot<'_>> {
+        self.params_mut().credential_slots()
     }
 }
 

@@ -50,7 +50,7 @@ use url::Url;
 
 use super::http::{HttpAuth, HttpClient, json_error, known_error_kind};
 use super::{
-    ActivationInput, MAX_TIMEOUT_MS, Reading, Scaler, ScalerError, TriggerParams,
+    ActivationInput, CredentialSlot, MAX_TIMEOUT_MS, Reading, Scaler, ScalerError, TriggerParams,
     normalize_metric_name,
 };
 use crate::secret::SecretSource;
@@ -64,7 +64,8 @@ const QUERY_EXCERPT: usize = 120;
 
 /// A `prometheus` trigger in query mode or scrape mode (see the module docs).
 // The schema's rules repeat the mode and credential checks of `validate`, so a ScaledObject
-// mixing the modes is refused when written.
+// mixing the modes is refused when written. That a username needs a password is the trigger
+// entry's rule, which sees whether an `authenticationRef` may supply it (`TriggerConfig`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -81,7 +82,7 @@ const QUERY_EXCERPT: usize = 120;
         "message": "scrape mode (scrapeUrl) needs metricName, and takes no query, ignoreNullValues or namespace"
     },
     {
-        "rule": "has(self.username) == has(self.password)",
+        "rule": "!has(self.password) || has(self.username)",
         "message": "username and password go together"
     },
     {
@@ -595,6 +596,15 @@ impl TriggerParams for PrometheusTrigger {
             .into_iter()
             .filter_map(|(field, source)| source.as_mut().map(|s| (field, s)))
             .collect()
+    }
+
+    /// KEDA's Prometheus TriggerAuthentication parameters of the same names; `username` is
+    /// not a credential and stays in the trigger.
+    fn credential_slots(&mut self) -> Vec<CredentialSlot<'_>> {
+        vec![
+            CredentialSlot::new("bearerToken", &mut self.bearer_token),
+            CredentialSlot::new("password", &mut self.password),
+        ]
     }
 }
 

@@ -525,6 +525,18 @@ impl SpillwayController {
         identity: &str,
         timings: Option<LeaseTimings>,
     ) -> Self {
+        Self::start_with_args(kubeconfig, port, lease_name, identity, timings, &[]).await
+    }
+
+    /// [`SpillwayController::start`] with more `spillway run` arguments (`extra_args`).
+    pub async fn start_with_args(
+        kubeconfig: &std::path::Path,
+        port: u16,
+        lease_name: &str,
+        identity: &str,
+        timings: Option<LeaseTimings>,
+        extra_args: &[&str],
+    ) -> Self {
         let config = std::env::temp_dir().join(format!("{}.yaml", super::unique_name(identity)));
         let metrics_port = free_port();
         std::fs::write(
@@ -547,7 +559,8 @@ impl SpillwayController {
             .arg(kubeconfig)
             .args(["--lease-namespace", SPILLWAY_NAMESPACE])
             .args(["--lease-name", lease_name])
-            .args(["--identity", identity]);
+            .args(["--identity", identity])
+            .args(extra_args);
         if let Some(t) = timings {
             command
                 .args(["--lease-duration-seconds", &t.lease_duration.to_string()])

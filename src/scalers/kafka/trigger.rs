@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{KIND, LagRules, OffsetResetPolicy, parse_partition_limitation};
 use crate::kafka_client::{ConnectOptions, SaslCredentials, ScramMechanism, TlsOptions};
-use crate::scalers::{ActivationInput, ScalerError, TriggerParams, normalize_metric_name};
+use crate::scalers::{
+    ActivationInput, CredentialSlot, ScalerError, TriggerParams, normalize_metric_name,
+};
 use crate::secret::{SecretSource, SecretString};
 
 /// SASL mechanism, with KEDA's names.
@@ -40,17 +42,15 @@ pub enum TlsMode {
 
 /// The `kafka` trigger: KEDA's parameter names and defaults, typed.
 // The schema's rules repeat the cross-field checks of `validate` that the API server can make,
-// so a ScaledObject breaking them is refused when written, not when polled.
+// so a ScaledObject breaking them is refused when written, not when polled. Those that need a
+// credential present (password, cert with key) are the trigger entry's, which sees whether an
+// `authenticationRef` may supply it (`TriggerConfig`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!has(self.sasl) || self.sasl == 'none' || (has(self.username) && self.username != '' && has(self.password))",
+        "rule": "!has(self.sasl) || self.sasl == 'none' || (has(self.username) && self.username != '')",
         "message": "sasl needs username and password"
-    },
-    {
-        "rule": "has(self.cert) == has(self.key)",
-        "message": "cert and key go together"
     },
     {
         "rule": "(has(self.tls) && self.tls == 'enable') || !(has(self.ca) || has(self.cert) || has(self.key) || has(self.keyPassword) || (has(self.unsafeSsl) && self.unsafeSsl))",
@@ -499,5 +499,17 @@ impl TriggerParams for KafkaTrigger {
         .into_iter()
         .filter_map(|(field, source)| source.as_mut().map(|s| (field, s)))
         .collect()
+    }
+
+    /// KEDA's Kafka TriggerAuthentication parameters of the same names; `sasl`, `username`
+    /// and `tls` are settings, not credentials, and stay in the trigger.
+    fn credential_slots(&mut self) -> Vec<CredentialSlot<'_>> {
+        vec![
+            CredentialSlot::new("password", &mut self.password),
+            CredentialSlot::new("ca", &mut self.ca),
+            CredentialSlot::new("cert", &mut self.cert),
+            CredentialSlot::new("key", &mut self.key),
+            CredentialSlot::new("keyPassword", &mut self.key_password),
+        ]
     }
 }

@@ -11,7 +11,9 @@ use url::Url;
 
 use super::BROKER;
 use super::endpoint::{Endpoint, Wire, display_server};
-use crate::scalers::{ActivationInput, ScalerError, TriggerParams, normalize_metric_name};
+use crate::scalers::{
+    ActivationInput, CredentialSlot, ScalerError, TriggerParams, normalize_metric_name,
+};
 use crate::secret::SecretSource;
 
 /// RabbitMQ refuses pages larger than this (`invalid_pagination_parameters`).
@@ -35,7 +37,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "has(self.host) != has(self.hostFromSecret)",
+        "rule": "!(has(self.host) && has(self.hostFromSecret))",
         "message": "set one of host (a URL without password) or hostFromSecret (a Secret holding the URL)"
     }
 ]))]
@@ -378,6 +380,23 @@ impl TriggerParams for RabbitMqTrigger {
             sources.push(("tls.clientPkcs12Password", source));
         }
         sources
+    }
+
+    /// KEDA's RabbitMQ TriggerAuthentication parameter `host` (the URL with its password) fills
+    /// `hostFromSecret`; `tls.clientPkcs12Password` once the trigger sets `tls`.
+    fn credential_slots(&mut self) -> Vec<CredentialSlot<'_>> {
+        let mut slots = vec![CredentialSlot {
+            parameter: "hostFromSecret",
+            keda_parameter: Some("host"),
+            source: &mut self.host_from_secret,
+        }];
+        if let Some(tls) = self.tls.as_mut() {
+            slots.push(CredentialSlot::new(
+                "tls.clientPkcs12Password",
+                &mut tls.client_pkcs12_password,
+            ));
+        }
+        slots
     }
 }
 
