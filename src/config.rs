@@ -850,7 +850,10 @@ cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 1}
 
     #[test]
     fn metrics_auth_is_off_unless_asked() {
-        assert_eq!(parse("server: {}\n").unwrap().server.metrics_auth, MetricsAuth::None);
+        assert_eq!(
+            parse("server: {}\n").unwrap().server.metrics_auth,
+            MetricsAuth::None
+        );
         let config = parse("server:\n  metricsAuth: namespaces\n").unwrap();
         assert_eq!(config.server.metrics_auth, MetricsAuth::Namespaces);
         assert!(config.to_yaml().contains("metricsAuth: namespaces"));

@@ -227,12 +227,13 @@ pub async fn check_every_address(broker: &str) -> Result<(), ResolveError> {
     if let Ok(address) = bare.parse::<IpAddr>() {
         return Ok(policy.check(host, address)?);
     }
-    let found = tokio::net::lookup_host((bare, port))
-        .await
-        .map_err(|err| ResolveError::Lookup {
-            host: host.to_owned(),
-            cause: err.to_string(),
-        })?;
+    let found =
+        tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|err| ResolveError::Lookup {
+                host: host.to_owned(),
+                cause: err.to_string(),
+            })?;
     for address in found {
         policy.check(host, address.ip())?;
     }

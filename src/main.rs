@@ -400,10 +400,10 @@ async fn serve_api(
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let access = match (config.server.metrics_auth, &auth) {
         (spillway::config::MetricsAuth::None, _) => None,
-        (spillway::config::MetricsAuth::Namespaces, Some(auth)) => {
-            Some(Arc::new(api::metrics_access::MetricsAccess::new(Arc::clone(auth)))
-                as Arc<dyn spillway::metrics::scope::ScrapeAccess>)
-        }
+        (spillway::config::MetricsAuth::Namespaces, Some(auth)) => Some(Arc::new(
+            api::metrics_access::MetricsAccess::new(Arc::clone(auth)),
+        )
+            as Arc<dyn spillway::metrics::scope::ScrapeAccess>),
         (spillway::config::MetricsAuth::Namespaces, None) => anyhow::bail!(
             "server.metricsAuth: namespaces needs the cluster to authorize callers; it cannot be used with --no-auth"
         ),

@@ -9,9 +9,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use spillway::destination::{self, DestinationClass, DestinationPolicy};
 use spillway::scalers::kafka::KafkaScaler;

@@ -156,7 +156,10 @@ spillway_scaled_object_paused{scaled_object=\"x\",namespace=\"bank\"} 0
             ("a{namespace=\"shop\"} 1", Some("shop")),
             ("a{x=\"1\",namespace=\"shop\",y=\"2\"} 1", Some("shop")),
             // A label whose value spells `namespace="..."` is not the label.
-            ("a{query=\"namespace=\\\"bank\\\"\",namespace=\"shop\"} 1", Some("shop")),
+            (
+                "a{query=\"namespace=\\\"bank\\\"\",namespace=\"shop\"} 1",
+                Some("shop"),
+            ),
             ("a{query=\"namespace=\\\"bank\\\"\"} 1", None),
             ("a{kube_namespace=\"shop\"} 1", None),
             ("a{namespace=\"we\\\\ird\\n\"} 1", Some("we\\ird\n")),
@@ -175,8 +178,17 @@ spillway_scaled_object_paused{scaled_object=\"x\",namespace=\"bank\"} 0
         let cases: [(ScrapeScope, &[&str], &[&str]); 4] = [
             (
                 scope(false, &["shop"]),
-                &["namespace=\"shop\"", "# TYPE spillway_trigger_value gauge", "# EOF"],
-                &["bank", "spillway_api_requests", "spillway_leader", "spillway_scaled_object_paused"],
+                &[
+                    "namespace=\"shop\"",
+                    "# TYPE spillway_trigger_value gauge",
+                    "# EOF",
+                ],
+                &[
+                    "bank",
+                    "spillway_api_requests",
+                    "spillway_leader",
+                    "spillway_scaled_object_paused",
+                ],
             ),
             (
                 scope(false, &[]),
@@ -186,11 +198,19 @@ spillway_scaled_object_paused{scaled_object=\"x\",namespace=\"bank\"} 0
             (
                 scope(true, &[]),
                 &["spillway_api_requests_total{", "spillway_leader 1", "# EOF"],
-                &["namespace=", "spillway_trigger_value", "spillway_scaled_object_paused"],
+                &[
+                    "namespace=",
+                    "spillway_trigger_value",
+                    "spillway_scaled_object_paused",
+                ],
             ),
             (
                 scope(true, &["shop", "bank"]),
-                &["namespace=\"shop\"", "namespace=\"bank\"", "spillway_leader 1"],
+                &[
+                    "namespace=\"shop\"",
+                    "namespace=\"bank\"",
+                    "spillway_leader 1",
+                ],
                 &[],
             ),
         ];
@@ -200,7 +220,10 @@ spillway_scaled_object_paused{scaled_object=\"x\",namespace=\"bank\"} 0
                 assert!(text.contains(wanted), "{scope:?} keeps {wanted}:\n{text}");
             }
             for unwanted in dropped {
-                assert!(!text.contains(unwanted), "{scope:?} drops {unwanted}:\n{text}");
+                assert!(
+                    !text.contains(unwanted),
+                    "{scope:?} drops {unwanted}:\n{text}"
+                );
             }
             assert!(text.ends_with("# EOF\n"), "{text}");
         }
