@@ -28,6 +28,9 @@ use crate::metrics::scope::{ScopeFuture, ScrapeAccess, ScrapeScope};
 /// costs kube-apiserver about one review per namespace per cache lifetime.
 const NAMESPACE_REVIEWS_AT_ONCE: usize = 8;
 
+/// What [`Authenticator::decide`] answers: allowed, denied with a reason, or no answer.
+type Decision = Result<Result<(), String>, Status>;
+
 /// The resource whose `list` right opens a namespace's series.
 pub const SCALED_OBJECTS: (&str, &str) = ("spillway.dev", "scaledobjects");
 
@@ -52,12 +55,11 @@ impl MetricsAccess {
             .decide(&user, &process_wide_attributes())
             .await?
             .is_ok();
-        let answers: Vec<(String, Result<Result<(), String>, Status>)> =
-            futures::stream::iter(namespaces)
-                .map(|namespace| self.namespace_decision(&user, namespace))
-                .buffer_unordered(NAMESPACE_REVIEWS_AT_ONCE)
-                .collect()
-                .await;
+        let answers: Vec<(String, Decision)> = futures::stream::iter(namespaces)
+            .map(|namespace| self.namespace_decision(&user, namespace))
+            .buffer_unordered(NAMESPACE_REVIEWS_AT_ONCE)
+            .collect()
+            .await;
         let mut scope = ScrapeScope {
             process_wide,
             ..ScrapeScope::default()
@@ -71,11 +73,7 @@ impl MetricsAccess {
         Ok(scope)
     }
 
-    async fn namespace_decision(
-        &self,
-        user: &UserInfo,
-        namespace: String,
-    ) -> (String, Result<Result<(), String>, Status>) {
+    async fn namespace_decision(&self, user: &UserInfo, namespace: String) -> (String, Decision) {
         let answer = self
             .auth
             .decide(user, &namespace_attributes(&namespace))
