@@ -33,6 +33,16 @@ pub struct Cli {
         env = "SPILLWAY_ALLOW_DESTINATIONS"
     )]
     pub allow_destinations: Vec<crate::destination::DestinationClass>,
+    /// Where spillway's own `/metrics` listens, over the config's `server.metricsListen`:
+    /// `IP:PORT`. The default install passes the pod's IP (`$(POD_IP):9090`), so `/metrics`
+    /// is not on every interface.
+    #[arg(
+        long,
+        global = true,
+        env = "SPILLWAY_METRICS_LISTEN",
+        value_parser = crate::config::parse_listen_address
+    )]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -281,6 +291,28 @@ mod tests {
         for args in refused {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_takes_the_pod_ip_as_the_downward_api_gives_it() {
+        let cases = [
+            ("10.244.1.7:9090", Some("10.244.1.7:9090")),
+            ("fd00:10:244::7:9090", Some("[fd00:10:244::7]:9090")),
+            ("0.0.0.0", None),
+        ];
+        for (flag, expected) in cases {
+            let parsed = Cli::try_parse_from(["spillway", "--metrics-listen", flag, "crd"]);
+            match expected {
+                Some(address) => assert_eq!(
+                    parsed.unwrap().metrics_listen,
+                    Some(address.parse().unwrap()),
+                    "{flag}"
+                ),
+                None => assert!(parsed.is_err(), "{flag}"),
+            }
+        }
+        let default = Cli::try_parse_from(["spillway", "crd"]).unwrap();
+        assert_eq!(default.metrics_listen, None);
     }
 
     #[test]

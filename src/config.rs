@@ -309,6 +309,12 @@ pub struct ServerConfig {
     /// flight before spillway closes it.
     #[serde(default = "ServerConfig::default_idle_timeout_seconds")]
     pub idle_timeout_seconds: u32,
+    /// Who may read `/metrics`: `none` (the default: anyone who reaches the address, as a
+    /// plain Prometheus scrape expects) or `namespaces` (a bearer token is required; a caller
+    /// gets the series of the namespaces where it may list ScaledObjects, and the process-wide
+    /// series only with `get` on the non-resource URL `/metrics`).
+    #[serde(default, skip_serializing_if = "MetricsAuth::is_none")]
+    pub metrics_auth: MetricsAuth,
     /// Destination classes triggers may reach beyond the default (`loopback`, `link-local`,
     /// `api-server`; see [`crate::destination`]), added to `--allow-destinations`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -342,9 +348,55 @@ impl Default for ServerConfig {
             max_connections: Self::default_max_connections(),
             max_connections_per_client: Self::default_max_connections_per_client(),
             idle_timeout_seconds: Self::default_idle_timeout_seconds(),
+            metrics_auth: MetricsAuth::None,
             allow_destinations: Vec::new(),
         }
     }
+}
+
+/// How `/metrics` authorizes its callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAuth {
+    /// Everything to anyone who reaches the address.
+    #[default]
+    None,
+    /// Per caller, by TokenReview and SubjectAccessReview (see `crate::api::metrics_access`).
+    Namespaces,
+}
+
+impl MetricsAuth {
+    fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
+impl ServerConfig {
+    /// Replaces `metricsListen` (from `--metrics-listen`), keeping the rule that it differs
+    /// from `listen`.
+    pub fn override_metrics_listen(&mut self, address: SocketAddr) -> Result<(), String> {
+        if address == self.listen {
+            return Err(format!(
+                "--metrics-listen {address} must differ from server.listen: the metrics API and /metrics need their own ports"
+            ));
+        }
+        self.metrics_listen = address;
+        Ok(())
+    }
+}
+
+/// Reads a listen address: `IP:PORT`, `[IPv6]:PORT`, or an IPv6 address without brackets
+/// followed by `:PORT`, which is what `$(POD_IP):9090` gives in a pod spec on an IPv6
+/// cluster (the downward API's `status.podIP` has no brackets).
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let bad = || format!("{text:?} is not IP:PORT (e.g. 10.0.0.7:9090 or [fd00::7]:9090)");
+    let (ip, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::Ipv6Addr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::from((ip, port)))
 }
 
 /// PEM files for the serving certificate.
@@ -794,6 +846,57 @@ cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 1}
                 "{text:?}: got {err:?}, want prefix {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn listen_addresses_from_the_downward_api_are_read() {
+        let cases: [(&str, Option<&str>); 7] = [
+            ("10.0.0.7:9090", Some("10.0.0.7:9090")),
+            ("[fd00::7]:9090", Some("[fd00::7]:9090")),
+            // `$(POD_IP):9090` on an IPv6 cluster.
+            ("fd00::7:9090", Some("[fd00::7]:9090")),
+            ("10.0.0.7", None),
+            (":9090", None),
+            ("pod.local:9090", None),
+            ("10.0.0.7:99999", None),
+        ];
+        for (text, expected) in cases {
+            let parsed = parse_listen_address(text);
+            match expected {
+                Some(address) => {
+                    assert_eq!(parsed, Ok(address.parse().unwrap()), "{text}")
+                }
+                None => assert!(
+                    parsed.as_ref().is_err_and(|e| e.contains("is not IP:PORT")),
+                    "{text}: {parsed:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn the_metrics_listen_override_must_differ_from_listen() {
+        let mut server = ServerConfig::default();
+        let api = server.listen;
+        let err = server.override_metrics_listen(api).unwrap_err();
+        assert!(err.contains("must differ from server.listen"), "{err}");
+        assert_eq!(server.metrics_listen, "127.0.0.1:9090".parse().unwrap());
+        server
+            .override_metrics_listen("10.0.0.7:9090".parse().unwrap())
+            .unwrap();
+        assert_eq!(server.metrics_listen, "10.0.0.7:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn metrics_auth_is_off_unless_asked() {
+        assert_eq!(
+            parse("server: {}\n").unwrap().server.metrics_auth,
+            MetricsAuth::None
+        );
+        let config = parse("server:\n  metricsAuth: namespaces\n").unwrap();
+        assert_eq!(config.server.metrics_auth, MetricsAuth::Namespaces);
+        assert!(config.to_yaml().contains("metricsAuth: namespaces"));
+        assert!(parse("server:\n  metricsAuth: all\n").is_err());
     }
 
     #[test]

@@ -210,6 +210,36 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveEr
     }
 }
 
+/// Checks that every address `broker` (`host:port`) resolves to is allowed, for a client that
+/// resolves and connects on its own (librdkafka): unlike [`resolve`], which keeps the allowed
+/// addresses of a mixed answer for a connection spillway makes itself, one refused address
+/// refuses the whole name, since the other client may pick any of them.
+pub async fn check_every_address(broker: &str) -> Result<(), ResolveError> {
+    let (host, port) = broker
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+        .ok_or_else(|| ResolveError::Lookup {
+            host: broker.to_owned(),
+            cause: "not host:port".into(),
+        })?;
+    let policy = current();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(address) = bare.parse::<IpAddr>() {
+        return Ok(policy.check(host, address)?);
+    }
+    let found =
+        tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|err| ResolveError::Lookup {
+                host: host.to_owned(),
+                cause: err.to_string(),
+            })?;
+    for address in found {
+        policy.check(host, address.ip())?;
+    }
+    Ok(())
+}
+
 /// Checks a URL's host when it is an IP literal, which an HTTP client connects to without
 /// resolving; names are checked by [`resolve`] at connect time.
 pub fn check_url(url: &url::Url) -> Result<(), Refused> {

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         eprintln!("spillway: {err}");
         return ExitCode::from(2);
     }
-    match run(cli.command, &cli.allow_destinations) {
+    match run(cli.command, &cli.allow_destinations, cli.metrics_listen) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "spillway failed");
@@ -47,7 +47,21 @@ fn install_destination_policy(flags: &[DestinationClass], config: &Config) {
     );
 }
 
-fn run(command: Command, allow_destinations: &[DestinationClass]) -> anyhow::Result<()> {
+fn run(
+    command: Command,
+    allow_destinations: &[DestinationClass],
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    // `--metrics-listen` (the pod's IP in the default install) over `server.metricsListen`.
+    let with_metrics_listen = |mut config: Config| -> anyhow::Result<Config> {
+        if let Some(address) = metrics_listen {
+            config
+                .server
+                .override_metrics_listen(address)
+                .map_err(anyhow::Error::msg)?;
+        }
+        Ok(config)
+    };
     match command {
         Command::Loadgen { load, target } => {
             let target = match target {
@@ -98,7 +112,7 @@ fn run(command: Command, allow_destinations: &[DestinationClass]) -> anyhow::Res
             kubeconfig,
             no_auth,
         } => {
-            let loaded = Config::load(&config)?;
+            let loaded = with_metrics_listen(Config::load(&config)?)?;
             install_destination_policy(allow_destinations, &loaded);
             tokio::runtime::Runtime::new()?.block_on(serve(loaded, kubeconfig, no_auth))
         }
@@ -134,6 +148,7 @@ fn run(command: Command, allow_destinations: &[DestinationClass]) -> anyhow::Res
                 }
                 None => Config::default(),
             };
+            let loaded = with_metrics_listen(loaded)?;
             install_destination_policy(allow_destinations, &loaded);
             tokio::runtime::Runtime::new()?.block_on(run_in_cluster(
                 loaded,
@@ -418,9 +433,20 @@ async fn serve_api(
     let metrics_listener = api::bind(config.server.metrics_listen).await?;
     tracing::info!(addr = %metrics_listener.local_addr()?, "serving spillway's own metrics on /metrics (plain HTTP)");
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let access = match (config.server.metrics_auth, &auth) {
+        (spillway::config::MetricsAuth::None, _) => None,
+        (spillway::config::MetricsAuth::Namespaces, Some(auth)) => Some(Arc::new(
+            api::metrics_access::MetricsAccess::new(Arc::clone(auth)),
+        )
+            as Arc<dyn spillway::metrics::scope::ScrapeAccess>),
+        (spillway::config::MetricsAuth::Namespaces, None) => anyhow::bail!(
+            "server.metricsAuth: namespaces needs the cluster to authorize callers; it cannot be used with --no-auth"
+        ),
+    };
     let metrics_server = tokio::spawn(spillway::metrics::serve_metrics(
         metrics_listener,
         Arc::clone(&state.own_metrics),
+        access,
         async {
             let _ = metrics_stopped.await;
         },

@@ -14,6 +14,11 @@
 //! partitions or queues, those with the most backlog; `spillway_backlog_series_truncated` counts
 //! the ones left out. A trigger whose latest poll failed exports no backlog at all, never a
 //! stale or zero one.
+//!
+//! With `server.metricsAuth: namespaces`, `/metrics` answers each caller only the series it
+//! may read ([`scope`]).
+
+pub mod scope;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -878,23 +883,45 @@ pub async fn track_requests(
     response
 }
 
-/// `GET /metrics`.
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
-        Err(err) => {
-            tracing::error!(error = %err, "cannot encode metrics");
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
-        }
-    }
+/// What `/metrics` serves from: the series, and who may read which (`None`: everyone all).
+#[derive(Clone)]
+struct ScrapeState {
+    metrics: Arc<Metrics>,
+    access: Option<Arc<dyn scope::ScrapeAccess>>,
 }
 
-/// The `/metrics` server's routes.
-pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+/// `GET /metrics`: every series, or with an access policy the caller's (401 without
+/// credentials; an authenticated caller allowed nothing gets no series, not an error).
+async fn scrape(State(state): State<ScrapeState>, headers: axum::http::HeaderMap) -> Response {
+    let text = match state.metrics.encode() {
+        Ok(text) => text,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot encode metrics");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response();
+        }
+    };
+    let text = match &state.access {
+        None => text,
+        Some(access) => {
+            let namespaces = scope::namespaces_in(&text).into_iter().collect();
+            match access.scope(&headers, namespaces).await {
+                Ok(allowed) => scope::filter(&text, &allowed),
+                Err(refused) => return refused,
+            }
+        }
+    };
+    ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+}
+
+/// The `/metrics` server's routes: every series to anyone, or with `access` each caller's.
+pub fn metrics_router(
+    metrics: Arc<Metrics>,
+    access: Option<Arc<dyn scope::ScrapeAccess>>,
+) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics is served here\n") })
-        .with_state(metrics)
+        .with_state(ScrapeState { metrics, access })
 }
 
 /// How `/metrics` bounds its connections: a scraper sends one small request every few
@@ -908,10 +935,12 @@ pub const METRICS_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
 };
 
 /// Serves `GET /metrics` over plain HTTP on `listener` until `shutdown` completes, within
-/// [`METRICS_CONNECTION_LIMITS`]; open scrapes get five seconds to finish.
+/// [`METRICS_CONNECTION_LIMITS`]; open scrapes get five seconds to finish. With `access`,
+/// each caller reads only the series it may.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    access: Option<Arc<dyn scope::ScrapeAccess>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let connections = Arc::new(Connections::new(
@@ -919,7 +948,7 @@ pub async fn serve_metrics(
         metrics.connections_refused("metrics", "server"),
         metrics.connections_refused("metrics", "client"),
     ));
-    let app = metrics_router(metrics);
+    let app = metrics_router(metrics, access);
     tokio::pin!(shutdown);
     while let Some((admitted, tcp, peer)) = connections
         .accept(&listener, shutdown.as_mut(), "/metrics")
@@ -1329,13 +1358,13 @@ mod tests {
                 .body(axum::body::Body::empty())
                 .unwrap()
         };
-        let response = metrics_router(Arc::clone(&metrics))
+        let response = metrics_router(Arc::clone(&metrics), None)
             .oneshot(request("/metrics"))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[header::CONTENT_TYPE], OPENMETRICS);
-        let missing = metrics_router(metrics)
+        let missing = metrics_router(metrics, None)
             .oneshot(request("/other"))
             .await
             .unwrap();

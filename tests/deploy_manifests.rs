@@ -295,3 +295,68 @@ fn the_default_config_map_is_a_valid_spillway_config() {
     assert!(loaded.scaled_objects.is_empty());
     assert_eq!(loaded.server.listen.port(), 6443);
 }
+
+/// Issue 16: `/metrics` listens on the pod's IP in the default install, not on every
+/// interface, and the probes do not depend on it.
+#[test]
+fn the_default_install_serves_metrics_on_the_pod_ip_only() {
+    let deployment = common::k8s::deploy_manifest("deployment.yaml")
+        .into_iter()
+        .find(|o| o["kind"] == "Deployment")
+        .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    let position = |name: &str| {
+        env.iter()
+            .position(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no env {name}: {env:?}"))
+    };
+    let (pod_ip, listen) = (position("POD_IP"), position("SPILLWAY_METRICS_LISTEN"));
+    assert_eq!(
+        env[pod_ip]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP",
+        "{env:?}"
+    );
+    // Kubernetes expands $(VAR) only from variables defined earlier in the list.
+    assert!(pod_ip < listen, "POD_IP must come first: {env:?}");
+    let value = env[listen]["value"].as_str().unwrap();
+    let metrics_port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .unwrap()["containerPort"]
+        .as_u64()
+        .unwrap();
+    // What the kubelet gives spillway on an IPv4 and on an IPv6 cluster.
+    for (ip, expected) in [
+        ("10.244.1.7", "10.244.1.7"),
+        ("fd00:10:244::7", "fd00:10:244::7"),
+    ] {
+        let address = spillway::config::parse_listen_address(&value.replace("$(POD_IP)", ip))
+            .unwrap_or_else(|err| panic!("{value} with POD_IP={ip}: {err}"));
+        assert_eq!(address.ip().to_string(), expected);
+        assert_eq!(u64::from(address.port()), metrics_port);
+    }
+    // The probes ask the API port's plain-HTTP health paths, not /metrics.
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["port"], "https", "{probe}: {get}");
+        assert!(
+            ["/livez", "/readyz"].contains(&get["path"].as_str().unwrap()),
+            "{probe}: {get}"
+        );
+    }
+    // The ConfigMap no longer puts /metrics on every interface.
+    let text = std::fs::read_to_string(repo().join("deploy/configmap.yaml")).unwrap();
+    let map: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let config = map["data"]["config.yaml"].as_str().unwrap();
+    let file = std::env::temp_dir().join(format!("{}.yaml", common::unique_name("cm")));
+    std::fs::write(&file, config).unwrap();
+    let loaded = spillway::config::Config::load(&file).unwrap();
+    std::fs::remove_file(&file).ok();
+    assert!(
+        !loaded.server.metrics_listen.ip().is_unspecified(),
+        "metricsListen {} listens on every interface",
+        loaded.server.metrics_listen
+    );
+}

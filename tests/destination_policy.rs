@@ -11,6 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use spillway::destination::{self, DestinationClass, DestinationPolicy};
 use spillway::scalers::kafka::KafkaScaler;
@@ -240,4 +241,72 @@ async fn errors_a_tenant_reads_never_carry_the_answer() {
         );
         println!("{} -> {text}", answer.lines().next().unwrap_or_default());
     }
+}
+
+/// The librdkafka reader behind lag seconds connects on its own: every address of the
+/// cluster is checked before it reads, so with loopback refused, lag seconds is refused with
+/// the policy's error (never a 0) even while the wire client's open connections still read
+/// the lag.
+#[tokio::test]
+async fn lag_seconds_is_refused_for_a_loopback_kafka_when_loopback_is_not_allowed() {
+    use common::kafka::{commit, create_topic, delete_topic, produce};
+    use spillway::scalers::kafka::KafkaTrigger;
+    let _turn = POLICY.lock().await;
+    let bootstrap = common::kafka::bootstrap();
+    destination::install(DestinationPolicy::strict().allowing([DestinationClass::Loopback]));
+    let topic = create_topic(1).await;
+    let group = common::unique_name("refused-age");
+    produce(&topic, &[5], Duration::from_secs(60)).await;
+    commit(&group, &[(&topic, 0, 5)]);
+    let trigger = KafkaTrigger::new(bootstrap, &group, Some(&topic));
+    let scaler = KafkaScaler::connect(&trigger).unwrap();
+    let caught_up = scaler
+        .poll_detailed(std::slice::from_ref(&trigger))
+        .await
+        .remove(0)
+        .expect("loopback allowed: the trigger reads");
+    assert_eq!(
+        (caught_up.total.metric, caught_up.lag_seconds),
+        (0, Some(0.0))
+    );
+
+    // The group falls behind by 60 s old records; loopback is no longer allowed.
+    commit(&group, &[(&topic, 0, 2)]);
+    destination::install(DestinationPolicy::strict());
+    let report = scaler
+        .poll_detailed(std::slice::from_ref(&trigger))
+        .await
+        .remove(0)
+        .expect("the wire client's connections are already open");
+    assert_eq!(report.total.metric, 3, "the lag itself is still read");
+    assert_eq!(report.lag_seconds, None, "no age, never 0");
+    match &report.lag_seconds_error {
+        Some(ScalerError::Unreachable { cause, .. }) => assert!(
+            cause.contains("loopback address") && cause.contains("--allow-destinations loopback"),
+            "{cause}"
+        ),
+        other => panic!("lag seconds refused with the policy error, got {other:?}"),
+    }
+    let reading = scaler
+        .poll(std::slice::from_ref(&trigger))
+        .await
+        .remove(0)
+        .expect("reading");
+    assert!(
+        !reading.extra.iter().any(|(name, _)| *name == "lag-seconds"),
+        "no lag-seconds metric: {:?}",
+        reading.extra
+    );
+
+    destination::install(DestinationPolicy::strict().allowing([DestinationClass::Loopback]));
+    let allowed = scaler
+        .poll_detailed(std::slice::from_ref(&trigger))
+        .await
+        .remove(0)
+        .unwrap();
+    assert!(
+        allowed.lag_seconds.is_some_and(|age| age >= 59.0),
+        "allowed again: {allowed:?}"
+    );
+    delete_topic(&topic).await;
 }

@@ -408,15 +408,34 @@ impl Authenticator {
         method: &Method,
         path: &str,
     ) -> Result<(), Status> {
-        if ALWAYS_ALLOWED_PATHS.contains(&path)
-            || user
-                .groups
-                .iter()
-                .any(|g| ALWAYS_ALLOWED_GROUPS.contains(&g.as_str()))
-        {
+        if ALWAYS_ALLOWED_PATHS.contains(&path) {
             return Ok(());
         }
         let attributes = RequestAttributes::from_request(method, path);
+        self.decide(user, &attributes).await?.map_err(|reason| {
+            let mut message = format!("{}: {}", attributes.describe(), user_phrase(user));
+            if !reason.is_empty() {
+                message.push_str(&format!(": {reason}"));
+            }
+            Status::forbidden(message)
+        })
+    }
+
+    /// Whether `user` may do what `attributes` describe, by SubjectAccessReview (cached
+    /// [`REVIEW_TTL`]): `Ok(Ok(()))` allowed, `Ok(Err(reason))` denied, `Err` when
+    /// kube-apiserver gave no answer (the caller fails closed).
+    pub async fn decide(
+        &self,
+        user: &UserInfo,
+        attributes: &RequestAttributes,
+    ) -> Result<Result<(), String>, Status> {
+        if user
+            .groups
+            .iter()
+            .any(|g| ALWAYS_ALLOWED_GROUPS.contains(&g.as_str()))
+        {
+            return Ok(Ok(()));
+        }
         let spec = SubjectAccessReviewSpec {
             user: Some(user.name.clone()),
             uid: user.uid.clone(),
@@ -471,13 +490,7 @@ impl Authenticator {
                 decision
             }
         };
-        decision.map_err(|reason| {
-            let mut message = format!("{}: {}", attributes.describe(), user_phrase(user));
-            if !reason.is_empty() {
-                message.push_str(&format!(": {reason}"));
-            }
-            Status::forbidden(message)
-        })
+        Ok(decision)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod external;
 pub mod limits;
 pub mod lru;
+pub mod metrics_access;
 pub mod openapi;
 pub mod selector;
 pub mod serving_cert;

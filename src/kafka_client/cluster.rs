@@ -113,6 +113,22 @@ impl ClusterClient {
             .count()
     }
 
+    /// The bootstrap servers and every broker address metadata has named so far (`host:port`),
+    /// sorted and without duplicates: what another client of this cluster would connect to.
+    pub fn known_addresses(&self) -> Vec<String> {
+        let mut addresses: Vec<String> = self
+            .brokers
+            .lock()
+            .expect("brokers lock")
+            .values()
+            .chain(&self.bootstrap)
+            .cloned()
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
     async fn connection(&self, address: &str) -> Result<Arc<Connection>, WireError> {
         let slot = Arc::clone(
             self.connections

@@ -121,6 +121,22 @@ impl KafkaCluster {
         self.client.request_counts()
     }
 
+    /// Checks every address of the cluster known to the wire client (bootstrap servers and the
+    /// brokers its metadata named) against the destination policy, each name's every resolved
+    /// address, for the librdkafka record reader, which connects on its own.
+    pub async fn check_destinations(&self) -> Result<(), ScalerError> {
+        for address in self.client.known_addresses() {
+            crate::destination::check_every_address(&address)
+                .await
+                .map_err(|err| ScalerError::Unreachable {
+                    broker: KIND,
+                    target: self.target.clone(),
+                    cause: format!("the lag-seconds reader may not connect: {err}"),
+                })?;
+        }
+        Ok(())
+    }
+
     /// Open broker connections.
     pub fn open_connections(&self) -> usize {
         self.client.open_connections()

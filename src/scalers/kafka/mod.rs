@@ -95,6 +95,9 @@ pub struct KafkaLagReport {
     pub total: TotalLag,
     /// Maximum age over lagging partitions; `None` when a lagging partition's age is unknown.
     pub lag_seconds: Option<f64>,
+    /// Why lag seconds could not be read at all this tick (the record reader's destinations
+    /// are refused, or it cannot be created); the lag itself is still read.
+    pub lag_seconds_error: Option<ScalerError>,
     pub partitions: Vec<PartitionLag>,
     pub active: bool,
 }
@@ -554,6 +557,7 @@ async fn poll_round(
             KafkaLagReport {
                 total,
                 lag_seconds: None,
+                lag_seconds_error: None,
                 partitions: partition_lags,
                 active,
             },
@@ -596,10 +600,17 @@ async fn poll_round(
             )
         })
         .collect();
+    // librdkafka resolves and connects on its own, past the wire client's per-connection
+    // check: every address of the cluster is checked before the reader is made or used.
+    let mut reader_refused = None;
     let fetched = if missing.is_empty() {
         HashMap::new()
     } else {
-        match records.get() {
+        let reader = match cluster.check_destinations().await {
+            Ok(()) => records.get(),
+            Err(err) => Err(err),
+        };
+        match reader {
             Ok(reader) => {
                 let asked = missing.clone();
                 tokio::task::spawn_blocking(move || reader.record_timestamps(&asked))
@@ -607,7 +618,8 @@ async fn poll_round(
                     .unwrap_or_default()
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot create the record reader for lag seconds");
+                tracing::warn!(error = %err, "no lag seconds this tick: the record reader is refused or cannot be made");
+                reader_refused = Some(err);
                 HashMap::new()
             }
         }
@@ -648,6 +660,9 @@ async fn poll_round(
             }
         }
         report.lag_seconds = complete.then_some(oldest);
+        if !complete {
+            report.lag_seconds_error = reader_refused.clone();
+        }
     }
     // Keep only the timestamps this tick used; the log start record can change, so it is not kept.
     state
@@ -904,6 +919,7 @@ mod tests {
                 partitions_with_lag: 1,
             },
             lag_seconds: None,
+            lag_seconds_error: None,
             // Partition 1 is stuck (persistent lag excluded from the metric), its age unknown.
             partitions: vec![partition(0, 50, 50, Some(12.5)), partition(1, 0, 30, None)],
             active: true,
