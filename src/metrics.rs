@@ -357,6 +357,10 @@ impl Metrics {
             token_reviews_in_flight.clone(),
         );
         let triggers = Arc::new(RwLock::new(Vec::new()));
+        registry.register_collector(Box::new(FootprintCollector {
+            cache: Arc::clone(&cache),
+            triggers: Arc::clone(&triggers),
+        }));
         registry.register_collector(Box::new(TriggerCollector {
             cache,
             triggers: Arc::clone(&triggers),
@@ -552,6 +556,75 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// What the process holds, read at each scrape: cache entries, the triggers and scaled
+/// objects the poller follows, and the tokio tasks alive. Each should follow the number of
+/// scaled objects and nothing else; the soak test (`tests/soak.rs`) watches them for leaks.
+#[derive(Debug)]
+struct FootprintCollector {
+    cache: Arc<MetricCache>,
+    triggers: Arc<RwLock<Vec<TrackedTrigger>>>,
+}
+
+impl FootprintCollector {
+    fn encode_gauge(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: usize,
+    ) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+    }
+}
+
+impl Collector for FootprintCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sizes = self.cache.sizes();
+        let (triggers, scaled_objects) = {
+            let tracked = self.triggers.read().expect("metrics lock");
+            let objects: HashSet<(&str, &str)> = tracked
+                .iter()
+                .map(|t| (t.id.namespace.as_str(), t.id.scaled_object.as_str()))
+                .collect();
+            (tracked.len(), objects.len())
+        };
+        Self::encode_gauge(
+            &mut encoder,
+            "cache_entries",
+            "Trigger states held by the metric cache (one per trigger polled at least once)",
+            sizes.states,
+        )?;
+        Self::encode_gauge(
+            &mut encoder,
+            "cache_tracked_specs",
+            "Trigger specs the metric cache records readings for (one per registered trigger)",
+            sizes.specs,
+        )?;
+        Self::encode_gauge(
+            &mut encoder,
+            "registered_triggers",
+            "Triggers the poller follows",
+            triggers,
+        )?;
+        Self::encode_gauge(
+            &mut encoder,
+            "registered_scaled_objects",
+            "Scaled objects whose triggers the poller follows",
+            scaled_objects,
+        )?;
+        // Scraped outside a runtime (a unit test encoding directly) there is none to count.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            Self::encode_gauge(
+                &mut encoder,
+                "runtime_tasks",
+                "Tokio tasks alive in the process (spawned and not finished)",
+                runtime.metrics().num_alive_tasks(),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -602,6 +602,11 @@ impl SpillwayController {
         }
     }
 
+    /// The process id, to read its footprint under `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no graceful release of the Lease, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
