@@ -70,7 +70,7 @@ start() {
   rm -f "$PIDFILE"
   nohup "$RMQ_BIN/rabbitmq-server" >>"$LOGFILE" 2>&1 </dev/null &
   local timeout="${SPILLWAY_START_TIMEOUT:-90}"
-  wait_until 20 "RabbitMQ pid file" "$LOGFILE" test -s "$PIDFILE" || die "RabbitMQ wrote no pid file"
+  wait_until "$timeout" "RabbitMQ pid file" "$LOGFILE" test -s "$PIDFILE" || die "RabbitMQ wrote no pid file"
   ctl wait "$PIDFILE" --timeout "$timeout" >>"$LOGFILE" 2>&1 || {
     tail -n 40 "$LOGFILE" "$RABBITMQ_LOGS" >&2 2>/dev/null || true
     die "RabbitMQ did not start in ${timeout}s"

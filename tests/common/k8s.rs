@@ -525,6 +525,27 @@ impl SpillwayController {
         identity: &str,
         timings: Option<LeaseTimings>,
     ) -> Self {
+        Self::start_logging(
+            kubeconfig,
+            port,
+            lease_name,
+            identity,
+            timings,
+            "info,spillway=debug,spillway::poller=info,spillway::scalers=info,lapin=off,pinky_swear=off",
+        )
+        .await
+    }
+
+    /// [`SpillwayController::start`] with `RUST_LOG` set to `log_filter` (a long run logs at
+    /// info, not debug).
+    pub async fn start_logging(
+        kubeconfig: &std::path::Path,
+        port: u16,
+        lease_name: &str,
+        identity: &str,
+        timings: Option<LeaseTimings>,
+        log_filter: &str,
+    ) -> Self {
         let config = std::env::temp_dir().join(format!("{}.yaml", super::unique_name(identity)));
         let metrics_port = free_port();
         std::fs::write(
@@ -555,7 +576,7 @@ impl SpillwayController {
                 .args(["--retry-period-seconds", &t.retry_period.to_string()]);
         }
         let child = command
-            .env("RUST_LOG", "info,spillway=debug,spillway::poller=info,spillway::scalers=info,lapin=off,pinky_swear=off")
+            .env("RUST_LOG", log_filter)
             .stdout(output.try_clone().unwrap())
             .stderr(output)
             .spawn()
