@@ -247,6 +247,8 @@ pub struct Metrics {
     scaling_actions: ScaledObjectCounters<ScalingLabels>,
     fallback: Family<ScaledObjectLabels, Gauge>,
     paused: Family<ScaledObjectLabels, Gauge>,
+    /// The label sets of `fallback` and `paused` (a `Family` cannot list them).
+    scaled_object_gauges: Mutex<HashSet<ScaledObjectLabels>>,
     leader: Gauge,
     connections_refused: Family<ConnectionRefusalLabels, Counter>,
     token_reviews: Family<TokenReviewLabels, Counter>,
@@ -378,6 +380,7 @@ impl Metrics {
             scaling_actions,
             fallback,
             paused,
+            scaled_object_gauges: Mutex::new(HashSet::new()),
             leader,
             connections_refused,
             token_reviews,
@@ -453,6 +456,20 @@ impl Metrics {
             .get_or_create(&labels)
             .set(i64::from(fallback));
         self.paused.get_or_create(&labels).set(i64::from(paused));
+        self.scaled_object_gauges
+            .lock()
+            .expect("metrics lock")
+            .insert(labels);
+    }
+
+    /// The (namespace, name) of every ScaledObject with a fallback or pause gauge.
+    pub fn scaled_objects(&self) -> Vec<(String, String)> {
+        self.scaled_object_gauges
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|l| (l.namespace.clone(), l.scaled_object.clone()))
+            .collect()
     }
 
     /// Drops a deleted ScaledObject's gauges and counters, so its series end with it.
@@ -461,6 +478,10 @@ impl Metrics {
             namespace: namespace.to_owned(),
             scaled_object: scaled_object.to_owned(),
         };
+        self.scaled_object_gauges
+            .lock()
+            .expect("metrics lock")
+            .remove(&labels);
         self.fallback.remove(&labels);
         self.paused.remove(&labels);
         self.scaling_actions

@@ -366,10 +366,7 @@ impl Fleet {
                     alive.metric = metric;
                 }
             }
-            Err(err) => self.fail(format!(
-                "edit {}/{}: {err}",
-                object.namespace, object.name
-            )),
+            Err(err) => self.fail(format!("edit {}/{}: {err}", object.namespace, object.name)),
         }
     }
 
@@ -468,15 +465,17 @@ impl Footprint {
         let mut gauges = HashMap::new();
         let mut series = 0.0;
         let mut owners = HashSet::new();
-        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             series += 1.0;
             if let Some((name, value)) = line.split_once(' ')
                 && !name.contains('{')
             {
                 gauges.insert(name.to_owned(), value.trim().parse::<f64>().unwrap_or(-1.0));
             }
-            if let (Some(ns), Some(so)) = (label(line, "namespace"), label(line, "scaled_object"))
-            {
+            if let (Some(ns), Some(so)) = (label(line, "namespace"), label(line, "scaled_object")) {
                 owners.insert((ns.to_owned(), so.to_owned()));
             }
         }
@@ -600,7 +599,10 @@ fn api_load(
                     continue;
                 };
                 let code = match client
-                    .get(format!("https://127.0.0.1:{port}{}", external_path(&object)))
+                    .get(format!(
+                        "https://127.0.0.1:{port}{}",
+                        external_path(&object)
+                    ))
                     .header("X-Remote-User", format!("soak-reader-{c}"))
                     .header("X-Remote-Group", "system:masters")
                     .send()
@@ -630,16 +632,14 @@ fn api_load(
             let request = axum::http::Request::get(external_path(&object))
                 .body(Vec::new())
                 .unwrap();
-            let code = match tokio::time::timeout(
-                Duration::from_secs(10),
-                admin.request_text(request),
-            )
-            .await
-            {
-                Ok(Ok(_)) => "200".to_owned(),
-                Ok(Err(kube::Error::Api(status))) => status.code.to_string(),
-                Ok(Err(_)) | Err(_) => "error".to_owned(),
-            };
+            let code =
+                match tokio::time::timeout(Duration::from_secs(10), admin.request_text(request))
+                    .await
+                {
+                    Ok(Ok(_)) => "200".to_owned(),
+                    Ok(Err(kube::Error::Api(status))) => status.code.to_string(),
+                    Ok(Err(_)) | Err(_) => "error".to_owned(),
+                };
             count(&stats.aggregated, code);
         }
     }));
@@ -714,7 +714,8 @@ fn watch_deleted_series(
 async fn restart_broker(service: &'static str) -> Duration {
     let started = Instant::now();
     tokio::task::spawn_blocking(move || {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scripts/{service}.sh"));
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scripts/{service}.sh"));
         // RabbitMQ restarts its application inside the running node (every connection and
         // listener goes, durable queues come back): a full stop and start of its Erlang VM
         // takes minutes on a loaded 2-core machine. Kafka's JVM stops and starts.
@@ -741,12 +742,16 @@ async fn restart_broker(service: &'static str) -> Duration {
 }
 
 /// Both brokers restarted together, at each of `at` (from `start`); how long each took.
-fn broker_restarts(start: Instant, at: Vec<Duration>) -> JoinHandle<Vec<(Duration, Duration, Duration)>> {
+fn broker_restarts(
+    start: Instant,
+    at: Vec<Duration>,
+) -> JoinHandle<Vec<(Duration, Duration, Duration)>> {
     tokio::spawn(async move {
         let mut took = Vec::new();
         for offset in at {
             tokio::time::sleep_until((start + offset).into()).await;
-            let (rabbitmq, kafka) = tokio::join!(restart_broker("rabbitmq"), restart_broker("kafka"));
+            let (rabbitmq, kafka) =
+                tokio::join!(restart_broker("rabbitmq"), restart_broker("kafka"));
             println!(
                 "soak: brokers restarted at {:.0} s (RabbitMQ down and back in {:.1} s, Kafka {:.1} s)",
                 offset.as_secs_f64(),
@@ -810,7 +815,9 @@ async fn delete_leftovers(admin: &kube::Client) {
         "apiservices",
         None,
     );
-    let _ = api_services.delete(EXTERNAL, &DeleteParams::default()).await;
+    let _ = api_services
+        .delete(EXTERNAL, &DeleteParams::default())
+        .await;
     delete_fleet_namespaces(admin, |n| n.starts_with(NAMESPACE_PREFIX)).await;
 }
 
@@ -963,7 +970,11 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
         ("/metrics series", |f| f.series, false),
         ("series per live object", Footprint::series_per_object, true),
         ("cache entries", |f| f.cache_entries, false),
-        ("cache entries per live trigger", Footprint::cache_per_trigger, true),
+        (
+            "cache entries per live trigger",
+            Footprint::cache_per_trigger,
+            true,
+        ),
         ("registered scaled objects", |f| f.registered_objects, false),
         ("registered triggers", |f| f.registered_triggers, false),
     ];
@@ -1010,7 +1021,10 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
         leaks.found.len()
     );
     if !failures.is_empty() {
-        println!("churn errors (first 5): {:?}", &failures[..failures.len().min(5)]);
+        println!(
+            "churn errors (first 5): {:?}",
+            &failures[..failures.len().min(5)]
+        );
     }
 
     // Everything deleted: nothing of the fleet may stay in spillway.
@@ -1023,7 +1037,10 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
             if now.registered_objects == 0.0
                 && now.cache_entries == 0.0
                 && now.tracked_specs == 0.0
-                && now.owners.iter().all(|(ns, _)| !fleet_namespaces.contains(ns))
+                && now
+                    .owners
+                    .iter()
+                    .all(|(ns, _)| !fleet_namespaces.contains(ns))
             {
                 return;
             }
@@ -1051,7 +1068,10 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
         "series of deleted objects still on /metrics after {SERIES_GRACE:?}: {:#?}",
         leaks.found
     );
-    assert!(drifted.is_empty(), "grew by {MAX_DRIFT} or more: {drifted:#?}");
+    assert!(
+        drifted.is_empty(),
+        "grew by {MAX_DRIFT} or more: {drifted:#?}"
+    );
     assert!(
         emptied.is_ok(),
         "after deleting every object spillway still holds {} objects, {} cache entries, {} specs, series of {:?}",
@@ -1069,7 +1089,8 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
     for (when, footprint) in [("start", &start), ("end", &end)] {
         let registered = footprint.registered_objects;
         assert!(
-            (registered - settings.objects as f64).abs() <= (settings.objects as f64 * 0.01).max(3.0),
+            (registered - settings.objects as f64).abs()
+                <= (settings.objects as f64 * 0.01).max(3.0),
             "at the {when} spillway registered {registered} objects, {} are alive",
             settings.objects
         );
