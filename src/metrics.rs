@@ -1187,6 +1187,61 @@ mod tests {
         assert!(text.contains(r#"spillway_controller_reconciles_total{result="error"} 2"#));
     }
 
+    #[test]
+    fn scaled_object_gauges_are_listed_until_forgotten() {
+        let metrics = Metrics::new(Arc::new(MetricCache::new()));
+        metrics.set_scaled_object_state("shop", "orders", false, false);
+        metrics.set_scaled_object_state("shop", "orders", true, false);
+        metrics.set_scaled_object_state("shop", "jobs", false, true);
+        let mut listed = metrics.scaled_objects();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![
+                ("shop".to_owned(), "jobs".to_owned()),
+                ("shop".to_owned(), "orders".to_owned())
+            ]
+        );
+        metrics.forget_scaled_object("shop", "orders");
+        assert_eq!(
+            metrics.scaled_objects(),
+            vec![("shop".to_owned(), "jobs".to_owned())]
+        );
+        let text = metrics.encode().unwrap();
+        assert!(
+            samples(&text, "spillway_scaled_object_fallback{").len() == 1,
+            "{text}"
+        );
+        assert!(!text.contains(r#"scaled_object="orders""#), "{text}");
+    }
+
+    #[test]
+    fn footprint_gauges_follow_the_tracked_triggers_and_the_cache() {
+        let cache = Arc::new(MetricCache::new());
+        let metrics = Metrics::new(Arc::clone(&cache));
+        metrics.track_triggers(&[
+            (id("a", 0), cron()),
+            (id("a", 1), cron()),
+            (id("b", 0), cron()),
+        ]);
+        cache.track_spec(&id("a", 0), 1);
+        cache.record_for_spec(id("a", 0), 1, Err(down()), Duration::ZERO);
+        let text = metrics.encode().unwrap();
+        for (series, value) in [
+            ("spillway_registered_triggers", 3),
+            ("spillway_registered_scaled_objects", 2),
+            ("spillway_cache_entries", 1),
+            ("spillway_cache_tracked_specs", 1),
+        ] {
+            assert!(
+                text.contains(&format!("\n{series} {value}\n")),
+                "{series} in {text}"
+            );
+        }
+        // Outside a runtime there are no tasks to count, and no series claiming 0.
+        assert!(!text.contains("spillway_runtime_tasks"), "{text}");
+    }
+
     fn kafka_trigger() -> Trigger {
         Trigger::Kafka(crate::scalers::kafka::KafkaTrigger::new(
             "k:9092",

@@ -843,12 +843,16 @@ async fn prepare_namespace(admin: &kube::Client) -> String {
     ns
 }
 
+/// One figure of the table: its name, how it is read, and whether its growth is asserted.
+type Row = (&'static str, fn(&Footprint) -> f64, bool);
+
 /// `(end - start) / start`.
 fn drift(start: f64, end: f64) -> f64 {
     (end - start) / start.max(f64::MIN_POSITIVE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "out of `make test` until its last run's deleted-object series are explained: see the README's Soak section; `make soak` runs it"]
 async fn spillway_holds_steady_under_churn_restarts_and_load() {
     let settings = Settings::from_env();
     println!("soak: {settings:?}");
@@ -962,7 +966,7 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
     };
 
     // The table.
-    let rows: [(&str, fn(&Footprint) -> f64, bool); 10] = [
+    let rows: [Row; 10] = [
         ("RSS (MiB)", |f| f.rss_kib / 1024.0, true),
         ("open fds", |f| f.fds, true),
         ("threads", |f| f.threads, false),
