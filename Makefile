@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench fuzz faults services-up services-down services-status lint deps build
+.PHONY: run test bench fuzz faults soak services-up services-down services-status lint deps build
 
 run: deps
 	scripts/run.sh
@@ -53,3 +53,9 @@ faults: services-up
 # (make test runs 2,000 per parser and 300 per broker answer). About 20 minutes.
 fuzz: services-up
 	PROPTEST_CASES=50000 $(CARGO) test --locked --test hostile_input -- --nocapture
+
+# The soak at length: tests/soak.rs for 30 minutes (make test runs it for 3): 1,000
+# ScaledObjects created, edited and deleted continuously, both brokers restarted twice, the
+# metrics API under steady load; RSS, fds, tasks, series and cache entries at start and end.
+soak: services-up
+	SPILLWAY_SOAK_SECS=1800 $(CARGO) test --locked --test soak -- --include-ignored --nocapture

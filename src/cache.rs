@@ -97,6 +97,13 @@ pub struct PollTimes {
     pub stale: bool,
 }
 
+/// The sizes of the cache's maps; see [`MetricCache::sizes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSizes {
+    pub states: usize,
+    pub specs: usize,
+}
+
 /// The states and the spec each may hold, under one lock so a spec change and a record
 /// cannot interleave.
 #[derive(Debug, Default)]
@@ -309,6 +316,16 @@ impl MetricCache {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// How many entries the cache holds: trigger states and tracked specs (a trigger tracked
+    /// and not yet polled has a spec and no state). Exported so a leak shows on `/metrics`.
+    pub fn sizes(&self) -> CacheSizes {
+        let entries = self.entries.read().expect("cache lock");
+        CacheSizes {
+            states: entries.states.len(),
+            specs: entries.specs.len(),
+        }
     }
 
     /// Drops triggers that no longer exist, with their tracked specs.

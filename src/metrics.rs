@@ -252,6 +252,8 @@ pub struct Metrics {
     scaling_actions: ScaledObjectCounters<ScalingLabels>,
     fallback: Family<ScaledObjectLabels, Gauge>,
     paused: Family<ScaledObjectLabels, Gauge>,
+    /// The label sets of `fallback` and `paused` (a `Family` cannot list them).
+    scaled_object_gauges: Mutex<HashSet<ScaledObjectLabels>>,
     leader: Gauge,
     connections_refused: Family<ConnectionRefusalLabels, Counter>,
     token_reviews: Family<TokenReviewLabels, Counter>,
@@ -362,6 +364,10 @@ impl Metrics {
             token_reviews_in_flight.clone(),
         );
         let triggers = Arc::new(RwLock::new(Vec::new()));
+        registry.register_collector(Box::new(FootprintCollector {
+            cache: Arc::clone(&cache),
+            triggers: Arc::clone(&triggers),
+        }));
         registry.register_collector(Box::new(TriggerCollector {
             cache,
             triggers: Arc::clone(&triggers),
@@ -379,6 +385,7 @@ impl Metrics {
             scaling_actions,
             fallback,
             paused,
+            scaled_object_gauges: Mutex::new(HashSet::new()),
             leader,
             connections_refused,
             token_reviews,
@@ -454,6 +461,20 @@ impl Metrics {
             .get_or_create(&labels)
             .set(i64::from(fallback));
         self.paused.get_or_create(&labels).set(i64::from(paused));
+        self.scaled_object_gauges
+            .lock()
+            .expect("metrics lock")
+            .insert(labels);
+    }
+
+    /// The (namespace, name) of every ScaledObject with a fallback or pause gauge.
+    pub fn scaled_objects(&self) -> Vec<(String, String)> {
+        self.scaled_object_gauges
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|l| (l.namespace.clone(), l.scaled_object.clone()))
+            .collect()
     }
 
     /// Drops a deleted ScaledObject's gauges and counters, so its series end with it.
@@ -462,6 +483,10 @@ impl Metrics {
             namespace: namespace.to_owned(),
             scaled_object: scaled_object.to_owned(),
         };
+        self.scaled_object_gauges
+            .lock()
+            .expect("metrics lock")
+            .remove(&labels);
         self.fallback.remove(&labels);
         self.paused.remove(&labels);
         self.scaling_actions
@@ -562,6 +587,75 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// What the process holds, read at each scrape: cache entries, the triggers and scaled
+/// objects the poller follows, and the tokio tasks alive. Each should follow the number of
+/// scaled objects and nothing else; the soak test (`tests/soak.rs`) watches them for leaks.
+#[derive(Debug)]
+struct FootprintCollector {
+    cache: Arc<MetricCache>,
+    triggers: Arc<RwLock<Vec<TrackedTrigger>>>,
+}
+
+impl FootprintCollector {
+    fn encode_gauge(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: usize,
+    ) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+    }
+}
+
+impl Collector for FootprintCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sizes = self.cache.sizes();
+        let (triggers, scaled_objects) = {
+            let tracked = self.triggers.read().expect("metrics lock");
+            let objects: HashSet<(&str, &str)> = tracked
+                .iter()
+                .map(|t| (t.id.namespace.as_str(), t.id.scaled_object.as_str()))
+                .collect();
+            (tracked.len(), objects.len())
+        };
+        Self::encode_gauge(
+            &mut encoder,
+            "cache_entries",
+            "Trigger states held by the metric cache (one per trigger polled at least once)",
+            sizes.states,
+        )?;
+        Self::encode_gauge(
+            &mut encoder,
+            "cache_tracked_specs",
+            "Trigger specs the metric cache records readings for (one per registered trigger)",
+            sizes.specs,
+        )?;
+        Self::encode_gauge(
+            &mut encoder,
+            "registered_triggers",
+            "Triggers the poller follows",
+            triggers,
+        )?;
+        Self::encode_gauge(
+            &mut encoder,
+            "registered_scaled_objects",
+            "Scaled objects whose triggers the poller follows",
+            scaled_objects,
+        )?;
+        // Scraped outside a runtime (a unit test encoding directly) there is none to count.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            Self::encode_gauge(
+                &mut encoder,
+                "runtime_tasks",
+                "Tokio tasks alive in the process (spawned and not finished)",
+                runtime.metrics().num_alive_tasks(),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -1125,6 +1219,61 @@ mod tests {
         );
         assert!(text.contains("spillway_controller_reconcile_duration_seconds_count 3"));
         assert!(text.contains(r#"spillway_controller_reconciles_total{result="error"} 2"#));
+    }
+
+    #[test]
+    fn scaled_object_gauges_are_listed_until_forgotten() {
+        let metrics = Metrics::new(Arc::new(MetricCache::new()));
+        metrics.set_scaled_object_state("shop", "orders", false, false);
+        metrics.set_scaled_object_state("shop", "orders", true, false);
+        metrics.set_scaled_object_state("shop", "jobs", false, true);
+        let mut listed = metrics.scaled_objects();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![
+                ("shop".to_owned(), "jobs".to_owned()),
+                ("shop".to_owned(), "orders".to_owned())
+            ]
+        );
+        metrics.forget_scaled_object("shop", "orders");
+        assert_eq!(
+            metrics.scaled_objects(),
+            vec![("shop".to_owned(), "jobs".to_owned())]
+        );
+        let text = metrics.encode().unwrap();
+        assert!(
+            samples(&text, "spillway_scaled_object_fallback{").len() == 1,
+            "{text}"
+        );
+        assert!(!text.contains(r#"scaled_object="orders""#), "{text}");
+    }
+
+    #[test]
+    fn footprint_gauges_follow_the_tracked_triggers_and_the_cache() {
+        let cache = Arc::new(MetricCache::new());
+        let metrics = Metrics::new(Arc::clone(&cache));
+        metrics.track_triggers(&[
+            (id("a", 0), cron()),
+            (id("a", 1), cron()),
+            (id("b", 0), cron()),
+        ]);
+        cache.track_spec(&id("a", 0), 1);
+        cache.record_for_spec(id("a", 0), 1, Err(down()), Duration::ZERO);
+        let text = metrics.encode().unwrap();
+        for (series, value) in [
+            ("spillway_registered_triggers", 3),
+            ("spillway_registered_scaled_objects", 2),
+            ("spillway_cache_entries", 1),
+            ("spillway_cache_tracked_specs", 1),
+        ] {
+            assert!(
+                text.contains(&format!("\n{series} {value}\n")),
+                "{series} in {text}"
+            );
+        }
+        // Outside a runtime there are no tasks to count, and no series claiming 0.
+        assert!(!text.contains("spillway_runtime_tasks"), "{text}");
     }
 
     fn kafka_trigger() -> Trigger {

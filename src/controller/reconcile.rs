@@ -208,10 +208,12 @@ pub async fn run(
     let metrics = Arc::clone(&context.metrics);
     let secrets = Arc::clone(&context.secrets);
     let auths = Arc::clone(&context.trigger_auths);
+    // No wait for the store's first list: `Store::wait_until_ready` never resolved under the
+    // Controller (the soak test found every deleted object registered and polled for ever),
+    // and none is needed. An object is registered only by a reconcile, which reads it from
+    // this store, and a re-list swaps the store whole: an object registered and absent from
+    // the store was deleted.
     let sweeper = tokio::spawn(async move {
-        if store.wait_until_ready().await.is_err() {
-            return;
-        }
         let mut ticks = tokio::time::interval(Duration::from_secs(2));
         loop {
             ticks.tick().await;
@@ -228,6 +230,16 @@ pub async fn run(
                 registry.remove(&namespace, &name);
                 metrics.forget_scaled_object(&namespace, &name);
                 tracing::info!(%namespace, %name, "unregistered a deleted ScaledObject");
+            }
+            // A reconcile in flight when its object was deleted may set its gauges after the
+            // sweep above: series of objects the store no longer has end here too.
+            for (namespace, name) in metrics.scaled_objects() {
+                if store
+                    .get(&ObjectRef::new(&name).within(&namespace))
+                    .is_none()
+                {
+                    metrics.forget_scaled_object(&namespace, &name);
+                }
             }
             let exists = |namespace: &str, name: &str| {
                 store.get(&ObjectRef::new(name).within(namespace)).is_some()

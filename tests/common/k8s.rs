@@ -537,6 +537,51 @@ impl SpillwayController {
         timings: Option<LeaseTimings>,
         extra_args: &[&str],
     ) -> Self {
+        Self::start_with(
+            kubeconfig,
+            port,
+            lease_name,
+            identity,
+            timings,
+            extra_args,
+            "info,spillway=debug,spillway::poller=info,spillway::scalers=info,lapin=off,pinky_swear=off",
+        )
+        .await
+    }
+
+    /// [`SpillwayController::start`] with `RUST_LOG` set to `log_filter` (a long run logs at
+    /// info, not debug).
+    pub async fn start_logging(
+        kubeconfig: &std::path::Path,
+        port: u16,
+        lease_name: &str,
+        identity: &str,
+        timings: Option<LeaseTimings>,
+        log_filter: &str,
+    ) -> Self {
+        Self::start_with(
+            kubeconfig,
+            port,
+            lease_name,
+            identity,
+            timings,
+            &[],
+            log_filter,
+        )
+        .await
+    }
+
+    /// [`SpillwayController::start`] with more arguments and a `RUST_LOG` filter.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with(
+        kubeconfig: &std::path::Path,
+        port: u16,
+        lease_name: &str,
+        identity: &str,
+        timings: Option<LeaseTimings>,
+        extra_args: &[&str],
+        log_filter: &str,
+    ) -> Self {
         let config = std::env::temp_dir().join(format!("{}.yaml", super::unique_name(identity)));
         let metrics_port = free_port();
         std::fs::write(
@@ -568,7 +613,7 @@ impl SpillwayController {
                 .args(["--retry-period-seconds", &t.retry_period.to_string()]);
         }
         let child = command
-            .env("RUST_LOG", "info,spillway=debug,spillway::poller=info,spillway::scalers=info,lapin=off,pinky_swear=off")
+            .env("RUST_LOG", log_filter)
             .stdout(output.try_clone().unwrap())
             .stderr(output)
             .spawn()
@@ -613,6 +658,11 @@ impl SpillwayController {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// The process id, to read its footprint under `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no graceful release of the Lease, as in a crash.
