@@ -159,6 +159,27 @@ pub fn install(policy: DestinationPolicy) {
     *installed().write().expect("destination policy lock") = Arc::new(policy);
 }
 
+/// Adds `addresses` to the installed policy's kube-apiserver addresses and returns how many
+/// were new. `run` calls it with the endpoints behind the `kubernetes` Service, where
+/// kube-apiserver really listens: the Service address alone leaves a tenant free to name a
+/// control-plane node's address instead. Loopback and unspecified addresses stay in their own
+/// class, so `--allow-destinations loopback` (a local cluster whose API server is on 127.0.0.1,
+/// like the tests') still means what it says.
+pub fn learn_api_server_addresses(addresses: impl IntoIterator<Item = IpAddr>) -> usize {
+    let mut installed = installed().write().expect("destination policy lock");
+    let mut policy = DestinationPolicy::clone(&installed);
+    let before = policy.api_server.len();
+    policy.api_server.extend(
+        addresses
+            .into_iter()
+            .map(|a| a.to_canonical())
+            .filter(|a| !a.is_loopback() && !a.is_unspecified()),
+    );
+    let added = policy.api_server.len() - before;
+    *installed = Arc::new(policy);
+    added
+}
+
 /// The policy in force: the installed one, else [`DestinationPolicy::strict`].
 pub fn current() -> Arc<DestinationPolicy> {
     Arc::clone(&installed().read().expect("destination policy lock"))
@@ -264,6 +285,23 @@ pub fn api_server_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The endpoints `run` reads join the installed policy as the API server's; loopback ones
+    /// keep their class. (TEST-NET-3: nothing in the other tests connects there.)
+    #[test]
+    fn learned_api_server_endpoints_are_refused_and_loopback_keeps_its_class() {
+        let endpoint: IpAddr = "203.0.113.7".parse().unwrap();
+        let learned = learn_api_server_addresses([endpoint, "127.0.0.1".parse().unwrap()]);
+        assert!(learned <= 1, "only the routable address is learned");
+        assert_eq!(
+            current().refused_class(endpoint),
+            (!current().allows(DestinationClass::ApiServer)).then_some(DestinationClass::ApiServer)
+        );
+        assert_ne!(
+            current().refused_class("127.0.0.1".parse().unwrap()),
+            Some(DestinationClass::ApiServer)
+        );
+    }
 
     #[test]
     fn classes_of_addresses_and_what_allows_them() {

@@ -333,6 +333,19 @@ async fn run_in_cluster(
         "--secret-label-selector is empty: give a selector such as spillway.dev/credentials=true, or leave it out"
     );
     let client = spillway::kube_client::client(kubeconfig.as_deref()).await?;
+    // Before any trigger connects: kube-apiserver's real addresses join the Service's.
+    match spillway::kube_client::api_server_endpoint_addresses(&client).await {
+        Ok(addresses) => {
+            let learned = destination::learn_api_server_addresses(addresses);
+            tracing::info!(
+                learned,
+                "destination policy: kube-apiserver endpoint addresses"
+            );
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list the kubernetes Service's EndpointSlices in default; the destination policy knows kube-apiserver by its Service address only")
+        }
+    }
     let cache = Arc::new(MetricCache::new());
     let registry = Arc::new(spillway::registry::Registry::new());
     let (poll_requests, poll_asks) = PollRequests::channel();

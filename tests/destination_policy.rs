@@ -310,3 +310,45 @@ async fn lag_seconds_is_refused_for_a_loopback_kafka_when_loopback_is_not_allowe
     );
     delete_topic(&topic).await;
 }
+
+/// `run` learns where kube-apiserver really listens from the `kubernetes` Service's
+/// EndpointSlices, which kube-apiserver writes in a real cluster (the local control plane runs
+/// with `--endpoint-reconciler-type none`, so the test writes the slice as kube-apiserver
+/// would, with a TEST-NET address). A trigger aimed at that address is then refused as the
+/// API server's, and never connected.
+#[tokio::test]
+async fn kube_apiservers_endpoint_addresses_are_learned_and_refused() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let _turn = POLICY.lock().await;
+    let client = common::k8s::admin().await;
+    let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client.clone(), "default");
+    let name = common::unique_name("kubernetes");
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["203.0.113.9"]}],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+    }))
+    .unwrap();
+    slices
+        .create(&kube::api::PostParams::default(), &slice)
+        .await
+        .expect("create the EndpointSlice");
+    let addresses = spillway::kube_client::api_server_endpoint_addresses(&client).await;
+    slices
+        .delete(&name, &kube::api::DeleteParams::default())
+        .await
+        .expect("delete the EndpointSlice");
+    let addresses = addresses.expect("list EndpointSlices of the kubernetes Service");
+    let endpoint: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    assert!(addresses.contains(&endpoint), "{addresses:?}");
+
+    destination::install(DestinationPolicy::strict().allowing([DestinationClass::Loopback]));
+    destination::learn_api_server_addresses(addresses);
+    assert_refused(
+        poll_one::<PrometheusScaler>(prometheus("http://203.0.113.9:6443")).await,
+        DestinationClass::ApiServer,
+        "a Prometheus trigger at kube-apiserver's endpoint",
+    );
+    destination::install(DestinationPolicy::strict().allowing([DestinationClass::Loopback]));
+}

@@ -65,8 +65,11 @@ pub async fn spawn(config: &Path, port: u16, log_level: Option<&str>) -> Server 
         "spillway serve to answer /healthz over plain HTTP",
         Duration::from_secs(30),
         || async {
+            // `Connection: close`: spillway ends the probe's connection itself, so a test that
+            // counts connections next does not find the probe still holding a place.
             let response = client
                 .get(format!("http://127.0.0.1:{port}/healthz"))
+                .header("connection", "close")
                 .send()
                 .await
                 .ok()?;
