@@ -77,6 +77,26 @@ impl ApiFailure {
     }
 }
 
+/// Where kube-apiserver listens: the addresses of the `kubernetes` Service's EndpointSlices in
+/// `default` (kube-apiserver keeps them itself). The destination policy refuses them as it
+/// refuses the Service's own address.
+pub async fn api_server_endpoint_addresses(
+    client: &kube::Client,
+) -> Result<Vec<std::net::IpAddr>, kube::Error> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client.clone(), "default");
+    let listed = slices
+        .list(&kube::api::ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await?;
+    Ok(listed
+        .items
+        .iter()
+        .flat_map(|slice| &slice.endpoints)
+        .flat_map(|endpoint| &endpoint.addresses)
+        .filter_map(|address| address.parse().ok())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,24 +125,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Where kube-apiserver listens: the addresses of the `kubernetes` Service's EndpointSlices in
-/// `default` (kube-apiserver keeps them itself). The destination policy refuses them as it
-/// refuses the Service's own address.
-pub async fn api_server_endpoint_addresses(
-    client: &kube::Client,
-) -> Result<Vec<std::net::IpAddr>, kube::Error> {
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client.clone(), "default");
-    let listed = slices
-        .list(&kube::api::ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
-        .await?;
-    Ok(listed
-        .items
-        .iter()
-        .flat_map(|slice| &slice.endpoints)
-        .flat_map(|endpoint| &endpoint.addresses)
-        .filter_map(|address| address.parse().ok())
-        .collect())
 }
