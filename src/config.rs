@@ -361,7 +361,7 @@ pub enum MetricsAuth {
     /// Everything to anyone who reaches the address.
     #[default]
     None,
-    /// Per caller, by TokenReview and SubjectAccessReview (see `crate::api::metrics_access`).
+    /// Per caller, by TokenReview and SubjectAccessReview (the metrics API's access module does it).
     Namespaces,
 }
 

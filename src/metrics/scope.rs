@@ -5,7 +5,7 @@
 //! backlog, ScaledObject state); every other series is the process's own (requests, polls per
 //! broker, connections, token reviews) and tells about every tenant at once, so it goes only
 //! to callers allowed cluster-wide. Who may read what is decided above this layer
-//! ([`ScrapeAccess`], implemented by `crate::api::metrics_access` with TokenReview and
+//! ([`ScrapeAccess`], implemented by the metrics API's access module with TokenReview and
 //! SubjectAccessReview); this module only applies the decision to the encoded text, so the
 //! filter is pure and tested here.
 
