@@ -114,7 +114,24 @@ pub enum Command {
         election: ElectionArgs,
         #[command(flatten)]
         credentials: CredentialArgs,
+        #[command(flatten)]
+        reconcile: ReconcileArgs,
     },
+}
+
+/// How hard `spillway run`'s controller may work the API server.
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// ScaledObjects reconciled at once. Each reconcile makes a few API calls, and each call
+    /// in flight holds a connection to kube-apiserver: without a bound, 1,000 objects
+    /// reconciled together (a start, a Secret they share changing) held 850 connections.
+    #[arg(
+        long,
+        env = "SPILLWAY_MAX_CONCURRENT_RECONCILES",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Where `spillway run` reads triggers' credentials from.

@@ -135,6 +135,7 @@ fn run(
             kubeconfig,
             election,
             credentials,
+            reconcile,
         } => {
             let loaded = match &config {
                 Some(path) => {
@@ -155,6 +156,7 @@ fn run(
                 kubeconfig,
                 election,
                 credentials,
+                reconcile,
             ))
         }
     }
@@ -323,6 +325,7 @@ async fn run_in_cluster(
     kubeconfig: Option<std::path::PathBuf>,
     election: spillway::cli::ElectionArgs,
     credentials: spillway::cli::CredentialArgs,
+    reconcile_args: spillway::cli::ReconcileArgs,
 ) -> anyhow::Result<()> {
     use spillway::controller::{leader, reconcile};
     anyhow::ensure!(
@@ -394,6 +397,10 @@ async fn run_in_cluster(
         secret_label_selector = credentials.secret_label_selector.as_deref().unwrap_or("(every Secret)"),
         "where credentials are read from"
     );
+    tracing::info!(
+        max_concurrent_reconciles = reconcile_args.max_concurrent_reconciles,
+        "reconciles at once"
+    );
     let context = Arc::new(
         reconcile::Context::new(
             client,
@@ -404,7 +411,8 @@ async fn run_in_cluster(
             identity.clone(),
         )
         .with_secret_label_selector(credentials.secret_label_selector)
-        .with_cluster_auth_namespace(credentials.cluster_trigger_auth_namespace),
+        .with_cluster_auth_namespace(credentials.cluster_trigger_auth_namespace)
+        .with_max_concurrent_reconciles(reconcile_args.max_concurrent_reconciles),
     );
     let controller = tokio::spawn(reconcile::run(context, until_stopped()));
     tracing::info!(%identity, lease = %format!("{}/{}", election.lease_namespace, election.lease_name), "running the ScaledObject controller");

@@ -37,7 +37,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -220,7 +220,6 @@ async fn management_call(method: reqwest::Method, path: &str, body: Value) {
 /// a durable queue of [`MESSAGES`] persistent messages, which a killed node keeps, and a
 /// monitoring user `user` with `password` that may read it.
 async fn rabbitmq_backlog(vhost: &str, queue: &str, user: &str, password: &str) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
     let encoded = vhost.replace('/', "%2F");
     management_put(&format!("/api/vhosts/{encoded}"), json!({})).await;
     let (_, admin, _) = management();
@@ -235,58 +234,10 @@ async fn rabbitmq_backlog(vhost: &str, queue: &str, user: &str, password: &str) 
 
     let amqp = common::endpoint("SPILLWAY_RABBITMQ_AMQP");
     let base = amqp.rsplit_once('/').expect("vhost in the AMQP URL").0;
-    let connection = lapin::Connection::connect(
-        &format!("{base}/{encoded}"),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("AMQP connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
-    channel
-        .queue_declare(
-            queue,
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .expect("declare queue");
-    for _ in 0..MESSAGES {
-        let confirm = channel
-            .basic_publish(
-                "",
-                queue,
-                BasicPublishOptions::default(),
-                b"job",
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish");
-        assert!(confirm.await.expect("confirm").is_ack());
-    }
+    let (connection, channel) =
+        common::rabbitmq::confirmed_channel(&format!("{base}/{encoded}")).await;
+    common::rabbitmq::declare_with_messages(&channel, queue, true, MESSAGES).await;
     let _ = connection.close(200, "backlog published").await;
-}
-
-/// Deletes the namespaces earlier runs of this file left, so no controller reconciles them.
-async fn delete_leftover_namespaces(admin: &kube::Client) {
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    for namespace in namespaces
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-    {
-        let name = namespace.metadata.name.unwrap_or_default();
-        if name.starts_with(NAMESPACE_PREFIX) && namespace.metadata.deletion_timestamp.is_none() {
-            let _ = namespaces.delete(&name, &DeleteParams::default()).await;
-        }
-    }
 }
 
 /// What the aggregator answers for the metric: its value, or why there is none.
@@ -1201,7 +1152,7 @@ async fn probe(
 
 async fn setup(_restore: &Restore) -> Bench {
     let admin = k8s::admin().await;
-    delete_leftover_namespaces(&admin).await;
+    k8s::delete_namespaces_starting_with(&admin, NAMESPACE_PREFIX).await;
     let kubeconfig = k8s::install_spillway_as(&admin, ACCOUNT).await;
     let ns = k8s::namespace(&admin, &format!("{NAMESPACE_PREFIX}matrix")).await;
 

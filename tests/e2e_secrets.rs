@@ -47,7 +47,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(admin: &kube::Client, prefix: &str, password: &str) -> Self {
-        delete_leftover_namespaces(admin).await;
+        k8s::delete_namespaces_starting_with(admin, NAMESPACE_PREFIX).await;
         let ns = k8s::namespace(admin, &format!("{NAMESPACE_PREFIX}{prefix}")).await;
         let (connection, channel, queue) =
             common::rabbitmq::queue_with_messages(prefix, MESSAGES).await;
@@ -147,23 +147,6 @@ impl Fixture {
                 )
             })
             .collect()
-    }
-}
-
-/// Deletes the namespaces earlier runs of this file left (a failed test leaves its own), so
-/// no controller keeps reconciling what is in them.
-async fn delete_leftover_namespaces(admin: &kube::Client) {
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    for namespace in namespaces
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-    {
-        let name = namespace.metadata.name.unwrap_or_default();
-        if name.starts_with(NAMESPACE_PREFIX) && namespace.metadata.deletion_timestamp.is_none() {
-            let _ = namespaces.delete(&name, &DeleteParams::default()).await;
-        }
     }
 }
 

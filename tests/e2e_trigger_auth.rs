@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::k8s::{self, SpillwayController};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use spillway::controller::crd::ScaledObject;
 use spillway::scalers::normalize_metric_name;
@@ -138,22 +138,6 @@ impl Tenant {
     }
 }
 
-/// Deletes what earlier runs of this file left, so no controller keeps reconciling it.
-async fn delete_leftovers(admin: &kube::Client) {
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    for namespace in namespaces
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-    {
-        let name = namespace.metadata.name.unwrap_or_default();
-        if name.starts_with(NAMESPACE_PREFIX) && namespace.metadata.deletion_timestamp.is_none() {
-            let _ = namespaces.delete(&name, &DeleteParams::default()).await;
-        }
-    }
-}
-
 /// Installs spillway's manifests and waits for the authentication kinds to be served.
 async fn install(admin: &kube::Client) -> std::path::PathBuf {
     let kubeconfig = k8s::install_spillway_as(admin, ACCOUNT).await;
@@ -257,7 +241,7 @@ fn secs(duration: Duration) -> String {
 async fn credentials_come_only_through_references_the_namespace_owns() {
     let _serial = SERIAL.lock().await;
     let admin = k8s::admin().await;
-    delete_leftovers(&admin).await;
+    k8s::delete_namespaces_starting_with(&admin, NAMESPACE_PREFIX).await;
     let kubeconfig = install(&admin).await;
     let (_connection, _channel, queue) =
         common::rabbitmq::queue_with_messages("ta-owned", MESSAGES).await;
@@ -409,7 +393,7 @@ async fn credentials_come_only_through_references_the_namespace_owns() {
 async fn with_a_label_selector_only_labelled_secrets_are_read() {
     let _serial = SERIAL.lock().await;
     let admin = k8s::admin().await;
-    delete_leftovers(&admin).await;
+    k8s::delete_namespaces_starting_with(&admin, NAMESPACE_PREFIX).await;
     let kubeconfig = install(&admin).await;
     let (_connection, _channel, queue) =
         common::rabbitmq::queue_with_messages("ta-label", MESSAGES).await;
@@ -486,7 +470,7 @@ async fn with_a_label_selector_only_labelled_secrets_are_read() {
 async fn namespace_editors_create_trigger_authentications_and_only_cluster_admins_cluster_ones() {
     let _serial = SERIAL.lock().await;
     let admin = k8s::admin().await;
-    delete_leftovers(&admin).await;
+    k8s::delete_namespaces_starting_with(&admin, NAMESPACE_PREFIX).await;
     install(&admin).await;
     // The roles for namespace owners of deploy/rbac.yaml (install_spillway_as copies only
     // spillway's own).

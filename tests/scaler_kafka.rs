@@ -593,8 +593,8 @@ async fn two_hundred_groups_are_read_with_requests_that_do_not_grow_with_groups(
     );
     assert_eq!(
         scaler.open_connections(),
-        1,
-        "one connection to the one broker"
+        2,
+        "two connections to the one broker (group reads, partition reads), whatever the groups"
     );
     delete_topic(&topic).await;
 }

@@ -109,6 +109,8 @@ pub struct Context {
     pub trigger_auths: Arc<TriggerAuthCache>,
     /// Where a ClusterTriggerAuthentication's Secrets are read from: spillway's namespace.
     pub cluster_auth_namespace: String,
+    /// Reconciles run at once (`--max-concurrent-reconciles`).
+    pub max_concurrent_reconciles: u16,
     /// True while this replica holds the leader Lease.
     pub leader: watch::Receiver<bool>,
     /// spillway's own metrics: reconciles, scaling actions, fallback and pause state.
@@ -139,6 +141,7 @@ impl Context {
             secrets: Arc::new(SecretCache::new()),
             trigger_auths: Arc::new(TriggerAuthCache::new()),
             cluster_auth_namespace: DEFAULT_CLUSTER_AUTH_NAMESPACE.into(),
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
             leader,
             metrics,
             resources: Mutex::new(HashMap::new()),
@@ -158,10 +161,19 @@ impl Context {
         self
     }
 
+    /// Runs at most `n` reconciles at once (`--max-concurrent-reconciles`).
+    pub fn with_max_concurrent_reconciles(mut self, n: u16) -> Self {
+        self.max_concurrent_reconciles = n.max(1);
+        self
+    }
+
     fn is_leader(&self) -> bool {
         *self.leader.borrow()
     }
 }
+
+/// Reconciles at once unless told otherwise (the flag's default).
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 
 /// spillway's namespace in the shipped install, where ClusterTriggerAuthentications' Secrets
 /// live unless told otherwise.
@@ -188,6 +200,10 @@ pub async fn run(
     let auths = Arc::clone(&context.trigger_auths);
     let cluster_auths = Arc::clone(&context.trigger_auths);
     let controller = Controller::new(objects, watcher::Config::default())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(context.max_concurrent_reconciles),
+        )
         .owns(
             hpas,
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),

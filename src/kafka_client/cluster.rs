@@ -1,6 +1,6 @@
 //! A cluster as the client sees it: the broker addresses (from the bootstrap list, then from
-//! Metadata and FindCoordinator answers), one pooled connection per broker shared by every
-//! caller, request counts per API, and the batched reads lag needs. Each read answers per item
+//! Metadata and FindCoordinator answers), two pooled connections per broker (one per [`Lane`])
+//! shared by every caller, request counts per API, and the batched reads lag needs. Each read answers per item
 //! (group, partition) with a typed error, so one bad topic or group fails only itself.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::connection::{Connection, RequestCounter};
-use super::requests::ReadRequest;
+use super::requests::{Lane, ReadRequest};
 use super::sasl::SaslCredentials;
 use super::{ResponseError, WireError, error_of};
 
@@ -64,9 +64,9 @@ pub struct ClusterClient {
     options: ConnectOptions,
     /// Broker id -> `host:port`.
     brokers: Mutex<HashMap<i32, String>>,
-    /// One connection slot per address; a slot's lock is held while it connects, so concurrent
-    /// callers share one connection attempt.
-    connections: Mutex<HashMap<String, Slot>>,
+    /// One connection slot per address and lane; a slot's lock is held while it connects, so
+    /// concurrent callers share one connection attempt.
+    connections: Mutex<HashMap<(String, Lane), Slot>>,
     counter: Arc<RequestCounter>,
 }
 
@@ -94,7 +94,7 @@ impl ClusterClient {
             .collect()
     }
 
-    /// Open connections (for tests and benches: O(brokers), never O(groups)).
+    /// Open connections (for tests and benches: at most two per broker, never O(groups)).
     pub fn open_connections(&self) -> usize {
         let slots: Vec<Slot> = self
             .connections
@@ -129,12 +129,12 @@ impl ClusterClient {
         addresses
     }
 
-    async fn connection(&self, address: &str) -> Result<Arc<Connection>, WireError> {
+    async fn connection(&self, address: &str, lane: Lane) -> Result<Arc<Connection>, WireError> {
         let slot = Arc::clone(
             self.connections
                 .lock()
                 .expect("connections lock")
-                .entry(address.to_owned())
+                .entry((address.to_owned(), lane))
                 .or_default(),
         );
         let mut slot = slot.lock().await;
@@ -174,7 +174,7 @@ impl ClusterClient {
         request: &R,
     ) -> Result<R::Response, WireError> {
         let address = self.address_of(node)?;
-        self.connection(&address)
+        self.connection(&address, R::LANE)
             .await?
             .send(request, self.options.timeout)
             .await
@@ -183,7 +183,7 @@ impl ClusterClient {
     /// The version broker `node` would get for `R`: decides between batched and per-group forms.
     pub async fn version_for_node<R: ReadRequest>(&self, node: i32) -> Result<i16, WireError> {
         let address = self.address_of(node)?;
-        self.connection(&address).await?.version_of::<R>()
+        self.connection(&address, R::LANE).await?.version_of::<R>()
     }
 
     /// Sends to any broker that answers: known brokers first, then the bootstrap list.
@@ -203,7 +203,7 @@ impl ClusterClient {
         }
         let mut last = None;
         for address in &addresses {
-            let sent = match self.connection(address).await {
+            let sent = match self.connection(address, R::LANE).await {
                 Ok(connection) => connection.send(request, self.options.timeout).await,
                 Err(err) => Err(err),
             };

@@ -11,6 +11,17 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+/// Which of a broker's two connections a request goes on. A broker works through one
+/// connection's requests one at a time, in order, so a tick's group reads (OffsetFetch) and
+/// partition reads (ListOffsets) get a connection each and the broker serves them in parallel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Metadata, coordinators, committed offsets.
+    Groups,
+    /// Log start and end offsets.
+    Partitions,
+}
+
 /// A request with its answer type and the versions this client speaks.
 pub trait ReadRequest: Encodable {
     const KEY: ApiKey;
@@ -18,15 +29,21 @@ pub trait ReadRequest: Encodable {
     const NAME: &'static str;
     /// Lowest and highest version this client speaks.
     const VERSIONS: (i16, i16);
+    /// The connection it goes on.
+    const LANE: Lane = Lane::Groups;
     type Response: Decodable;
 }
 
 macro_rules! read_request {
     ($request:ty, $response:ty, $key:ident, $min:literal, $max:literal) => {
+        read_request!($request, $response, $key, $min, $max, Groups);
+    };
+    ($request:ty, $response:ty, $key:ident, $min:literal, $max:literal, $lane:ident) => {
         impl ReadRequest for $request {
             const KEY: ApiKey = ApiKey::$key;
             const NAME: &'static str = stringify!($key);
             const VERSIONS: (i16, i16) = ($min, $max);
+            const LANE: Lane = Lane::$lane;
             type Response = $response;
         }
     };
@@ -42,7 +59,14 @@ read_request!(
     5
 );
 read_request!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, 1, 9);
-read_request!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, 1, 8);
+read_request!(
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsets,
+    1,
+    8,
+    Partitions
+);
 read_request!(
     OffsetCommitRequest,
     OffsetCommitResponse,

@@ -122,6 +122,27 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
     name
 }
 
+/// Deletes the namespaces whose name starts with `prefix` and are not being deleted already:
+/// what earlier runs of a test file left (a failed test leaves its own), so no controller
+/// keeps reconciling what is in them.
+pub async fn delete_namespaces_starting_with(client: &kube::Client, prefix: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for namespace in namespaces
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("list namespaces")
+        .items
+    {
+        let name = namespace.metadata.name.unwrap_or_default();
+        if name.starts_with(prefix) && namespace.metadata.deletion_timestamp.is_none() {
+            let _ = namespaces
+                .delete(&name, &kube::api::DeleteParams::default())
+                .await;
+        }
+    }
+}
+
 /// What spillway needs from the cluster to serve as an aggregated API server: its user
 /// (`spillway`, from the generated client certificate) may create TokenReviews and
 /// SubjectAccessReviews and read the authentication ConfigMap, and the ExternalName Service

@@ -16,37 +16,46 @@ pub fn amqp_port() -> String {
         .to_owned()
 }
 
-/// Declares a fresh queue named after `prefix` and publishes `count` messages, each confirmed
-/// by the broker. The connection and channel are returned so the caller can clean up.
-pub async fn queue_with_messages(prefix: &str, count: usize) -> (Connection, Channel, String) {
-    let queue = super::unique_name(prefix);
-    let connection = Connection::connect(
-        &super::endpoint("SPILLWAY_RABBITMQ_AMQP"),
-        ConnectionProperties::default(),
-    )
-    .await
-    .expect("AMQP connect");
+/// A connection to `url` (an AMQP URL with its vhost) and a channel in confirm mode.
+pub async fn confirmed_channel(url: &str) -> (Connection, Channel) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("AMQP connect");
     let channel = connection.create_channel().await.expect("channel");
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm mode");
+    (connection, channel)
+}
+
+/// Declares `queue` (durable: a broker restart keeps it and its persistent messages) and
+/// publishes `count` messages, each confirmed by the broker (persistent when durable).
+pub async fn declare_with_messages(channel: &Channel, queue: &str, durable: bool, count: usize) {
     channel
         .queue_declare(
-            &queue,
-            QueueDeclareOptions::default(),
+            queue,
+            QueueDeclareOptions {
+                durable,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
         .expect("declare queue");
+    let properties = if durable {
+        BasicProperties::default().with_delivery_mode(2)
+    } else {
+        BasicProperties::default()
+    };
     for i in 0..count {
         let confirm = channel
             .basic_publish(
                 "",
-                &queue,
+                queue,
                 BasicPublishOptions::default(),
                 b"job",
-                BasicProperties::default(),
+                properties.clone(),
             )
             .await
             .expect("publish");
@@ -55,5 +64,13 @@ pub async fn queue_with_messages(prefix: &str, count: usize) -> (Connection, Cha
             "message {i} not acked by the broker"
         );
     }
+}
+
+/// Declares a fresh queue named after `prefix` and publishes `count` messages, each confirmed
+/// by the broker. The connection and channel are returned so the caller can clean up.
+pub async fn queue_with_messages(prefix: &str, count: usize) -> (Connection, Channel, String) {
+    let queue = super::unique_name(prefix);
+    let (connection, channel) = confirmed_channel(&super::endpoint("SPILLWAY_RABBITMQ_AMQP")).await;
+    declare_with_messages(&channel, &queue, false, count).await;
     (connection, channel, queue)
 }

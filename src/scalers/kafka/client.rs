@@ -33,6 +33,9 @@ pub type TopicPartition = (String, i32);
 
 pub use crate::kafka_client::RequestCounts;
 
+/// End offset, or why there is none, per partition.
+pub type EndOffsets = HashMap<TopicPartition, Result<i64, ItemError>>;
+
 /// The log of one partition: its start (first record kept) and end (next offset written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogOffsets {
@@ -386,15 +389,21 @@ impl KafkaCluster {
     /// (None: one of them has none). A log start is read again unless a cached one is younger
     /// than [`LOG_START_MAX_AGE`] and at or below that commit: a partition without a commit
     /// (`earliest` counts from the start) or with one below the start always gets a fresh one.
+    ///
+    /// `known_ends` are end offsets read earlier in this round ([`Self::end_offsets`]); they
+    /// are not asked again.
     pub async fn log_offsets(
         &self,
         partitions: &[TopicPartition],
         lowest_commits: &HashMap<TopicPartition, Option<i64>>,
+        known_ends: EndOffsets,
     ) -> Result<HashMap<TopicPartition, Result<LogOffsets, ScalerError>>, ScalerError> {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut offsets = self.log_offsets_by_leader(partitions, lowest_commits).await;
+        let mut offsets = self
+            .log_offsets_by_leader(partitions, lowest_commits, known_ends)
+            .await;
         let scoped: BTreeSet<String> = offsets
             .iter()
             .filter(|(_, r)| matches!(r, Err(ItemError::Code(code)) if is_topic_scoped(*code)))
@@ -417,7 +426,10 @@ impl KafkaCluster {
                 }
             }
             // Moved partitions: their starts are read again with their ends.
-            offsets.extend(self.log_offsets_by_leader(&again, &HashMap::new()).await);
+            offsets.extend(
+                self.log_offsets_by_leader(&again, &HashMap::new(), EndOffsets::new())
+                    .await,
+            );
             // What metadata says about a deleted topic beats the partition's error code.
             let mut answers = self.scaler_errors(offsets);
             for (tp, answer) in answers.iter_mut() {
@@ -466,13 +478,24 @@ impl KafkaCluster {
             .collect()
     }
 
-    /// End offsets of `partitions` and the start offsets the cache cannot give (see
-    /// [`Self::log_offsets`]), both asked at once; a partition fails with the first error of
-    /// either answer.
+    /// End offsets of `partitions`, one ListOffsets per leader: for a round to ask while it
+    /// reads committed offsets (on the broker's other connection), so the two overlap, and to
+    /// hand to [`Self::log_offsets`], errors included (a deleted topic is asked once a round).
+    pub async fn end_offsets(&self, partitions: &[TopicPartition]) -> EndOffsets {
+        if partitions.is_empty() {
+            return EndOffsets::new();
+        }
+        self.offsets_by_leader(partitions, LATEST).await
+    }
+
+    /// End offsets of `partitions` that `known_ends` does not have and the start offsets the
+    /// cache cannot give (see [`Self::log_offsets`]), both asked at once; a partition fails
+    /// with the first error of either answer.
     async fn log_offsets_by_leader(
         &self,
         partitions: &[TopicPartition],
         lowest_commits: &HashMap<TopicPartition, Option<i64>>,
+        mut known_ends: EndOffsets,
     ) -> HashMap<TopicPartition, Result<LogOffsets, ItemError>> {
         let now = Instant::now();
         let mut cached = HashMap::new();
@@ -491,10 +514,16 @@ impl KafkaCluster {
                 }
             }
         }
+        let unknown_ends: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| !known_ends.contains_key(*tp))
+            .cloned()
+            .collect();
         let (mut ends, mut starts) = futures::join!(
-            self.offsets_by_leader(partitions, LATEST),
+            self.offsets_by_leader(&unknown_ends, LATEST),
             self.offsets_by_leader(&stale, EARLIEST)
         );
+        ends.extend(known_ends.drain());
         {
             let mut log_starts = self.log_starts.lock().expect("log starts lock");
             for (tp, start) in &starts {

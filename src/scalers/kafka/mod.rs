@@ -53,7 +53,7 @@ mod trigger;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Offset;
 use rdkafka::config::ClientConfig;
@@ -102,11 +102,16 @@ pub struct KafkaLagReport {
     pub active: bool,
 }
 
+/// How long a group's commits are kept for `excludePersistentLag` after its last read.
+const PREVIOUS_COMMITS_KEPT: Duration = Duration::from_secs(600);
+
 /// State kept between ticks.
 #[derive(Default)]
 struct LagState {
-    /// Committed offsets seen at the previous tick, per (group, topic, partition).
-    previous_committed: HashMap<(String, TopicPartition), i64>,
+    /// Committed offsets seen at the group's previous tick, and when, per group. A group not
+    /// read for [`PREVIOUS_COMMITS_KEPT`] is forgotten: groups come and go with their
+    /// ScaledObjects, and this map must not grow with every group ever polled.
+    previous_committed: HashMap<String, (Instant, HashMap<TopicPartition, i64>)>,
     /// Record timestamps (ms) by partition and offset.
     timestamps: HashMap<(TopicPartition, i64), i64>,
 }
@@ -366,7 +371,31 @@ async fn poll_round(
         .into_iter()
         .map(|(g, tps)| (g, tps.into_iter().collect()))
         .collect();
-    let committed = cluster.committed_offsets(&requests).await;
+    // End offsets of the named topics' partitions are asked at the same time, on the broker's
+    // other connection: for the usual trigger (a named topic) they are the partitions step 3
+    // counts, and the broker serves both reads in parallel. The ends may be read a moment
+    // before the commits, as two reads one after the other may see them; a partition the
+    // guess missed is asked in step 4.
+    let mut guessed: BTreeSet<TopicPartition> = BTreeSet::new();
+    for i in open(&results) {
+        let Some(topic) = &triggers[i].topic else {
+            continue;
+        };
+        let Some(Ok(ids)) = partitions.get(topic.as_str()) else {
+            continue;
+        };
+        let filter = triggers[i].partition_filter();
+        guessed.extend(
+            ids.iter()
+                .filter(|p| filter.as_ref().is_none_or(|f| f.contains(p)))
+                .map(|p| (topic.clone(), *p)),
+        );
+    }
+    let guessed: Vec<TopicPartition> = guessed.into_iter().collect();
+    let (committed, early_ends) = futures::join!(
+        cluster.committed_offsets(&requests),
+        cluster.end_offsets(&guessed)
+    );
     for i in open(&results) {
         let group = triggers[i].consumer_group.as_str();
         match committed.get(group) {
@@ -468,7 +497,10 @@ async fn poll_round(
                 .or_insert(commit);
         }
     }
-    let log_offsets = match cluster.log_offsets(&needed, &lowest_commits).await {
+    let log_offsets = match cluster
+        .log_offsets(&needed, &lowest_commits, early_ends)
+        .await
+    {
         Ok(offsets) => offsets,
         Err(err) => {
             for i in trigger_partitions.keys() {
@@ -500,6 +532,10 @@ async fn poll_round(
         let group = trigger.consumer_group.as_str();
         let offsets = committed[group].as_ref().expect("checked");
         let rules = trigger.rules();
+        let previous = state
+            .previous_committed
+            .get(group)
+            .map(|(_, offsets)| offsets);
         let mut partition_lags = Vec::with_capacity(tps.len());
         let mut failure = None;
         for tp in tps {
@@ -516,10 +552,7 @@ async fn poll_round(
             }
             let committed_offset = offsets.committed.get(tp).copied();
             let persistent = committed_offset.is_some()
-                && state
-                    .previous_committed
-                    .get(&(group.to_owned(), tp.clone()))
-                    == committed_offset.as_ref();
+                && previous.and_then(|previous| previous.get(tp)) == committed_offset.as_ref();
             let (lag, with_persistent) = partition_lag(
                 PartitionOffsets {
                     log_start: log.start,
@@ -564,16 +597,26 @@ async fn poll_round(
         );
     }
     // Remember this tick's commits for excludePersistentLag, after every trigger compared.
+    let now = Instant::now();
     for (group, offsets) in committed
         .iter()
         .filter_map(|(g, r)| r.as_ref().ok().map(|o| (g, o)))
     {
-        for (tp, offset) in &offsets.committed {
-            state
-                .previous_committed
-                .insert((group.clone(), tp.clone()), *offset);
-        }
+        let previous = state
+            .previous_committed
+            .entry(group.clone())
+            .or_insert_with(|| (now, HashMap::new()));
+        previous.0 = now;
+        previous.1.extend(
+            offsets
+                .committed
+                .iter()
+                .map(|(tp, offset)| (tp.clone(), *offset)),
+        );
     }
+    state
+        .previous_committed
+        .retain(|_, (read, _)| now.duration_since(*read) < PREVIOUS_COMMITS_KEPT);
 
     phases.push(("lag", phase_started.elapsed()));
     phase_started = std::time::Instant::now();
