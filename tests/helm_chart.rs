@@ -676,8 +676,8 @@ impl Drop for Release {
 /// - the webhook (fail-closed, on every ScaledObject) is limited by `webhook.namespaceSelector`
 ///   to this release's namespace, where nothing else writes ScaledObjects (as
 ///   tests/e2e_admission.rs limits its own);
-/// - the CRDs exist already (the e2e tests apply deploy/crd.yaml, the same file): Helm's
-///   crds/ skips existing ones and never deletes them;
+/// - the CRDs are deploy/crd.yaml, which the e2e tests apply too: Helm's crds/ creates them
+///   when missing, leaves them alone when present and never deletes them;
 /// - this control plane has no cert-manager, so the serving certificate is an existing
 ///   Secret trusted through the cluster CA.
 ///
