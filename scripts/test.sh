@@ -6,14 +6,18 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 # Build first, so services do not idle through a long compile and a build error fails fast.
-# The control plane (Go, cached after the first time) builds alongside the Rust tests.
+# The control plane, Toxiproxy and Helm (Go, cached after the first time) build alongside the
+# Rust tests.
 scripts/k8s.sh install &
 k8s_build=$!
 scripts/toxiproxy.sh install &
 toxiproxy_build=$!
+scripts/helm.sh install &
+helm_build=$!
 cargo test --no-run --all-targets --locked 2>&1 | grep -vE '^\s+(Compiling|Checking|Downloaded|Downloading)' >&2
 wait "$k8s_build" || die "the Kubernetes control plane did not build; see the lines above"
 wait "$toxiproxy_build" || die "Toxiproxy did not build; see the lines above"
+wait "$helm_build" || die "Helm did not build; see the lines above"
 
 started=()
 for s in kafka rabbitmq nats prometheus k8s toxiproxy; do

@@ -6,33 +6,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::k8s;
+use common::k8s::{self, kubectl};
 use kube::api::{Api, DeleteParams};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs the control plane's own kubectl as the admin; stdout, or a panic with stderr.
-fn kubectl(args: &[&str]) -> String {
-    let output = Command::new(k8s::k8s_dir().join("bin/kubectl"))
-        .arg("--kubeconfig")
-        .arg(k8s::k8s_dir().join("admin.kubeconfig"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// The end-to-end tests register spillway on loopback under the same names (an ExternalName

@@ -69,6 +69,19 @@ pub async fn try_apply(
     client: &kube::Client,
     object: serde_json::Value,
 ) -> Result<DynamicObject, kube::Error> {
+    let api = api_for(client, &object).await;
+    let name = object["metadata"]["name"].as_str().expect("metadata.name");
+    api.patch(
+        name,
+        &PatchParams::apply("spillway-tests").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+}
+
+/// An `Api` for the kind of `object` (apiVersion and kind set), found by discovery, in its
+/// `metadata.namespace` when the kind is namespaced.
+pub async fn api_for(client: &kube::Client, object: &serde_json::Value) -> Api<DynamicObject> {
     let api_version = object["apiVersion"].as_str().expect("apiVersion");
     let kind = object["kind"].as_str().expect("kind");
     let (group, version) = match api_version.split_once('/') {
@@ -79,19 +92,12 @@ pub async fn try_apply(
     let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
         .await
         .unwrap_or_else(|err| panic!("discover {api_version} {kind}: {err}"));
-    let name = object["metadata"]["name"].as_str().expect("metadata.name");
-    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+    match object["metadata"]["namespace"].as_str() {
         Some(ns) if capabilities.scope == kube::discovery::Scope::Namespaced => {
             Api::namespaced_with(client.clone(), ns, &resource)
         }
         _ => Api::all_with(client.clone(), &resource),
-    };
-    api.patch(
-        name,
-        &PatchParams::apply("spillway-tests").force(),
-        &Patch::Apply(&object),
-    )
-    .await
+    }
 }
 
 /// An `Api` for any kind, namespaced when `namespace` is given.
@@ -361,19 +367,44 @@ pub const SCALED_OBJECT_CRD: &str = "scaledobjects.spillway.dev";
 /// The objects of one multi-document YAML file under `deploy/`, as JSON (empty documents
 /// skipped).
 pub fn deploy_manifest(file: &str) -> Vec<serde_json::Value> {
-    use serde::Deserialize;
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("deploy")
         .join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
-    serde_norway::Deserializer::from_str(&text)
+    yaml_documents(&text, &path.display().to_string())
+}
+
+/// The objects of a multi-document YAML stream (a file, `kubectl kustomize`'s or `helm
+/// template`'s output), as JSON, empty documents skipped; `origin` names it in a panic.
+pub fn yaml_documents(text: &str, origin: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    serde_norway::Deserializer::from_str(text)
         .map(|document| {
-            serde_json::Value::deserialize(document)
-                .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+            serde_json::Value::deserialize(document).unwrap_or_else(|err| panic!("{origin}: {err}"))
         })
         .filter(|object| !object.is_null())
         .collect()
+}
+
+/// Runs the control plane's own kubectl as the admin, in the repository; stdout, or a panic
+/// with stderr.
+pub fn kubectl(args: &[&str]) -> String {
+    let output = Command::new(k8s_dir().join("bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(k8s_dir().join("admin.kubeconfig"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run kubectl");
+    assert!(
+        output.status.success(),
+        "kubectl {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// Installs spillway as `deploy/` ships it (namespace, ServiceAccount, RBAC, CRD) plus the
