@@ -48,6 +48,5 @@ command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || die "go not found: 
 "$REPO_ROOT/scripts/kafka.sh" install
 # The fault proxy of tests/e2e_faults.rs, built with Go once (83 s from empty Go caches).
 "$REPO_ROOT/scripts/toxiproxy.sh" install
-# helm for the chart's test (tests/helm_chart.rs), built with Go once.
-"$REPO_ROOT/scripts/helm.sh" install
+# helm, for the chart's test only, is built by scripts/test.sh alongside the Rust tests.
 log "dependencies present"
