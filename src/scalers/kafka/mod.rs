@@ -371,25 +371,39 @@ async fn poll_round(
         .into_iter()
         .map(|(g, tps)| (g, tps.into_iter().collect()))
         .collect();
-    // End offsets of the named topics' partitions are asked at the same time, on the broker's
-    // other connection: for the usual trigger (a named topic) they are the partitions step 3
-    // counts, and the broker serves both reads in parallel. The ends may be read a moment
-    // before the commits, as two reads one after the other may see them; a partition the
-    // guess missed is asked in step 4.
+    // End offsets are asked at the same time as the commits, on the broker's other
+    // connection, so the broker serves both reads in parallel: of the partitions step 3 will
+    // count, as far as they are known now (a named topic's; without `topic`, those the group
+    // committed to at its last read). The ends may be read a moment before the commits, as
+    // two reads one after the other may see them; a partition the guess missed is asked in
+    // step 4.
+    // A tokio lock: it is held across the reads below; rounds of one scaler run one at a time.
+    let mut state = state.lock().await;
     let mut guessed: BTreeSet<TopicPartition> = BTreeSet::new();
     for i in open(&results) {
-        let Some(topic) = &triggers[i].topic else {
-            continue;
-        };
-        let Some(Ok(ids)) = partitions.get(topic.as_str()) else {
-            continue;
-        };
         let filter = triggers[i].partition_filter();
-        guessed.extend(
-            ids.iter()
-                .filter(|p| filter.as_ref().is_none_or(|f| f.contains(p)))
-                .map(|p| (topic.clone(), *p)),
-        );
+        let counted = |tp: &TopicPartition| {
+            filter.as_ref().is_none_or(|f| f.contains(&tp.1))
+                && matches!(partitions.get(tp.0.as_str()), Some(Ok(ids)) if ids.binary_search(&tp.1).is_ok())
+        };
+        match &triggers[i].topic {
+            Some(topic) => {
+                if let Some(Ok(ids)) = partitions.get(topic.as_str()) {
+                    guessed.extend(
+                        ids.iter()
+                            .map(|p| (topic.clone(), *p))
+                            .filter(|tp| counted(tp)),
+                    );
+                }
+            }
+            None => {
+                if let Some((_, previous)) =
+                    state.previous_committed.get(&triggers[i].consumer_group)
+                {
+                    guessed.extend(previous.keys().filter(|tp| counted(tp)).cloned());
+                }
+            }
+        }
     }
     let guessed: Vec<TopicPartition> = guessed.into_iter().collect();
     let (committed, early_ends) = futures::join!(
@@ -521,8 +535,6 @@ async fn poll_round(
     phases.push(("end_offsets", phase_started.elapsed()));
     phase_started = std::time::Instant::now();
     // 5. Lag per trigger.
-    // A tokio lock: it is held across the record reads; rounds of one scaler run one at a time.
-    let mut state = state.lock().await;
     let mut reports: HashMap<usize, KafkaLagReport> = HashMap::new();
     for (i, tps) in &trigger_partitions {
         if results[*i].is_some() {
@@ -607,12 +619,15 @@ async fn poll_round(
             .entry(group.clone())
             .or_insert_with(|| (now, HashMap::new()));
         previous.0 = now;
-        previous.1.extend(
-            offsets
-                .committed
-                .iter()
-                .map(|(tp, offset)| (tp.clone(), *offset)),
-        );
+        // In place: a warm tick of 10,000 partitions then allocates nothing here.
+        for (tp, offset) in &offsets.committed {
+            match previous.1.get_mut(tp) {
+                Some(kept) => *kept = *offset,
+                None => {
+                    previous.1.insert(tp.clone(), *offset);
+                }
+            }
+        }
     }
     state
         .previous_committed
