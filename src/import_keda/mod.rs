@@ -497,3 +497,144 @@ fn credentials_of(manifest: &Manifest) -> Option<(AuthenticationKind, Credential
         Manifest::ScaledObject(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(yaml: &str, completeness: Completeness) -> Report {
+        let documents = input::parse("t.yaml", yaml).unwrap();
+        import(&documents.objects, documents.ignored, completeness)
+    }
+
+    fn reasons(report: &Report, object: &str) -> String {
+        report
+            .outcomes
+            .iter()
+            .find_map(|o| match o {
+                Outcome::Refused {
+                    object: id,
+                    reasons,
+                } if id.to_string() == object => Some(reasons.join("\n")),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{object} not refused:\n{}", report.check()))
+    }
+
+    const SO: &str = "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: w\n  namespace: shop\n";
+
+    #[test]
+    fn pause_annotations_become_spec_fields_and_other_annotations_stay() {
+        let yaml = format!(
+            "{SO}  annotations: {{autoscaling.keda.sh/paused-replicas: '2', team: orders}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: static}}\n  triggers: [{{type: kafka, metadata: {{bootstrapServers: 'k:9092', consumerGroup: g, topic: t}}}}]\n"
+        );
+        let report = report(&yaml, Completeness::Partial);
+        let Outcome::Imported {
+            manifest: Manifest::ScaledObject(so),
+            differences,
+            ..
+        } = &report.outcomes[0]
+        else {
+            panic!("{}", report.check());
+        };
+        assert_eq!(so.spec.paused_replicas, Some(2));
+        assert_eq!(
+            so.spec
+                .fallback
+                .as_ref()
+                .map(|f| (f.failure_threshold, f.replicas)),
+            Some((3, 6))
+        );
+        let annotations = so.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.into_iter().collect::<Vec<_>>(),
+            [("team".to_owned(), "orders".to_owned())]
+        );
+        let differences = differences.join("\n");
+        assert!(
+            differences.contains("written as spec.pausedReplicas: 2"),
+            "{differences}"
+        );
+        assert!(
+            differences.contains("fallback.behavior: static left out"),
+            "{differences}"
+        );
+    }
+
+    #[test]
+    fn what_spillway_lacks_refuses_the_object_with_every_reason() {
+        let yaml = format!(
+            "{SO}  annotations: {{autoscaling.keda.sh/paused-scale-in: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  initialCooldownPeriod: 60\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: currentReplicas}}\n  advanced: {{restoreToOriginalReplicaCount: true}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
+        );
+        let report = report(&yaml, Completeness::Partial);
+        let text = reasons(&report, "ScaledObject shop/w");
+        for phrase in [
+            "paused-scale-in]: spillway cannot pause one direction only",
+            "initialCooldownPeriod: 60 is not supported",
+            "fallback.behavior: \"currentReplicas\" is not supported",
+            "restoreToOriginalReplicaCount: spillway does not restore",
+            "spec.unknownField: is not a field spillway knows",
+            "triggers[0].type: memory triggers",
+            "triggers[1].type: aws-sqs-queue is not supported",
+        ] {
+            assert!(text.contains(phrase), "missing {phrase:?} in\n{text}");
+        }
+        assert!(reasons(&report, "ScaledJob shop/j").contains("ScaledJobs"));
+        assert_eq!(report.imported(), 0);
+    }
+
+    #[test]
+    fn an_authentication_is_checked_against_the_triggers_naming_it() {
+        let yaml = "apiVersion: keda.sh/v1alpha1\nkind: TriggerAuthentication\nmetadata: {name: prom, namespace: shop}\nspec:\n  secretTargetRef: [{parameter: ca, name: s, key: ca}]\n---\napiVersion: keda.sh/v1alpha1\nkind: TriggerAuthentication\nmetadata: {name: env, namespace: shop}\nspec:\n  env: [{parameter: host, name: HOST}]\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: w, namespace: shop}\nspec:\n  scaleTargetRef: {name: w}\n  triggers:\n  - {type: prometheus, metadata: {serverAddress: 'http://p:9090', query: up, threshold: '1'}, authenticationRef: {name: prom}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: v, namespace: shop}\nspec:\n  scaleTargetRef: {name: v}\n  triggers:\n  - {type: rabbitmq, metadata: {queueName: q, mode: QueueLength, value: '5'}, authenticationRef: {name: env}}\n  - {type: rabbitmq, metadata: {host: 'amqp://r:5672/', queueName: q2}, authenticationRef: {name: gone}}\n";
+        let partial = report(yaml, Completeness::Partial);
+        assert!(
+            reasons(&partial, "ScaledObject shop/w")
+                .contains("parameter ca is not a credential of the prometheus trigger"),
+            "{}",
+            partial.check()
+        );
+        assert!(
+            reasons(&partial, "TriggerAuthentication shop/env")
+                .contains("spec.env: not supported by spillway")
+        );
+        let v = reasons(&partial, "ScaledObject shop/v");
+        assert!(
+            v.contains("TriggerAuthentication shop/env is refused"),
+            "{v}"
+        );
+        assert!(
+            !v.contains("gone"),
+            "a reference not in the files is a note only: {v}"
+        );
+        // From a cluster every authentication was listed: one that is not there does not exist.
+        let complete = report(yaml, Completeness::Complete);
+        assert!(
+            reasons(&complete, "ScaledObject shop/v")
+                .contains("TriggerAuthentication shop/gone does not exist")
+        );
+    }
+
+    #[test]
+    fn a_cluster_trigger_authentication_says_where_its_secrets_go_and_duplicates_are_refused() {
+        let cta = "apiVersion: keda.sh/v1alpha1\nkind: ClusterTriggerAuthentication\nmetadata: {name: rabbit}\nspec:\n  secretTargetRef: [{parameter: host, name: rabbit-url, key: url}]\n";
+        let report = report(&format!("{cta}---\n{cta}"), Completeness::Partial);
+        let Outcome::Imported {
+            manifest: Manifest::ClusterTriggerAuthentication(imported),
+            differences,
+            ..
+        } = &report.outcomes[0]
+        else {
+            panic!("{}", report.check());
+        };
+        assert_eq!(imported.spec.secret_target_ref[0].parameter, "host");
+        assert!(differences[0].contains("Secrets rabbit-url are read from spillway's namespace"));
+        assert!(
+            reasons(&report, "ClusterTriggerAuthentication rabbit")
+                .contains("given twice: first in t.yaml document 1")
+        );
+        assert_eq!(
+            report.documents()[0].0,
+            "clustertriggerauthentication-rabbit.yaml"
+        );
+    }
+}
