@@ -13,7 +13,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::k8s;
-use serde::Deserialize as _;
 use serde_json::Value;
 use spillway::plan::{PlanSource, parse_scaled_objects};
 
@@ -206,14 +205,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The YAML documents of `text`, as JSON.
-fn documents(text: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|d| Value::deserialize(d).expect("the output is YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
 /// `Kind namespace/name` (or `Kind name`) of an output document.
 fn display(object: &Value) -> String {
     let kind = object["kind"].as_str().unwrap();
@@ -278,7 +269,7 @@ async fn keda_s_documented_examples_import_or_are_refused_with_the_reason() {
                 example.file
             );
         }
-        let written = documents(&stdout);
+        let written = k8s::yaml_documents(&stdout, "import-keda");
         let names: Vec<String> = written.iter().map(display).collect();
         assert_eq!(
             names, example.imported,
@@ -393,7 +384,7 @@ fn check_lists_keda_defaults_written_out_and_what_differs() {
         yaml.contains("# differs: spec.triggers[0].metadata.ignoreNullValues"),
         "{yaml}"
     );
-    let so = &documents(&yaml)[0];
+    let so = &k8s::yaml_documents(&yaml, "import-keda")[0];
     assert_eq!(
         so["spec"]["triggers"][0]["prometheus"]["ignoreNullValues"],
         true
@@ -445,7 +436,7 @@ fn directories_stdin_and_an_output_directory() {
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), json.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
-    let so = &documents(&text(&output.stdout))[0];
+    let so = &k8s::yaml_documents(&text(&output.stdout), "import-keda")[0];
     assert_eq!(so["spec"]["triggers"][0]["rabbitmq"]["mode"], "QueueLength");
     assert_eq!(so["spec"]["triggers"][0]["rabbitmq"]["value"], 5.0);
 
@@ -472,7 +463,7 @@ async fn install_keda_crds(client: &kube::Client) {
     ] {
         let path = fixture(&format!("crds/keda.sh_{plural}.yaml"));
         let text = std::fs::read_to_string(&path).unwrap();
-        for object in documents(&text) {
+        for object in k8s::yaml_documents(&text, "import-keda") {
             k8s::apply(client, object).await;
         }
         k8s::wait_crd_established(
@@ -502,7 +493,7 @@ async fn from_cluster_reads_keda_objects_and_checks_their_secrets() {
     )
     .await;
     let example = std::fs::read_to_string(fixture("rabbitmq-http-host.yaml")).unwrap();
-    for mut object in documents(&example) {
+    for mut object in k8s::yaml_documents(&example, "import-keda") {
         if object["apiVersion"] == "keda.sh/v1alpha1" {
             object["metadata"]["namespace"] = namespace.clone().into();
             k8s::apply(&client, object).await;
@@ -538,7 +529,10 @@ async fn from_cluster_reads_keda_objects_and_checks_their_secrets() {
         !stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"),
         "a Secret value was printed"
     );
-    let names: Vec<String> = documents(&stdout).iter().map(display).collect();
+    let names: Vec<String> = k8s::yaml_documents(&stdout, "import-keda")
+        .iter()
+        .map(display)
+        .collect();
     assert_eq!(
         names,
         [
@@ -566,7 +560,7 @@ async fn from_cluster_reads_keda_objects_and_checks_their_secrets() {
         "{stderr}"
     );
     // What was read from the cluster applies to it as spillway's objects.
-    for mut object in documents(&stdout) {
+    for mut object in k8s::yaml_documents(&stdout, "import-keda") {
         if object["kind"] == "ScaledObject" {
             object["spec"]["paused"] = true.into();
         }
