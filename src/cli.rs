@@ -99,6 +99,11 @@ pub enum Command {
     /// each trigger's proposal ceil(value / target) and tolerance test, the maximum, min/max,
     /// scaling to zero, and the behavior's stabilization and rate limits for one step.
     Plan(PlanArgs),
+    /// Read KEDA's ScaledObjects, TriggerAuthentications and ClusterTriggerAuthentications
+    /// (files, stdin or a cluster) and write spillway's that behave the same, KEDA's defaults
+    /// written out. An object that cannot be carried over is refused with the reasons on
+    /// stderr, and then nothing is written unless --skip-refused.
+    ImportKeda(ImportKedaArgs),
     /// Run in a cluster: watch ScaledObjects in every namespace, serve their metrics to the
     /// aggregator (authenticated and authorized through the cluster), and, while holding the
     /// leader Lease, keep their HPAs, scale to and from zero, and write their status.
@@ -132,6 +137,41 @@ pub struct ReconcileArgs {
         value_parser = clap::value_parser!(u16).range(1..=1024)
     )]
     pub max_concurrent_reconciles: u16,
+}
+
+/// What `spillway import-keda` reads and where it writes.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["filename", "from_cluster"])))]
+pub struct ImportKedaArgs {
+    /// A manifest file (YAML documents or JSON), a directory of them, or `-` for stdin; repeat
+    /// for more.
+    #[arg(long, short = 'f', value_name = "PATH")]
+    pub filename: Vec<PathBuf>,
+    /// Read KEDA's objects from the cluster of the kubeconfig instead (and check that the
+    /// Secrets their authentications name exist; their values are never read out).
+    #[arg(long)]
+    pub from_cluster: bool,
+    /// With --from-cluster: this namespace only (default: every namespace).
+    #[arg(long, short = 'n', conflicts_with = "filename")]
+    pub namespace: Option<String>,
+    /// With --from-cluster: the kubeconfig (default: in-cluster, then KUBECONFIG, then
+    /// ~/.kube/config).
+    #[arg(long, conflicts_with = "filename")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --from-cluster: the namespace KEDA reads ClusterTriggerAuthentications' Secrets
+    /// from (its own).
+    #[arg(long, default_value = "keda", conflicts_with = "filename")]
+    pub keda_namespace: String,
+    /// Write one file per object into this directory (created if missing) instead of stdout.
+    #[arg(long, short = 'o', value_name = "DIR", conflicts_with = "check")]
+    pub output_dir: Option<PathBuf>,
+    /// Print, per object, what will differ or why it is refused; write nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Write the objects that import although others are refused (the refusals are still
+    /// listed on stderr, and the exit status is 0).
+    #[arg(long)]
+    pub skip_refused: bool,
 }
 
 /// Where `spillway run` reads triggers' credentials from.
@@ -330,6 +370,49 @@ mod tests {
         }
         let default = Cli::try_parse_from(["spillway", "crd"]).unwrap();
         assert_eq!(default.metrics_listen, None);
+    }
+
+    #[test]
+    fn import_keda_takes_files_or_a_cluster() {
+        let cli = Cli::try_parse_from([
+            "spillway",
+            "import-keda",
+            "-f",
+            "a.yaml",
+            "-f",
+            "-",
+            "--check",
+        ])
+        .unwrap();
+        let Command::ImportKeda(args) = cli.command else {
+            panic!("not import-keda");
+        };
+        assert_eq!(args.filename, [PathBuf::from("a.yaml"), PathBuf::from("-")]);
+        assert!(args.check && !args.from_cluster);
+        let cli = Cli::try_parse_from([
+            "spillway",
+            "import-keda",
+            "--from-cluster",
+            "-n",
+            "shop",
+            "-o",
+            "out",
+        ])
+        .unwrap();
+        let Command::ImportKeda(args) = cli.command else {
+            panic!("not import-keda");
+        };
+        assert_eq!(args.namespace.as_deref(), Some("shop"));
+        assert_eq!(args.keda_namespace, "keda");
+        let refused = [
+            vec!["spillway", "import-keda"],
+            vec!["spillway", "import-keda", "-f", "a", "--from-cluster"],
+            vec!["spillway", "import-keda", "-f", "a", "-n", "shop"],
+            vec!["spillway", "import-keda", "-f", "a", "--check", "-o", "out"],
+        ];
+        for args in refused {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! objects, their metric names and scale targets); above it the `poller` (reads brokers into
 //! the cache), the `api` (serves the cache to the HPA through the aggregator) and the
 //! `controller` (fills the registry from ScaledObjects, owns HPAs, scales to and from zero)
-//! each read the layers below and never each other. `main.rs` only wires the CLI to them.
+//! each read the layers below and never each other. `import_keda` (the `import-keda` command)
+//! sits above the controller and `plan`: it maps KEDA's objects onto their types and checks.
+//! `main.rs` only wires the CLI to them.
 
 pub mod api;
 pub mod cache;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod connections;
 pub mod controller;
 pub mod destination;
+pub mod import_keda;
 pub mod kafka_client;
 pub mod kube_client;
 pub mod live;

@@ -126,6 +126,7 @@ fn run(
             print!("{}", spillway::controller::crd::crd_yaml());
             Ok(())
         }
+        Command::ImportKeda(args) => import_keda(args),
         Command::Plan(args) => {
             install_destination_policy(allow_destinations, &Config::default());
             plan_command(args)
@@ -197,6 +198,59 @@ async fn watch(config: Config, once: bool) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+/// `spillway import-keda`: read KEDA's objects, import them, and print the YAML (or write
+/// one file each), the refusals, or with `--check` what differs. Nothing is written when an
+/// object is refused, unless `--skip-refused`.
+fn import_keda(args: spillway::cli::ImportKedaArgs) -> anyhow::Result<()> {
+    use spillway::import_keda::{self, Completeness, ImportError, cluster, input};
+    let (documents, completeness) = if args.from_cluster {
+        let documents = tokio::runtime::Runtime::new()?.block_on(async {
+            let client = spillway::kube_client::client(args.kubeconfig.as_deref()).await?;
+            let documents =
+                cluster::read(&client, args.namespace.as_deref(), &args.keda_namespace).await?;
+            anyhow::Ok(documents)
+        })?;
+        (documents, Completeness::Complete)
+    } else {
+        (input::read_paths(&args.filename)?, Completeness::Partial)
+    };
+    if documents.objects.is_empty() {
+        for ignored in &documents.ignored {
+            eprintln!("ignored {ignored}");
+        }
+        return Err(ImportError::Empty.into());
+    }
+    let report = import_keda::import(&documents.objects, documents.ignored, completeness);
+    if args.check {
+        print!("{}", report.check());
+    } else {
+        eprint!("{}", report.refusals());
+    }
+    let refused = report.refused();
+    anyhow::ensure!(
+        refused == 0 || args.skip_refused,
+        "{refused} of {} objects refused (reasons above){}",
+        report.outcomes.len(),
+        if args.check {
+            ""
+        } else {
+            ": nothing written; --skip-refused writes the others"
+        }
+    );
+    if args.check {
+        return Ok(());
+    }
+    match &args.output_dir {
+        Some(dir) => {
+            for path in report.write_dir(dir)? {
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        None => print!("{}", report.yaml()),
+    }
+    Ok(())
 }
 
 /// `spillway plan`: the scaled objects of a ScaledObject manifest or a config file, their

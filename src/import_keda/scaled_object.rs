@@ -1,0 +1,502 @@
+//! KEDA's ScaledObject to spillway's.
+//!
+//! | KEDA field | spillway |
+//! |---|---|
+//! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, advanced.horizontalPodAutoscalerConfig {name, behavior}, triggers[].authenticationRef | same, written out |
+//! | annotations `autoscaling.keda.sh/paused`, `paused-replicas` | `spec.paused`, `spec.pausedReplicas` |
+//! | fallback.behavior static, metricType AverageValue, initialCooldownPeriod 0, restoreToOriginalReplicaCount false, trigger `name`, useCachedMetrics, envSourceContainerName | left out with a note: spillway behaves so |
+//! | fallback.behavior other, metricType Value or Utilization, initialCooldownPeriod above 0, restoreToOriginalReplicaCount true, scalingModifiers, `paused-scale-in`/`-out`, `force-activation`, `transfer-hpa-ownership`, cpu and memory triggers, other trigger types | refused |
+//!
+//! The result must pass the controller's checks (`spillway plan`'s), and a trigger's
+//! `authenticationRef` is checked against the imported TriggerAuthentication it names: its
+//! parameters must be credentials of that trigger.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use super::params::{Metadata, kind_of};
+use super::{
+    Completeness, KedaKind, KedaObject, Manifest, ObjectName, Outcome, credentials_of, cron, kafka,
+    metadata_of, nats, prometheus, rabbitmq,
+};
+use crate::config::TriggerConfig;
+use crate::controller::crd::{MAX_NAME_LENGTH, ScaledObject};
+use crate::controller::trigger_auth::{Credentials, describe, fill_credentials};
+use crate::plan::PlanSource;
+use crate::scalers::{ScalerError, TriggerParams};
+use crate::secret::{AuthenticationKind, AuthenticationRef};
+
+/// What became of each authentication in the input, for the ScaledObjects naming them.
+pub(super) struct Authentications {
+    by_name: HashMap<(AuthenticationKind, Option<String>, String), Option<Credentials>>,
+    completeness: Completeness,
+}
+
+impl Authentications {
+    pub(super) fn new(completeness: Completeness) -> Self {
+        Self {
+            by_name: HashMap::new(),
+            completeness,
+        }
+    }
+
+    /// Records an authentication's outcome: its credentials, or none when refused.
+    pub(super) fn add(&mut self, outcome: &Outcome) {
+        let object = outcome.object();
+        let kind = match object.kind {
+            KedaKind::ClusterTriggerAuthentication => {
+                AuthenticationKind::ClusterTriggerAuthentication
+            }
+            _ => AuthenticationKind::TriggerAuthentication,
+        };
+        let credentials = match outcome {
+            Outcome::Imported { manifest, .. } => credentials_of(manifest).map(|(_, c)| c),
+            Outcome::Refused { .. } => None,
+        };
+        self.by_name
+            .entry((kind, object.namespace.clone(), object.name.clone()))
+            .or_insert(credentials);
+    }
+
+    /// `Ok(Some)` with the credentials `reference` (named from `namespace`) maps, `Ok(None)`
+    /// when it was not in the input, `Err` when it cannot supply them.
+    fn lookup(
+        &self,
+        reference: &AuthenticationRef,
+        namespace: Option<&str>,
+    ) -> Result<Option<&Credentials>, String> {
+        let scope = match reference.kind {
+            AuthenticationKind::TriggerAuthentication => {
+                Some(namespace.unwrap_or("default").to_owned())
+            }
+            AuthenticationKind::ClusterTriggerAuthentication => None,
+        };
+        let object = describe(reference, namespace.unwrap_or("default"));
+        let found = self
+            .by_name
+            .get(&(reference.kind, scope.clone(), reference.name.clone()))
+            // A TriggerAuthentication written without a namespace lands in the same place.
+            .or_else(|| {
+                scope.as_ref().filter(|s| *s == "default").and_then(|_| {
+                    self.by_name
+                        .get(&(reference.kind, None, reference.name.clone()))
+                })
+            });
+        match (found, self.completeness) {
+            (Some(Some(credentials)), _) => Ok(Some(credentials)),
+            (Some(None), _) => Err(format!("{object} is refused (see its reasons)")),
+            (None, Completeness::Complete) => Err(format!("{object} does not exist")),
+            (None, Completeness::Partial) => Ok(None),
+        }
+    }
+}
+
+/// What the mapping found wrong and what it changed.
+#[derive(Default)]
+struct Findings {
+    reasons: Vec<String>,
+    differences: Vec<String>,
+}
+
+/// The spillway ScaledObject for `object`, or why it cannot be one.
+pub(super) fn map(object: &KedaObject, authentications: &Authentications) -> Outcome {
+    let mut found = Findings {
+        reasons: object.problems.clone(),
+        differences: Vec::new(),
+    };
+    let (name, mut metadata) = metadata_of(object, &mut found.reasons, &mut found.differences);
+    let namespace = object.namespace();
+    let id = ObjectName {
+        kind: KedaKind::ScaledObject,
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    if name.len() as u64 > MAX_NAME_LENGTH {
+        found.reasons.push(format!(
+            "metadata.name: longer than {MAX_NAME_LENGTH} characters: spillway uses it as a label value"
+        ));
+    }
+    let mut spec = Map::new();
+    annotations(&mut metadata, &mut spec, &mut found);
+    if metadata.contains_key("labels") {
+        found.differences.push(
+            "metadata.labels: kept on the ScaledObject; spillway does not copy them to the HPA (KEDA does)".to_owned(),
+        );
+    }
+    let empty = Map::new();
+    let given = match object.value.get("spec") {
+        Some(Value::Object(spec)) => spec,
+        Some(other) => {
+            found
+                .reasons
+                .push(format!("spec: is {}, not a map", kind_of(other)));
+            &empty
+        }
+        None => {
+            found.reasons.push("spec: missing".to_owned());
+            &empty
+        }
+    };
+    let mut hpa_name = None;
+    let mut triggers = Vec::new();
+    for (field, value) in given {
+        match field.as_str() {
+            "scaleTargetRef" => spec.insert(field.clone(), scale_target_ref(value, &mut found)),
+            "pollingInterval" | "cooldownPeriod" | "minReplicaCount" | "maxReplicaCount"
+            | "idleReplicaCount" => spec.insert(field.clone(), value.clone()),
+            "initialCooldownPeriod" => {
+                if value.as_i64() == Some(0) {
+                    found.differences.push(
+                        "spec.initialCooldownPeriod: 0 left out (spillway has none, the same as 0)"
+                            .to_owned(),
+                    );
+                } else {
+                    found.reasons.push(format!(
+                        "spec.initialCooldownPeriod: {value} is not supported by spillway yet (it may scale a new object to zero after cooldownPeriod)"
+                    ));
+                }
+                None
+            }
+            "fallback" => spec.insert(field.clone(), fallback(value, &mut found)),
+            "advanced" => advanced(value, &mut found, &mut hpa_name)
+                .and_then(|advanced| spec.insert(field.clone(), advanced)),
+            "triggers" => {
+                match value.as_array() {
+                    Some(list) => {
+                        for (index, trigger) in list.iter().enumerate() {
+                            triggers.push(self::trigger(index, trigger, &mut found));
+                        }
+                    }
+                    None => found
+                        .reasons
+                        .push(format!("spec.triggers: is {}, not a list", kind_of(value))),
+                }
+                None
+            }
+            other => {
+                found.reasons.push(format!(
+                    "spec.{other}: is not a field spillway knows; refused rather than dropped"
+                ));
+                None
+            }
+        };
+    }
+    if triggers.is_empty() && !given.is_empty() {
+        found.reasons.push("spec.triggers: none given".to_owned());
+    }
+    match &hpa_name {
+        Some(hpa) => found.differences.push(format!(
+            "spec.advanced.horizontalPodAutoscalerConfig.name: spillway will not take over KEDA's HPA {hpa} until KEDA's ScaledObject is deleted (or the HPA is annotated spillway.dev/transfer-to: {name})"
+        )),
+        None => found.differences.push(format!(
+            "HPA: spillway owns spillway-{name}; KEDA's keda-hpa-{name} stays until KEDA's ScaledObject is deleted"
+        )),
+    }
+    spec.insert("triggers".into(), Value::Array(triggers));
+    if !found.reasons.is_empty() {
+        return Outcome::Refused {
+            object: id,
+            reasons: found.reasons,
+        };
+    }
+    let manifest = json!({
+        "apiVersion": "spillway.dev/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": metadata,
+        "spec": spec,
+    });
+    let so: ScaledObject = match serde_json::from_value(manifest) {
+        Ok(so) => so,
+        Err(err) => {
+            return Outcome::Refused {
+                object: id,
+                reasons: vec![format!("spillway refuses the result: {err}")],
+            };
+        }
+    };
+    check_authentication(&so, namespace.as_deref(), authentications, &mut found);
+    check_referencing_triggers(&so, &mut found);
+    if let Err(err) = PlanSource::from_scaled_object(&so) {
+        found
+            .reasons
+            .push(format!("spillway's checks refuse the result: {err}"));
+    }
+    if !found.reasons.is_empty() {
+        return Outcome::Refused {
+            object: id,
+            reasons: found.reasons,
+        };
+    }
+    Outcome::Imported {
+        object: id,
+        manifest: Manifest::ScaledObject(Box::new(so)),
+        differences: found.differences,
+    }
+}
+
+/// KEDA's annotations: the pause ones become spec fields, those spillway lacks refuse the
+/// object, the rest stay.
+fn annotations(
+    metadata: &mut Map<String, Value>,
+    spec: &mut Map<String, Value>,
+    found: &mut Findings,
+) {
+    let Some(Value::Object(annotations)) = metadata.get_mut("annotations") else {
+        return;
+    };
+    let keda: Vec<String> = annotations
+        .keys()
+        .filter(|k| k.contains("keda.sh/"))
+        .cloned()
+        .collect();
+    for key in keda {
+        let value = annotations.remove(&key).unwrap_or_default();
+        let text = value.as_str().unwrap_or_default().trim().to_owned();
+        let at = format!("metadata.annotations[{key}]");
+        match key.as_str() {
+            "autoscaling.keda.sh/paused" => {
+                // KEDA pauses on any value but "false".
+                let paused = !text.eq_ignore_ascii_case("false");
+                spec.insert("paused".into(), paused.into());
+                found.differences.push(format!("{at}: written as spec.paused: {paused}"));
+            }
+            "autoscaling.keda.sh/paused-replicas" => match text.parse::<i32>() {
+                Ok(n) if n >= 0 => {
+                    spec.insert("pausedReplicas".into(), n.into());
+                    found.differences.push(format!("{at}: written as spec.pausedReplicas: {n}"));
+                }
+                _ => found.reasons.push(format!("{at}: {text:?} is not a replica count")),
+            },
+            "autoscaling.keda.sh/paused-scale-in" | "autoscaling.keda.sh/paused-scale-out" => {
+                found.reasons.push(format!("{at}: spillway cannot pause one direction only yet (spec.paused pauses both)"))
+            }
+            "autoscaling.keda.sh/force-activation" => {
+                found.reasons.push(format!("{at}: spillway has no forced activation"))
+            }
+            "scaledobject.keda.sh/transfer-hpa-ownership" => found.reasons.push(format!(
+                "{at}: spillway adopts an HPA when the HPA is annotated spillway.dev/transfer-to: <ScaledObject name>; annotate the HPA instead"
+            )),
+            "scaledobject.keda.sh/hpa-excluded-labels" => found
+                .differences
+                .push(format!("{at}: left out: spillway copies no labels to the HPA")),
+            "validations.keda.sh/hpa-ownership" => found.differences.push(format!(
+                "{at}: left out: spillway never overwrites an HPA it does not own"
+            )),
+            _ => found.reasons.push(format!("{at}: a KEDA annotation spillway does not know")),
+        }
+    }
+    if annotations.is_empty() {
+        metadata.remove("annotations");
+    }
+}
+
+fn scale_target_ref(value: &Value, found: &mut Findings) -> Value {
+    let mut out = Map::new();
+    for (key, field) in value.as_object().into_iter().flatten() {
+        match key.as_str() {
+            "apiVersion" | "kind" | "name" => {
+                out.insert(key.clone(), field.clone());
+            }
+            "envSourceContainerName" => found.differences.push(
+                "spec.scaleTargetRef.envSourceContainerName: left out: it names the container *FromEnv parameters read, which spillway refuses".to_owned(),
+            ),
+            other => found.reasons.push(format!("spec.scaleTargetRef.{other}: is not a field spillway knows")),
+        }
+    }
+    Value::Object(out)
+}
+
+fn fallback(value: &Value, found: &mut Findings) -> Value {
+    let mut out = Map::new();
+    for (key, field) in value.as_object().into_iter().flatten() {
+        match key.as_str() {
+            "failureThreshold" | "replicas" => {
+                out.insert(key.clone(), field.clone());
+            }
+            "behavior" if field.as_str() == Some("static") => found.differences.push(
+                "spec.fallback.behavior: static left out (spillway's only fallback)".to_owned(),
+            ),
+            "behavior" => found.reasons.push(format!(
+                "spec.fallback.behavior: {field} is not supported by spillway yet (it holds fallback.replicas: static)"
+            )),
+            other => found.reasons.push(format!("spec.fallback.{other}: is not a field spillway knows")),
+        }
+    }
+    Value::Object(out)
+}
+
+/// `spec.advanced` without what spillway lacks; `None` when nothing is left.
+fn advanced(value: &Value, found: &mut Findings, hpa_name: &mut Option<String>) -> Option<Value> {
+    let mut out = Map::new();
+    for (key, field) in value.as_object().into_iter().flatten() {
+        match key.as_str() {
+            "horizontalPodAutoscalerConfig" => {
+                let mut config = Map::new();
+                for (key, field) in field.as_object().into_iter().flatten() {
+                    match key.as_str() {
+                        "name" => {
+                            *hpa_name = field.as_str().map(str::to_owned);
+                            config.insert(key.clone(), field.clone());
+                        }
+                        "behavior" => {
+                            config.insert(key.clone(), field.clone());
+                        }
+                        other => found.reasons.push(format!(
+                            "spec.advanced.horizontalPodAutoscalerConfig.{other}: is not a field spillway knows"
+                        )),
+                    }
+                }
+                if !config.is_empty() {
+                    out.insert(key.clone(), Value::Object(config));
+                }
+            }
+            "restoreToOriginalReplicaCount" if field.as_bool() == Some(false) => found.differences.push(
+                "spec.advanced.restoreToOriginalReplicaCount: false left out: spillway leaves the target as it is when the ScaledObject is deleted".to_owned(),
+            ),
+            "restoreToOriginalReplicaCount" => found.reasons.push(
+                "spec.advanced.restoreToOriginalReplicaCount: spillway does not restore the original replica count yet".to_owned(),
+            ),
+            "scalingModifiers" => found.reasons.push(
+                "spec.advanced.scalingModifiers: formulas over triggers are not supported by spillway yet".to_owned(),
+            ),
+            other => found.reasons.push(format!("spec.advanced.{other}: is not a field spillway knows")),
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
+/// One trigger entry: the broker key with its body, and `authenticationRef`.
+fn trigger(index: usize, value: &Value, found: &mut Findings) -> Value {
+    let at = format!("spec.triggers[{index}]");
+    let Some(fields) = value.as_object() else {
+        found
+            .reasons
+            .push(format!("{at}: is {}, not a map", kind_of(value)));
+        return Value::Null;
+    };
+    let mut out = Map::new();
+    let mut cached = false;
+    for (key, field) in fields {
+        match key.as_str() {
+            "type" | "metadata" => {}
+            "name" => found.differences.push(format!(
+                "{at}.name: {field} left out: spillway names a trigger's metric by its index (s{index}-...)"
+            )),
+            "metricType" if field.as_str() == Some("AverageValue") => found.differences.push(format!(
+                "{at}.metricType: AverageValue left out (spillway's only type)"
+            )),
+            "metricType" => found.reasons.push(format!(
+                "{at}.metricType: {field} is not supported by spillway yet (AverageValue only)"
+            )),
+            "useCachedMetrics" => cached = field.as_bool() == Some(true) || field.as_str() == Some("true"),
+            "authenticationRef" => {
+                out.insert(key.clone(), field.clone());
+            }
+            other => found.reasons.push(format!("{at}.{other}: is not a field spillway knows")),
+        }
+    }
+    if !cached {
+        found.differences.push(format!(
+            "{at}: served from the latest poll (every pollingInterval), as KEDA's useCachedMetrics: true; KEDA asked the broker at each HPA request"
+        ));
+    }
+    let kind = fields
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut md = Metadata::new(&at, fields.get("metadata"));
+    let (key, body) = match kind {
+        kafka::TYPE => ("kafka", kafka::map(&mut md)),
+        rabbitmq::TYPE => ("rabbitmq", rabbitmq::map(&mut md)),
+        nats::TYPE => ("natsJetStream", nats::map(&mut md)),
+        prometheus::TYPE => ("prometheus", prometheus::map(&mut md)),
+        cron::TYPE => ("cron", cron::map(&mut md)),
+        "cpu" | "memory" => {
+            found.reasons.push(format!(
+                "{at}.type: {kind} triggers (Resource metrics on the HPA) are not supported by spillway yet"
+            ));
+            return Value::Null;
+        }
+        "" => {
+            found.reasons.push(format!("{at}.type: missing"));
+            return Value::Null;
+        }
+        other => {
+            found.reasons.push(format!(
+                "{at}.type: {other} is not supported by spillway (it takes kafka, rabbitmq, nats-jetstream, prometheus, cron)"
+            ));
+            return Value::Null;
+        }
+    };
+    found.reasons.append(&mut md.reasons);
+    found.differences.append(&mut md.differences);
+    out.insert(key.into(), Value::Object(body));
+    Value::Object(out)
+}
+
+/// The checks of each trigger with an `authenticationRef`, which spillway's own checks put off
+/// until the authentication is read: any failure but a missing credential (one the
+/// authentication may supply) refuses the object now.
+fn check_referencing_triggers(so: &ScaledObject, found: &mut Findings) {
+    for (index, entry) in so.spec.triggers.iter().enumerate() {
+        if entry.authentication_ref.is_none() {
+            continue;
+        }
+        let Ok(trigger) = entry.trigger() else {
+            continue;
+        };
+        let Err(ScalerError::InvalidTrigger { field, message, .. }) = trigger.validate() else {
+            continue;
+        };
+        let mut probe = entry.clone();
+        let credential = probe.triggers_mut().into_iter().any(|(_, params)| {
+            params.credential_slots().iter().any(|slot| {
+                field == slot.parameter
+                    || slot.keda_parameter == Some(field.as_str())
+                    || field.starts_with(&format!("{}.", slot.parameter))
+            })
+        });
+        if !credential {
+            found.reasons.push(format!(
+                "spillway's checks refuse the result: spec.triggers[{index}].{}.{field}: {message}",
+                trigger.config_key()
+            ));
+        }
+    }
+}
+
+/// Each trigger's `authenticationRef` against the authentication it names, when that was in
+/// the input: spillway's own fill (the controller's) must accept its parameters for the
+/// trigger.
+fn check_authentication(
+    so: &ScaledObject,
+    namespace: Option<&str>,
+    authentications: &Authentications,
+    found: &mut Findings,
+) {
+    for (index, entry) in so.spec.triggers.iter().enumerate() {
+        let Some(reference) = &entry.authentication_ref else {
+            continue;
+        };
+        let at = format!("spec.triggers[{index}].authenticationRef");
+        match authentications.lookup(reference, namespace) {
+            Err(reason) => found.reasons.push(format!("{at}: {reason}")),
+            Ok(None) => found.differences.push(format!(
+                "{at}: {} was not among the inputs: import it too; its parameters are not checked against this trigger",
+                describe(reference, namespace.unwrap_or("default"))
+            )),
+            Ok(Some(credentials)) => {
+                let mut filled: TriggerConfig = entry.clone();
+                let object = describe(reference, namespace.unwrap_or("default"));
+                let secret_namespace = match reference.kind {
+                    AuthenticationKind::ClusterTriggerAuthentication => Some("spillway-system"),
+                    AuthenticationKind::TriggerAuthentication => None,
+                };
+                if let Err(err) = fill_credentials(&mut filled, credentials, &object, secret_namespace) {
+                    found.reasons.push(format!("{at}: {err}"));
+                }
+            }
+        }
+    }
+}
