@@ -374,9 +374,9 @@ async fn poll_round(
     // End offsets are asked at the same time as the commits, on the broker's other
     // connection, so the broker serves both reads in parallel: of the partitions step 3 will
     // count, as far as they are known now (a named topic's; without `topic`, those the group
-    // committed to at its last read). The ends may be read a moment before the commits, as
-    // two reads one after the other may see them; a partition the guess missed is asked in
-    // step 4.
+    // committed to at its last read). An end read a moment before a commit can only count
+    // less lag than one read after it, never a commit beyond the log (see below); a
+    // partition the guess missed is asked in step 4.
     // A tokio lock: it is held across the reads below; rounds of one scaler run one at a time.
     let mut state = state.lock().await;
     let mut guessed: BTreeSet<TopicPartition> = BTreeSet::new();
@@ -406,10 +406,20 @@ async fn poll_round(
         }
     }
     let guessed: Vec<TopicPartition> = guessed.into_iter().collect();
-    let (committed, early_ends) = futures::join!(
+    let (committed, mut early_ends) = futures::join!(
         cluster.committed_offsets(&requests),
         cluster.end_offsets(&guessed)
     );
+    // An end read before a commit that has since passed it would make that commit look
+    // beyond the log, which counts as invalid (the whole log under `earliest`): such ends are
+    // read again in step 4, after the commits.
+    for offsets in committed.values().filter_map(|r| r.as_ref().ok()) {
+        for (tp, commit) in &offsets.committed {
+            if matches!(early_ends.get(tp), Some(Ok(end)) if commit > end) {
+                early_ends.remove(tp);
+            }
+        }
+    }
     for i in open(&results) {
         let group = triggers[i].consumer_group.as_str();
         match committed.get(group) {
