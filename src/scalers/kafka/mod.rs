@@ -410,16 +410,7 @@ async fn poll_round(
         cluster.committed_offsets(&requests),
         cluster.end_offsets(&guessed)
     );
-    // An end read before a commit that has since passed it would make that commit look
-    // beyond the log, which counts as invalid (the whole log under `earliest`): such ends are
-    // read again in step 4, after the commits.
-    for offsets in committed.values().filter_map(|r| r.as_ref().ok()) {
-        for (tp, commit) in &offsets.committed {
-            if matches!(early_ends.get(tp), Some(Ok(end)) if commit > end) {
-                early_ends.remove(tp);
-            }
-        }
-    }
+    drop_ends_passed_by_commits(&mut early_ends, &committed);
     for i in open(&results) {
         let group = triggers[i].consumer_group.as_str();
         match committed.get(group) {
@@ -749,6 +740,22 @@ async fn poll_round(
         .collect()
 }
 
+/// Drops the end offsets a commit has passed. An end read before a commit that has since
+/// passed it would make that commit look beyond the log, which counts as invalid (the whole
+/// log under `earliest`): such ends are read again after the commits.
+fn drop_ends_passed_by_commits(
+    ends: &mut client::EndOffsets,
+    committed: &HashMap<String, Result<client::GroupOffsets, ScalerError>>,
+) {
+    for offsets in committed.values().filter_map(|r| r.as_ref().ok()) {
+        for (tp, commit) in &offsets.committed {
+            if matches!(ends.get(tp), Some(Ok(end)) if commit > end) {
+                ends.remove(tp);
+            }
+        }
+    }
+}
+
 /// Timestamp cache key for "the first record of the partition" (earliest policy, no commit).
 const OFFSET_BEGINNING_KEY: i64 = -2;
 
@@ -788,6 +795,29 @@ mod tests {
 
     fn trigger() -> KafkaTrigger {
         KafkaTrigger::new("127.0.0.1:9092", "orders-consumer", Some("orders"))
+    }
+
+    #[test]
+    fn an_end_a_commit_has_passed_is_read_again() {
+        let tp = |p: i32| ("orders".to_owned(), p);
+        let mut ends: client::EndOffsets =
+            HashMap::from([(tp(0), Ok(100)), (tp(1), Ok(100)), (tp(2), Ok(100))]);
+        let group = |commits: &[(i32, i64)]| {
+            Ok(client::GroupOffsets {
+                committed: commits.iter().map(|(p, c)| (tp(*p), *c)).collect(),
+                failed: HashMap::new(),
+            })
+        };
+        let committed = HashMap::from([
+            // Caught up with a busy topic: committed past the end read a moment before.
+            ("a".to_owned(), group(&[(0, 103), (1, 100)])),
+            ("b".to_owned(), group(&[(1, 40), (2, 99)])),
+        ]);
+        drop_ends_passed_by_commits(&mut ends, &committed);
+        let mut kept: Vec<i32> = ends.keys().map(|tp| tp.1).collect();
+        kept.sort();
+        // Partition 0 is read again; a commit at or below the end keeps it.
+        assert_eq!(kept, [1, 2]);
     }
 
     #[test]
