@@ -676,8 +676,8 @@ impl Drop for Release {
 /// - the webhook (fail-closed, on every ScaledObject) is limited by `webhook.namespaceSelector`
 ///   to this release's namespace, where nothing else writes ScaledObjects (as
 ///   tests/e2e_admission.rs limits its own);
-/// - the CRDs are deploy/crd.yaml, which the e2e tests apply too: Helm's crds/ creates them
-///   when missing, leaves them alone when present and never deletes them;
+/// - the CRDs are deploy/crd.yaml, which the e2e tests apply too: Helm's crds/ applies them
+///   (server-side, taking over the fields the e2e tests' manager set) and never deletes them;
 /// - this control plane has no cert-manager, so the serving certificate is an existing
 ///   Secret trusted through the cluster CA.
 ///
@@ -712,6 +712,11 @@ async fn a_release_installs_into_the_control_plane_and_uninstalls_without_a_trac
             "--namespace",
             &release.namespace,
             "--create-namespace",
+            // The e2e tests applied the same CRDs before, server-side under their own field
+            // manager, and Helm 4 applies crds/ server-side too: without this it refuses to
+            // co-own `.spec.versions` (CI saw exactly that), as it would for a user whose CRDs
+            // came from `kubectl apply --server-side`.
+            "--force-conflicts",
             "--values",
             values,
             "--kubeconfig",

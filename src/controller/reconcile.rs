@@ -173,7 +173,7 @@ impl Context {
 }
 
 /// Reconciles at once unless told otherwise (the flag's default).
-pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 256;
 
 /// spillway's namespace in the shipped install, where ClusterTriggerAuthentications' Secrets
 /// live unless told otherwise.
