@@ -109,7 +109,7 @@ pub struct Context {
     pub trigger_auths: Arc<TriggerAuthCache>,
     /// Where a ClusterTriggerAuthentication's Secrets are read from: spillway's namespace.
     pub cluster_auth_namespace: String,
-    /// Reconciles run at once (`--max-concurrent-reconciles`).
+    /// Reconciles run at once, 0 for no bound (`--max-concurrent-reconciles`).
     pub max_concurrent_reconciles: u16,
     /// True while this replica holds the leader Lease.
     pub leader: watch::Receiver<bool>,
@@ -161,9 +161,10 @@ impl Context {
         self
     }
 
-    /// Runs at most `n` reconciles at once (`--max-concurrent-reconciles`).
+    /// Runs at most `n` reconciles at once, or any number when 0
+    /// (`--max-concurrent-reconciles`).
     pub fn with_max_concurrent_reconciles(mut self, n: u16) -> Self {
-        self.max_concurrent_reconciles = n.max(1);
+        self.max_concurrent_reconciles = n;
         self
     }
 
@@ -172,8 +173,8 @@ impl Context {
     }
 }
 
-/// Reconciles at once unless told otherwise (the flag's default).
-pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 256;
+/// Reconciles at once unless told otherwise (the flag's default): 0, no bound.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 0;
 
 /// spillway's namespace in the shipped install, where ClusterTriggerAuthentications' Secrets
 /// live unless told otherwise.
