@@ -77,9 +77,7 @@ mod tests {
     use serde_json::json;
 
     fn mapped(metadata: Value) -> (Value, Vec<String>, Vec<String>) {
-        let mut md = Metadata::new("triggers[0]", Some(&metadata));
-        let out = map(&mut md);
-        (Value::Object(out), md.reasons, md.differences)
+        super::super::params::map_trigger(map, metadata)
     }
 
     #[test]

@@ -243,6 +243,18 @@ pub(super) fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// Runs a broker's `map` on `metadata` as the first trigger: what it wrote, why it refused,
+/// and what it noted as differing (for the mappings' unit tests).
+#[cfg(test)]
+pub(super) fn map_trigger(
+    map: fn(&mut Metadata) -> Map<String, Value>,
+    metadata: Value,
+) -> (Value, Vec<String>, Vec<String>) {
+    let mut md = Metadata::new("triggers[0]", Some(&metadata));
+    let out = map(&mut md);
+    (Value::Object(out), md.reasons, md.differences)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
