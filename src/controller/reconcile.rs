@@ -19,10 +19,10 @@
 //! creation) is when a trigger was last active, against `cooldownPeriod`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -33,16 +33,15 @@ use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::crd::{ScaledObject, ScaledObjectStatus, TriggerStatus, condition};
 use super::hpa::{
-    HpaError, HpaOwnership, MANAGED_BY, MANAGED_BY_LABEL, TRANSFER_ANNOTATION, desired_hpa,
-    hpa_drift, hpa_name, hpa_ownership,
+    HpaError, HpaOwnership, TRANSFER_ANNOTATION, desired_hpa, hpa_drift, hpa_name, hpa_ownership,
 };
 use super::scale_to_zero::{Cooldown, TriggerActivity, ZeroDecision, ZeroRules, decide};
 use super::secrets::SecretCache;
@@ -66,8 +65,12 @@ const MIN_REQUEUE: Duration = Duration::from_secs(1);
 const RETRY_BROKEN: Duration = Duration::from_secs(15);
 /// An object whose Secrets cannot be read now is retried this often.
 const RETRY_TRANSIENT: Duration = Duration::from_secs(5);
-/// The status is rewritten at least this often while only poll times change.
+/// The status is rewritten at least this often while only poll times or values change.
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// A target's replicas read through its scale subresource are reused this long by reconciles
+/// that change nothing; a reconcile that would scale reads them again first. With a thousand
+/// objects requeued every polling interval, a read per reconcile was 200 GETs a second.
+const SCALE_REREAD: Duration = Duration::from_secs(30);
 
 /// Why one reconcile failed; the controller retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,25 @@ pub struct Context {
     recorder: Recorder,
     /// API resources of scale targets by (apiVersion, kind), found by discovery once.
     resources: Mutex<HashMap<(String, String), ApiResource>>,
+    /// The cluster's HPAs (managed fields stripped), from the watch [`run`] starts: a
+    /// reconcile reads the HPA of its object here, not with a GET.
+    hpas: OnceLock<Store<HorizontalPodAutoscaler>>,
+    /// Per object (namespace, name): the target's replicas as last read or set.
+    scale_reads: Mutex<HashMap<(String, String), ScaleRead>>,
+    /// Per object: when this leader last saw a trigger active. `status.lastActiveTime` is
+    /// written at most every [`active_time_refresh`], so the cooldown is measured from this.
+    last_active: Mutex<HashMap<(String, String), Timestamp>>,
+}
+
+/// A target's replicas as read through its scale subresource, or as spillway set them.
+#[derive(Debug, Clone, PartialEq)]
+struct ScaleRead {
+    /// The target (apiVersion, kind, name) and the object's generation they were read for:
+    /// an edit of the object reads them again.
+    target: (String, String, String),
+    generation: Option<i64>,
+    replicas: i32,
+    at: Instant,
 }
 
 impl Context {
@@ -145,6 +167,9 @@ impl Context {
             leader,
             metrics,
             resources: Mutex::new(HashMap::new()),
+            hpas: OnceLock::new(),
+            scale_reads: Mutex::new(HashMap::new()),
+            last_active: Mutex::new(HashMap::new()),
         }
     }
 
@@ -170,6 +195,96 @@ impl Context {
 
     fn is_leader(&self) -> bool {
         *self.leader.borrow()
+    }
+
+    /// Forgets what the leader remembers of objects for which `keep` does not hold.
+    fn retain_objects(&self, keep: impl Fn(&(String, String)) -> bool) {
+        self.scale_reads
+            .lock()
+            .expect("scale reads")
+            .retain(|key, _| keep(key));
+        self.last_active
+            .lock()
+            .expect("last active")
+            .retain(|key, _| keep(key));
+    }
+
+    /// The HPA `name` in `namespace`: from the watch once it has listed the cluster, with a
+    /// GET before that.
+    async fn hpa(
+        &self,
+        hpas: &Api<HorizontalPodAutoscaler>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<HorizontalPodAutoscaler>, kube::Error> {
+        if let Some(store) = self.hpas.get()
+            && store
+                .wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+        {
+            return Ok(store
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|hpa| (*hpa).clone()));
+        }
+        match hpas.get(name).await {
+            Ok(hpa) => Ok(Some(hpa)),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The target's replicas: the last read or set for the same target and generation when
+    /// younger than [`SCALE_REREAD`] and `reuse` allows, else read through `api`.
+    async fn replicas(
+        &self,
+        api: &Api<DynamicObject>,
+        so: &ScaledObject,
+        reuse: bool,
+    ) -> Result<ScaleRead, kube::Error> {
+        let key = (so.namespace().unwrap_or_default(), so.name_any());
+        let target = &so.spec.scale_target_ref;
+        let identity = (
+            target.api_version.clone(),
+            target.kind.clone(),
+            target.name.clone(),
+        );
+        if reuse
+            && let Some(read) = self.scale_reads.lock().expect("scale reads").get(&key)
+            && read.target == identity
+            && read.generation == so.metadata.generation
+            && read.at.elapsed() < SCALE_REREAD
+        {
+            return Ok(read.clone());
+        }
+        let scale = api.get_scale(&target.name).await;
+        let replicas = match scale {
+            Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+            Err(err) => {
+                self.scale_reads.lock().expect("scale reads").remove(&key);
+                return Err(err);
+            }
+        };
+        let read = ScaleRead {
+            target: identity,
+            generation: so.metadata.generation,
+            replicas,
+            at: Instant::now(),
+        };
+        self.scale_reads
+            .lock()
+            .expect("scale reads")
+            .insert(key, read.clone());
+        Ok(read)
+    }
+
+    /// Records that spillway set the target of `so` to `replicas`.
+    fn scaled_to(&self, so: &ScaledObject, replicas: i32) {
+        let key = (so.namespace().unwrap_or_default(), so.name_any());
+        if let Some(read) = self.scale_reads.lock().expect("scale reads").get_mut(&key) {
+            read.replicas = replicas;
+            read.at = Instant::now();
+        }
     }
 }
 
@@ -197,6 +312,18 @@ pub async fn run(
         tracing::error!("the controller runs once per Context; not started again");
         return;
     };
+    // Every HPA of the cluster, not only spillway's: a reconcile must also see a user's HPA of
+    // the name it would take. Owner references pick the ones that reconcile an object.
+    let (hpa_store, hpa_writer) = reflector::store();
+    if context.hpas.set(hpa_store).is_err() {
+        tracing::error!("the controller runs once per Context; not started again");
+        return;
+    }
+    let hpa_changes = watcher(hpas, watcher::Config::default())
+        .default_backoff()
+        .modify(|hpa: &mut HorizontalPodAutoscaler| hpa.metadata.managed_fields = None)
+        .reflect(hpa_writer)
+        .applied_objects();
     let secrets = Arc::clone(&context.secrets);
     let auths = Arc::clone(&context.trigger_auths);
     let cluster_auths = Arc::clone(&context.trigger_auths);
@@ -205,10 +332,7 @@ pub async fn run(
             kube::runtime::controller::Config::default()
                 .concurrency(context.max_concurrent_reconciles),
         )
-        .owns(
-            hpas,
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-        )
+        .owns_stream(hpa_changes)
         .watches_stream(secret_changes, move |secret: Secret| {
             secrets.objects_naming(&secret)
         })
@@ -225,6 +349,7 @@ pub async fn run(
     let metrics = Arc::clone(&context.metrics);
     let secrets = Arc::clone(&context.secrets);
     let auths = Arc::clone(&context.trigger_auths);
+    let memo_context = Arc::clone(&context);
     // No wait for the store's first list: `Store::wait_until_ready` never resolved under the
     // Controller (the soak test found every deleted object registered and polled for ever),
     // and none is needed. An object is registered only by a reconcile, which reads it from
@@ -263,6 +388,7 @@ pub async fn run(
             };
             secrets.retain_objects(exists);
             auths.retain_objects(exists);
+            memo_context.retain_objects(|(namespace, name)| exists(namespace, name));
         }
     });
     controller
@@ -394,8 +520,10 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
             return Ok(Action::requeue(RETRY_BROKEN));
         }
     };
-    let replicas = match scale_api.get_scale(&target.name).await {
-        Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+    let read_replicas = |reuse: bool| ctx.replicas(&scale_api, &so, reuse);
+    let reads_from = Instant::now();
+    let mut read = match read_replicas(true).await {
+        Ok(read) => read,
         Err(kube::Error::Api(e)) if e.code == 404 => {
             let message = format!("{} {} not found in {namespace}", target.kind, target.name);
             set_condition(
@@ -424,18 +552,23 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     let now = Timestamp::now();
     let rules = ZeroRules::from_spec(&so.spec);
     let act = activity(&rules, &states);
-    if act.active {
-        status.last_active_time = Some(Time(now));
+    let key = (namespace.clone(), name.clone());
+    {
+        let mut last_active = ctx.last_active.lock().expect("last active");
+        if act.active {
+            last_active.insert(key.clone(), now);
+            status.last_active_time = Some(Time(now));
+        } else if let Some(seen) = last_active.get(&key)
+            && status.last_active_time.as_ref().is_none_or(|t| t.0 < *seen)
+        {
+            status.last_active_time = Some(Time(*seen));
+        }
     }
 
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
     let hpa = hpa_name(&so)?;
     // Someone else's HPA of that name: touch neither it nor the target.
-    let existing_hpa = match hpas.get(&hpa).await {
-        Ok(existing) => Some(existing),
-        Err(kube::Error::Api(e)) if e.code == 404 => None,
-        Err(err) => return Err(err.into()),
-    };
+    let existing_hpa = ctx.hpa(&hpas, &namespace, &hpa).await?;
     if let Some(existing) = &existing_hpa
         && let HpaOwnership::Foreign(why) = hpa_ownership(existing, &so)
     {
@@ -451,90 +584,39 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         write_status(ctx, &so, status).await?;
         return Ok(Action::requeue(RETRY_BROKEN));
     }
-    let mut want_hpa = true;
 
-    if so.spec.is_paused() {
-        want_hpa = false;
-        if let Some(paused) = so.spec.paused_replicas
-            && replicas != paused
-        {
-            scale(
-                ctx,
-                &scale_api,
-                &so,
-                replicas,
-                paused,
-                "PausedReplicas",
-                "pausedReplicas holds the target",
-            )
-            .await?;
-        }
-        status.paused_replica_count = so.spec.paused_replicas;
-    } else {
-        status.paused_replica_count = None;
-        let last_active = status
-            .last_active_time
-            .as_ref()
-            .map(|t| t.0)
-            .or_else(|| so.metadata.creation_timestamp.as_ref().map(|t| t.0))
-            .unwrap_or(now);
-        let current = u32::try_from(replicas).unwrap_or(0);
-        let cooldown = Cooldown::Measured { last_active, now };
-        match decide(&rules, Some(current), &act.triggers, cooldown) {
-            ZeroDecision::FromIdle { to } => {
-                scale(
-                    ctx,
-                    &scale_api,
-                    &so,
-                    replicas,
-                    to as i32,
-                    "ScaledFromIdle",
-                    "a trigger is active",
-                )
-                .await?;
-            }
-            ZeroDecision::ToIdle { to, idle_for } => {
-                want_hpa = false;
-                if current != to {
-                    let why = format!(
-                        "no trigger active for {}s (cooldownPeriod {}s)",
-                        idle_for.map_or(0, |d| d.as_secs_f64() as i64),
-                        so.spec.cooldown_period
-                    );
-                    scale(
-                        ctx,
-                        &scale_api,
-                        &so,
-                        replicas,
-                        to as i32,
-                        "ScaledToIdle",
-                        &why,
-                    )
-                    .await?;
-                }
-            }
-            ZeroDecision::FallbackFromZero { to, trigger } => {
-                let why = failure_reason(trigger, states[trigger].as_ref());
-                scale(
-                    ctx,
-                    &scale_api,
-                    &so,
-                    replicas,
-                    to as i32,
-                    "FallbackFromZero",
-                    &why,
-                )
-                .await?;
-            }
-            ZeroDecision::Hold(_) => {}
-        }
+    let mut planned = target_plan(&so, &rules, &act, &states, &status, read.replicas, now);
+    // Replicas reused from an earlier read decide only to do nothing: before scaling, the
+    // target is read again (the HPA or a user may have moved it since).
+    if planned.action.is_some() && read.at < reads_from {
+        read = read_replicas(false).await?;
+        planned = target_plan(&so, &rules, &act, &states, &status, read.replicas, now);
     }
+    if let Some(action) = &planned.action {
+        scale(
+            ctx,
+            &scale_api,
+            &so,
+            read.replicas,
+            action.to,
+            action.reason,
+            &action.why,
+        )
+        .await?;
+        ctx.scaled_to(&so, action.to);
+    }
+    status.paused_replica_count = if so.spec.is_paused() {
+        so.spec.paused_replicas
+    } else {
+        None
+    };
+    let want_hpa = planned.want_hpa;
 
     if want_hpa {
         ensure_hpa(ctx, &hpas, &so, &hpa, existing_hpa).await?;
         status.hpa_name = Some(hpa.clone());
     } else {
-        delete_hpa(ctx, &hpas, &so, &hpa).await?;
+        delete_hpa(ctx, &hpas, &so, &hpa, existing_hpa).await?;
         status.hpa_name = None;
     }
 
@@ -629,6 +711,94 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         .collect();
     write_status(ctx, &so, status).await?;
     Ok(Action::requeue(interval.max(MIN_REQUEUE)))
+}
+
+/// What the leader does to the target in one reconcile.
+#[derive(Debug, PartialEq)]
+struct TargetPlan {
+    /// The replicas to set through the scale subresource, if any.
+    action: Option<ScaleAction>,
+    /// Whether the object has its HPA: not while paused or at its idle count.
+    want_hpa: bool,
+}
+
+#[derive(Debug, PartialEq)]
+struct ScaleAction {
+    to: i32,
+    reason: &'static str,
+    why: String,
+}
+
+/// Pauses, then [`decide`]: what to do with a target at `replicas`, the cooldown measured
+/// from `status.lastActiveTime` (or the object's creation).
+fn target_plan(
+    so: &ScaledObject,
+    rules: &ZeroRules,
+    act: &Activity,
+    states: &[Option<TriggerState>],
+    status: &ScaledObjectStatus,
+    replicas: i32,
+    now: Timestamp,
+) -> TargetPlan {
+    let action = |to: i32, reason: &'static str, why: String| Some(ScaleAction { to, reason, why });
+    if so.spec.is_paused() {
+        return TargetPlan {
+            action: so
+                .spec
+                .paused_replicas
+                .filter(|paused| *paused != replicas)
+                .and_then(|paused| {
+                    action(
+                        paused,
+                        "PausedReplicas",
+                        "pausedReplicas holds the target".into(),
+                    )
+                }),
+            want_hpa: false,
+        };
+    }
+    let last_active = status
+        .last_active_time
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| so.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    let current = u32::try_from(replicas).unwrap_or(0);
+    let cooldown = Cooldown::Measured { last_active, now };
+    match decide(rules, Some(current), &act.triggers, cooldown) {
+        ZeroDecision::FromIdle { to } => TargetPlan {
+            action: action(to as i32, "ScaledFromIdle", "a trigger is active".into()),
+            want_hpa: true,
+        },
+        ZeroDecision::ToIdle { to, idle_for } => TargetPlan {
+            action: (current != to)
+                .then(|| {
+                    action(
+                        to as i32,
+                        "ScaledToIdle",
+                        format!(
+                            "no trigger active for {}s (cooldownPeriod {}s)",
+                            idle_for.map_or(0, |d| d.as_secs_f64() as i64),
+                            so.spec.cooldown_period
+                        ),
+                    )
+                })
+                .flatten(),
+            want_hpa: false,
+        },
+        ZeroDecision::FallbackFromZero { to, trigger } => TargetPlan {
+            action: action(
+                to as i32,
+                "FallbackFromZero",
+                failure_reason(trigger, states[trigger].as_ref()),
+            ),
+            want_hpa: true,
+        },
+        ZeroDecision::Hold(_) => TargetPlan {
+            action: None,
+            want_hpa: true,
+        },
+    }
 }
 
 /// The object's triggers as the poller reads them, credentials read from the context's
@@ -795,14 +965,22 @@ async fn ensure_hpa(
     let desired = desired_hpa(so)?;
     match existing {
         None => {
-            hpas.create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &desired,
-            )
-            .await?;
+            let created = hpas
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &desired,
+                )
+                .await;
+            match created {
+                Ok(_) => {}
+                // Made a moment ago and not yet in the watch's store: the next reconcile
+                // finds it there and checks whose it is.
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+                Err(err) => return Err(err.into()),
+            }
             publish(
                 ctx,
                 so,
@@ -845,32 +1023,38 @@ async fn ensure_hpa(
     Ok(())
 }
 
+/// Deletes `existing` (the HPA `name` as the caller found it) if this object owns it.
 async fn delete_hpa(
     ctx: &Context,
     hpas: &Api<HorizontalPodAutoscaler>,
     so: &ScaledObject,
     name: &str,
+    existing: Option<HorizontalPodAutoscaler>,
 ) -> Result<(), ReconcileError> {
-    match hpas.get(name).await {
-        Ok(existing) => {
-            // Only an HPA this object owns is removed; a same-named HPA of a user is left alone.
-            let ours = existing
-                .owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == so.meta().uid.as_ref());
-            if ours {
-                hpas.delete(name, &DeleteParams::default()).await?;
-                publish(
-                    ctx,
-                    so,
-                    EventType::Normal,
-                    "HPARemoved",
-                    &format!("removed HorizontalPodAutoscaler {name} while paused or idle"),
-                )
-                .await;
-            }
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    // Only an HPA this object owns is removed; a same-named HPA of a user is left alone.
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == so.meta().uid.as_ref());
+    if !ours {
+        return Ok(());
+    }
+    match hpas.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            publish(
+                ctx,
+                so,
+                EventType::Normal,
+                "HPARemoved",
+                &format!("removed HorizontalPodAutoscaler {name} while paused or idle"),
+            )
+            .await;
             Ok(())
         }
+        // Already gone: the watch had not told yet.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(err) => Err(err.into()),
     }
@@ -939,35 +1123,19 @@ fn set_condition_tri(
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
-/// Writes `status` when it differs from the stored one in more than poll times, or when the
-/// stored one is older than [`STATUS_REFRESH`]; an Event for every condition that changed.
+/// Writes `status` when it differs from the stored one in more than poll times, values and
+/// the last active time; when only those changed, once the stored poll times are
+/// [`STATUS_REFRESH`] old or the stored last active time is [`active_time_refresh`] behind.
+/// A status written at every poll was a write per object per polling interval (with a
+/// thousand objects, 100 a second, each reconciling its object again). An Event for every
+/// condition that changed.
 async fn write_status(
     ctx: &Context,
     so: &ScaledObject,
     status: ScaledObjectStatus,
 ) -> Result<(), ReconcileError> {
     let stored = so.status.clone().unwrap_or_default();
-    let without_times = |s: &ScaledObjectStatus| {
-        let mut s = s.clone();
-        for t in &mut s.triggers {
-            t.last_poll_time = None;
-        }
-        s
-    };
-    let newest_poll = |s: &ScaledObjectStatus| {
-        s.triggers
-            .iter()
-            .filter_map(|t| t.last_poll_time.as_ref().map(|t| t.0))
-            .max()
-    };
-    let stale = match (newest_poll(&stored), newest_poll(&status)) {
-        (Some(old), Some(new)) => {
-            new.duration_since(old).as_secs_f64() >= STATUS_REFRESH.as_secs_f64()
-        }
-        (None, Some(_)) => true,
-        _ => false,
-    };
-    if without_times(&stored) == without_times(&status) && !stale {
+    if !status_write_due(&stored, &status, so.spec.cooldown_period) {
         return Ok(());
     }
     for condition in &status.conditions {
@@ -1014,6 +1182,56 @@ async fn write_status(
         Err(err) => return Err(err.into()),
     }
     Ok(())
+}
+
+/// Whether `status` must be written over `stored`: see [`write_status`].
+fn status_write_due(
+    stored: &ScaledObjectStatus,
+    status: &ScaledObjectStatus,
+    cooldown_period: i32,
+) -> bool {
+    // What a reader acts on: conditions, errors, whether a trigger has a value at all.
+    let material = |s: &ScaledObjectStatus| {
+        let mut s = s.clone();
+        for t in &mut s.triggers {
+            t.last_poll_time = None;
+            t.value = t.value.as_ref().map(|_| Quantity(String::new()));
+        }
+        s.last_active_time = s
+            .last_active_time
+            .as_ref()
+            .map(|_| Time(Timestamp::UNIX_EPOCH));
+        s
+    };
+    if material(stored) != material(status) {
+        return true;
+    }
+    let behind = |old: Option<Timestamp>, new: Option<Timestamp>, by: Duration| match (old, new) {
+        (Some(old), Some(new)) => new.duration_since(old).as_secs_f64() >= by.as_secs_f64(),
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let newest_poll = |s: &ScaledObjectStatus| {
+        s.triggers
+            .iter()
+            .filter_map(|t| t.last_poll_time.as_ref().map(|t| t.0))
+            .max()
+    };
+    let last_active = |s: &ScaledObjectStatus| s.last_active_time.as_ref().map(|t| t.0);
+    behind(newest_poll(stored), newest_poll(status), STATUS_REFRESH)
+        || behind(
+            last_active(stored),
+            last_active(status),
+            active_time_refresh(cooldown_period),
+        )
+}
+
+/// How far `status.lastActiveTime` may lag the last activity this leader saw: a quarter of
+/// the cooldown, between 5 s and [`STATUS_REFRESH`]. The leader measures the cooldown from
+/// what it saw; a new leader, from the stored time, so it may scale to idle that much early.
+fn active_time_refresh(cooldown_period: i32) -> Duration {
+    (Duration::from_secs(cooldown_period.max(0) as u64) / 4)
+        .clamp(Duration::from_secs(5), STATUS_REFRESH)
 }
 
 /// Publishes an Event about `so`; a failure to do so is logged, never fails the reconcile.
@@ -1089,6 +1307,146 @@ mod tests {
             );
             assert_eq!(act.triggers.len(), states.len());
         }
+    }
+
+    #[test]
+    fn the_status_is_written_for_what_readers_act_on_and_refreshed_otherwise() {
+        let at = |secs: i64| Some(Time(Timestamp::from_second(1_700_000_000 + secs).unwrap()));
+        let status = |value: Option<&str>, polled: i64, active: Option<i64>| ScaledObjectStatus {
+            triggers: vec![TriggerStatus {
+                index: 0,
+                metric: "s0-rabbitmq-jobs".into(),
+                value: value.map(|v| Quantity(v.into())),
+                last_poll_time: at(polled),
+                ..Default::default()
+            }],
+            last_active_time: active.and_then(at),
+            ..Default::default()
+        };
+        let stored = status(Some("10"), 0, Some(0));
+        // (new status, cooldown, written)
+        let cases = [
+            (status(Some("10"), 5, Some(0)), 300, false),
+            // A new value alone waits for the refresh; a value appearing or going does not.
+            (status(Some("11"), 5, Some(0)), 300, false),
+            (status(None, 5, Some(0)), 300, true),
+            (status(Some("11"), 60, Some(0)), 300, true),
+            // The last active time: a quarter of the cooldown, at least 5 s, at most 60 s.
+            (status(Some("10"), 5, Some(4)), 10, false),
+            (status(Some("10"), 5, Some(5)), 10, true),
+            (status(Some("10"), 5, Some(59)), 300, false),
+            (status(Some("10"), 5, Some(60)), 300, true),
+            (status(Some("10"), 5, Some(60)), 100_000, true),
+        ];
+        for (new, cooldown, written) in cases {
+            assert_eq!(
+                status_write_due(&stored, &new, cooldown),
+                written,
+                "{new:?}, cooldown {cooldown}"
+            );
+        }
+        let mut failing = status(Some("10"), 5, Some(0));
+        failing.triggers[0].last_error = Some("refused".into());
+        assert!(
+            status_write_due(&stored, &failing, 300),
+            "an error is written at once"
+        );
+        assert!(!status_write_due(
+            &ScaledObjectStatus::default(),
+            &ScaledObjectStatus::default(),
+            300
+        ));
+    }
+
+    #[test]
+    fn the_plan_scales_only_when_the_replicas_read_call_for_it() {
+        let so: ScaledObject = serde_norway::from_str(
+            &(SO.to_owned() + "  minReplicaCount: 0\n  cooldownPeriod: 10\n"),
+        )
+        .unwrap();
+        let rules = ZeroRules::from_spec(&so.spec);
+        let cache = MetricCache::new();
+        let id = TriggerId {
+            namespace: "shop".into(),
+            scaled_object: "worker".into(),
+            index: 0,
+        };
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let ago = |secs: i64| Some(Time(now.checked_sub(jiff_seconds(secs)).unwrap()));
+        cache.record(
+            id.clone(),
+            Ok(Reading::new(0.0, false)),
+            Duration::from_millis(1),
+        );
+        let idle = vec![cache.get(&id)];
+        let idle_act = activity(&rules, &idle);
+        let recent = ScaledObjectStatus {
+            last_active_time: ago(3),
+            ..Default::default()
+        };
+        let long_ago = ScaledObjectStatus {
+            last_active_time: ago(30),
+            ..Default::default()
+        };
+        // Inside the cooldown: nothing; past it: to 0, and no HPA; at 0 already: no call.
+        let plan = target_plan(&so, &rules, &idle_act, &idle, &recent, 2, now);
+        assert_eq!(
+            plan,
+            TargetPlan {
+                action: None,
+                want_hpa: true
+            }
+        );
+        let plan = target_plan(&so, &rules, &idle_act, &idle, &long_ago, 2, now);
+        assert_eq!(
+            plan.action.as_ref().map(|a| (a.to, a.reason)),
+            Some((0, "ScaledToIdle"))
+        );
+        assert!(!plan.want_hpa);
+        let plan = target_plan(&so, &rules, &idle_act, &idle, &long_ago, 0, now);
+        assert_eq!(
+            plan,
+            TargetPlan {
+                action: None,
+                want_hpa: false
+            }
+        );
+
+        cache.record(
+            id.clone(),
+            Ok(Reading::new(50.0, true)),
+            Duration::from_millis(1),
+        );
+        let busy = vec![cache.get(&id)];
+        let busy_act = activity(&rules, &busy);
+        let plan = target_plan(&so, &rules, &busy_act, &busy, &recent, 0, now);
+        assert_eq!(
+            plan.action.as_ref().map(|a| (a.to, a.reason)),
+            Some((1, "ScaledFromIdle"))
+        );
+        assert!(plan.want_hpa);
+
+        // Paused at 3: held there, no HPA.
+        let paused: ScaledObject =
+            serde_norway::from_str(&(SO.to_owned() + "  pausedReplicas: 3\n")).unwrap();
+        let plan = target_plan(&paused, &rules, &busy_act, &busy, &recent, 5, now);
+        assert_eq!(
+            plan.action.as_ref().map(|a| (a.to, a.reason)),
+            Some((3, "PausedReplicas"))
+        );
+        assert!(!plan.want_hpa);
+        let plan = target_plan(&paused, &rules, &busy_act, &busy, &recent, 3, now);
+        assert_eq!(
+            plan,
+            TargetPlan {
+                action: None,
+                want_hpa: false
+            }
+        );
+    }
+
+    fn jiff_seconds(secs: i64) -> k8s_openapi::jiff::SignedDuration {
+        k8s_openapi::jiff::SignedDuration::from_secs(secs)
     }
 
     use k8s_openapi::ByteString;
