@@ -19,7 +19,8 @@ mod sasl;
 mod tls;
 
 pub use cluster::{
-    ClusterClient, CommittedOffsets, ConnectOptions, EARLIEST, ItemError, LATEST, RequestCounts,
+    ClusterClient, CommittedOffsets, ConnectOptions, EARLIEST, ItemError, LATEST, PartitionMap,
+    RequestCounts,
 };
 pub use connection::requests_sent_by_process;
 pub use requests::ReadRequest;

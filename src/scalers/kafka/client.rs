@@ -14,6 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use crate::kafka_client::PartitionMap;
+
+/// A map keyed by topic name, hashed with foldhash (a tick looks a topic up per partition).
+pub type TopicMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 use crate::kafka_client::{ClusterClient, EARLIEST, ItemError, LATEST, ResponseError, WireError};
 use crate::scalers::ScalerError;
 
@@ -34,7 +38,7 @@ pub type TopicPartition = (String, i32);
 pub use crate::kafka_client::RequestCounts;
 
 /// End offset, or why there is none, per partition.
-pub type EndOffsets = HashMap<TopicPartition, Result<i64, ItemError>>;
+pub type EndOffsets = PartitionMap<Result<i64, ItemError>>;
 
 /// The log of one partition: its start (first record kept) and end (next offset written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +50,10 @@ pub struct LogOffsets {
 /// Committed offsets of one group: every partition it has committed, over all topics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroupOffsets {
-    pub committed: HashMap<TopicPartition, i64>,
+    pub committed: PartitionMap<i64>,
     /// Partitions the coordinator answered with an error of their own (a topic the group may
     /// not read, say): they fail the triggers counting them, not the whole group.
-    pub failed: HashMap<TopicPartition, ScalerError>,
+    pub failed: PartitionMap<ScalerError>,
 }
 
 impl GroupOffsets {
@@ -103,7 +107,7 @@ pub struct KafkaCluster {
     coordinators: Mutex<HashMap<String, i32>>,
     /// Log start offsets with when they were read (see [`LOG_START_MAX_AGE`]): a tick of fully
     /// committed groups asks only for end offsets, a third less broker work than both.
-    log_starts: Mutex<HashMap<TopicPartition, (i64, Instant)>>,
+    log_starts: Mutex<PartitionMap<(i64, Instant)>>,
 }
 
 impl KafkaCluster {
@@ -161,7 +165,12 @@ impl KafkaCluster {
             }
             let topics = asked.entry(group.to_string()).or_default();
             for (topic, partition) in partitions {
-                topics.entry(topic.clone()).or_default().push(*partition);
+                match topics.get_mut(topic.as_str()) {
+                    Some(ids) => ids.push(*partition),
+                    None => {
+                        topics.insert(topic.clone(), vec![*partition]);
+                    }
+                }
             }
         }
         let mut pending: Vec<String> = asked.keys().cloned().collect();
@@ -288,10 +297,7 @@ impl KafkaCluster {
 
     /// Partitions of each topic, from the metadata cache; stale or unknown topics are fetched
     /// in one Metadata request. A topic the cluster says does not exist is `NotFound`.
-    pub async fn partitions(
-        &self,
-        topics: &[&str],
-    ) -> HashMap<String, Result<Vec<i32>, ScalerError>> {
+    pub async fn partitions(&self, topics: &[&str]) -> TopicMap<Result<Vec<i32>, ScalerError>> {
         let stale: Vec<&str> = {
             let cache = self.metadata.lock().expect("metadata lock");
             topics
@@ -395,11 +401,11 @@ impl KafkaCluster {
     pub async fn log_offsets(
         &self,
         partitions: &[TopicPartition],
-        lowest_commits: &HashMap<TopicPartition, Option<i64>>,
+        lowest_commits: &PartitionMap<Option<i64>>,
         known_ends: EndOffsets,
-    ) -> Result<HashMap<TopicPartition, Result<LogOffsets, ScalerError>>, ScalerError> {
+    ) -> Result<PartitionMap<Result<LogOffsets, ScalerError>>, ScalerError> {
         if partitions.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(PartitionMap::default());
         }
         let mut offsets = self
             .log_offsets_by_leader(partitions, lowest_commits, known_ends)
@@ -427,7 +433,7 @@ impl KafkaCluster {
             }
             // Moved partitions: their starts are read again with their ends.
             offsets.extend(
-                self.log_offsets_by_leader(&again, &HashMap::new(), EndOffsets::new())
+                self.log_offsets_by_leader(&again, &PartitionMap::default(), EndOffsets::default())
                     .await,
             );
             // What metadata says about a deleted topic beats the partition's error code.
@@ -448,8 +454,8 @@ impl KafkaCluster {
     #[allow(clippy::type_complexity)]
     fn whole_round_failure(
         &self,
-        answers: HashMap<TopicPartition, Result<LogOffsets, ScalerError>>,
-    ) -> Result<HashMap<TopicPartition, Result<LogOffsets, ScalerError>>, ScalerError> {
+        answers: PartitionMap<Result<LogOffsets, ScalerError>>,
+    ) -> Result<PartitionMap<Result<LogOffsets, ScalerError>>, ScalerError> {
         let unreachable = |r: &Result<LogOffsets, ScalerError>| {
             matches!(
                 r,
@@ -466,8 +472,8 @@ impl KafkaCluster {
 
     fn scaler_errors(
         &self,
-        offsets: HashMap<TopicPartition, Result<LogOffsets, ItemError>>,
-    ) -> HashMap<TopicPartition, Result<LogOffsets, ScalerError>> {
+        offsets: PartitionMap<Result<LogOffsets, ItemError>>,
+    ) -> PartitionMap<Result<LogOffsets, ScalerError>> {
         offsets
             .into_iter()
             .map(|(tp, result)| {
@@ -483,7 +489,7 @@ impl KafkaCluster {
     /// hand to [`Self::log_offsets`], errors included (a deleted topic is asked once a round).
     pub async fn end_offsets(&self, partitions: &[TopicPartition]) -> EndOffsets {
         if partitions.is_empty() {
-            return EndOffsets::new();
+            return EndOffsets::default();
         }
         self.offsets_by_leader(partitions, LATEST).await
     }
@@ -494,11 +500,12 @@ impl KafkaCluster {
     async fn log_offsets_by_leader(
         &self,
         partitions: &[TopicPartition],
-        lowest_commits: &HashMap<TopicPartition, Option<i64>>,
+        lowest_commits: &PartitionMap<Option<i64>>,
         mut known_ends: EndOffsets,
-    ) -> HashMap<TopicPartition, Result<LogOffsets, ItemError>> {
+    ) -> PartitionMap<Result<LogOffsets, ItemError>> {
         let now = Instant::now();
-        let mut cached = HashMap::new();
+        let mut cached: PartitionMap<i64> =
+            PartitionMap::with_capacity_and_hasher(partitions.len(), Default::default());
         let mut stale = Vec::new();
         {
             let log_starts = self.log_starts.lock().expect("log starts lock");
@@ -523,6 +530,10 @@ impl KafkaCluster {
             self.offsets_by_leader(&unknown_ends, LATEST),
             self.offsets_by_leader(&stale, EARLIEST)
         );
+        // Into the larger map: on a warm round every end is known and none was asked.
+        if ends.len() < known_ends.len() {
+            std::mem::swap(&mut ends, &mut known_ends);
+        }
         ends.extend(known_ends.drain());
         {
             let mut log_starts = self.log_starts.lock().expect("log starts lock");
@@ -556,8 +567,9 @@ impl KafkaCluster {
         &self,
         partitions: &[TopicPartition],
         timestamp: i64,
-    ) -> HashMap<TopicPartition, Result<i64, ItemError>> {
-        let mut results = HashMap::with_capacity(partitions.len());
+    ) -> PartitionMap<Result<i64, ItemError>> {
+        let mut results =
+            PartitionMap::with_capacity_and_hasher(partitions.len(), Default::default());
         let mut by_leader: BTreeMap<i32, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
         {
             let cache = self.metadata.lock().expect("metadata lock");
@@ -567,12 +579,16 @@ impl KafkaCluster {
                     .and_then(|c| c.leaders.get(partition))
                     .filter(|leader| **leader >= 0)
                 {
-                    Some(leader) => by_leader
-                        .entry(*leader)
-                        .or_default()
-                        .entry(topic.clone())
-                        .or_default()
-                        .push(*partition),
+                    Some(leader) => {
+                        // The topic's name is copied once per leader, not once per partition.
+                        let topics = by_leader.entry(*leader).or_default();
+                        match topics.get_mut(topic.as_str()) {
+                            Some(ids) => ids.push(*partition),
+                            None => {
+                                topics.insert(topic.clone(), vec![*partition]);
+                            }
+                        }
+                    }
                     None => {
                         results.insert(
                             (topic.clone(), *partition),
@@ -767,9 +783,12 @@ mod tests {
         ]);
         assert_eq!(
             offsets.committed,
-            HashMap::from([(tp("a", 0), 7), (tp("c", 0), 0)])
+            PartitionMap::from_iter([(tp("a", 0), 7), (tp("c", 0), 0)])
         );
-        assert_eq!(offsets.failed, HashMap::from([(tp("b", 0), denied)]));
+        assert_eq!(
+            offsets.failed,
+            PartitionMap::from_iter([(tp("b", 0), denied)])
+        );
         assert_eq!(offsets.topics(), HashSet::from(["a", "b", "c"]));
     }
 
