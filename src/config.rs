@@ -206,6 +206,16 @@ impl ScaleTargetRef {
     }
 ]))]
 pub struct TriggerConfig {
+    /// A name for this trigger, unique within its ScaledObject (KEDA's trigger `name`): shown
+    /// in `status.triggers[]`, and what an imported KEDA object called it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: Option<String>,
+    /// How the HPA compares this trigger's value with its target (KEDA's `metricType`):
+    /// `AverageValue` (default) asks for `ceil(value / target)` replicas, `Value` scales the
+    /// current replicas by `value / target`.
+    #[serde(default, skip_serializing_if = "MetricType::is_default")]
+    pub metric_type: MetricType,
     /// Credentials from a TriggerAuthentication in the ScaledObject's namespace, or a
     /// ClusterTriggerAuthentication, mapped to this trigger's credential fields (KEDA's
     /// `authenticationRef`). ScaledObjects only: a config file names files.
@@ -227,6 +237,8 @@ impl TriggerConfig {
     /// The one trigger this entry names, or the keys it sets (none, or more than one).
     pub fn trigger(&self) -> Result<Trigger, Vec<&'static str>> {
         let Self {
+            name: _,
+            metric_type: _,
             authentication_ref: _,
             kafka,
             rabbitmq,
@@ -255,6 +267,8 @@ impl TriggerConfig {
     /// controller fills in the credentials it fetched.
     pub fn triggers_mut(&mut self) -> Vec<(&'static str, &mut dyn TriggerParams)> {
         let Self {
+            name: _,
+            metric_type: _,
             authentication_ref: _,
             kafka,
             rabbitmq,
@@ -281,6 +295,34 @@ impl TriggerConfig {
         set.into_iter()
             .filter_map(|(key, trigger)| Some((key, trigger?)))
             .collect()
+    }
+}
+
+/// How an HPA compares a trigger's value with its target (autoscaling/v2 `MetricTarget.type`);
+/// `Utilization` is for resource metrics only, as in KEDA.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
+pub enum MetricType {
+    /// The HPA wants `ceil(value / target)` replicas: the value is the backlog of all replicas.
+    #[default]
+    AverageValue,
+    /// The HPA wants `ceil(current replicas × value / target)`: the value is a level to hold,
+    /// such as a latency or a lag age.
+    Value,
+}
+
+impl MetricType {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The name autoscaling/v2 uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AverageValue => "AverageValue",
+            Self::Value => "Value",
+        }
     }
 }
 
@@ -744,8 +786,8 @@ mod tests {
             .unwrap()
             .keys()
             .map(String::as_str)
-            // The one key that is not a broker's.
-            .filter(|key| *key != "authenticationRef")
+            // The keys that are not a broker's.
+            .filter(|key| !["authenticationRef", "name", "metricType"].contains(key))
             .collect();
         properties.sort_unstable();
         let mut keys = Trigger::CONFIG_KEYS;

@@ -1560,3 +1560,178 @@ async fn a_brand_new_consumer_group_scales_its_target_from_zero_without_fallback
     common::kafka::delete_topic(&topic).await;
     delete_lease(admin, &lease).await;
 }
+
+/// Marks every Pod of the namespace Running and Ready, as a kubelet would: the HPA counts ready
+/// Pods for a Value target, and the harness has no kubelet. Runs until dropped.
+struct PodsReady(JoinHandle<()>);
+
+impl PodsReady {
+    fn start(admin: &kube::Client, ns: &str) -> Self {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::{Patch, PatchParams};
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+        Self(tokio::spawn(async move {
+            loop {
+                for pod in pods
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                {
+                    let ready = pod.status.as_ref().is_some_and(|s| {
+                        s.phase.as_deref() == Some("Running")
+                            && s.conditions
+                                .iter()
+                                .flatten()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                    });
+                    let Some(name) = pod.metadata.name.as_deref() else {
+                        continue;
+                    };
+                    if !ready {
+                        let status = json!({"status": {"phase": "Running", "conditions": [
+                            {"type": "Ready", "status": "True"}]}});
+                        let _ = pods
+                            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for PodsReady {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test]
+async fn keda_fields_reach_the_hpa_a_value_target_a_named_trigger_labels_and_a_scale_in_pause() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-keda").await;
+    // 30 behind, target 10 as a Value: the HPA multiplies the ready replicas by 30 / 10 = 3 at
+    // each sync (1 -> 3 -> 9), up to maxReplicaCount 8; as an AverageValue it would stop at 3.
+    let (topic, group) = kafka_backlog(&[10, 10, 10]).await;
+    let deployments = deployment(admin, &ns, "worker", 1).await;
+    let _ready = PodsReady::start(admin, &ns);
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    let bootstrap = common::kafka::bootstrap();
+    let worker = |extra: Value| {
+        let mut trigger = kafka_trigger(&bootstrap, &group, &topic);
+        trigger["name"] = "lag".into();
+        trigger["metricType"] = "Value".into();
+        let mut spec = json!({"minReplicaCount": 1, "maxReplicaCount": 8, "pollingInterval": 1,
+            "cooldownPeriod": 5, "triggers": [trigger]});
+        for (key, value) in extra.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        let mut so = scaled_object(&ns, "worker", "worker", spec);
+        so["metadata"]["labels"] = json!({"team": "payments", "build": "4711"});
+        so["metadata"]["annotations"] = json!({"spillway.dev/hpa-excluded-labels": "build"});
+        so
+    };
+
+    let created = Instant::now();
+    k8s::apply(admin, worker(json!({}))).await;
+    let hpa = wait_hpa(&hpas, "spillway-worker", Duration::from_secs(30)).await;
+    let labels = hpa.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("team").map(String::as_str),
+        Some("payments"),
+        "{labels:?}"
+    );
+    assert!(
+        !labels.contains_key("build"),
+        "an excluded label reached the HPA: {labels:?}"
+    );
+    let target = &hpa.spec.as_ref().unwrap().metrics.as_ref().unwrap()[0]
+        .external
+        .as_ref()
+        .unwrap()
+        .target;
+    assert_eq!(
+        (
+            target.type_.as_str(),
+            target.value.as_ref().map(|q| q.0.as_str())
+        ),
+        ("Value", Some("10"))
+    );
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to reach maxReplicaCount 8 on a Value target (30 / 10 times the ready replicas)",
+        Duration::from_secs(120),
+        |r| r == 8,
+    )
+    .await;
+    println!(
+        "Value target, value 30, target 10: 1 -> 8 replicas (max) after {}",
+        secs(created.elapsed())
+    );
+    let status = sos.get("worker").await.unwrap().status.unwrap_or_default();
+    assert_eq!(status.triggers[0].name.as_deref(), Some("lag"));
+    assert_eq!(
+        status.triggers[0].value.as_ref().map(|q| q.0.as_str()),
+        Some("30")
+    );
+
+    // pausedScaleIn: the backlog is consumed, the HPA's scale-down is disabled and the target
+    // stays at 8 past the downscale stabilization (10 s) and the cooldown.
+    k8s::apply(admin, worker(json!({"pausedScaleIn": true}))).await;
+    let paused = wait_condition(&sos, "worker", "Paused", "True", Duration::from_secs(30)).await;
+    assert_eq!(paused.reason, "ScaleInPaused");
+    common::eventually(
+        "the HPA's scale-down to be disabled",
+        Duration::from_secs(30),
+        || async {
+            let hpa = hpas.get("spillway-worker").await.ok()?;
+            let policy = hpa.spec?.behavior?.scale_down?.select_policy?;
+            (policy == "Disabled").then_some(())
+        },
+    )
+    .await;
+    commit(&group, &topic, &[10, 10, 10]);
+    let recorder = ReplicaRecorder::start(deployments.clone(), "worker");
+    common::eventually("the trigger to read 0", Duration::from_secs(30), || async {
+        let status = sos.get("worker").await.ok()?.status?;
+        (status.triggers.first()?.value.as_ref()?.0 == "0").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    recorder.catch_up().await;
+    assert_eq!(
+        replicas(&deployments, "worker").await,
+        8,
+        "pausedScaleIn must hold the replicas with no backlog ({})",
+        recorder.describe()
+    );
+
+    // Unpaused: down to minReplicaCount 1.
+    k8s::apply(admin, worker(json!({}))).await;
+    let resumed = Instant::now();
+    wait_condition(&sos, "worker", "Paused", "False", Duration::from_secs(30)).await;
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to scale in to minReplicaCount 1 once pausedScaleIn is gone",
+        Duration::from_secs(120),
+        |r| r == 1,
+    )
+    .await;
+    println!(
+        "pausedScaleIn held 8 replicas for 20 s at value 0 ({}); unpaused -> 1 after {}",
+        recorder.describe(),
+        secs(resumed.elapsed())
+    );
+
+    delete_scaled_object(&sos, "worker").await;
+    common::kafka::delete_topic(&topic).await;
+    delete_lease(admin, &controller.lease_name).await;
+}

@@ -79,6 +79,14 @@ pub mod condition {
     {
         "rule": "!has(self.fallback) || self.triggers.exists(t, !has(t.cron))",
         "message": "fallback needs a trigger that can fail: cron triggers never do"
+    },
+    {
+        "rule": "!has(self.fallback) || self.triggers.all(t, !has(t.metricType) || t.metricType == 'AverageValue')",
+        "message": "fallback needs AverageValue triggers: the replicas a Value target yields depend on the current replicas, so fallback could not steer to fallback.replicas"
+    },
+    {
+        "rule": "self.triggers.all(t, !has(t.name) || self.triggers.exists_one(u, has(u.name) && u.name == t.name))",
+        "message": "trigger names must be unique within a ScaledObject"
     }
 ]))]
 pub struct ScaledObjectSpec {
@@ -93,6 +101,12 @@ pub struct ScaledObjectSpec {
     #[serde(default = "ScaledObjectSpec::default_cooldown_period")]
     #[schemars(range(min = 0))]
     pub cooldown_period: i32,
+    /// Seconds after the object's creation before a target whose triggers were never active
+    /// may go to idle (KEDA's `initialCooldownPeriod`). Unset: `cooldownPeriod`, counted from
+    /// the creation, so a new object does not take a running target to zero at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub initial_cooldown_period: Option<i32>,
     /// Fewest replicas while active; 0 lets an idle target scale to zero (default 0).
     #[serde(default)]
     #[schemars(range(min = 0))]
@@ -118,6 +132,14 @@ pub struct ScaledObjectSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub paused_replicas: Option<i32>,
+    /// Never scale the target in: the HPA's scale-down is disabled and the target does not go
+    /// to idle (KEDA's `paused-scale-in` annotation). Scaling out goes on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused_scale_in: bool,
+    /// Never scale the target out: the HPA's scale-up is disabled and the target does not
+    /// leave idle (KEDA's `paused-scale-out` annotation). Scaling in goes on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused_scale_out: bool,
     /// What to scale on; each entry names exactly one broker. Each trigger is one External
     /// metric of the HPA, which asks for the most replicas any of them wants.
     #[schemars(length(min = 1, max = MAX_TRIGGERS))]
@@ -138,6 +160,15 @@ impl ScaledObjectSpec {
     /// True when scaling is paused, by `paused` or by `pausedReplicas`.
     pub fn is_paused(&self) -> bool {
         self.paused || self.paused_replicas.is_some()
+    }
+
+    /// The seconds without an active trigger before the target may go to idle: `cooldownPeriod`,
+    /// or `initialCooldownPeriod` when set and no trigger was ever active (`ever_active` false).
+    pub fn cooldown_seconds(&self, ever_active: bool) -> i32 {
+        match self.initial_cooldown_period {
+            Some(initial) if !ever_active => initial,
+            _ => self.cooldown_period,
+        }
     }
 }
 
@@ -240,6 +271,9 @@ pub struct TriggerStatus {
     /// Position in `spec.triggers`.
     #[schemars(range(min = 0))]
     pub index: i32,
+    /// The trigger's `name`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The served metric name, `s<index>-<name>`.
     pub metric: String,
     /// The latest value served to the HPA.
@@ -620,6 +654,17 @@ spec:
                         "username": "u", "threshold": 5.0}});
                 }),
             ),
+            (
+                "fallback needs AverageValue triggers",
+                with_spec(|s| s["triggers"][1]["metricType"] = "Value".into()),
+            ),
+            (
+                "trigger names must be unique",
+                with_spec(|s| {
+                    s["triggers"][0]["name"] = "lag".into();
+                    s["triggers"][2]["name"] = "lag".into();
+                }),
+            ),
         ];
         for (expected, object) in cases {
             let errors = cel_errors(&object);
@@ -629,6 +674,21 @@ spec:
                 object["spec"]
             );
         }
+    }
+
+    #[test]
+    fn cel_rules_accept_named_triggers_and_value_targets_without_fallback() {
+        let named = with_spec(|s| {
+            s["triggers"][0]["name"] = "lag".into();
+            s["triggers"][1]["name"] = "queue".into();
+        });
+        assert_eq!(cel_errors(&named), Vec::<String>::new());
+        let value = with_spec(|s| {
+            s.as_object_mut().unwrap().remove("fallback");
+            s["triggers"][1]["metricType"] = "Value".into();
+            s["triggers"][0]["metricType"] = "AverageValue".into();
+        });
+        assert_eq!(cel_errors(&value), Vec::<String>::new());
     }
 
     #[test]

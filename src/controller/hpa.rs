@@ -22,7 +22,7 @@ use kube::Resource;
 
 use super::crd::ScaledObject;
 use super::triggers::SpecError;
-use crate::config::TriggerConfig;
+use crate::config::{MetricType, TriggerConfig};
 use crate::quantity::format_quantity;
 use crate::registry::SCALED_OBJECT_LABEL;
 use crate::scalers::{TriggerParams, served_metric_name};
@@ -34,6 +34,10 @@ pub const MANAGED_BY: &str = "spillway";
 /// The annotation on an existing HPA that hands it over to the ScaledObject it names (in the
 /// same namespace): whoever may write the HPA may give it away.
 pub const TRANSFER_ANNOTATION: &str = "spillway.dev/transfer-to";
+
+/// The ScaledObject annotation listing, comma-separated, labels not to copy to its HPA (KEDA's
+/// `scaledobject.keda.sh/hpa-excluded-labels`).
+pub const EXCLUDED_LABELS_ANNOTATION: &str = "spillway.dev/hpa-excluded-labels";
 
 /// Whose an existing HPA of the chosen name is, seen from one ScaledObject.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +116,8 @@ pub fn hpa_name(so: &ScaledObject) -> Result<String, HpaError> {
 
 /// The HPA as spillway wants it for `so`: owned by it, one External metric per trigger named
 /// as the metrics API serves it and selected by the ScaledObject's label, each with the
-/// trigger's target as an AverageValue (so the HPA asks for `ceil(value / target)` replicas).
+/// trigger's target as an AverageValue (so the HPA asks for `ceil(value / target)` replicas) or,
+/// with `metricType: Value`, a Value.
 pub fn desired_hpa(so: &ScaledObject) -> Result<HorizontalPodAutoscaler, HpaError> {
     let config = so.to_config()?;
     let name = hpa_name(so)?;
@@ -137,7 +142,7 @@ pub fn desired_hpa(so: &ScaledObject) -> Result<HorizontalPodAutoscaler, HpaErro
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(config.namespace.clone()),
-            labels: Some(owned_labels(&config.name)),
+            labels: Some(hpa_labels(so, &config.name)),
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
@@ -149,12 +154,7 @@ pub fn desired_hpa(so: &ScaledObject) -> Result<HorizontalPodAutoscaler, HpaErro
             },
             min_replicas: Some(so.spec.min_replica_count.max(1)),
             max_replicas: so.spec.max_replica_count,
-            behavior: so
-                .spec
-                .advanced
-                .as_ref()
-                .and_then(|a| a.horizontal_pod_autoscaler_config.as_ref())
-                .and_then(|c| c.behavior.clone()),
+            behavior: behavior(so),
             metrics: Some(metrics),
         }),
         status: None,
@@ -167,6 +167,56 @@ fn owned_labels(name: &str) -> BTreeMap<String, String> {
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         (SCALED_OBJECT_LABEL.to_owned(), name.to_owned()),
     ])
+}
+
+/// The HPA's labels: the ScaledObject's own, as KEDA propagates them (so a team's cost or
+/// ownership labels reach its HPA), less those [`EXCLUDED_LABELS_ANNOTATION`] lists, and
+/// spillway's [`owned_labels`] over them.
+fn hpa_labels(so: &ScaledObject, name: &str) -> BTreeMap<String, String> {
+    let excluded: Vec<&str> = so
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXCLUDED_LABELS_ANNOTATION))
+        .map(|list| list.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = so
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(key, _)| !excluded.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    labels.extend(owned_labels(name));
+    labels
+}
+
+/// `advanced.horizontalPodAutoscalerConfig.behavior`, with the direction `pausedScaleIn` or
+/// `pausedScaleOut` holds set to `selectPolicy: Disabled` (how KEDA pauses one direction).
+fn behavior(so: &ScaledObject) -> Option<HorizontalPodAutoscalerBehavior> {
+    let configured = so
+        .spec
+        .advanced
+        .as_ref()
+        .and_then(|a| a.horizontal_pod_autoscaler_config.as_ref())
+        .and_then(|c| c.behavior.clone());
+    if !so.spec.paused_scale_in && !so.spec.paused_scale_out {
+        return configured;
+    }
+    let mut behavior = configured.unwrap_or_default();
+    let disable = |rules: &mut Option<HPAScalingRules>| {
+        rules
+            .get_or_insert_with(HPAScalingRules::default)
+            .select_policy = Some("Disabled".to_owned());
+    };
+    if so.spec.paused_scale_in {
+        disable(&mut behavior.scale_down);
+    }
+    if so.spec.paused_scale_out {
+        disable(&mut behavior.scale_up);
+    }
+    Some(behavior)
 }
 
 fn external_metric(
@@ -186,11 +236,19 @@ fn external_metric(
                 name: served_metric_name(index, &trigger),
                 selector: Some(selector.clone()),
             },
-            target: MetricTarget {
-                type_: "AverageValue".to_owned(),
-                average_value: Some(Quantity(quantity.text)),
-                average_utilization: None,
-                value: None,
+            target: match entry.metric_type {
+                MetricType::AverageValue => MetricTarget {
+                    type_: "AverageValue".to_owned(),
+                    average_value: Some(Quantity(quantity.text)),
+                    average_utilization: None,
+                    value: None,
+                },
+                MetricType::Value => MetricTarget {
+                    type_: "Value".to_owned(),
+                    value: Some(Quantity(quantity.text)),
+                    average_utilization: None,
+                    average_value: None,
+                },
             },
         }),
         ..MetricSpec::default()
@@ -525,6 +583,53 @@ spec:
         assert_eq!(
             spec.scale_target_ref.api_version.as_deref(),
             Some("argoproj.io/v1alpha1")
+        );
+    }
+
+    #[test]
+    fn labels_value_targets_and_one_way_pauses_reach_the_hpa() {
+        let mut so = scaled_object(ORDERS);
+        so.metadata.labels = Some(BTreeMap::from([
+            ("team".to_owned(), "payments".to_owned()),
+            ("build".to_owned(), "4711".to_owned()),
+            // A label spillway sets itself is spillway's value on the HPA.
+            (MANAGED_BY_LABEL.to_owned(), "helm".to_owned()),
+        ]));
+        so.metadata.annotations = Some(BTreeMap::from([(
+            EXCLUDED_LABELS_ANNOTATION.to_owned(),
+            "build, other".to_owned(),
+        )]));
+        so.spec.triggers[2].metric_type = MetricType::Value;
+        so.spec.paused_scale_in = true;
+        let hpa = serde_json::to_value(desired_hpa(&so).unwrap()).unwrap();
+        assert_eq!(
+            hpa["metadata"]["labels"],
+            serde_json::json!({
+                "team": "payments",
+                "app.kubernetes.io/managed-by": "spillway",
+                "scaledobject.spillway.dev/name": "orders-consumer"
+            })
+        );
+        assert_eq!(
+            hpa["spec"]["metrics"][2]["external"]["target"],
+            serde_json::json!({"type": "Value", "value": "12k"})
+        );
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["external"]["target"]["type"],
+            "AverageValue"
+        );
+        // The configured scale-down window stays; only the paused direction is disabled.
+        assert_eq!(
+            hpa["spec"]["behavior"],
+            serde_json::json!({"scaleDown": {"stabilizationWindowSeconds": 60, "selectPolicy": "Disabled"}})
+        );
+        so.spec.paused_scale_in = false;
+        so.spec.paused_scale_out = true;
+        so.spec.advanced = None;
+        let hpa = serde_json::to_value(desired_hpa(&so).unwrap()).unwrap();
+        assert_eq!(
+            hpa["spec"]["behavior"],
+            serde_json::json!({"scaleUp": {"selectPolicy": "Disabled"}})
         );
     }
 

@@ -684,16 +684,35 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
             &so,
         ),
     }
+    let (paused_status, paused_reason, paused_message) = if paused {
+        (true, "Paused", "spec.paused or spec.pausedReplicas is set")
+    } else if so.spec.paused_scale_in && so.spec.paused_scale_out {
+        (
+            true,
+            "ScaleInAndOutPaused",
+            "spec.pausedScaleIn and spec.pausedScaleOut are set: the HPA holds the replicas",
+        )
+    } else if so.spec.paused_scale_in {
+        (
+            true,
+            "ScaleInPaused",
+            "spec.pausedScaleIn is set: the target may grow, never shrink",
+        )
+    } else if so.spec.paused_scale_out {
+        (
+            true,
+            "ScaleOutPaused",
+            "spec.pausedScaleOut is set: the target may shrink, never grow",
+        )
+    } else {
+        (false, "NotPaused", "scaling is on")
+    };
     set_condition(
         &mut status,
         condition::PAUSED,
-        paused,
-        if paused { "Paused" } else { "NotPaused" },
-        if paused {
-            "spec.paused or spec.pausedReplicas is set"
-        } else {
-            "scaling is on"
-        },
+        paused_status,
+        paused_reason,
+        paused_message,
         &so,
     );
     status.observed_generation = so.metadata.generation;
@@ -707,7 +726,10 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         .iter()
         .zip(&states)
         .enumerate()
-        .map(|(index, ((_, metric), state))| trigger_status(index, metric, state.as_ref()))
+        .map(|(index, ((_, metric), state))| {
+            let name = so.spec.triggers.get(index).and_then(|t| t.name.clone());
+            trigger_status(index, name, metric, state.as_ref())
+        })
         .collect();
     write_status(ctx, &so, status).await?;
     Ok(Action::requeue(interval.max(MIN_REQUEUE)))
@@ -757,6 +779,7 @@ fn target_plan(
             want_hpa: false,
         };
     }
+    let ever_active = status.last_active_time.is_some();
     let last_active = status
         .last_active_time
         .as_ref()
@@ -765,7 +788,29 @@ fn target_plan(
         .unwrap_or(now);
     let current = u32::try_from(replicas).unwrap_or(0);
     let cooldown = Cooldown::Measured { last_active, now };
-    match decide(rules, Some(current), &act.triggers, cooldown) {
+    let cooldown_seconds = so.spec.cooldown_seconds(ever_active);
+    let rules = ZeroRules {
+        cooldown_seconds: cooldown_seconds.max(0) as u32,
+        ..*rules
+    };
+    let hold = TargetPlan {
+        action: None,
+        want_hpa: true,
+    };
+    match decide(&rules, Some(current), &act.triggers, cooldown) {
+        // pausedScaleOut: an idle target stays idle, without the HPA that would raise it
+        // (a target that never idles keeps its HPA, whose scale-up is disabled).
+        ZeroDecision::FromIdle { .. } | ZeroDecision::FallbackFromZero { .. }
+            if so.spec.paused_scale_out =>
+        {
+            TargetPlan {
+                action: None,
+                want_hpa: !rules.scales_to_idle(),
+            }
+        }
+        // pausedScaleIn: a target above its idle count keeps it, and its HPA (scale-down
+        // disabled) holds it; one already idle stays as it is.
+        ZeroDecision::ToIdle { to, .. } if so.spec.paused_scale_in && current != to => hold,
         ZeroDecision::FromIdle { to } => TargetPlan {
             action: action(to as i32, "ScaledFromIdle", "a trigger is active".into()),
             want_hpa: true,
@@ -777,9 +822,14 @@ fn target_plan(
                         to as i32,
                         "ScaledToIdle",
                         format!(
-                            "no trigger active for {}s (cooldownPeriod {}s)",
+                            "no trigger active for {}s ({} {}s)",
                             idle_for.map_or(0, |d| d.as_secs_f64() as i64),
-                            so.spec.cooldown_period
+                            if ever_active || so.spec.initial_cooldown_period.is_none() {
+                                "cooldownPeriod"
+                            } else {
+                                "initialCooldownPeriod"
+                            },
+                            cooldown_seconds
                         ),
                     )
                 })
@@ -794,10 +844,7 @@ fn target_plan(
             ),
             want_hpa: true,
         },
-        ZeroDecision::Hold(_) => TargetPlan {
-            action: None,
-            want_hpa: true,
-        },
+        ZeroDecision::Hold(_) => hold,
     }
 }
 
@@ -1060,9 +1107,15 @@ async fn delete_hpa(
     }
 }
 
-fn trigger_status(index: usize, metric: &str, state: Option<&TriggerState>) -> TriggerStatus {
+fn trigger_status(
+    index: usize,
+    name: Option<String>,
+    metric: &str,
+    state: Option<&TriggerState>,
+) -> TriggerStatus {
     TriggerStatus {
         index: index as i32,
+        name,
         metric: metric.to_owned(),
         value: state
             .and_then(|s| s.current())
@@ -1442,6 +1495,112 @@ mod tests {
                 action: None,
                 want_hpa: false
             }
+        );
+    }
+
+    #[test]
+    fn one_way_pauses_and_the_initial_cooldown_shape_the_plan() {
+        let spec = |extra: &str| -> ScaledObject {
+            let mut so: ScaledObject = serde_norway::from_str(
+                &(SO.to_owned() + "  minReplicaCount: 0\n  cooldownPeriod: 60\n" + extra),
+            )
+            .unwrap();
+            so.metadata.creation_timestamp =
+                Some(Time(Timestamp::from_second(1_700_000_000 - 20).unwrap()));
+            so
+        };
+        let cache = MetricCache::new();
+        let id = TriggerId {
+            namespace: "shop".into(),
+            scaled_object: "worker".into(),
+            index: 0,
+        };
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let never_active = ScaledObjectStatus::default();
+        let long_ago = ScaledObjectStatus {
+            last_active_time: Some(Time(now.checked_sub(jiff_seconds(600)).unwrap())),
+            ..Default::default()
+        };
+        let read = |value: f64, active: bool| {
+            cache.record(
+                id.clone(),
+                Ok(Reading::new(value, active)),
+                Duration::from_millis(1),
+            );
+            vec![cache.get(&id)]
+        };
+        let plan = |so: &ScaledObject, states: &[Option<TriggerState>], st, replicas| {
+            let rules = ZeroRules::from_spec(&so.spec);
+            target_plan(
+                so,
+                &rules,
+                &activity(&rules, states),
+                states,
+                st,
+                replicas,
+                now,
+            )
+        };
+        let to = |p: &TargetPlan| p.action.as_ref().map(|a| (a.to, a.reason));
+
+        // Created 20 s ago, never active: cooldownPeriod (60 s) from the creation holds it;
+        // initialCooldownPeriod 10 lets it go, and 0 at once, as KEDA's default does.
+        let idle = read(0.0, false);
+        assert_eq!(to(&plan(&spec(""), &idle, &never_active, 2)), None);
+        let initial = spec("  initialCooldownPeriod: 10\n");
+        let p = plan(&initial, &idle, &never_active, 2);
+        assert_eq!(to(&p), Some((0, "ScaledToIdle")));
+        assert!(p.action.unwrap().why.contains("initialCooldownPeriod 10s"));
+        assert_eq!(
+            to(&plan(
+                &spec("  initialCooldownPeriod: 0\n"),
+                &idle,
+                &never_active,
+                2
+            )),
+            Some((0, "ScaledToIdle"))
+        );
+        // Once a trigger was active, cooldownPeriod applies again.
+        let recent = ScaledObjectStatus {
+            last_active_time: Some(Time(now.checked_sub(jiff_seconds(15)).unwrap())),
+            ..Default::default()
+        };
+        assert_eq!(to(&plan(&initial, &idle, &recent, 2)), None);
+
+        // pausedScaleIn: past the cooldown the target keeps its replicas and its HPA.
+        let no_in = spec("  pausedScaleIn: true\n");
+        assert_eq!(
+            plan(&no_in, &idle, &long_ago, 2),
+            TargetPlan {
+                action: None,
+                want_hpa: true
+            }
+        );
+        assert_eq!(
+            to(&plan(&spec(""), &idle, &long_ago, 2)),
+            Some((0, "ScaledToIdle"))
+        );
+        // ... and an active trigger still brings it from zero.
+        let busy = read(50.0, true);
+        assert_eq!(
+            to(&plan(&no_in, &busy, &long_ago, 0)),
+            Some((1, "ScaledFromIdle"))
+        );
+
+        // pausedScaleOut: an active trigger leaves an idle target idle, without an HPA; scaling
+        // in goes on.
+        let no_out = spec("  pausedScaleOut: true\n");
+        assert_eq!(
+            plan(&no_out, &busy, &long_ago, 0),
+            TargetPlan {
+                action: None,
+                want_hpa: false
+            }
+        );
+        let idle = read(0.0, false);
+        assert_eq!(
+            to(&plan(&no_out, &idle, &long_ago, 3)),
+            Some((0, "ScaledToIdle"))
         );
     }
 

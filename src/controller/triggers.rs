@@ -128,6 +128,22 @@ impl ScaledObject {
         }
         for (index, entry) in spec.triggers.iter().enumerate() {
             trigger_of(index, entry)?;
+            if let Some(name) = &entry.name
+                && spec.triggers[..index]
+                    .iter()
+                    .any(|other| other.name.as_ref() == Some(name))
+            {
+                return Err(invalid(
+                    &format!("triggers[{index}].name"),
+                    format!("{name:?} names an earlier trigger too: trigger names must be unique"),
+                ));
+            }
+            if spec.fallback.is_some() && entry.metric_type != config::MetricType::AverageValue {
+                return Err(invalid(
+                    &format!("triggers[{index}].metricType"),
+                    "fallback needs AverageValue triggers: the replicas a Value target yields depend on the current replicas".into(),
+                ));
+            }
             let mut entry = entry.clone();
             if let Some(field) =
                 entry_secret_sources(&mut entry)

@@ -501,6 +501,8 @@ fn credentials_of(manifest: &Manifest) -> Option<(AuthenticationKind, Credential
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MetricType;
+    use crate::controller::hpa::EXCLUDED_LABELS_ANNOTATION;
 
     fn report(yaml: &str, completeness: Completeness) -> Report {
         let documents = input::parse("t.yaml", yaml).unwrap();
@@ -564,13 +566,12 @@ mod tests {
     #[test]
     fn what_spillway_lacks_refuses_the_object_with_every_reason() {
         let yaml = format!(
-            "{SO}  annotations: {{autoscaling.keda.sh/paused-scale-in: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  initialCooldownPeriod: 60\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: currentReplicas}}\n  advanced: {{restoreToOriginalReplicaCount: true}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
+            "{SO}  annotations: {{autoscaling.keda.sh/force-activation: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: currentReplicas}}\n  advanced: {{restoreToOriginalReplicaCount: true}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
         );
         let report = report(&yaml, Completeness::Partial);
         let text = reasons(&report, "ScaledObject shop/w");
         for phrase in [
-            "paused-scale-in]: spillway cannot pause one direction only",
-            "initialCooldownPeriod: 60 is not supported",
+            "force-activation]: spillway has no forced activation",
             "fallback.behavior: \"currentReplicas\" is not supported",
             "restoreToOriginalReplicaCount: spillway does not restore",
             "spec.unknownField: is not a field spillway knows",
@@ -581,6 +582,78 @@ mod tests {
         }
         assert!(reasons(&report, "ScaledJob shop/j").contains("ScaledJobs"));
         assert_eq!(report.imported(), 0);
+    }
+
+    #[test]
+    fn one_way_pauses_names_value_targets_labels_and_the_initial_cooldown_carry_over() {
+        let yaml = format!(
+            "{SO}  labels: {{team: orders, build: '7'}}\n  annotations: {{autoscaling.keda.sh/paused-scale-in: 'true', scaledobject.keda.sh/hpa-excluded-labels: build, scaledobject.keda.sh/transfer-hpa-ownership: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  initialCooldownPeriod: 60\n  triggers:\n  - {{type: prometheus, name: latency, metricType: Value, metadata: {{serverAddress: 'http://p:9090', query: up, threshold: '1'}}}}\n  - {{type: cron, name: office, metricType: AverageValue, metadata: {{timezone: UTC, start: '0 8 * * *', end: '0 18 * * *', desiredReplicas: '2'}}}}\n"
+        );
+        let imported = report(&yaml, Completeness::Partial);
+        let Outcome::Imported {
+            manifest: Manifest::ScaledObject(so),
+            differences,
+            ..
+        } = &imported.outcomes[0]
+        else {
+            panic!("{}", imported.check());
+        };
+        assert!(so.spec.paused_scale_in && !so.spec.paused_scale_out);
+        assert_eq!(so.spec.initial_cooldown_period, Some(60));
+        let names: Vec<_> = so.spec.triggers.iter().map(|t| t.name.as_deref()).collect();
+        assert_eq!(names, [Some("latency"), Some("office")]);
+        assert_eq!(so.spec.triggers[0].metric_type, MetricType::Value);
+        assert_eq!(so.spec.triggers[1].metric_type, MetricType::AverageValue);
+        assert_eq!(
+            so.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .get(EXCLUDED_LABELS_ANNOTATION)
+                .map(String::as_str),
+            Some("build")
+        );
+        assert_eq!(so.metadata.labels.as_ref().unwrap().len(), 2);
+        let differences = differences.join("\n");
+        assert!(
+            differences.contains("written as spec.pausedScaleIn: true"),
+            "{differences}"
+        );
+        assert!(
+            differences.contains("transfer-hpa-ownership]: left out"),
+            "{differences}"
+        );
+
+        // KEDA's default initialCooldownPeriod (0) is written out: spillway's unset one waits
+        // cooldownPeriod after creation.
+        let plain = report(
+            &format!(
+                "{SO}spec:\n  scaleTargetRef: {{name: w}}\n  triggers:\n  - {{type: prometheus, metadata: {{serverAddress: 'http://p:9090', query: up, threshold: '1'}}}}\n"
+            ),
+            Completeness::Partial,
+        );
+        let Outcome::Imported {
+            manifest: Manifest::ScaledObject(so),
+            ..
+        } = &plain.outcomes[0]
+        else {
+            panic!("{}", plain.check());
+        };
+        assert_eq!(so.spec.initial_cooldown_period, Some(0));
+
+        // A Value trigger under fallback is refused with the reason.
+        let refused = report(
+            &format!(
+                "{SO}spec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 2}}\n  triggers:\n  - {{type: prometheus, metricType: Value, metadata: {{serverAddress: 'http://p:9090', query: up, threshold: '1'}}}}\n"
+            ),
+            Completeness::Partial,
+        );
+        assert!(
+            reasons(&refused, "ScaledObject shop/w")
+                .contains("fallback needs AverageValue triggers"),
+            "{}",
+            refused.check()
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! |---|---|
 //! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, advanced.horizontalPodAutoscalerConfig {name, behavior}, triggers[].authenticationRef | same, written out |
 //! | annotations `autoscaling.keda.sh/paused`, `paused-replicas` | `spec.paused`, `spec.pausedReplicas` |
-//! | fallback.behavior static, metricType AverageValue, initialCooldownPeriod 0, restoreToOriginalReplicaCount false, trigger `name`, useCachedMetrics, envSourceContainerName | left out with a note: spillway behaves so |
-//! | fallback.behavior other, metricType Value or Utilization, initialCooldownPeriod above 0, restoreToOriginalReplicaCount true, scalingModifiers, `paused-scale-in`/`-out`, `force-activation`, `transfer-hpa-ownership`, cpu and memory triggers, other trigger types | refused |
+//! | initialCooldownPeriod (0), triggers[].name, triggers[].metricType Value, metadata.labels (copied to the HPA) | same, written out (AverageValue left out: the default) |
+//! | annotations `paused-scale-in`, `paused-scale-out`, `scaledobject.keda.sh/hpa-excluded-labels` | `spec.pausedScaleIn`, `spec.pausedScaleOut`, `spillway.dev/hpa-excluded-labels` |
+//! | fallback.behavior static, restoreToOriginalReplicaCount false, useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
+//! | fallback.behavior other, metricType Utilization, fallback with a Value trigger, restoreToOriginalReplicaCount true, scalingModifiers, `force-activation`, cpu and memory triggers, other trigger types | refused |
 //!
 //! The result must pass the controller's checks (`spillway plan`'s), and a trigger's
 //! `authenticationRef` is checked against the imported TriggerAuthentication it names: its
@@ -22,6 +24,7 @@ use super::{
 };
 use crate::config::TriggerConfig;
 use crate::controller::crd::{MAX_NAME_LENGTH, ScaledObject};
+use crate::controller::hpa::EXCLUDED_LABELS_ANNOTATION;
 use crate::controller::trigger_auth::{Credentials, describe, fill_credentials};
 use crate::plan::PlanSource;
 use crate::scalers::{ScalerError, TriggerParams};
@@ -119,11 +122,6 @@ pub(super) fn map(object: &KedaObject, authentications: &Authentications) -> Out
     }
     let mut spec = Map::new();
     annotations(&mut metadata, &mut spec, &mut found);
-    if metadata.contains_key("labels") {
-        found.differences.push(
-            "metadata.labels: kept on the ScaledObject; spillway does not copy them to the HPA (KEDA does)".to_owned(),
-        );
-    }
     let empty = Map::new();
     let given = match object.value.get("spec") {
         Some(Value::Object(spec)) => spec,
@@ -143,21 +141,12 @@ pub(super) fn map(object: &KedaObject, authentications: &Authentications) -> Out
     for (field, value) in given {
         match field.as_str() {
             "scaleTargetRef" => spec.insert(field.clone(), scale_target_ref(value, &mut found)),
-            "pollingInterval" | "cooldownPeriod" | "minReplicaCount" | "maxReplicaCount"
-            | "idleReplicaCount" => spec.insert(field.clone(), value.clone()),
-            "initialCooldownPeriod" => {
-                if value.as_i64() == Some(0) {
-                    found.differences.push(
-                        "spec.initialCooldownPeriod: 0 left out (spillway has none, the same as 0)"
-                            .to_owned(),
-                    );
-                } else {
-                    found.reasons.push(format!(
-                        "spec.initialCooldownPeriod: {value} is not supported by spillway yet (it may scale a new object to zero after cooldownPeriod)"
-                    ));
-                }
-                None
-            }
+            "pollingInterval"
+            | "cooldownPeriod"
+            | "minReplicaCount"
+            | "maxReplicaCount"
+            | "idleReplicaCount"
+            | "initialCooldownPeriod" => spec.insert(field.clone(), value.clone()),
             "fallback" => spec.insert(field.clone(), fallback(value, &mut found)),
             "advanced" => advanced(value, &mut found, &mut hpa_name)
                 .and_then(|advanced| spec.insert(field.clone(), advanced)),
@@ -182,6 +171,10 @@ pub(super) fn map(object: &KedaObject, authentications: &Authentications) -> Out
             }
         };
     }
+    // KEDA lets a never-active object go idle right after creation (initialCooldownPeriod
+    // 0); spillway's unset field waits cooldownPeriod, so KEDA's default is written out.
+    spec.entry("initialCooldownPeriod")
+        .or_insert_with(|| 0.into());
     if triggers.is_empty() && !given.is_empty() {
         found.reasons.push("spec.triggers: none given".to_owned());
     }
@@ -269,17 +262,23 @@ fn annotations(
                 _ => found.reasons.push(format!("{at}: {text:?} is not a replica count")),
             },
             "autoscaling.keda.sh/paused-scale-in" | "autoscaling.keda.sh/paused-scale-out" => {
-                found.reasons.push(format!("{at}: spillway cannot pause one direction only yet (spec.paused pauses both)"))
+                let field = if key.ends_with("-in") { "pausedScaleIn" } else { "pausedScaleOut" };
+                let paused = !text.eq_ignore_ascii_case("false");
+                spec.insert(field.into(), paused.into());
+                found.differences.push(format!("{at}: written as spec.{field}: {paused}"));
             }
             "autoscaling.keda.sh/force-activation" => {
                 found.reasons.push(format!("{at}: spillway has no forced activation"))
             }
-            "scaledobject.keda.sh/transfer-hpa-ownership" => found.reasons.push(format!(
-                "{at}: spillway adopts an HPA when the HPA is annotated spillway.dev/transfer-to: <ScaledObject name>; annotate the HPA instead"
+            "scaledobject.keda.sh/transfer-hpa-ownership" => found.differences.push(format!(
+                "{at}: left out: spillway takes an existing HPA over only when the HPA itself is annotated spillway.dev/transfer-to: <ScaledObject name> and no other object controls it (see Coming from KEDA: cutover)"
             )),
-            "scaledobject.keda.sh/hpa-excluded-labels" => found
-                .differences
-                .push(format!("{at}: left out: spillway copies no labels to the HPA")),
+            "scaledobject.keda.sh/hpa-excluded-labels" => {
+                annotations.insert(EXCLUDED_LABELS_ANNOTATION.into(), value.clone());
+                found.differences.push(format!(
+                    "{at}: written as {EXCLUDED_LABELS_ANNOTATION}"
+                ));
+            }
             "validations.keda.sh/hpa-ownership" => found.differences.push(format!(
                 "{at}: left out: spillway never overwrites an HPA it does not own"
             )),
@@ -380,14 +379,15 @@ fn trigger(index: usize, value: &Value, found: &mut Findings) -> Value {
     for (key, field) in fields {
         match key.as_str() {
             "type" | "metadata" => {}
-            "name" => found.differences.push(format!(
-                "{at}.name: {field} left out: spillway names a trigger's metric by its index (s{index}-...)"
-            )),
-            "metricType" if field.as_str() == Some("AverageValue") => found.differences.push(format!(
-                "{at}.metricType: AverageValue left out (spillway's only type)"
-            )),
+            "name" => {
+                out.insert(key.clone(), field.clone());
+            }
+            "metricType" if field.as_str() == Some("AverageValue") => {}
+            "metricType" if field.as_str() == Some("Value") => {
+                out.insert(key.clone(), field.clone());
+            }
             "metricType" => found.reasons.push(format!(
-                "{at}.metricType: {field} is not supported by spillway yet (AverageValue only)"
+                "{at}.metricType: {field} is for cpu and memory triggers, which spillway does not support yet (AverageValue and Value are)"
             )),
             "useCachedMetrics" => cached = field.as_bool() == Some(true) || field.as_str() == Some("true"),
             "authenticationRef" => {

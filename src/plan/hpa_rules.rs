@@ -1,5 +1,5 @@
 //! The HPA's rules for one sync, as kubernetes `pkg/controller/podautoscaler` applies them:
-//! AverageValue per trigger (ceil on milli-units), the tolerance band, the stabilization
+//! AverageValue or Value per trigger (ceil on milli-units), the tolerance band, the stabilization
 //! windows and the scaling policies of a `behavior`, or the built-in limits without one.
 
 use std::fmt::{self, Write as _};
@@ -23,6 +23,22 @@ pub(super) fn average_value_replicas(value: f64, target: f64) -> u32 {
 /// usage / (target × current): how far the value is from what `current` replicas carry.
 pub(super) fn usage_ratio(value: f64, target: f64, current: u32) -> f64 {
     milli(value) as f64 / (milli(target) as f64 * f64::from(current))
+}
+
+/// The HPA's Value rule for an External metric: usage / target scales the current replicas,
+/// ceil(ratio × current), or ceil(ratio) at 0 (kubernetes `getUsageRatioReplicaCount`, with
+/// every replica taken as ready). Returns the replicas and the ratio.
+pub(super) fn value_replicas(value: f64, target: f64, current: Option<u32>) -> (u32, f64) {
+    let (value, target) = (milli(value), milli(target));
+    if target <= 0 || value <= 0 {
+        return (0, 0.0);
+    }
+    let ratio = value as f64 / target as f64;
+    let scaled = match current {
+        Some(current) if current > 0 => ratio * f64::from(current),
+        _ => ratio,
+    };
+    (scaled.ceil() as u32, ratio)
 }
 
 /// A value in milli-units, rounded; NaN reads as 0 and the rest saturates (`as`).

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use super::hpa_rules::HpaRules;
 use crate::cache::{TriggerId, TriggerState};
-use crate::config::{ScaledObjectConfig, TriggerConfig};
+use crate::config::{MetricType, ScaledObjectConfig, TriggerConfig};
 use crate::controller::crd::ScaledObject;
 pub use crate::controller::scale_to_zero::Fallback;
 use crate::controller::scale_to_zero::TriggerActivity;
@@ -106,8 +106,9 @@ impl Observed {
 pub struct PlanTrigger {
     /// The served metric name, `s<index>-<name>`.
     pub metric: String,
-    /// The AverageValue target.
+    /// The target, an AverageValue or a Value as `metric_type` says.
     pub target: f64,
+    pub metric_type: MetricType,
     /// Values above this are active.
     pub activation: f64,
     pub observed: Observed,
@@ -383,9 +384,11 @@ fn reads_an_unfetched_secret(entry: &TriggerConfig, error: &ScalerError) -> bool
 fn plan_triggers(config: &ScaledObjectConfig) -> Result<Vec<PlanTrigger>, SpecError> {
     Ok(triggers(config)?
         .into_iter()
-        .map(|(id, trigger)| PlanTrigger {
+        .zip(&config.triggers)
+        .map(|((id, trigger), entry)| PlanTrigger {
             metric: served_metric_name(id.index, &trigger),
             target: trigger.target_value(),
+            metric_type: entry.metric_type,
             activation: trigger.activation_threshold(),
             observed: Observed::Failed {
                 error: "no value given".into(),

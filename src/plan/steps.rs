@@ -5,10 +5,11 @@ use std::fmt::Write as _;
 
 use super::hpa_rules::{
     DEFAULT_TOLERANCE, HpaRules, SYNC_PERIOD_SECONDS, Tolerance, average_value_replicas,
-    usage_ratio,
+    usage_ratio, value_replicas,
 };
 use super::input::{Fallback, Observed, Pause, PlanInput, PlanTrigger};
 use super::render::{format_number, format_ratio};
+use crate::config::MetricType;
 use crate::controller::scale_to_zero::{
     Cooldown, HoldReason, TriggerActivity, ZeroDecision, ZeroRules, decide,
 };
@@ -535,10 +536,23 @@ fn trigger_plan(
             }
         },
     };
-    let raw = value.map(|v| average_value_replicas(v, target));
-    let ratio = value
-        .zip(current.filter(|c| *c > 0))
-        .map(|(v, c)| usage_ratio(v, target, c));
+    let by_value = trigger.metric_type == MetricType::Value;
+    let (raw, ratio) = if by_value {
+        let computed = value.map(|v| value_replicas(v, target, current));
+        (
+            computed.map(|(replicas, _)| replicas),
+            computed
+                .filter(|_| current.is_some_and(|c| c > 0))
+                .map(|(_, ratio)| ratio),
+        )
+    } else {
+        (
+            value.map(|v| average_value_replicas(v, target)),
+            value
+                .zip(current.filter(|c| *c > 0))
+                .map(|(v, c)| usage_ratio(v, target, c)),
+        )
+    };
     let within = ratio.map(|r| tolerance.contains(r));
     let (proposal, mut why) = match (value, raw, within, current) {
         (Some(_), _, Some(true), Some(c)) => (
@@ -546,6 +560,14 @@ fn trigger_plan(
             format!(
                 "usage ratio {} within {tolerance}: keeps {c}",
                 format_ratio(ratio.unwrap_or_default())
+            ),
+        ),
+        (Some(v), Some(r), _, Some(c)) if by_value && c > 0 => (
+            Some(r),
+            format!(
+                "Value target: ceil({c} × {} / {}) = {r}",
+                format_number(v),
+                format_number(target)
             ),
         ),
         (Some(v), Some(r), _, _) => (
@@ -628,6 +650,7 @@ mod tests {
         PlanTrigger {
             metric: metric.into(),
             target,
+            metric_type: MetricType::AverageValue,
             activation: 0.0,
             observed: Observed::Value {
                 value,
@@ -640,6 +663,7 @@ mod tests {
         PlanTrigger {
             metric: metric.into(),
             target,
+            metric_type: MetricType::AverageValue,
             activation: 0.0,
             observed: Observed::Failed {
                 error: "kafka k:9092 is unreachable: refused".into(),
@@ -757,6 +781,32 @@ mod tests {
             assert_eq!(t.ratio, ratio, "{value}");
             assert_eq!(t.within_tolerance, Some(within), "{value}");
             assert_eq!(t.proposal, Some(proposal), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_value_target_scales_the_current_count_by_value_over_target() {
+        // metricType Value, target 100, current 4: ratio = value / 100, not / (100 × 4).
+        let cases = [
+            // 150 / 100 = 1.5: ceil(4 × 1.5) = 6.
+            (150.0, Some(4), Some(1.5), false, 6),
+            // 105 / 100 = 1.05: inside the band, keeps 4.
+            (105.0, Some(4), Some(1.05), true, 4),
+            // 30 / 100 = 0.3: ceil(4 × 0.3) = 2.
+            (30.0, Some(4), Some(0.3), false, 2),
+            // No current count: ceil(ratio) = ceil(2.5) = 3, as the HPA at 0 replicas.
+            (250.0, None, None, false, 3),
+        ];
+        for (value, current, ratio, within, proposal) in cases {
+            let mut t = trigger("s0-prometheus", 100.0, value);
+            t.metric_type = MetricType::Value;
+            let plan = plan(&input(vec![t], current));
+            let t = &plan.triggers[0];
+            assert_eq!(t.ratio, ratio, "{value}");
+            assert_eq!(t.proposal, Some(proposal), "{value}");
+            if current.is_some() {
+                assert_eq!(t.within_tolerance, Some(within), "{value}");
+            }
         }
     }
 
