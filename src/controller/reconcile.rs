@@ -404,8 +404,26 @@ pub async fn run(
 }
 
 fn error_policy(so: Arc<ScaledObject>, err: &ReconcileError, _: Arc<Context>) -> Action {
-    tracing::warn!(namespace = so.namespace().unwrap_or_default(), name = %so.name_any(), error = %err, "reconcile failed; retrying");
-    Action::requeue(RETRY_BROKEN)
+    let retry = retry_after(err);
+    tracing::warn!(namespace = so.namespace().unwrap_or_default(), name = %so.name_any(), error = %err, retry_secs = retry.as_secs(), "reconcile failed; retrying");
+    Action::requeue(retry)
+}
+
+/// When a failed reconcile runs again. The API server unreachable, overloaded or failing
+/// (transport errors, 429, 5xx) is retried like an unreadable Secret: a reconcile that failed
+/// as an outage began must not wait out a broken object's delay, or the object is not looked
+/// at again through a short outage. Everything else is the object's own fault.
+fn retry_after(err: &ReconcileError) -> Duration {
+    match err {
+        ReconcileError::Kube(kube::Error::Api(status))
+            if status.code == 429 || status.code >= 500 =>
+        {
+            RETRY_TRANSIENT
+        }
+        ReconcileError::Kube(kube::Error::Api(_)) => RETRY_BROKEN,
+        ReconcileError::Kube(_) => RETRY_TRANSIENT,
+        _ => RETRY_BROKEN,
+    }
 }
 
 /// What the triggers of one object say right now.
@@ -1694,6 +1712,25 @@ spec:
             assert_eq!(action, Action::requeue(RETRY_BROKEN));
             assert_eq!(registered(&ctx), None);
         }
+    }
+
+    #[test]
+    fn an_api_server_outage_is_retried_sooner_than_a_broken_object() {
+        let api = |code| {
+            ReconcileError::Kube(kube::Error::Api(Box::new(
+                kube::core::Status::failure("m", "r").with_code(code),
+            )))
+        };
+        assert_eq!(retry_after(&api(503)), RETRY_TRANSIENT);
+        assert_eq!(retry_after(&api(429)), RETRY_TRANSIENT);
+        assert_eq!(retry_after(&api(422)), RETRY_BROKEN);
+        assert_eq!(retry_after(&api(403)), RETRY_BROKEN);
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            retry_after(&ReconcileError::Kube(kube::Error::Service(Box::new(refused)))),
+            RETRY_TRANSIENT
+        );
+        assert_eq!(retry_after(&ReconcileError::Hpa(HpaError::MissingUid)), RETRY_BROKEN);
     }
 
     fn rabbit_auth(namespace: &str) -> TriggerAuthentication {
