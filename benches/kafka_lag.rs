@@ -51,10 +51,31 @@ async fn create_topics(names: &[String], partitions: i32) {
     }
 }
 
+/// Deletes `names` and waits until metadata no longer has them and their files are closed
+/// (the harness's broker closes them 1 s after deletion): the broker may hold 20,000 files, so
+/// the next run's 10,000 partitions must not meet this run's.
 async fn delete_topics(names: &[String]) {
     let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    let consumer: BaseConsumer = config().create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let left = consumer
+            .fetch_metadata(None, Duration::from_secs(30))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .filter(|t| names.contains(&t.name()))
+                    .count()
+            })
+            .unwrap_or(names.len());
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
 /// One record per partition, nothing committed past it: every partition lags by one.

@@ -1727,10 +1727,15 @@ spec:
         assert_eq!(retry_after(&api(403)), RETRY_BROKEN);
         let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert_eq!(
-            retry_after(&ReconcileError::Kube(kube::Error::Service(Box::new(refused)))),
+            retry_after(&ReconcileError::Kube(kube::Error::Service(Box::new(
+                refused
+            )))),
             RETRY_TRANSIENT
         );
-        assert_eq!(retry_after(&ReconcileError::Hpa(HpaError::MissingUid)), RETRY_BROKEN);
+        assert_eq!(
+            retry_after(&ReconcileError::Hpa(HpaError::MissingUid)),
+            RETRY_BROKEN
+        );
     }
 
     fn rabbit_auth(namespace: &str) -> TriggerAuthentication {

@@ -1,6 +1,6 @@
 //! A cluster as the client sees it: the broker addresses (from the bootstrap list, then from
-//! Metadata and FindCoordinator answers), two pooled connections per broker (one per [`Lane`])
-//! shared by every caller, request counts per API, and the batched reads lag needs. Each read answers per item
+//! Metadata and FindCoordinator answers), two pooled connections per broker (one per [`Lane`];
+//! a third for a leader of thousands of partitions) shared by every caller, request counts per API, and the batched reads lag needs. Each read answers per item
 //! (group, partition) with a typed error, so one bad topic or group fails only itself.
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +58,31 @@ pub type CommittedOffsets = Vec<((String, i32), Result<Option<i64>, ResponseErro
 pub const LATEST: i64 = -1;
 pub const EARLIEST: i64 = -2;
 
+/// Partitions of one leader above which ListOffsets is sent as two requests on two connections.
+const SPLIT_LIST_OFFSETS_ABOVE: usize = 2_000;
+
+/// `partitions` (holding `count` partitions) as two halves of about equal partition counts,
+/// a topic's partitions split between them where the middle falls inside it.
+#[allow(clippy::type_complexity)]
+fn split_in_half(
+    partitions: &BTreeMap<String, Vec<i32>>,
+    count: usize,
+) -> (Vec<(&String, &[i32])>, Vec<(&String, &[i32])>) {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut left = count / 2;
+    for (topic, ids) in partitions {
+        let taken = left.min(ids.len());
+        left -= taken;
+        if taken > 0 {
+            first.push((topic, &ids[..taken]));
+        }
+        if taken < ids.len() {
+            second.push((topic, &ids[taken..]));
+        }
+    }
+    (first, second)
+}
+
 /// Groups per OffsetFetch request (v8+): bounds one answer's size, still O(1) requests per
 /// coordinator for any realistic fleet.
 const GROUPS_PER_OFFSET_FETCH: usize = 2_000;
@@ -99,7 +124,7 @@ impl ClusterClient {
             .collect()
     }
 
-    /// Open connections (for tests and benches: at most two per broker, never O(groups)).
+    /// Open connections (for tests and benches: at most three per broker, never O(groups)).
     pub fn open_connections(&self) -> usize {
         let slots: Vec<Slot> = self
             .connections
@@ -178,8 +203,17 @@ impl ClusterClient {
         node: i32,
         request: &R,
     ) -> Result<R::Response, WireError> {
+        self.send_to_node_on(node, request, R::LANE).await
+    }
+
+    async fn send_to_node_on<R: ReadRequest>(
+        &self,
+        node: i32,
+        request: &R,
+        lane: Lane,
+    ) -> Result<R::Response, WireError> {
         let address = self.address_of(node)?;
-        self.connection(&address, R::LANE)
+        self.connection(&address, lane)
             .await?
             .send(request, self.options.timeout)
             .await
@@ -447,25 +481,54 @@ impl ClusterClient {
     }
 
     /// Offsets at `timestamp` ([`LATEST`] or [`EARLIEST`]) of `partitions` (by topic), from
-    /// their leader `node` in one request; each partition answers for itself.
+    /// their leader `node`; each partition answers for itself. One request, or two at once on
+    /// two connections above [`SPLIT_LIST_OFFSETS_ABOVE`] partitions: Kafka serves one
+    /// connection's requests in order on one thread, and ListOffsets of 10,000 partitions was
+    /// most of a tick's time with the broker's other cores idle.
     pub async fn list_offsets(
         &self,
         node: i32,
         partitions: &BTreeMap<String, Vec<i32>>,
         timestamp: i64,
     ) -> Result<PartitionMap<Result<i64, ResponseError>>, WireError> {
+        let count: usize = partitions.values().map(Vec::len).sum();
+        if count <= SPLIT_LIST_OFFSETS_ABOVE {
+            return self
+                .list_offsets_on(node, partitions.iter(), timestamp, Lane::Partitions)
+                .await;
+        }
+        let (first, second) = split_in_half(partitions, count);
+        let (first, second) = futures::join!(
+            self.list_offsets_on(node, first.into_iter(), timestamp, Lane::Partitions),
+            self.list_offsets_on(node, second.into_iter(), timestamp, Lane::MorePartitions)
+        );
+        let (mut first, second) = (first?, second?);
+        first.extend(second);
+        Ok(first)
+    }
+
+    async fn list_offsets_on<'a, P>(
+        &self,
+        node: i32,
+        partitions: impl Iterator<Item = (&'a String, P)>,
+        timestamp: i64,
+        lane: Lane,
+    ) -> Result<PartitionMap<Result<i64, ResponseError>>, WireError>
+    where
+        P: AsRef<[i32]>,
+    {
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_isolation_level(0)
             .with_timeout_ms(self.options.timeout.as_millis().min(i32::MAX as u128) as i32)
             .with_topics(
                 partitions
-                    .iter()
                     .map(|(topic, ids)| {
                         ListOffsetsTopic::default()
                             .with_name(TopicName(StrBytes::from_string(topic.clone())))
                             .with_partitions(
-                                ids.iter()
+                                ids.as_ref()
+                                    .iter()
                                     .map(|p| {
                                         ListOffsetsPartition::default()
                                             .with_partition_index(*p)
@@ -477,20 +540,21 @@ impl ClusterClient {
                     })
                     .collect(),
             );
-        let answer = self.send_to_node(node, &request).await?;
-        Ok(answer
-            .topics
-            .iter()
-            .flat_map(|t| {
-                t.partitions.iter().map(|p| {
-                    let result = match error_of(p.error_code) {
-                        None => Ok(p.offset),
-                        Some(code) => Err(code),
-                    };
-                    ((t.name.0.as_str().to_owned(), p.partition_index), result)
-                })
-            })
-            .collect())
+        let answer = self.send_to_node_on(node, &request, lane).await?;
+        let mut offsets = PartitionMap::with_capacity_and_hasher(
+            answer.topics.iter().map(|t| t.partitions.len()).sum(),
+            Default::default(),
+        );
+        for t in &answer.topics {
+            for p in &t.partitions {
+                let result = match error_of(p.error_code) {
+                    None => Ok(p.offset),
+                    Some(code) => Err(code),
+                };
+                offsets.insert((t.name.0.as_str().to_owned(), p.partition_index), result);
+            }
+        }
+        Ok(offsets)
     }
 
     /// Commits offsets for `group` as an admin tool does (no member, no generation): for
@@ -546,5 +610,41 @@ fn committed(offset: i64, error_code: i16) -> Result<Option<i64>, ResponseError>
     match error_of(error_code) {
         Some(code) => Err(code),
         None => Ok((offset >= 0).then_some(offset)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_read_splits_in_two_halves_of_partitions_through_a_topic() {
+        let partitions: BTreeMap<String, Vec<i32>> = [
+            ("a".to_owned(), (0..3).collect()),
+            ("b".to_owned(), (0..4).collect()),
+        ]
+        .into();
+        let (first, second) = split_in_half(&partitions, 7);
+        let flat = |half: Vec<(&String, &[i32])>| -> Vec<(String, i32)> {
+            half.into_iter()
+                .flat_map(|(t, ids)| ids.iter().map(move |p| (t.clone(), *p)))
+                .collect()
+        };
+        let (first, second) = (flat(first), flat(second));
+        assert_eq!(first.len(), 3);
+        assert_eq!(second.len(), 4);
+        let mut all = [first, second].concat();
+        all.sort();
+        let mut expected: Vec<(String, i32)> = partitions
+            .iter()
+            .flat_map(|(t, ids)| ids.iter().map(move |p| (t.clone(), *p)))
+            .collect();
+        expected.sort();
+        assert_eq!(all, expected, "every partition in exactly one half");
+        // A single topic splits inside itself.
+        let one: BTreeMap<String, Vec<i32>> = [("t".to_owned(), (0..5).collect())].into();
+        let (first, second) = split_in_half(&one, 5);
+        assert_eq!(first, vec![(&"t".to_owned(), &[0, 1][..])]);
+        assert_eq!(second, vec![(&"t".to_owned(), &[2, 3, 4][..])]);
     }
 }

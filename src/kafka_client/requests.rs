@@ -11,7 +11,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-/// Which of a broker's two connections a request goes on. A broker works through one
+/// Which of a broker's connections a request goes on. A broker works through one
 /// connection's requests one at a time, in order, so a tick's group reads (OffsetFetch) and
 /// partition reads (ListOffsets) get a connection each and the broker serves them in parallel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,6 +20,9 @@ pub enum Lane {
     Groups,
     /// Log start and end offsets.
     Partitions,
+    /// The second half of a large partition read (see `ClusterClient::list_offsets`), opened
+    /// only for leaders of thousands of partitions: the broker reads both halves at once.
+    MorePartitions,
 }
 
 /// A request with its answer type and the versions this client speaks.

@@ -58,7 +58,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::Offset;
 use rdkafka::config::ClientConfig;
 
-pub use client::{GroupOffsets, KafkaCluster, PartitionMap, RequestCounts, TopicPartition};
+pub use client::{
+    GroupOffsets, KafkaCluster, LowestCommits, PartitionMap, RequestCounts, TopicPartition,
+};
 pub use lag::{
     LagRules, OffsetResetPolicy, PartitionOffsets, TotalLag, parse_partition_limitation,
     partition_lag, total_lag,
@@ -411,10 +413,12 @@ async fn poll_round(
         }
     }
     sort_dedup(&mut guessed);
-    let (committed, mut early_ends) = futures::join!(
-        cluster.committed_offsets(&requests),
-        cluster.end_offsets(&guessed)
+    let ((committed, fetch_time), (mut early_ends, ends_time)) = futures::join!(
+        timed(cluster.committed_offsets(&requests)),
+        timed(cluster.end_offsets(&guessed))
     );
+    phases.push(("offset_fetch", fetch_time));
+    phases.push(("early_ends", ends_time));
     drop_ends_passed_by_commits(&mut early_ends, &committed);
     for i in open(&results) {
         let group = triggers[i].consumer_group.as_str();
@@ -504,7 +508,7 @@ async fn poll_round(
     let needed: Vec<TopicPartition> = needed.into_iter().cloned().collect();
     // The lowest commit per partition over the groups counting it (None: a group has none),
     // so the cluster can reuse a log start that still bounds every commit.
-    let mut lowest_commits: PartitionMap<Option<i64>> = PartitionMap::default();
+    let mut lowest_commits: LowestCommits = LowestCommits::default();
     for (i, tps) in &trigger_partitions {
         let group = triggers[*i].consumer_group.as_str();
         let Some(Ok(offsets)) = committed.get(group) else {
@@ -513,7 +517,7 @@ async fn poll_round(
         for tp in tps {
             let commit = offsets.committed.get(tp).copied();
             lowest_commits
-                .entry(tp.clone())
+                .entry(tp)
                 .and_modify(|lowest| *lowest = lowest.zip(commit).map(|(a, b)| a.min(b)))
                 .or_insert(commit);
         }
@@ -745,6 +749,13 @@ async fn poll_round(
         .zip(triggers)
         .map(|(r, t)| r.unwrap_or_else(|| Err(not_found(t, "partitions".into()))))
         .collect()
+}
+
+/// `read`'s answer and how long it took (for the round's phases in the debug log).
+async fn timed<T>(read: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = std::time::Instant::now();
+    let answer = read.await;
+    (answer, started.elapsed())
 }
 
 /// Sorts `items` and drops repeats. Partition lists come sorted by topic from metadata, which
