@@ -181,8 +181,16 @@ impl ScaleTargetRef {
 // controller checks again once the reference is read.
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.kafka) ? 1 : 0) + (has(self.rabbitmq) ? 1 : 0) + (has(self.natsJetStream) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) + (has(self.cron) ? 1 : 0) == 1",
-        "message": "a trigger names exactly one of kafka, rabbitmq, natsJetStream, prometheus, cron"
+        "rule": "(has(self.kafka) ? 1 : 0) + (has(self.rabbitmq) ? 1 : 0) + (has(self.natsJetStream) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) + (has(self.cron) ? 1 : 0) + (has(self.cpu) ? 1 : 0) + (has(self.memory) ? 1 : 0) == 1",
+        "message": "a trigger names exactly one of kafka, rabbitmq, natsJetStream, prometheus, cron, cpu, memory"
+    },
+    {
+        "rule": "!(has(self.cpu) || has(self.memory)) || !has(self.metricType)",
+        "message": "cpu and memory triggers give their target as utilization or averageValue, not metricType"
+    },
+    {
+        "rule": "!(has(self.cpu) || has(self.memory)) || !has(self.authenticationRef)",
+        "message": "authenticationRef: cpu and memory triggers take no credentials"
     },
     {
         "rule": "!has(self.kafka) || has(self.authenticationRef) || !has(self.kafka.sasl) || self.kafka.sasl == 'none' || has(self.kafka.password)",
@@ -231,6 +239,83 @@ pub struct TriggerConfig {
     pub prometheus: Option<PrometheusTrigger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<CronTrigger>,
+    /// The pods' CPU (KEDA's `cpu` trigger): a Resource metric on the HPA, read by the HPA from
+    /// the cluster's resource metrics (metrics-server); ScaledObjects only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<ResourceTrigger>,
+    /// The pods' memory (KEDA's `memory` trigger), as `cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ResourceTrigger>,
+}
+
+/// A cpu or memory trigger. spillway never reads it: the HPA does, from `metrics.k8s.io`, as
+/// with KEDA. It neither activates nor fails, so it takes no part in scaling to zero or in
+/// fallback: an object of only cpu and memory triggers is always active and cannot scale to zero.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.utilization) != has(self.averageValue)",
+        "message": "set one of utilization (percent of the pods' requests) or averageValue (a quantity per pod)"
+    }
+]))]
+pub struct ResourceTrigger {
+    /// Target average use in percent of the containers' requests (KEDA's `metricType:
+    /// Utilization` with `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub utilization: Option<i32>,
+    /// Target average per pod as a quantity, `500m` CPU or `512Mi` memory (KEDA's `metricType:
+    /// AverageValue` with `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_value: Option<String>,
+    /// One container's use instead of the whole pod's (a ContainerResource metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+}
+
+/// The resource a [`ResourceTrigger`] reads, by its Kubernetes name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceName {
+    Cpu,
+    Memory,
+}
+
+impl ResourceName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+impl ResourceTrigger {
+    /// Whether the target is one an HPA accepts: exactly one of a positive utilization or a
+    /// positive quantity, and a container name that is a DNS label.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match (&self.utilization, &self.average_value) {
+            (Some(percent), None) if *percent >= 1 => {}
+            (Some(percent), None) => {
+                return Err(("utilization", format!("{percent} must be at least 1")));
+            }
+            (None, Some(quantity)) => match crate::quantity::parse_quantity(quantity) {
+                Ok(value) if value > 0.0 => {}
+                Ok(_) => return Err(("averageValue", format!("{quantity:?} must be above 0"))),
+                Err(err) => return Err(("averageValue", format!("{quantity:?}: {err}"))),
+            },
+            _ => {
+                return Err((
+                    "utilization",
+                    "set one of utilization or averageValue".to_owned(),
+                ));
+            }
+        }
+        if let Some(container) = &self.container_name {
+            names::check_dns1123_label(container).map_err(|m| ("containerName", m))?;
+        }
+        Ok(())
+    }
 }
 
 impl TriggerConfig {
@@ -245,7 +330,28 @@ impl TriggerConfig {
             nats_jet_stream,
             prometheus,
             cron,
+            cpu: _,
+            memory: _,
         } = self;
+        if let Some((resource, _)) = self.resource() {
+            let mut keys: Vec<&'static str> = [
+                kafka.is_some().then_some(KafkaScaler::CONFIG_KEY),
+                rabbitmq.is_some().then_some(RabbitMqScaler::CONFIG_KEY),
+                nats_jet_stream
+                    .is_some()
+                    .then_some(NatsJetStreamScaler::CONFIG_KEY),
+                prometheus.is_some().then_some(PrometheusScaler::CONFIG_KEY),
+                cron.is_some().then_some(CronScaler::CONFIG_KEY),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            keys.push(resource.as_str());
+            if resource == ResourceName::Cpu && self.memory.is_some() {
+                keys.push(ResourceName::Memory.as_str());
+            }
+            return Err(keys);
+        }
         let mut set: Vec<Trigger> = [
             kafka.clone().map(Trigger::Kafka),
             rabbitmq.clone().map(Trigger::RabbitMq),
@@ -263,6 +369,26 @@ impl TriggerConfig {
         }
     }
 
+    /// The cpu or memory trigger this entry sets, if any (cpu first when both are set).
+    pub fn resource(&self) -> Option<(ResourceName, &ResourceTrigger)> {
+        match (&self.cpu, &self.memory) {
+            (Some(cpu), _) => Some((ResourceName::Cpu, cpu)),
+            (None, Some(memory)) => Some((ResourceName::Memory, memory)),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether this entry is a cpu or memory trigger alone: read by the HPA, not by spillway.
+    pub fn is_resource_only(&self) -> bool {
+        self.resource().is_some()
+            && self.kafka.is_none()
+            && self.rabbitmq.is_none()
+            && self.nats_jet_stream.is_none()
+            && self.prometheus.is_none()
+            && self.cron.is_none()
+            && !(self.cpu.is_some() && self.memory.is_some())
+    }
+
     /// Every trigger this entry sets (one in a valid entry) by its key, to change in place: the
     /// controller fills in the credentials it fetched.
     pub fn triggers_mut(&mut self) -> Vec<(&'static str, &mut dyn TriggerParams)> {
@@ -275,6 +401,8 @@ impl TriggerConfig {
             nats_jet_stream,
             prometheus,
             cron,
+            cpu: _,
+            memory: _,
         } = self;
         let set: [(&'static str, Option<&mut dyn TriggerParams>); 5] = [
             (KafkaScaler::CONFIG_KEY, kafka.as_mut().map(|t| t as _)),
@@ -597,6 +725,12 @@ impl Config {
                             .into(),
                     );
                 }
+                if entry.is_resource_only() {
+                    return invalid(
+                        &at,
+                        "cpu and memory triggers work in ScaledObjects only: the HPA reads them, and a config file has no HPA".into(),
+                    );
+                }
                 let trigger = match entry.trigger() {
                     Ok(trigger) => trigger,
                     Err(keys) if keys.is_empty() => {
@@ -786,8 +920,10 @@ mod tests {
             .unwrap()
             .keys()
             .map(String::as_str)
-            // The keys that are not a broker's.
-            .filter(|key| !["authenticationRef", "name", "metricType"].contains(key))
+            // The keys that are not a broker's (cpu and memory are the HPA's to read).
+            .filter(|key| {
+                !["authenticationRef", "name", "metricType", "cpu", "memory"].contains(key)
+            })
             .collect();
         properties.sort_unstable();
         let mut keys = Trigger::CONFIG_KEYS;

@@ -79,6 +79,72 @@ fn format_milli(milli: i128) -> String {
     format!("{units}{}", SUFFIXES[suffix])
 }
 
+/// Why a string is not a `resource.Quantity`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not a Kubernetes quantity (a number with an optional suffix such as m, k, M, Ki, Mi, Gi or e3)"
+)]
+pub struct QuantityParseError;
+
+/// The value of a `resource.Quantity` string: a signed decimal number with a decimal (`n`, `u`,
+/// `m`, `k`, `M`, `G`, `T`, `P`, `E`), binary (`Ki` .. `Ei`) or exponent (`e3`, `E-2`) suffix,
+/// as the API server accepts them.
+pub fn parse_quantity(text: &str) -> Result<f64, QuantityParseError> {
+    const SUFFIXES: [(&str, f64); 15] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let text = text.trim();
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|n| (n, *scale)))
+        .unwrap_or((text, 1.0));
+    let plain = |n: &str| {
+        let digits = n.strip_prefix(['+', '-']).unwrap_or(n);
+        !digits.is_empty()
+            && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && digits.chars().filter(|c| *c == '.').count() <= 1
+            && digits != "."
+    };
+    // An exponent suffix (`1e3`) is part of the number; a plain `E` was taken as exa above.
+    let value = if plain(number) {
+        number.parse::<f64>().map_err(|_| QuantityParseError)? * scale
+    } else if scale == 1.0
+        && let Some((mantissa, exponent)) = number.split_once(['e', 'E'])
+        && plain(mantissa)
+        && plain(exponent)
+        && !exponent.contains('.')
+    {
+        number.parse::<f64>().map_err(|_| QuantityParseError)?
+    } else {
+        return Err(QuantityParseError);
+    };
+    // Dividing keeps `50m` exactly 0.05 where multiplying by 1e-3 would not.
+    let value = if scale < 1.0 {
+        number.parse::<f64>().map_err(|_| QuantityParseError)? / (1.0 / scale).round()
+    } else {
+        value
+    };
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(QuantityParseError)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +194,29 @@ mod tests {
     #[test]
     fn nan_has_no_quantity() {
         assert_eq!(format_quantity(f64::NAN), Err(QuantityError::NotANumber));
+    }
+
+    #[test]
+    fn quantities_parse_as_the_api_server_reads_them() {
+        for (text, value) in [
+            ("500m", 0.5),
+            ("0.5", 0.5),
+            ("2", 2.0),
+            ("1k", 1000.0),
+            ("512Mi", 512.0 * 1048576.0),
+            ("1Gi", 1073741824.0),
+            ("1e3", 1000.0),
+            ("5E-2", 0.05),
+            ("50m", 0.05),
+            ("+3", 3.0),
+            ("2E", 2e18),
+        ] {
+            assert_eq!(parse_quantity(text), Ok(value), "{text}");
+        }
+        for text in [
+            "", "m", "Mi", "1.2.3", "abc", "1 Gi", "1Kb", "1e", "e3", ".", "1e1.5", "--1",
+        ] {
+            assert_eq!(parse_quantity(text), Err(QuantityParseError), "{text:?}");
+        }
     }
 }

@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, ExternalMetricSource, HPAScalingPolicy, HPAScalingRules,
-    HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec,
-    MetricIdentifier, MetricSpec, MetricTarget,
+    ContainerResourceMetricSource, CrossVersionObjectReference, ExternalMetricSource,
+    HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior,
+    HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -22,7 +22,7 @@ use kube::Resource;
 
 use super::crd::ScaledObject;
 use super::triggers::SpecError;
-use crate::config::{MetricType, TriggerConfig};
+use crate::config::{MetricType, ResourceName, ResourceTrigger, TriggerConfig};
 use crate::quantity::format_quantity;
 use crate::registry::SCALED_OBJECT_LABEL;
 use crate::scalers::{TriggerParams, served_metric_name};
@@ -135,7 +135,12 @@ pub fn desired_hpa(so: &ScaledObject) -> Result<HorizontalPodAutoscaler, HpaErro
         .triggers
         .iter()
         .enumerate()
-        .map(|(index, entry)| external_metric(index, entry, &selector))
+        .map(|(index, entry)| match entry.resource() {
+            Some((name, resource)) if entry.is_resource_only() => {
+                Ok(resource_metric(name, resource))
+            }
+            _ => external_metric(index, entry, &selector),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let target = &so.spec.scale_target_ref;
     Ok(HorizontalPodAutoscaler {
@@ -219,6 +224,41 @@ fn behavior(so: &ScaledObject) -> Option<HorizontalPodAutoscalerBehavior> {
     Some(behavior)
 }
 
+/// A cpu or memory trigger as the HPA reads it: a Resource metric, or a ContainerResource
+/// metric for one container (KEDA does the same).
+fn resource_metric(name: ResourceName, resource: &ResourceTrigger) -> MetricSpec {
+    let target = MetricTarget {
+        type_: if resource.utilization.is_some() {
+            "Utilization"
+        } else {
+            "AverageValue"
+        }
+        .to_owned(),
+        average_utilization: resource.utilization,
+        average_value: resource.average_value.clone().map(Quantity),
+        value: None,
+    };
+    match &resource.container_name {
+        Some(container) => MetricSpec {
+            type_: "ContainerResource".to_owned(),
+            container_resource: Some(ContainerResourceMetricSource {
+                name: name.as_str().to_owned(),
+                container: container.clone(),
+                target,
+            }),
+            ..MetricSpec::default()
+        },
+        None => MetricSpec {
+            type_: "Resource".to_owned(),
+            resource: Some(ResourceMetricSource {
+                name: name.as_str().to_owned(),
+                target,
+            }),
+            ..MetricSpec::default()
+        },
+    }
+}
+
 fn external_metric(
     index: usize,
     entry: &TriggerConfig,
@@ -253,6 +293,31 @@ fn external_metric(
         }),
         ..MetricSpec::default()
     })
+}
+
+/// `metrics` with every target quantity as its value: the API server stores a quantity in
+/// canonical form (`0.5` as `500m`, `1024Mi` as `1Gi`), which must not read as a hand edit.
+fn comparable(metrics: &Option<Vec<MetricSpec>>) -> Option<Vec<MetricSpec>> {
+    let canonical = |q: &mut Option<Quantity>| {
+        if let Some(quantity) = q
+            && let Ok(value) = crate::quantity::parse_quantity(&quantity.0)
+        {
+            quantity.0 = value.to_string();
+        }
+    };
+    let mut metrics = metrics.clone()?;
+    for metric in &mut metrics {
+        let targets = [
+            metric.external.as_mut().map(|m| &mut m.target),
+            metric.resource.as_mut().map(|m| &mut m.target),
+            metric.container_resource.as_mut().map(|m| &mut m.target),
+        ];
+        for target in targets.into_iter().flatten() {
+            canonical(&mut target.value);
+            canonical(&mut target.average_value);
+        }
+    }
+    Some(metrics)
 }
 
 /// The fields spillway owns in which `existing` differs from `desired`, as paths (empty when
@@ -296,7 +361,7 @@ pub fn hpa_drift(
     if have.max_replicas != want.max_replicas {
         drift.push("spec.maxReplicas");
     }
-    if have.metrics != want.metrics {
+    if comparable(&have.metrics) != comparable(&want.metrics) {
         drift.push("spec.metrics");
     }
     if have.behavior != stored_behavior(want.behavior.as_ref(), have.behavior.as_ref()) {
@@ -685,6 +750,64 @@ spec:
             .unwrap(),
         );
         stored
+    }
+
+    #[test]
+    fn cpu_and_memory_triggers_are_resource_metrics_and_a_canonical_quantity_is_no_drift() {
+        let so = scaled_object(
+            r#"
+apiVersion: spillway.dev/v1alpha1
+kind: ScaledObject
+metadata: {name: api, namespace: shop}
+spec:
+  scaleTargetRef: {name: api}
+  minReplicaCount: 1
+  triggers:
+    - cpu: {utilization: 60}
+    - cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 2}
+    - memory: {averageValue: "1024Mi", containerName: api}
+    - cpu: {averageValue: "0.5"}
+"#,
+        );
+        let desired = desired_hpa(&so).unwrap();
+        let metrics = desired.spec.as_ref().unwrap().metrics.clone().unwrap();
+        let json = serde_json::to_value(&metrics).unwrap();
+        assert_eq!(
+            json[0],
+            serde_json::json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}})
+        );
+        assert_eq!(json[1]["type"], "External");
+        assert_eq!(
+            json[1]["external"]["metric"]["name"],
+            "s1-cron-utc-08xxx-09xxx"
+        );
+        assert_eq!(
+            json[2],
+            serde_json::json!({"type": "ContainerResource", "containerResource": {"name": "memory", "container": "api", "target": {"type": "AverageValue", "averageValue": "1024Mi"}}})
+        );
+        // The API server stores 0.5 as 500m and 1024Mi as 1Gi: not a hand edit.
+        let mut stored = desired.clone();
+        let stored_metrics = stored.spec.as_mut().unwrap().metrics.as_mut().unwrap();
+        stored_metrics[2]
+            .container_resource
+            .as_mut()
+            .unwrap()
+            .target
+            .average_value = Some(Quantity("1Gi".into()));
+        stored_metrics[3]
+            .resource
+            .as_mut()
+            .unwrap()
+            .target
+            .average_value = Some(Quantity("500m".into()));
+        assert_eq!(hpa_drift(&stored, &desired), Vec::<&str>::new());
+        stored.spec.as_mut().unwrap().metrics.as_mut().unwrap()[0]
+            .resource
+            .as_mut()
+            .unwrap()
+            .target
+            .average_utilization = Some(80);
+        assert_eq!(hpa_drift(&stored, &desired), ["spec.metrics"]);
     }
 
     #[test]

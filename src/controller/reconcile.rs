@@ -444,7 +444,9 @@ fn activity(rules: &ZeroRules, states: &[Option<TriggerState>]) -> Activity {
         .map(|s| TriggerActivity::of(s.as_ref()))
         .collect();
     Activity {
-        active: triggers.iter().any(|t| t.is_active()),
+        // No trigger spillway reads (only cpu and memory): always active, as in KEDA, so an
+        // idleReplicaCount never takes the target below what the HPA decides.
+        active: triggers.is_empty() || triggers.iter().any(|t| t.is_active()),
         all_read: triggers
             .iter()
             .all(|t| matches!(t, TriggerActivity::Read { .. })),
@@ -1712,6 +1714,21 @@ spec:
             assert_eq!(action, Action::requeue(RETRY_BROKEN));
             assert_eq!(registered(&ctx), None);
         }
+    }
+
+    #[test]
+    fn an_object_of_only_cpu_and_memory_triggers_is_always_active() {
+        let rules = ZeroRules::from_spec(
+            &serde_json::from_value(serde_json::json!({
+                "scaleTargetRef": {"name": "api"},
+                "minReplicaCount": 2,
+                "idleReplicaCount": 0,
+                "triggers": [{"cpu": {"utilization": 60}}]
+            }))
+            .unwrap(),
+        );
+        let act = activity(&rules, &[]);
+        assert!(act.active && act.all_read && act.fallback.is_none());
     }
 
     #[test]

@@ -126,8 +126,17 @@ impl ScaledObject {
         if spec.triggers.is_empty() {
             return Err(invalid("triggers", "needs at least one trigger".into()));
         }
+        let mut read_by_spillway = 0;
         for (index, entry) in spec.triggers.iter().enumerate() {
-            trigger_of(index, entry)?;
+            match entry.resource() {
+                Some((name, resource)) if entry.is_resource_only() => {
+                    check_resource_trigger(index, entry, name, resource)?;
+                }
+                _ => {
+                    trigger_of(index, entry)?;
+                    read_by_spillway += 1;
+                }
+            }
             if let Some(name) = &entry.name
                 && spec.triggers[..index]
                     .iter()
@@ -138,7 +147,10 @@ impl ScaledObject {
                     format!("{name:?} names an earlier trigger too: trigger names must be unique"),
                 ));
             }
-            if spec.fallback.is_some() && entry.metric_type != config::MetricType::AverageValue {
+            if spec.fallback.is_some()
+                && !entry.is_resource_only()
+                && entry.metric_type != config::MetricType::AverageValue
+            {
                 return Err(invalid(
                     &format!("triggers[{index}].metricType"),
                     "fallback needs AverageValue triggers: the replicas a Value target yields depend on the current replicas".into(),
@@ -153,6 +165,22 @@ impl ScaledObject {
                     })
             {
                 return Err(SpecError::FileSecret { index, field });
+            }
+        }
+        // As KEDA: the HPA cannot take a target to zero on its resource metrics alone (no pods,
+        // no metrics), and fallback steers through the metrics spillway serves.
+        if read_by_spillway == 0 {
+            if min == 0 {
+                return Err(invalid(
+                    "minReplicaCount",
+                    "0 needs a trigger other than cpu and memory: with no pods there is no cpu or memory to read".into(),
+                ));
+            }
+            if spec.fallback.is_some() {
+                return Err(invalid(
+                    "fallback",
+                    "needs a trigger other than cpu and memory: the HPA reads those itself".into(),
+                ));
             }
         }
         Ok(ScaledObjectConfig {
@@ -177,6 +205,8 @@ pub fn triggers(config: &ScaledObjectConfig) -> Result<Vec<(TriggerId, Trigger)>
         .triggers
         .iter()
         .enumerate()
+        // cpu and memory are the HPA's to read; their indices stay those of `spec.triggers`.
+        .filter(|(_, entry)| !entry.is_resource_only())
         .map(|(index, entry)| {
             let id = TriggerId {
                 namespace: config.namespace.clone(),
@@ -301,6 +331,37 @@ pub fn secret_names(config: &ScaledObjectConfig) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// A cpu or memory entry: its target, and none of what only triggers spillway reads take.
+fn check_resource_trigger(
+    index: usize,
+    entry: &TriggerConfig,
+    name: config::ResourceName,
+    resource: &config::ResourceTrigger,
+) -> Result<(), SpecError> {
+    let invalid = |field: String, message: &str| SpecError::Invalid {
+        field,
+        message: message.to_owned(),
+    };
+    if entry.metric_type != config::MetricType::AverageValue {
+        return Err(invalid(
+            format!("triggers[{index}].metricType"),
+            "cpu and memory triggers give their target as utilization or averageValue, not metricType",
+        ));
+    }
+    if entry.authentication_ref.is_some() {
+        return Err(invalid(
+            format!("triggers[{index}].authenticationRef"),
+            "cpu and memory triggers take no credentials",
+        ));
+    }
+    resource.validate().map_err(|(field, message)| {
+        invalid(
+            format!("triggers[{index}].{}.{field}", name.as_str()),
+            &message,
+        )
+    })
+}
+
 fn trigger_of(index: usize, entry: &TriggerConfig) -> Result<Trigger, SpecError> {
     entry.trigger().map_err(|keys| SpecError::Invalid {
         field: format!("triggers[{index}]"),
@@ -370,6 +431,112 @@ spec:
 
     fn so(text: &str) -> ScaledObject {
         serde_norway::from_str(text).unwrap()
+    }
+
+    const WITH_CPU: &str = r#"
+apiVersion: spillway.dev/v1alpha1
+kind: ScaledObject
+metadata: {name: api, namespace: shop}
+spec:
+  scaleTargetRef: {name: api}
+  minReplicaCount: 1
+  triggers:
+    - cpu: {utilization: 60}
+    - cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 2}
+    - memory: {averageValue: 512Mi, containerName: api}
+"#;
+
+    #[test]
+    fn cpu_and_memory_triggers_are_the_hpa_s_and_keep_the_other_triggers_indices() {
+        let config = so(WITH_CPU).to_config().unwrap();
+        let ids: Vec<usize> = triggers(&config)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id.index)
+            .collect();
+        assert_eq!(
+            ids,
+            [1],
+            "only the cron trigger is spillway's to poll, at its own index"
+        );
+        assert_eq!(metric_names(&config).unwrap(), ["s1-cron-utc-08xxx-09xxx"]);
+    }
+
+    #[test]
+    fn cpu_and_memory_triggers_are_refused_where_keda_refuses_them() {
+        let refused = |change: &dyn Fn(&mut ScaledObject), field: &str, words: &str| {
+            let mut object = so(WITH_CPU);
+            change(&mut object);
+            match object.to_config() {
+                Err(SpecError::Invalid { field: f, message }) => {
+                    assert_eq!(f, field, "{message}");
+                    assert!(message.contains(words), "{message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        };
+        let only_resources = |o: &mut ScaledObject| {
+            o.spec.triggers.remove(1);
+        };
+        refused(
+            &|o| {
+                only_resources(o);
+                o.spec.min_replica_count = 0;
+            },
+            "minReplicaCount",
+            "needs a trigger other than cpu and memory",
+        );
+        refused(
+            &|o| {
+                only_resources(o);
+                o.spec.fallback = Some(
+                    serde_json::from_value(
+                        serde_json::json!({"failureThreshold": 3, "replicas": 2}),
+                    )
+                    .unwrap(),
+                );
+            },
+            "fallback",
+            "needs a trigger other than cpu and memory",
+        );
+        refused(
+            &|o| o.spec.triggers[0].metric_type = config::MetricType::Value,
+            "triggers[0].metricType",
+            "utilization or averageValue",
+        );
+        refused(
+            &|o| o.spec.triggers[2].memory.as_mut().unwrap().average_value = Some("lots".into()),
+            "triggers[2].memory.averageValue",
+            "not a Kubernetes quantity",
+        );
+        refused(
+            &|o| o.spec.triggers[0].cpu.as_mut().unwrap().utilization = Some(0),
+            "triggers[0].cpu.utilization",
+            "at least 1",
+        );
+        refused(
+            &|o| o.spec.triggers[0].cpu.as_mut().unwrap().average_value = Some("500m".into()),
+            "triggers[0].cpu.utilization",
+            "one of utilization or averageValue",
+        );
+        refused(
+            &|o| {
+                o.spec.triggers[2].memory.as_mut().unwrap().container_name = Some("No_Such".into())
+            },
+            "triggers[2].memory.containerName",
+            "",
+        );
+        // A config file has no HPA to read them.
+        let err = Config::parse(
+            "spillway.yaml".as_ref(),
+            "scaledObjects:\n  - {name: a, namespace: n, triggers: [{cpu: {utilization: 60}}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cpu and memory triggers work in ScaledObjects only"),
+            "{err}"
+        );
     }
 
     #[test]

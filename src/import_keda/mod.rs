@@ -19,6 +19,7 @@ mod nats;
 mod params;
 mod prometheus;
 mod rabbitmq;
+mod resource;
 mod scaled_object;
 
 use std::collections::{BTreeSet, HashMap};
@@ -575,7 +576,7 @@ mod tests {
             "fallback.behavior: \"currentReplicas\" is not supported",
             "restoreToOriginalReplicaCount: spillway does not restore",
             "spec.unknownField: is not a field spillway knows",
-            "triggers[0].type: memory triggers",
+            "triggers[0].metadata.value: needs the trigger's metricType",
             "triggers[1].type: aws-sqs-queue is not supported",
         ] {
             assert!(text.contains(phrase), "missing {phrase:?} in\n{text}");

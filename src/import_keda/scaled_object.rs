@@ -7,7 +7,8 @@
 //! | initialCooldownPeriod (0), triggers[].name, triggers[].metricType Value, metadata.labels (copied to the HPA) | same, written out (AverageValue left out: the default) |
 //! | annotations `paused-scale-in`, `paused-scale-out`, `scaledobject.keda.sh/hpa-excluded-labels` | `spec.pausedScaleIn`, `spec.pausedScaleOut`, `spillway.dev/hpa-excluded-labels` |
 //! | fallback.behavior static, restoreToOriginalReplicaCount false, useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
-//! | fallback.behavior other, metricType Utilization, fallback with a Value trigger, restoreToOriginalReplicaCount true, scalingModifiers, `force-activation`, cpu and memory triggers, other trigger types | refused |
+//! | cpu and memory triggers {metricType Utilization or AverageValue (or the deprecated metadata.type), value, containerName} | `cpu`/`memory` {`utilization` or `averageValue`, `containerName`}: a Resource (or ContainerResource) metric on the HPA, as in KEDA |
+//! | fallback.behavior other, fallback with a Value trigger, restoreToOriginalReplicaCount true, scalingModifiers, `force-activation`, other trigger types | refused |
 //!
 //! The result must pass the controller's checks (`spillway plan`'s), and a trigger's
 //! `authenticationRef` is checked against the imported TriggerAuthentication it names: its
@@ -20,7 +21,7 @@ use serde_json::{Map, Value, json};
 use super::params::{Metadata, kind_of};
 use super::{
     Completeness, KedaKind, KedaObject, Manifest, ObjectName, Outcome, credentials_of, cron, kafka,
-    metadata_of, nats, prometheus, rabbitmq,
+    metadata_of, nats, prometheus, rabbitmq, resource,
 };
 use crate::config::TriggerConfig;
 use crate::controller::crd::{MAX_NAME_LENGTH, ScaledObject};
@@ -376,9 +377,16 @@ fn trigger(index: usize, value: &Value, found: &mut Findings) -> Value {
     };
     let mut out = Map::new();
     let mut cached = false;
+    let kind = fields
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let resource = resource::TYPES.contains(&kind);
     for (key, field) in fields {
         match key.as_str() {
             "type" | "metadata" => {}
+            // A cpu or memory trigger's target kind: read by `resource::map` below.
+            "metricType" if resource => {}
             "name" => {
                 out.insert(key.clone(), field.clone());
             }
@@ -387,7 +395,7 @@ fn trigger(index: usize, value: &Value, found: &mut Findings) -> Value {
                 out.insert(key.clone(), field.clone());
             }
             "metricType" => found.reasons.push(format!(
-                "{at}.metricType: {field} is for cpu and memory triggers, which spillway does not support yet (AverageValue and Value are)"
+                "{at}.metricType: {field} is for cpu and memory triggers only (AverageValue and Value are for the others)"
             )),
             "useCachedMetrics" => cached = field.as_bool() == Some(true) || field.as_str() == Some("true"),
             "authenticationRef" => {
@@ -396,15 +404,11 @@ fn trigger(index: usize, value: &Value, found: &mut Findings) -> Value {
             other => found.reasons.push(format!("{at}.{other}: is not a field spillway knows")),
         }
     }
-    if !cached {
+    if !cached && !resource {
         found.differences.push(format!(
             "{at}: served from the latest poll (every pollingInterval), as KEDA's useCachedMetrics: true; KEDA asked the broker at each HPA request"
         ));
     }
-    let kind = fields
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
     let mut md = Metadata::new(&at, fields.get("metadata"));
     let (key, body) = match kind {
         kafka::TYPE => ("kafka", kafka::map(&mut md)),
@@ -412,12 +416,10 @@ fn trigger(index: usize, value: &Value, found: &mut Findings) -> Value {
         nats::TYPE => ("natsJetStream", nats::map(&mut md)),
         prometheus::TYPE => ("prometheus", prometheus::map(&mut md)),
         cron::TYPE => ("cron", cron::map(&mut md)),
-        "cpu" | "memory" => {
-            found.reasons.push(format!(
-                "{at}.type: {kind} triggers (Resource metrics on the HPA) are not supported by spillway yet"
-            ));
-            return Value::Null;
-        }
+        "cpu" | "memory" => (
+            kind,
+            resource::map(&mut md, fields.get("metricType").and_then(Value::as_str)),
+        ),
         "" => {
             found.reasons.push(format!("{at}.type: missing"));
             return Value::Null;

@@ -435,30 +435,10 @@ impl HpaRules {
 /// A decimal resource.Quantity as a number: `0.05`, `50m`, `5e-2`, `1k`. Binary suffixes are
 /// refused: no tolerance is written that way.
 fn parse_decimal_quantity(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let (number, exponent) = match text.char_indices().last()? {
-        (i, 'n') => (&text[..i], -9),
-        (i, 'u') => (&text[..i], -6),
-        (i, 'm') => (&text[..i], -3),
-        (i, 'k') => (&text[..i], 3),
-        (i, 'M') => (&text[..i], 6),
-        (i, 'G') => (&text[..i], 9),
-        _ => (text, 0),
-    };
-    let digits_only = number
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '+' | '-' | 'e' | 'E'));
-    if number.is_empty() || !digits_only {
+    if text.trim().ends_with('i') {
         return None;
     }
-    let value: f64 = number.parse().ok()?;
-    // Dividing by a power of ten keeps 50m exactly 0.05.
-    let value = if exponent < 0 {
-        value / 10f64.powi(-exponent)
-    } else {
-        value * 10f64.powi(exponent)
-    };
-    value.is_finite().then_some(value)
+    crate::quantity::parse_quantity(text).ok()
 }
 
 #[cfg(test)]

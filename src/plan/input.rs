@@ -333,7 +333,8 @@ impl PlanSource {
 /// `triggers[i].<broker>.<field>: message`.
 fn check_triggers(config: &ScaledObjectConfig) -> Result<(), String> {
     let list = triggers(config).map_err(|e| e.to_string())?;
-    for ((id, trigger), entry) in list.into_iter().zip(&config.triggers) {
+    for (id, trigger) in list {
+        let entry = &config.triggers[id.index];
         let outcome = trigger.validate();
         // A Secret's value is read only once fetched from the cluster (at poll time here):
         // a check that needs it cannot be made from the file alone.
@@ -384,11 +385,10 @@ fn reads_an_unfetched_secret(entry: &TriggerConfig, error: &ScalerError) -> bool
 fn plan_triggers(config: &ScaledObjectConfig) -> Result<Vec<PlanTrigger>, SpecError> {
     Ok(triggers(config)?
         .into_iter()
-        .zip(&config.triggers)
-        .map(|((id, trigger), entry)| PlanTrigger {
+        .map(|(id, trigger)| PlanTrigger {
             metric: served_metric_name(id.index, &trigger),
             target: trigger.target_value(),
-            metric_type: entry.metric_type,
+            metric_type: config.triggers[id.index].metric_type,
             activation: trigger.activation_threshold(),
             observed: Observed::Failed {
                 error: "no value given".into(),
