@@ -948,7 +948,7 @@ async fn invalid_scaled_objects_are_refused_by_the_api_server() {
     let cron =
         json!({"timezone": "UTC", "start": "0 0 * * *", "end": "0 1 * * *", "desiredReplicas": 2});
 
-    // The schema's CEL rules: 422 Invalid, naming the rule.
+    // The schema's CEL rules and enums: 422 Invalid, naming the rule.
     let cel_cases = [
         (
             "min-above-max",
@@ -964,6 +964,14 @@ async fn invalid_scaled_objects_are_refused_by_the_api_server() {
             "idle-not-below-min",
             json!({"minReplicaCount": 1, "idleReplicaCount": 1, "triggers": [kafka]}),
             "idleReplicaCount must be less than minReplicaCount",
+        ),
+        // The schema's enum: KEDA's scalingModifiers behavior needs formulas, which spillway
+        // lacks.
+        (
+            "fallback-scaling-modifiers",
+            json!({"fallback": {"failureThreshold": 3, "replicas": 2, "behavior": "scalingModifiers"},
+                "triggers": [kafka]}),
+            "spec.fallback.behavior: Unsupported value: \"scalingModifiers\": supported values: \"static\", \"currentReplicas\", \"currentReplicasIfHigher\", \"currentReplicasIfLower\"",
         ),
     ];
     for (name, spec, rule) in cel_cases {
@@ -1733,5 +1741,120 @@ async fn keda_fields_reach_the_hpa_a_value_target_a_named_trigger_labels_and_a_s
 
     delete_scaled_object(&sos, "worker").await;
     common::kafka::delete_topic(&topic).await;
+    delete_lease(admin, &controller.lease_name).await;
+}
+
+#[tokio::test]
+async fn fallback_behavior_current_replicas_if_higher_keeps_a_higher_count_and_static_goes_to_fallback_replicas()
+ {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-fallback-behavior").await;
+    // Three targets, each with its own object on an unreachable broker and fallback.replicas
+    // 3: static takes 5 to 3, currentReplicasIfHigher keeps 5 (above 3), currentReplicasIfLower
+    // keeps 2 (below 3).
+    let cases = [
+        ("static", "static", 5, 3),
+        ("higher", "currentReplicasIfHigher", 5, 5),
+        ("lower", "currentReplicasIfLower", 2, 2),
+    ];
+    let mut recorders = Vec::new();
+    for (name, _, start, _) in cases {
+        let deployments = deployment(admin, &ns, name, start).await;
+        recorders.push(ReplicaRecorder::start(deployments, name));
+    }
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let created = Instant::now();
+    for (name, behavior, _, _) in cases {
+        k8s::apply(
+            admin,
+            scaled_object(
+                &ns,
+                name,
+                name,
+                json!({"minReplicaCount": 1, "maxReplicaCount": 10, "pollingInterval": 1,
+                    "fallback": {"failureThreshold": 2, "replicas": 3, "behavior": behavior},
+                    "triggers": [kafka_trigger("127.0.0.1:1", "nobody", "nothing")]}),
+            ),
+        )
+        .await;
+    }
+    let mut conditions = Vec::new();
+    for (name, _, _, _) in cases {
+        conditions
+            .push(wait_condition(&sos, name, "Fallback", "True", Duration::from_secs(60)).await);
+    }
+    let to_condition = created.elapsed();
+    wait_replicas(
+        &deployments,
+        "static",
+        "to reach fallback.replicas 3 (static)",
+        Duration::from_secs(90),
+        |r| r == 3,
+    )
+    .await;
+    let static_at = created.elapsed();
+    // Past the HPA's downscale stabilization (10 s) twice over: the others would have moved.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    for ((name, behavior, start, expected), recorder) in cases.iter().zip(&recorders) {
+        recorder.catch_up().await;
+        assert_eq!(
+            replicas(&deployments, name).await,
+            *expected,
+            "{behavior}: {}\n{}",
+            recorder.describe(),
+            diagnose(admin, &ns).await
+        );
+        if name != &"static" {
+            assert!(
+                recorder.lowest() == Some(*start),
+                "{behavior} must hold {start} all along: {}",
+                recorder.describe()
+            );
+        }
+    }
+    // The HPAs read a fallback value (not a 503, which would hold too): replicas × target,
+    // so each reports an average of exactly the target, 10, at its count.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    for (name, behavior, _, _) in cases {
+        common::eventually(
+            &format!("the HPA of {behavior} to read the fallback value"),
+            Duration::from_secs(30),
+            || async {
+                let hpa = hpas.get(&format!("spillway-{name}")).await.ok()?;
+                let metric = hpa.status?.current_metrics?.into_iter().next()?;
+                let average = metric.external?.current.average_value?;
+                (average.0 == "10").then_some(())
+            },
+        )
+        .await;
+    }
+    let higher = &conditions[1];
+    assert!(
+        higher.message.contains("serving fallback replicas 5")
+            && higher.message.contains("currentReplicasIfHigher"),
+        "{higher:?}"
+    );
+    println!(
+        "broker 127.0.0.1:1 -> Fallback=True on all three after {}; static 5 -> 3 after {}; 20 s later: {}",
+        secs(to_condition),
+        secs(static_at),
+        cases
+            .iter()
+            .zip(&recorders)
+            .map(|((_, behavior, _, _), r)| format!("{behavior} [{}]", r.describe()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    println!(
+        "Fallback condition of currentReplicasIfHigher: {}",
+        higher.message
+    );
+    for (name, _, _, _) in cases {
+        delete_scaled_object(&sos, name).await;
+    }
     delete_lease(admin, &controller.lease_name).await;
 }

@@ -198,7 +198,7 @@ impl ScaleTargetRef {
     }
 }
 
-/// Replicas to hold while triggers fail (KEDA's static fallback).
+/// Replicas to hold while triggers fail, as KEDA's `fallback`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
@@ -206,9 +206,63 @@ pub struct Fallback {
     /// fourth failure in a row starts it, with 0 the first.
     #[schemars(range(min = 0))]
     pub failure_threshold: i32,
-    /// Replicas the HPA is steered to while fallback applies.
+    /// Replicas the HPA is steered to while fallback applies (`behavior` may prefer the
+    /// target's current replicas).
     #[schemars(range(min = 0))]
     pub replicas: i32,
+    /// Which replicas fallback steers to: `static` (default) `replicas`; `currentReplicas` the
+    /// target's replicas as they are; `currentReplicasIfHigher` the larger of the two;
+    /// `currentReplicasIfLower` the smaller. Current replicas are the target's `spec.replicas`,
+    /// read while a trigger fails.
+    #[serde(default, skip_serializing_if = "FallbackBehavior::is_static")]
+    pub behavior: FallbackBehavior,
+}
+
+/// KEDA's `fallback.behavior` (less `scalingModifiers`: spillway has no formulas).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FallbackBehavior {
+    /// `fallback.replicas`.
+    #[default]
+    Static,
+    /// The target's current replicas: hold it where it is.
+    CurrentReplicas,
+    /// max(current replicas, `fallback.replicas`).
+    CurrentReplicasIfHigher,
+    /// min(current replicas, `fallback.replicas`).
+    CurrentReplicasIfLower,
+}
+
+impl FallbackBehavior {
+    fn is_static(&self) -> bool {
+        *self == Self::Static
+    }
+
+    /// Whether the replicas steered to depend on the target's current replicas.
+    pub fn reads_current_replicas(self) -> bool {
+        !self.is_static()
+    }
+
+    /// The replicas fallback steers to, from `fallback.replicas` and the target's `current`
+    /// replicas (`None`: not known, which only `static` can do without).
+    pub fn replicas(self, fallback_replicas: u32, current: Option<u32>) -> Option<u32> {
+        match self {
+            Self::Static => Some(fallback_replicas),
+            Self::CurrentReplicas => current,
+            Self::CurrentReplicasIfHigher => current.map(|c| c.max(fallback_replicas)),
+            Self::CurrentReplicasIfLower => current.map(|c| c.min(fallback_replicas)),
+        }
+    }
+
+    /// KEDA's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::CurrentReplicas => "currentReplicas",
+            Self::CurrentReplicasIfHigher => "currentReplicasIfHigher",
+            Self::CurrentReplicasIfLower => "currentReplicasIfLower",
+        }
+    }
 }
 
 /// Settings beyond the common ones.
@@ -790,6 +844,15 @@ spec:
             p["fallback"]["required"],
             serde_json::json!(["failureThreshold", "replicas"])
         );
+        assert_eq!(
+            p["fallback"]["properties"]["behavior"]["enum"],
+            serde_json::json!([
+                "static",
+                "currentReplicas",
+                "currentReplicasIfHigher",
+                "currentReplicasIfLower"
+            ])
+        );
         let trigger = &p["triggers"]["items"]["properties"];
         let kafka = &trigger["kafka"]["properties"];
         let mut sasl: Vec<&str> = kafka["sasl"]["enum"]
@@ -840,6 +903,49 @@ spec:
         assert_eq!(
             schema["properties"]["metadata"]["properties"]["name"]["maxLength"],
             MAX_NAME_LENGTH
+        );
+    }
+
+    #[test]
+    fn fallback_behavior_reads_as_keda_writes_it() {
+        let spec = |extra: &str| {
+            serde_norway::from_str::<ScaledObjectSpec>(&format!(
+                "scaleTargetRef: {{name: w}}\ntriggers: [{{rabbitmq: {{host: 'amqp://r/', queueName: q, value: 5}}}}]\n{extra}"
+            ))
+        };
+        let plain = spec("fallback: {failureThreshold: 3, replicas: 6}").unwrap();
+        let fallback = plain.fallback.as_ref().unwrap();
+        assert_eq!(fallback.behavior, FallbackBehavior::Static);
+        // static is the default, so it is not written back.
+        assert_eq!(
+            serde_json::to_value(fallback).unwrap(),
+            serde_json::json!({"failureThreshold": 3, "replicas": 6})
+        );
+        for (text, behavior) in [
+            ("static", FallbackBehavior::Static),
+            ("currentReplicas", FallbackBehavior::CurrentReplicas),
+            (
+                "currentReplicasIfHigher",
+                FallbackBehavior::CurrentReplicasIfHigher,
+            ),
+            (
+                "currentReplicasIfLower",
+                FallbackBehavior::CurrentReplicasIfLower,
+            ),
+        ] {
+            let read = spec(&format!(
+                "fallback: {{failureThreshold: 3, replicas: 6, behavior: {text}}}"
+            ))
+            .unwrap();
+            assert_eq!(read.fallback.unwrap().behavior, behavior);
+            assert_eq!(behavior.as_str(), text);
+        }
+        let err = spec("fallback: {failureThreshold: 3, replicas: 6, behavior: scalingModifiers}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scalingModifiers") && err.contains("currentReplicasIfHigher"),
+            "{err}"
         );
     }
 

@@ -17,6 +17,11 @@
 //! minimum of 1 would undo it), back to `max(1, minReplicaCount)` (the HPA back), or from zero
 //! to `fallback.replicas` while its triggers fail; `status.lastActiveTime` (or the object's
 //! creation) is when a trigger was last active, against `cooldownPeriod`.
+//!
+//! Fallback: a failing trigger's metric serves `replicas × target`, the replicas set by
+//! `fallback.behavior`. A behavior that reads the target's current replicas has them read here,
+//! fresh at each reconcile while a trigger fails, on every replica (each serves the metrics
+//! API); until they are read the metric answers 503 and the HPA holds the target.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -468,7 +473,7 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     let interval = Duration::from_secs(so.spec.polling_interval.max(1) as u64);
 
     // 1. Register, on every replica.
-    let registered = match registration(&so, ctx).await {
+    let mut registered = match registration(&so, ctx).await {
         Ok(registered) => registered,
         Err(err) if err.is_transient() => return Ok(keep_registration(&so, ctx, &err).await),
         Err(err) => {
@@ -490,6 +495,14 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
             return Ok(Action::requeue(RETRY_BROKEN));
         }
     };
+    if so
+        .spec
+        .fallback
+        .as_ref()
+        .is_some_and(|f| f.behavior.reads_current_replicas())
+    {
+        registered.fallback = fallback_from_current_replicas(ctx, &so, &registered).await;
+    }
     let trigger_ids: Vec<_> = registered
         .triggers
         .iter()
@@ -665,13 +678,27 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     );
     match &act.fallback {
         Some(reason) if so.spec.fallback.is_some() => {
-            let replicas = so.spec.fallback.as_ref().map_or(0, |f| f.replicas);
+            let steered = rules
+                .fallback
+                .and_then(|f| f.replicas_at(u32::try_from(read.replicas).ok()))
+                .unwrap_or(0);
+            let behavior = so
+                .spec
+                .fallback
+                .as_ref()
+                .map(|f| f.behavior)
+                .unwrap_or_default();
+            let how = if behavior.reads_current_replicas() {
+                format!(" (fallback.behavior {})", behavior.as_str())
+            } else {
+                String::new()
+            };
             set_condition(
                 &mut status,
                 condition::FALLBACK,
                 true,
                 "FallbackActive",
-                &format!("serving fallback replicas {replicas}: {reason}"),
+                &format!("serving fallback replicas {steered}{how}: {reason}"),
                 &so,
             );
         }
@@ -872,12 +899,55 @@ async fn registration(so: &ScaledObject, ctx: &Context) -> Result<Registered, Sp
         config,
         triggers,
         polling_interval: Duration::from_secs(so.spec.polling_interval.max(1) as u64),
+        // A behavior that reads the current replicas: set by the caller once they are read.
         fallback: so
             .spec
             .fallback
             .as_ref()
+            .filter(|f| !f.behavior.reads_current_replicas())
             .map(|f| (f.failure_threshold.max(0) as u32, f.replicas.max(0) as u32)),
     })
+}
+
+/// For a `fallback.behavior` that reads the target's current replicas: the failure threshold
+/// and the replicas fallback steers to, from a fresh read of the target while one of the
+/// object's triggers fails. `None` while none fails (no fallback value is served then, and a
+/// read ahead would be stale when one is) and when the read fails: a failing trigger then
+/// answers 503 as without fallback, and the HPA holds the target (KEDA answers the error too).
+async fn fallback_from_current_replicas(
+    ctx: &Context,
+    so: &ScaledObject,
+    registered: &Registered,
+) -> Option<(u32, u32)> {
+    let fallback = ZeroRules::from_spec(&so.spec).fallback?;
+    let failing = registered.triggers.iter().any(|(id, _)| {
+        ctx.cache
+            .get(id)
+            .is_some_and(|s| s.current().is_none() && s.consecutive_failures > 0)
+    });
+    if !failing {
+        return None;
+    }
+    let target = &so.spec.scale_target_ref;
+    let namespace = so.namespace().unwrap_or_default();
+    let read = match scale_api(ctx, &namespace, &target.api_version, &target.kind).await {
+        Ok(api) => ctx
+            .replicas(&api, so, false)
+            .await
+            .map_err(ReconcileError::from),
+        Err(err) => Err(err),
+    };
+    match read {
+        Ok(read) => {
+            let current = u32::try_from(read.replicas).unwrap_or(0);
+            let steered = fallback.replicas_at(Some(current))?;
+            Some((fallback.failure_threshold, steered))
+        }
+        Err(err) => {
+            tracing::warn!(%namespace, name = %so.name_any(), error = %err, "cannot read the target's replicas for fallback.behavior; its failing triggers answer 503 meanwhile");
+            None
+        }
+    }
 }
 
 /// The object's Secrets could not be read now: whatever is registered stays (its metrics keep
@@ -1350,6 +1420,7 @@ mod tests {
             let fallback_rule = threshold.map(|failure_threshold| Fallback {
                 failure_threshold,
                 replicas: 2,
+                behavior: Default::default(),
             });
             let act = activity(&rules(fallback_rule), states);
             assert_eq!(

@@ -2,12 +2,12 @@
 //!
 //! | KEDA field | spillway |
 //! |---|---|
-//! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, advanced.horizontalPodAutoscalerConfig {name, behavior}, triggers[].authenticationRef | same, written out |
+//! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, fallback.behavior currentReplicas, currentReplicasIfHigher, currentReplicasIfLower, advanced.horizontalPodAutoscalerConfig {name, behavior}, triggers[].authenticationRef | same, written out |
 //! | annotations `autoscaling.keda.sh/paused`, `paused-replicas` | `spec.paused`, `spec.pausedReplicas` |
 //! | initialCooldownPeriod (0), triggers[].name, triggers[].metricType Value, metadata.labels (copied to the HPA) | same, written out (AverageValue left out: the default) |
 //! | annotations `paused-scale-in`, `paused-scale-out`, `scaledobject.keda.sh/hpa-excluded-labels` | `spec.pausedScaleIn`, `spec.pausedScaleOut`, `spillway.dev/hpa-excluded-labels` |
-//! | fallback.behavior static, restoreToOriginalReplicaCount false, useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
-//! | fallback.behavior other, metricType Utilization, fallback with a Value trigger, restoreToOriginalReplicaCount true, scalingModifiers, `force-activation`, cpu and memory triggers, other trigger types | refused |
+//! | fallback.behavior static (the default), restoreToOriginalReplicaCount false (the default), useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
+//! | fallback.behavior scalingModifiers, metricType Utilization, fallback with a Value trigger, restoreToOriginalReplicaCount true, scalingModifiers, `force-activation`, cpu and memory triggers, other trigger types | refused |
 //!
 //! The result must pass the controller's checks (`spillway plan`'s), and a trigger's
 //! `authenticationRef` is checked against the imported TriggerAuthentication it names: its
@@ -313,12 +313,20 @@ fn fallback(value: &Value, found: &mut Findings) -> Value {
             "failureThreshold" | "replicas" => {
                 out.insert(key.clone(), field.clone());
             }
-            "behavior" if field.as_str() == Some("static") => found.differences.push(
-                "spec.fallback.behavior: static left out (spillway's only fallback)".to_owned(),
-            ),
-            "behavior" => found.reasons.push(format!(
-                "spec.fallback.behavior: {field} is not supported by spillway yet (it holds fallback.replicas: static)"
-            )),
+            "behavior" => match field.as_str() {
+                Some("static") => found.differences.push(
+                    "spec.fallback.behavior: static left out (spillway's default)".to_owned(),
+                ),
+                Some("currentReplicas" | "currentReplicasIfHigher" | "currentReplicasIfLower") => {
+                    out.insert(key.clone(), field.clone());
+                }
+                Some("scalingModifiers") => found.reasons.push(
+                    "spec.fallback.behavior: scalingModifiers needs spec.advanced.scalingModifiers, which spillway does not support yet".to_owned(),
+                ),
+                _ => found.reasons.push(format!(
+                    "spec.fallback.behavior: {field} is not one of static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower"
+                )),
+            },
             other => found.reasons.push(format!("spec.fallback.{other}: is not a field spillway knows")),
         }
     }
