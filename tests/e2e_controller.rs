@@ -1815,6 +1815,16 @@ async fn fallback_behavior_current_replicas_if_higher_keeps_a_higher_count_and_s
                 recorder.describe()
             );
         }
+        let so = sos.get(name).await.unwrap();
+        assert_eq!(
+            so.status.as_ref().and_then(|s| s.original_replica_count),
+            Some(*start),
+            "{behavior}: status.originalReplicaCount"
+        );
+        assert!(
+            so.metadata.finalizers.unwrap_or_default().is_empty(),
+            "an object without restoreToOriginalReplicaCount gets no finalizer"
+        );
     }
     // The HPAs read a fallback value (not a 503, which would hold too): replicas × target,
     // so each reports an average of exactly the target, 10, at its count.
@@ -1856,5 +1866,133 @@ async fn fallback_behavior_current_replicas_if_higher_keeps_a_higher_count_and_s
     for (name, _, _, _) in cases {
         delete_scaled_object(&sos, name).await;
     }
+    delete_lease(admin, &controller.lease_name).await;
+}
+
+/// The object `name`'s finalizers, `None` once it is gone.
+async fn finalizers(sos: &Api<ScaledObject>, name: &str) -> Option<Vec<String>> {
+    let so = sos.get_opt(name).await.ok()??;
+    Some(so.metadata.finalizers.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn deleting_a_scaled_object_that_restores_puts_its_target_back_at_its_original_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-restore").await;
+    // No backlog: the trigger reads 0, and with minReplicaCount 0 and initialCooldownPeriod 0
+    // the controller takes the target to 0 at once.
+    let (topic, group) = kafka_backlog(&[0]).await;
+    let deployments = deployment(admin, &ns, "worker", 3).await;
+    deployment(admin, &ns, "doomed", 2).await;
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let bootstrap = common::kafka::bootstrap();
+    let restoring = |name: &str| {
+        scaled_object(
+            &ns,
+            name,
+            name,
+            json!({"minReplicaCount": 0, "maxReplicaCount": 10, "pollingInterval": 1,
+                "initialCooldownPeriod": 0,
+                "advanced": {"restoreToOriginalReplicaCount": true},
+                "triggers": [kafka_trigger(&bootstrap, &group, &topic)]}),
+        )
+    };
+    let recorder = ReplicaRecorder::start(deployments.clone(), "worker");
+    k8s::apply(admin, restoring("worker")).await;
+    k8s::apply(admin, restoring("doomed")).await;
+    for name in ["worker", "doomed"] {
+        common::eventually(
+            &format!("{name} to carry the finalizer"),
+            Duration::from_secs(30),
+            || async {
+                finalizers(&sos, name)
+                    .await?
+                    .contains(&"spillway.dev/restore-replicas".to_owned())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to go to 0 (idle, minReplicaCount 0)",
+        Duration::from_secs(60),
+        |r| r == 0,
+    )
+    .await;
+    let original = sos
+        .get("worker")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.original_replica_count);
+    assert_eq!(original, Some(3), "status.originalReplicaCount");
+
+    let deleting = Instant::now();
+    delete_scaled_object(&sos, "worker").await;
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to be restored to its original 3",
+        Duration::from_secs(30),
+        |r| r == 3,
+    )
+    .await;
+    let restored = deleting.elapsed();
+    common::eventually("worker to be gone", Duration::from_secs(30), || async {
+        finalizers(&sos, "worker").await.is_none().then_some(())
+    })
+    .await;
+    let gone = deleting.elapsed();
+    recorder.catch_up().await;
+    let events = events_about(admin, &ns, "worker").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("RestoredOriginalReplicas") && e.contains("0 -> 3")),
+        "{events:?}"
+    );
+    // Nothing scales it after the restore: its HPA went first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(replicas(&deployments, "worker").await, 3);
+
+    // A target deleted first does not hold the deletion: the finalizer goes, with a Warning.
+    let doomed: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    doomed
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleting_doomed = Instant::now();
+    delete_scaled_object(&sos, "doomed").await;
+    common::eventually(
+        "doomed (target gone) to be gone",
+        Duration::from_secs(30),
+        || async { finalizers(&sos, "doomed").await.is_none().then_some(()) },
+    )
+    .await;
+    let doomed_gone = deleting_doomed.elapsed();
+    let events = events_about(admin, &ns, "doomed").await;
+    assert!(
+        events.iter().any(|e| e.starts_with("RestoreSkipped")),
+        "{events:?}"
+    );
+    println!(
+        "worker: 3 -> 0 by spillway ({}); deleted: back at 3 after {}, object gone after {}; \
+         doomed (target deleted first): object gone after {} ({})",
+        recorder.describe(),
+        secs(restored),
+        secs(gone),
+        secs(doomed_gone),
+        events
+            .iter()
+            .find(|e| e.starts_with("RestoreSkipped"))
+            .cloned()
+            .unwrap_or_default()
+    );
+    common::kafka::delete_topic(&topic).await;
     delete_lease(admin, &controller.lease_name).await;
 }

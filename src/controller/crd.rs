@@ -157,6 +157,13 @@ impl ScaledObjectSpec {
         100
     }
 
+    /// Whether deleting the object scales its target back to `status.originalReplicaCount`.
+    pub fn restores_original_replicas(&self) -> bool {
+        self.advanced
+            .as_ref()
+            .is_some_and(|a| a.restore_to_original_replica_count)
+    }
+
     /// True when scaling is paused, by `paused` or by `pausedReplicas`.
     pub fn is_paused(&self) -> bool {
         self.paused || self.paused_replicas.is_some()
@@ -271,6 +278,12 @@ impl FallbackBehavior {
 pub struct Advanced {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizontal_pod_autoscaler_config: Option<HorizontalPodAutoscalerConfig>,
+    /// When the ScaledObject is deleted, scale the target back to `status.originalReplicaCount`
+    /// (its replicas before spillway first changed them), as KEDA does. spillway holds the
+    /// deletion with the finalizer `spillway.dev/restore-replicas` until it has; a target gone
+    /// by then does not hold it (a Warning Event says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore_to_original_replica_count: bool,
 }
 
 /// The owned HPA's name and scaling behavior.
@@ -306,7 +319,8 @@ pub struct ScaledObjectStatus {
     /// The last poll at which a trigger was active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_active_time: Option<Time>,
-    /// The target's replicas when spillway took it over.
+    /// The target's replicas when spillway took it over, recorded before its first change of
+    /// them; `advanced.restoreToOriginalReplicaCount` restores them on deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_replica_count: Option<i32>,
     /// The replicas the target is held at while paused.
@@ -853,6 +867,10 @@ spec:
                 "currentReplicasIfLower"
             ])
         );
+        assert_eq!(
+            p["advanced"]["properties"]["restoreToOriginalReplicaCount"]["type"],
+            "boolean"
+        );
         let trigger = &p["triggers"]["items"]["properties"];
         let kafka = &trigger["kafka"]["properties"];
         let mut sasl: Vec<&str> = kafka["sasl"]["enum"]
@@ -907,7 +925,7 @@ spec:
     }
 
     #[test]
-    fn fallback_behavior_reads_as_keda_writes_it() {
+    fn fallback_behavior_and_restore_read_as_keda_writes_them() {
         let spec = |extra: &str| {
             serde_norway::from_str::<ScaledObjectSpec>(&format!(
                 "scaleTargetRef: {{name: w}}\ntriggers: [{{rabbitmq: {{host: 'amqp://r/', queueName: q, value: 5}}}}]\n{extra}"
@@ -916,6 +934,7 @@ spec:
         let plain = spec("fallback: {failureThreshold: 3, replicas: 6}").unwrap();
         let fallback = plain.fallback.as_ref().unwrap();
         assert_eq!(fallback.behavior, FallbackBehavior::Static);
+        assert!(!plain.restores_original_replicas());
         // static is the default, so it is not written back.
         assert_eq!(
             serde_json::to_value(fallback).unwrap(),
@@ -946,6 +965,12 @@ spec:
         assert!(
             err.contains("scalingModifiers") && err.contains("currentReplicasIfHigher"),
             "{err}"
+        );
+        let restoring = spec("advanced: {restoreToOriginalReplicaCount: true}").unwrap();
+        assert!(restoring.restores_original_replicas());
+        assert_eq!(
+            serde_json::to_value(restoring.advanced.unwrap()).unwrap(),
+            serde_json::json!({"restoreToOriginalReplicaCount": true})
         );
     }
 

@@ -564,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn fallback_behaviors_carry_over() {
+    fn fallback_behaviors_and_the_restore_carry_over() {
         use crate::controller::crd::FallbackBehavior;
         for (text, behavior) in [
             ("currentReplicas", FallbackBehavior::CurrentReplicas),
@@ -578,7 +578,7 @@ mod tests {
             ),
         ] {
             let yaml = format!(
-                "{SO}spec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: {text}}}\n  triggers: [{{type: kafka, metadata: {{bootstrapServers: 'k:9092', consumerGroup: g, topic: t}}}}]\n"
+                "{SO}spec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: {text}}}\n  advanced: {{restoreToOriginalReplicaCount: true}}\n  triggers: [{{type: kafka, metadata: {{bootstrapServers: 'k:9092', consumerGroup: g, topic: t}}}}]\n"
             );
             let report = report(&yaml, Completeness::Partial);
             let Outcome::Imported {
@@ -597,20 +597,21 @@ mod tests {
                 ),
                 (3, 6, behavior)
             );
+            assert!(so.spec.restores_original_replicas(), "{text}");
         }
     }
 
     #[test]
     fn what_spillway_lacks_refuses_the_object_with_every_reason() {
         let yaml = format!(
-            "{SO}  annotations: {{autoscaling.keda.sh/force-activation: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: scalingModifiers}}\n  advanced: {{restoreToOriginalReplicaCount: true}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
+            "{SO}  annotations: {{autoscaling.keda.sh/force-activation: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: scalingModifiers}}\n  advanced: {{restoreToOriginalReplicaCount: 'yes'}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
         );
         let report = report(&yaml, Completeness::Partial);
         let text = reasons(&report, "ScaledObject shop/w");
         for phrase in [
             "force-activation]: spillway has no forced activation",
             "fallback.behavior: scalingModifiers needs spec.advanced.scalingModifiers",
-            "restoreToOriginalReplicaCount: spillway does not restore",
+            "restoreToOriginalReplicaCount: \"yes\" is not a boolean",
             "spec.unknownField: is not a field spillway knows",
             "triggers[0].type: memory triggers",
             "triggers[1].type: aws-sqs-queue is not supported",

@@ -2,12 +2,12 @@
 //!
 //! | KEDA field | spillway |
 //! |---|---|
-//! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, fallback.behavior currentReplicas, currentReplicasIfHigher, currentReplicasIfLower, advanced.horizontalPodAutoscalerConfig {name, behavior}, triggers[].authenticationRef | same, written out |
+//! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, fallback.behavior currentReplicas, currentReplicasIfHigher, currentReplicasIfLower, advanced.horizontalPodAutoscalerConfig {name, behavior}, advanced.restoreToOriginalReplicaCount true, triggers[].authenticationRef | same, written out |
 //! | annotations `autoscaling.keda.sh/paused`, `paused-replicas` | `spec.paused`, `spec.pausedReplicas` |
 //! | initialCooldownPeriod (0), triggers[].name, triggers[].metricType Value, metadata.labels (copied to the HPA) | same, written out (AverageValue left out: the default) |
 //! | annotations `paused-scale-in`, `paused-scale-out`, `scaledobject.keda.sh/hpa-excluded-labels` | `spec.pausedScaleIn`, `spec.pausedScaleOut`, `spillway.dev/hpa-excluded-labels` |
 //! | fallback.behavior static (the default), restoreToOriginalReplicaCount false (the default), useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
-//! | fallback.behavior scalingModifiers, metricType Utilization, fallback with a Value trigger, restoreToOriginalReplicaCount true, scalingModifiers, `force-activation`, cpu and memory triggers, other trigger types | refused |
+//! | fallback.behavior scalingModifiers, metricType Utilization, fallback with a Value trigger, scalingModifiers, `force-activation`, cpu and memory triggers, other trigger types | refused |
 //!
 //! The result must pass the controller's checks (`spillway plan`'s), and a trigger's
 //! `authenticationRef` is checked against the imported TriggerAuthentication it names: its
@@ -361,9 +361,12 @@ fn advanced(value: &Value, found: &mut Findings, hpa_name: &mut Option<String>) 
             "restoreToOriginalReplicaCount" if field.as_bool() == Some(false) => found.differences.push(
                 "spec.advanced.restoreToOriginalReplicaCount: false left out: spillway leaves the target as it is when the ScaledObject is deleted".to_owned(),
             ),
-            "restoreToOriginalReplicaCount" => found.reasons.push(
-                "spec.advanced.restoreToOriginalReplicaCount: spillway does not restore the original replica count yet".to_owned(),
-            ),
+            "restoreToOriginalReplicaCount" if field.as_bool() == Some(true) => {
+                out.insert(key.clone(), field.clone());
+            }
+            "restoreToOriginalReplicaCount" => found.reasons.push(format!(
+                "spec.advanced.restoreToOriginalReplicaCount: {field} is not a boolean"
+            )),
             "scalingModifiers" => found.reasons.push(
                 "spec.advanced.scalingModifiers: formulas over triggers are not supported by spillway yet".to_owned(),
             ),

@@ -564,7 +564,7 @@ spec:
         };
         // Left out of the typed object for holding their defaults, yet fields of the schema.
         let defaults = with(
-            "  pausedScaleIn: false\n  fallback: {failureThreshold: 2, replicas: 3, behavior: static}",
+            "  pausedScaleIn: false\n  fallback: {failureThreshold: 2, replicas: 3, behavior: static}\n  advanced: {restoreToOriginalReplicaCount: false}",
         );
         let fallback = source(&defaults).unwrap().input.fallback.unwrap();
         assert_eq!(
