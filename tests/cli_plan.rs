@@ -292,3 +292,43 @@ async fn live_reads_the_backlog_once() {
         ("4".into(), "from 1 to 4 in this sync".into())
     );
 }
+
+#[test]
+fn live_fallback_follows_its_behavior_from_the_current_replicas() {
+    // A RabbitMQ on a port nobody listens on fails its one live poll; failureThreshold 0 puts
+    // it on fallback at once. At 5 replicas with fallback.replicas 3 and target 10: static
+    // serves 30 and goes to 3; currentReplicasIfHigher serves max(5, 3) × 10 = 50 and stays;
+    // currentReplicasIfLower serves min(5, 3) × 10 = 30 and goes to 3 (the metrics step: the
+    // downscale window delays the result).
+    for (behavior, value, result) in [
+        ("static", "30", "3"),
+        ("currentReplicasIfHigher", "50", "5"),
+        ("currentReplicasIfLower", "30", "3"),
+    ] {
+        let file = std::env::temp_dir().join(format!("{}.yaml", common::unique_name("fallback")));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: spillway.dev/v1alpha1\nkind: ScaledObject\nmetadata: {{name: worker, namespace: shop}}\nspec:\n  scaleTargetRef: {{name: worker}}\n  minReplicaCount: 1\n  maxReplicaCount: 10\n  fallback: {{failureThreshold: 0, replicas: 3, behavior: {behavior}}}\n  triggers:\n    - rabbitmq: {{host: 'amqp://127.0.0.1:1/', queueName: jobs, value: 10}}\n"
+            ),
+        )
+        .unwrap();
+        let (code, stdout, stderr) = spillway(&[
+            "plan",
+            "-f",
+            file.to_str().unwrap(),
+            "--live",
+            "--current-replicas",
+            "5",
+        ]);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(code, Some(0), "{stderr}");
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with("s0 "))
+            .unwrap_or_else(|| panic!("no trigger row:\n{stdout}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[2], value, "{behavior}: {row}");
+        assert_eq!(step(&stdout, "metrics").0, result, "{behavior}:\n{stdout}");
+    }
+}

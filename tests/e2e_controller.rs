@@ -948,7 +948,7 @@ async fn invalid_scaled_objects_are_refused_by_the_api_server() {
     let cron =
         json!({"timezone": "UTC", "start": "0 0 * * *", "end": "0 1 * * *", "desiredReplicas": 2});
 
-    // The schema's CEL rules: 422 Invalid, naming the rule.
+    // The schema's CEL rules and enums: 422 Invalid, naming the rule.
     let cel_cases = [
         (
             "min-above-max",
@@ -964,6 +964,14 @@ async fn invalid_scaled_objects_are_refused_by_the_api_server() {
             "idle-not-below-min",
             json!({"minReplicaCount": 1, "idleReplicaCount": 1, "triggers": [kafka]}),
             "idleReplicaCount must be less than minReplicaCount",
+        ),
+        // The schema's enum: KEDA's scalingModifiers behavior needs formulas, which spillway
+        // lacks.
+        (
+            "fallback-scaling-modifiers",
+            json!({"fallback": {"failureThreshold": 3, "replicas": 2, "behavior": "scalingModifiers"},
+                "triggers": [kafka]}),
+            "spec.fallback.behavior: Unsupported value: \"scalingModifiers\": supported values: \"static\", \"currentReplicas\", \"currentReplicasIfHigher\", \"currentReplicasIfLower\"",
         ),
     ];
     for (name, spec, rule) in cel_cases {
@@ -1732,6 +1740,341 @@ async fn keda_fields_reach_the_hpa_a_value_target_a_named_trigger_labels_and_a_s
     );
 
     delete_scaled_object(&sos, "worker").await;
+    common::kafka::delete_topic(&topic).await;
+    delete_lease(admin, &controller.lease_name).await;
+}
+
+/// Issue 17: KEDA's cpu and memory triggers become Resource and ContainerResource metrics on the
+/// HPA, which the real API server accepts; with no resource metrics in this cluster (no
+/// metrics-server) the HPA still scales up on the Kafka metric beside them, as it does under KEDA.
+#[tokio::test]
+async fn cpu_and_memory_triggers_are_resource_metrics_beside_the_broker_s_on_the_hpa() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-cpu").await;
+    // 30 behind at a target of 10 per replica: 3 replicas.
+    let (topic, group) = kafka_backlog(&[10, 10, 10]).await;
+    let deployments = deployment(admin, &ns, "worker", 1).await;
+    let _ready = PodsReady::start(admin, &ns);
+    let _controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    let bootstrap = common::kafka::bootstrap();
+    let spec = json!({"minReplicaCount": 1, "maxReplicaCount": 8, "pollingInterval": 1,
+    "triggers": [
+        {"cpu": {"utilization": 50}},
+        kafka_trigger(&bootstrap, &group, &topic),
+        {"memory": {"averageValue": "256Mi", "containerName": "worker"}},
+    ]});
+    let created = Instant::now();
+    k8s::apply(admin, scaled_object(&ns, "worker", "worker", spec)).await;
+    let hpa = wait_hpa(&hpas, "spillway-worker", Duration::from_secs(30)).await;
+    let metrics = serde_json::to_value(hpa.spec.unwrap().metrics.unwrap()).unwrap();
+    assert_eq!(
+        metrics[0],
+        json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}})
+    );
+    assert_eq!(metrics[1]["type"], "External");
+    assert_eq!(
+        metrics[2],
+        json!({"type": "ContainerResource", "containerResource": {"name": "memory", "container": "worker", "target": {"type": "AverageValue", "averageValue": "256Mi"}}})
+    );
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to reach 3 on the Kafka metric while cpu and memory have no readings",
+        Duration::from_secs(120),
+        |r| r == 3,
+    )
+    .await;
+    println!(
+        "cpu, kafka and memory triggers: 1 -> 3 replicas on the Kafka metric after {}",
+        secs(created.elapsed())
+    );
+    // Only the Kafka trigger is spillway's: one trigger status, at its own index.
+    let status = sos.get("worker").await.unwrap().status.unwrap_or_default();
+    let indices: Vec<i32> = status.triggers.iter().map(|t| t.index).collect();
+    assert_eq!(indices, [1], "{:?}", status.triggers);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone());
+    assert_eq!(ready.as_deref(), Some("True"));
+
+    // Only cpu and memory at minReplicaCount 0: refused by the API server, as KEDA's webhook does.
+    let refused = k8s::try_apply(
+        admin,
+        scaled_object(
+            &ns,
+            "cpu-only",
+            "worker",
+            json!({"minReplicaCount": 0,
+            "triggers": [{"cpu": {"utilization": 50}}]}),
+        ),
+    )
+    .await;
+    match refused {
+        Err(kube::Error::Api(status)) => assert!(
+            status
+                .message
+                .contains("minReplicaCount 0 needs a trigger other than cpu and memory"),
+            "{status:?}"
+        ),
+        other => panic!("a cpu-only object at minReplicaCount 0 was not refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fallback_behavior_current_replicas_if_higher_keeps_a_higher_count_and_static_goes_to_fallback_replicas()
+ {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-fallback-behavior").await;
+    // Three targets, each with its own object on an unreachable broker and fallback.replicas
+    // 3: static takes 5 to 3, currentReplicasIfHigher keeps 5 (above 3), currentReplicasIfLower
+    // keeps 2 (below 3).
+    let cases = [
+        ("static", "static", 5, 3),
+        ("higher", "currentReplicasIfHigher", 5, 5),
+        ("lower", "currentReplicasIfLower", 2, 2),
+    ];
+    let mut recorders = Vec::new();
+    for (name, _, start, _) in cases {
+        let deployments = deployment(admin, &ns, name, start).await;
+        recorders.push(ReplicaRecorder::start(deployments, name));
+    }
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let created = Instant::now();
+    for (name, behavior, _, _) in cases {
+        k8s::apply(
+            admin,
+            scaled_object(
+                &ns,
+                name,
+                name,
+                json!({"minReplicaCount": 1, "maxReplicaCount": 10, "pollingInterval": 1,
+                    "fallback": {"failureThreshold": 2, "replicas": 3, "behavior": behavior},
+                    "triggers": [kafka_trigger("127.0.0.1:1", "nobody", "nothing")]}),
+            ),
+        )
+        .await;
+    }
+    let mut conditions = Vec::new();
+    for (name, _, _, _) in cases {
+        conditions
+            .push(wait_condition(&sos, name, "Fallback", "True", Duration::from_secs(60)).await);
+    }
+    let to_condition = created.elapsed();
+    wait_replicas(
+        &deployments,
+        "static",
+        "to reach fallback.replicas 3 (static)",
+        Duration::from_secs(90),
+        |r| r == 3,
+    )
+    .await;
+    let static_at = created.elapsed();
+    // Past the HPA's downscale stabilization (10 s) twice over: the others would have moved.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    for ((name, behavior, start, expected), recorder) in cases.iter().zip(&recorders) {
+        recorder.catch_up().await;
+        assert_eq!(
+            replicas(&deployments, name).await,
+            *expected,
+            "{behavior}: {}\n{}",
+            recorder.describe(),
+            diagnose(admin, &ns).await
+        );
+        if name != &"static" {
+            assert!(
+                recorder.lowest() == Some(*start),
+                "{behavior} must hold {start} all along: {}",
+                recorder.describe()
+            );
+        }
+        let so = sos.get(name).await.unwrap();
+        assert_eq!(
+            so.status.as_ref().and_then(|s| s.original_replica_count),
+            Some(*start),
+            "{behavior}: status.originalReplicaCount"
+        );
+        assert!(
+            so.metadata.finalizers.unwrap_or_default().is_empty(),
+            "an object without restoreToOriginalReplicaCount gets no finalizer"
+        );
+    }
+    // The HPAs read a fallback value (not a 503, which would hold too): replicas × target,
+    // so each reports an average of exactly the target, 10, at its count.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    for (name, behavior, _, _) in cases {
+        common::eventually(
+            &format!("the HPA of {behavior} to read the fallback value"),
+            Duration::from_secs(30),
+            || async {
+                let hpa = hpas.get(&format!("spillway-{name}")).await.ok()?;
+                let metric = hpa.status?.current_metrics?.into_iter().next()?;
+                let average = metric.external?.current.average_value?;
+                (average.0 == "10").then_some(())
+            },
+        )
+        .await;
+    }
+    let higher = &conditions[1];
+    assert!(
+        higher.message.contains("serving fallback replicas 5")
+            && higher.message.contains("currentReplicasIfHigher"),
+        "{higher:?}"
+    );
+    println!(
+        "broker 127.0.0.1:1 -> Fallback=True on all three after {}; static 5 -> 3 after {}; 20 s later: {}",
+        secs(to_condition),
+        secs(static_at),
+        cases
+            .iter()
+            .zip(&recorders)
+            .map(|((_, behavior, _, _), r)| format!("{behavior} [{}]", r.describe()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    println!(
+        "Fallback condition of currentReplicasIfHigher: {}",
+        higher.message
+    );
+    for (name, _, _, _) in cases {
+        delete_scaled_object(&sos, name).await;
+    }
+    delete_lease(admin, &controller.lease_name).await;
+}
+
+/// The object `name`'s finalizers, `None` once it is gone.
+async fn finalizers(sos: &Api<ScaledObject>, name: &str) -> Option<Vec<String>> {
+    let so = sos.get_opt(name).await.ok()??;
+    Some(so.metadata.finalizers.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn deleting_a_scaled_object_that_restores_puts_its_target_back_at_its_original_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-restore").await;
+    // No backlog: the trigger reads 0, and with minReplicaCount 0 and initialCooldownPeriod 0
+    // the controller takes the target to 0 at once.
+    let (topic, group) = kafka_backlog(&[0]).await;
+    let deployments = deployment(admin, &ns, "worker", 3).await;
+    deployment(admin, &ns, "doomed", 2).await;
+    let controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let bootstrap = common::kafka::bootstrap();
+    let restoring = |name: &str| {
+        scaled_object(
+            &ns,
+            name,
+            name,
+            json!({"minReplicaCount": 0, "maxReplicaCount": 10, "pollingInterval": 1,
+                "initialCooldownPeriod": 0,
+                "advanced": {"restoreToOriginalReplicaCount": true},
+                "triggers": [kafka_trigger(&bootstrap, &group, &topic)]}),
+        )
+    };
+    let recorder = ReplicaRecorder::start(deployments.clone(), "worker");
+    k8s::apply(admin, restoring("worker")).await;
+    k8s::apply(admin, restoring("doomed")).await;
+    for name in ["worker", "doomed"] {
+        common::eventually(
+            &format!("{name} to carry the finalizer"),
+            Duration::from_secs(30),
+            || async {
+                finalizers(&sos, name)
+                    .await?
+                    .contains(&"spillway.dev/restore-replicas".to_owned())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to go to 0 (idle, minReplicaCount 0)",
+        Duration::from_secs(60),
+        |r| r == 0,
+    )
+    .await;
+    let original = sos
+        .get("worker")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.original_replica_count);
+    assert_eq!(original, Some(3), "status.originalReplicaCount");
+
+    let deleting = Instant::now();
+    delete_scaled_object(&sos, "worker").await;
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to be restored to its original 3",
+        Duration::from_secs(30),
+        |r| r == 3,
+    )
+    .await;
+    let restored = deleting.elapsed();
+    common::eventually("worker to be gone", Duration::from_secs(30), || async {
+        finalizers(&sos, "worker").await.is_none().then_some(())
+    })
+    .await;
+    let gone = deleting.elapsed();
+    recorder.catch_up().await;
+    let events = events_about(admin, &ns, "worker").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("RestoredOriginalReplicas") && e.contains("0 -> 3")),
+        "{events:?}"
+    );
+    // Nothing scales it after the restore: its HPA went first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(replicas(&deployments, "worker").await, 3);
+
+    // A target deleted first does not hold the deletion: the finalizer goes, with a Warning.
+    let doomed: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    doomed
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleting_doomed = Instant::now();
+    delete_scaled_object(&sos, "doomed").await;
+    common::eventually(
+        "doomed (target gone) to be gone",
+        Duration::from_secs(30),
+        || async { finalizers(&sos, "doomed").await.is_none().then_some(()) },
+    )
+    .await;
+    let doomed_gone = deleting_doomed.elapsed();
+    let events = events_about(admin, &ns, "doomed").await;
+    assert!(
+        events.iter().any(|e| e.starts_with("RestoreSkipped")),
+        "{events:?}"
+    );
+    println!(
+        "worker: 3 -> 0 by spillway ({}); deleted: back at 3 after {}, object gone after {}; \
+         doomed (target deleted first): object gone after {} ({})",
+        recorder.describe(),
+        secs(restored),
+        secs(gone),
+        secs(doomed_gone),
+        events
+            .iter()
+            .find(|e| e.starts_with("RestoreSkipped"))
+            .cloned()
+            .unwrap_or_default()
+    );
     common::kafka::delete_topic(&topic).await;
     delete_lease(admin, &controller.lease_name).await;
 }

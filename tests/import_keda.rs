@@ -138,11 +138,28 @@ const EXAMPLES: &[Example] = &[
     },
     Example {
         file: "cron-with-cpu.yaml",
-        imported: &[],
-        refused: &[(
-            "ScaledObject default/cron-scaledobject",
-            "cpu triggers (Resource metrics on the HPA) are not supported",
-        )],
+        imported: &["ScaledObject default/cron-scaledobject"],
+        refused: &[],
+    },
+    Example {
+        file: "cpu-scaledobject.yaml",
+        imported: &["ScaledObject default/cpu-scaledobject"],
+        refused: &[],
+    },
+    Example {
+        file: "cpu-container.yaml",
+        imported: &["ScaledObject default/cpu-scaledobject"],
+        refused: &[],
+    },
+    Example {
+        file: "memory-scaledobject.yaml",
+        imported: &["ScaledObject default/memory-scaledobject"],
+        refused: &[],
+    },
+    Example {
+        file: "memory-container.yaml",
+        imported: &["ScaledObject default/memory-scaledobject"],
+        refused: &[],
     },
     Example {
         file: "prometheus-deploy-guide.yaml",

@@ -77,8 +77,12 @@ pub mod condition {
         "message": "idleReplicaCount must be less than minReplicaCount"
     },
     {
-        "rule": "!has(self.fallback) || self.triggers.exists(t, !has(t.cron))",
-        "message": "fallback needs a trigger that can fail: cron triggers never do"
+        "rule": "!has(self.fallback) || self.triggers.exists(t, !has(t.cron) && !has(t.cpu) && !has(t.memory))",
+        "message": "fallback needs a trigger that can fail: cron triggers never do, and the HPA reads cpu and memory itself"
+    },
+    {
+        "rule": "(has(self.minReplicaCount) ? self.minReplicaCount : 0) > 0 || self.triggers.exists(t, !has(t.cpu) && !has(t.memory))",
+        "message": "minReplicaCount 0 needs a trigger other than cpu and memory: with no pods there is no cpu or memory to read (KEDA refuses it too)"
     },
     {
         "rule": "!has(self.fallback) || self.triggers.all(t, !has(t.metricType) || t.metricType == 'AverageValue')",
@@ -157,6 +161,13 @@ impl ScaledObjectSpec {
         100
     }
 
+    /// Whether deleting the object scales its target back to `status.originalReplicaCount`.
+    pub fn restores_original_replicas(&self) -> bool {
+        self.advanced
+            .as_ref()
+            .is_some_and(|a| a.restore_to_original_replica_count)
+    }
+
     /// True when scaling is paused, by `paused` or by `pausedReplicas`.
     pub fn is_paused(&self) -> bool {
         self.paused || self.paused_replicas.is_some()
@@ -198,7 +209,7 @@ impl ScaleTargetRef {
     }
 }
 
-/// Replicas to hold while triggers fail (KEDA's static fallback).
+/// Replicas to hold while triggers fail, as KEDA's `fallback`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
@@ -206,9 +217,63 @@ pub struct Fallback {
     /// fourth failure in a row starts it, with 0 the first.
     #[schemars(range(min = 0))]
     pub failure_threshold: i32,
-    /// Replicas the HPA is steered to while fallback applies.
+    /// Replicas the HPA is steered to while fallback applies (`behavior` may prefer the
+    /// target's current replicas).
     #[schemars(range(min = 0))]
     pub replicas: i32,
+    /// Which replicas fallback steers to: `static` (default) `replicas`; `currentReplicas` the
+    /// target's replicas as they are; `currentReplicasIfHigher` the larger of the two;
+    /// `currentReplicasIfLower` the smaller. Current replicas are the target's `spec.replicas`,
+    /// read while a trigger fails.
+    #[serde(default, skip_serializing_if = "FallbackBehavior::is_static")]
+    pub behavior: FallbackBehavior,
+}
+
+/// KEDA's `fallback.behavior` (less `scalingModifiers`: spillway has no formulas).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FallbackBehavior {
+    /// `fallback.replicas`.
+    #[default]
+    Static,
+    /// The target's current replicas: hold it where it is.
+    CurrentReplicas,
+    /// max(current replicas, `fallback.replicas`).
+    CurrentReplicasIfHigher,
+    /// min(current replicas, `fallback.replicas`).
+    CurrentReplicasIfLower,
+}
+
+impl FallbackBehavior {
+    fn is_static(&self) -> bool {
+        *self == Self::Static
+    }
+
+    /// Whether the replicas steered to depend on the target's current replicas.
+    pub fn reads_current_replicas(self) -> bool {
+        !self.is_static()
+    }
+
+    /// The replicas fallback steers to, from `fallback.replicas` and the target's `current`
+    /// replicas (`None`: not known, which only `static` can do without).
+    pub fn replicas(self, fallback_replicas: u32, current: Option<u32>) -> Option<u32> {
+        match self {
+            Self::Static => Some(fallback_replicas),
+            Self::CurrentReplicas => current,
+            Self::CurrentReplicasIfHigher => current.map(|c| c.max(fallback_replicas)),
+            Self::CurrentReplicasIfLower => current.map(|c| c.min(fallback_replicas)),
+        }
+    }
+
+    /// KEDA's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::CurrentReplicas => "currentReplicas",
+            Self::CurrentReplicasIfHigher => "currentReplicasIfHigher",
+            Self::CurrentReplicasIfLower => "currentReplicasIfLower",
+        }
+    }
 }
 
 /// Settings beyond the common ones.
@@ -217,6 +282,12 @@ pub struct Fallback {
 pub struct Advanced {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizontal_pod_autoscaler_config: Option<HorizontalPodAutoscalerConfig>,
+    /// When the ScaledObject is deleted, scale the target back to `status.originalReplicaCount`
+    /// (its replicas before spillway first changed them), as KEDA does. spillway holds the
+    /// deletion with the finalizer `spillway.dev/restore-replicas` until it has; a target gone
+    /// by then does not hold it (a Warning Event says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore_to_original_replica_count: bool,
 }
 
 /// The owned HPA's name and scaling behavior.
@@ -252,7 +323,8 @@ pub struct ScaledObjectStatus {
     /// The last poll at which a trigger was active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_active_time: Option<Time>,
-    /// The target's replicas when spillway took it over.
+    /// The target's replicas when spillway took it over, recorded before its first change of
+    /// them; `advanced.restoreToOriginalReplicaCount` restores them on deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_replica_count: Option<i32>,
     /// The replicas the target is held at while paused.
@@ -790,6 +862,19 @@ spec:
             p["fallback"]["required"],
             serde_json::json!(["failureThreshold", "replicas"])
         );
+        assert_eq!(
+            p["fallback"]["properties"]["behavior"]["enum"],
+            serde_json::json!([
+                "static",
+                "currentReplicas",
+                "currentReplicasIfHigher",
+                "currentReplicasIfLower"
+            ])
+        );
+        assert_eq!(
+            p["advanced"]["properties"]["restoreToOriginalReplicaCount"]["type"],
+            "boolean"
+        );
         let trigger = &p["triggers"]["items"]["properties"];
         let kafka = &trigger["kafka"]["properties"];
         let mut sasl: Vec<&str> = kafka["sasl"]["enum"]
@@ -840,6 +925,56 @@ spec:
         assert_eq!(
             schema["properties"]["metadata"]["properties"]["name"]["maxLength"],
             MAX_NAME_LENGTH
+        );
+    }
+
+    #[test]
+    fn fallback_behavior_and_restore_read_as_keda_writes_them() {
+        let spec = |extra: &str| {
+            serde_norway::from_str::<ScaledObjectSpec>(&format!(
+                "scaleTargetRef: {{name: w}}\ntriggers: [{{rabbitmq: {{host: 'amqp://r/', queueName: q, value: 5}}}}]\n{extra}"
+            ))
+        };
+        let plain = spec("fallback: {failureThreshold: 3, replicas: 6}").unwrap();
+        let fallback = plain.fallback.as_ref().unwrap();
+        assert_eq!(fallback.behavior, FallbackBehavior::Static);
+        assert!(!plain.restores_original_replicas());
+        // static is the default, so it is not written back.
+        assert_eq!(
+            serde_json::to_value(fallback).unwrap(),
+            serde_json::json!({"failureThreshold": 3, "replicas": 6})
+        );
+        for (text, behavior) in [
+            ("static", FallbackBehavior::Static),
+            ("currentReplicas", FallbackBehavior::CurrentReplicas),
+            (
+                "currentReplicasIfHigher",
+                FallbackBehavior::CurrentReplicasIfHigher,
+            ),
+            (
+                "currentReplicasIfLower",
+                FallbackBehavior::CurrentReplicasIfLower,
+            ),
+        ] {
+            let read = spec(&format!(
+                "fallback: {{failureThreshold: 3, replicas: 6, behavior: {text}}}"
+            ))
+            .unwrap();
+            assert_eq!(read.fallback.unwrap().behavior, behavior);
+            assert_eq!(behavior.as_str(), text);
+        }
+        let err = spec("fallback: {failureThreshold: 3, replicas: 6, behavior: scalingModifiers}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scalingModifiers") && err.contains("currentReplicasIfHigher"),
+            "{err}"
+        );
+        let restoring = spec("advanced: {restoreToOriginalReplicaCount: true}").unwrap();
+        assert!(restoring.restores_original_replicas());
+        assert_eq!(
+            serde_json::to_value(restoring.advanced.unwrap()).unwrap(),
+            serde_json::json!({"restoreToOriginalReplicaCount": true})
         );
     }
 

@@ -17,6 +17,16 @@
 //! minimum of 1 would undo it), back to `max(1, minReplicaCount)` (the HPA back), or from zero
 //! to `fallback.replicas` while its triggers fail; `status.lastActiveTime` (or the object's
 //! creation) is when a trigger was last active, against `cooldownPeriod`.
+//!
+//! Fallback: a failing trigger's metric serves `replicas × target`, the replicas set by
+//! `fallback.behavior`. A behavior that reads the target's current replicas has them read here,
+//! fresh at each reconcile while a trigger fails, on every replica (each serves the metrics
+//! API); until they are read the metric answers 503 and the HPA holds the target.
+//!
+//! Deletion: `status.originalReplicaCount` is recorded before spillway first changes the
+//! target; an object with `advanced.restoreToOriginalReplicaCount` carries the
+//! [`restore::FINALIZER`], and its deletion removes the HPA, scales the target back, then
+//! the finalizer ([`restore::on_delete`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,6 +53,7 @@ use super::crd::{ScaledObject, ScaledObjectStatus, TriggerStatus, condition};
 use super::hpa::{
     HpaError, HpaOwnership, TRANSFER_ANNOTATION, desired_hpa, hpa_drift, hpa_name, hpa_ownership,
 };
+use super::restore::{self, OnDelete};
 use super::scale_to_zero::{Cooldown, TriggerActivity, ZeroDecision, ZeroRules, decide};
 use super::secrets::SecretCache;
 use super::trigger_auth::{ClusterTriggerAuthentication, TriggerAuthentication};
@@ -487,8 +498,18 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     let (name, namespace) = (name.to_owned(), namespace.to_owned());
     let interval = Duration::from_secs(so.spec.polling_interval.max(1) as u64);
 
+    // 0. Being deleted: nothing is served for it any more; the leader does what the deletion
+    // asks (before registering: an object whose spec no longer registers must still go).
+    if so.metadata.deletion_timestamp.is_some() {
+        ctx.registry.remove(&namespace, &name);
+        if ctx.is_leader() {
+            finalize(ctx, &so).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
     // 1. Register, on every replica.
-    let registered = match registration(&so, ctx).await {
+    let mut registered = match registration(&so, ctx).await {
         Ok(registered) => registered,
         Err(err) if err.is_transient() => return Ok(keep_registration(&so, ctx, &err).await),
         Err(err) => {
@@ -510,6 +531,14 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
             return Ok(Action::requeue(RETRY_BROKEN));
         }
     };
+    if so
+        .spec
+        .fallback
+        .as_ref()
+        .is_some_and(|f| f.behavior.reads_current_replicas())
+    {
+        registered.fallback = fallback_from_current_replicas(ctx, &so, &registered).await;
+    }
     let trigger_ids: Vec<_> = registered
         .triggers
         .iter()
@@ -605,6 +634,27 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         return Ok(Action::requeue(RETRY_BROKEN));
     }
 
+    // The target as spillway found it, stored before any change of spillway's (its HPA's
+    // included), so a restart in between cannot record a count spillway set.
+    let mut version = so.metadata.resource_version.clone();
+    if status.original_replica_count.is_none() {
+        if read.at < reads_from {
+            read = read_replicas(false).await?;
+        }
+        version = record_original_replicas(ctx, &so, read.replicas)
+            .await?
+            .metadata
+            .resource_version;
+        status.original_replica_count = Some(read.replicas);
+    }
+    if let Some(patch) =
+        restore::finalizers_patch(&so, restore::wants_finalizer(&so), version.as_deref())
+    {
+        let api: Api<ScaledObject> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+
     let mut planned = target_plan(&so, &rules, &act, &states, &status, read.replicas, now);
     // Replicas reused from an earlier read decide only to do nothing: before scaling, the
     // target is read again (the HPA or a user may have moved it since).
@@ -636,7 +686,7 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         ensure_hpa(ctx, &hpas, &so, &hpa, existing_hpa).await?;
         status.hpa_name = Some(hpa.clone());
     } else {
-        delete_hpa(ctx, &hpas, &so, &hpa, existing_hpa).await?;
+        delete_hpa(ctx, &hpas, &so, &hpa, existing_hpa, "while paused or idle").await?;
         status.hpa_name = None;
     }
 
@@ -685,13 +735,27 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     );
     match &act.fallback {
         Some(reason) if so.spec.fallback.is_some() => {
-            let replicas = so.spec.fallback.as_ref().map_or(0, |f| f.replicas);
+            let steered = rules
+                .fallback
+                .and_then(|f| f.replicas_at(u32::try_from(read.replicas).ok()))
+                .unwrap_or(0);
+            let behavior = so
+                .spec
+                .fallback
+                .as_ref()
+                .map(|f| f.behavior)
+                .unwrap_or_default();
+            let how = if behavior.reads_current_replicas() {
+                format!(" (fallback.behavior {})", behavior.as_str())
+            } else {
+                String::new()
+            };
             set_condition(
                 &mut status,
                 condition::FALLBACK,
                 true,
                 "FallbackActive",
-                &format!("serving fallback replicas {replicas}: {reason}"),
+                &format!("serving fallback replicas {steered}{how}: {reason}"),
                 &so,
             );
         }
@@ -742,13 +806,13 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         act.fallback.is_some() && so.spec.fallback.is_some(),
         paused,
     );
+    // By each trigger's own index in `spec.triggers`: cpu and memory triggers have no entry.
     status.triggers = trigger_ids
         .iter()
         .zip(&states)
-        .enumerate()
-        .map(|(index, ((_, metric), state))| {
-            let name = so.spec.triggers.get(index).and_then(|t| t.name.clone());
-            trigger_status(index, name, metric, state.as_ref())
+        .map(|((id, metric), state)| {
+            let name = so.spec.triggers.get(id.index).and_then(|t| t.name.clone());
+            trigger_status(id.index, name, metric, state.as_ref())
         })
         .collect();
     write_status(ctx, &so, status).await?;
@@ -892,12 +956,180 @@ async fn registration(so: &ScaledObject, ctx: &Context) -> Result<Registered, Sp
         config,
         triggers,
         polling_interval: Duration::from_secs(so.spec.polling_interval.max(1) as u64),
+        // A behavior that reads the current replicas: set by the caller once they are read.
         fallback: so
             .spec
             .fallback
             .as_ref()
+            .filter(|f| !f.behavior.reads_current_replicas())
             .map(|f| (f.failure_threshold.max(0) as u32, f.replicas.max(0) as u32)),
     })
+}
+
+/// For a `fallback.behavior` that reads the target's current replicas: the failure threshold
+/// and the replicas fallback steers to, from a fresh read of the target while one of the
+/// object's triggers fails. `None` while none fails (no fallback value is served then, and a
+/// read ahead would be stale when one is) and when the read fails: a failing trigger then
+/// answers 503 as without fallback, and the HPA holds the target (KEDA answers the error too).
+async fn fallback_from_current_replicas(
+    ctx: &Context,
+    so: &ScaledObject,
+    registered: &Registered,
+) -> Option<(u32, u32)> {
+    let fallback = ZeroRules::from_spec(&so.spec).fallback?;
+    let failing = registered.triggers.iter().any(|(id, _)| {
+        ctx.cache
+            .get(id)
+            .is_some_and(|s| s.current().is_none() && s.consecutive_failures > 0)
+    });
+    if !failing {
+        return None;
+    }
+    let target = &so.spec.scale_target_ref;
+    let namespace = so.namespace().unwrap_or_default();
+    let read = match scale_api(ctx, &namespace, &target.api_version, &target.kind).await {
+        Ok(api) => ctx
+            .replicas(&api, so, false)
+            .await
+            .map_err(ReconcileError::from),
+        Err(err) => Err(err),
+    };
+    match read {
+        Ok(read) => {
+            let current = u32::try_from(read.replicas).unwrap_or(0);
+            let steered = fallback.replicas_at(Some(current))?;
+            Some((fallback.failure_threshold, steered))
+        }
+        Err(err) => {
+            tracing::warn!(%namespace, name = %so.name_any(), error = %err, "cannot read the target's replicas for fallback.behavior; its failing triggers answer 503 meanwhile");
+            None
+        }
+    }
+}
+
+/// Stores the target's replicas as `status.originalReplicaCount`, as KEDA does on its first
+/// reconcile; the object as written.
+async fn record_original_replicas(
+    ctx: &Context,
+    so: &ScaledObject,
+    replicas: i32,
+) -> Result<ScaledObject, ReconcileError> {
+    let api: Api<ScaledObject> = Api::namespaced(
+        ctx.client.clone(),
+        so.namespace().as_deref().unwrap_or_default(),
+    );
+    Ok(api
+        .patch_status(
+            &so.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"originalReplicaCount": replicas}})),
+        )
+        .await?)
+}
+
+/// Does what the deletion of `so` asks ([`restore::on_delete`]): removes its HPA (left, it
+/// would scale the target again), scales the target to `status.originalReplicaCount`, and
+/// removes the finalizer. A target (or its kind) gone, or a definite refusal, does not hold
+/// the deletion: the finalizer goes with a Warning Event; a transient error is retried.
+async fn finalize(ctx: &Context, so: &ScaledObject) -> Result<(), ReconcileError> {
+    let step = restore::on_delete(so);
+    if step == OnDelete::Nothing {
+        return Ok(());
+    }
+    let namespace = so.namespace().unwrap_or_default();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Ok(hpa) = hpa_name(so) {
+        let existing = ctx.hpa(&hpas, &namespace, &hpa).await?;
+        delete_hpa(
+            ctx,
+            &hpas,
+            so,
+            &hpa,
+            existing,
+            "before restoring the replicas",
+        )
+        .await?;
+    }
+    let target = &so.spec.scale_target_ref;
+    let skipped = match step {
+        OnDelete::Nothing => return Ok(()),
+        OnDelete::Skip { why } => Some(why),
+        OnDelete::Restore { to } => match restore_replicas(ctx, so, to).await {
+            Ok(()) => None,
+            Err(RestoreError::GaveUp(why)) => Some(why),
+            Err(RestoreError::Retry(err)) => return Err(err),
+        },
+    };
+    if let Some(why) = skipped {
+        tracing::warn!(%namespace, name = %so.name_any(), %why, "not restoring the target's replicas");
+        publish(
+            ctx,
+            so,
+            EventType::Warning,
+            "RestoreSkipped",
+            &format!(
+                "{} {}: replicas not restored on deletion: {why}",
+                target.kind, target.name
+            ),
+        )
+        .await;
+    }
+    if let Some(patch) = restore::finalizers_patch(so, false, so.resource_version().as_deref()) {
+        let api: Api<ScaledObject> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api
+            .patch(
+                &so.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Why a restore did not happen: a definite answer (the deletion goes on without it) or a
+/// transient error (retried).
+enum RestoreError {
+    GaveUp(String),
+    Retry(ReconcileError),
+}
+
+/// Scales the target of `so` to `to` through its scale subresource, with an Event.
+async fn restore_replicas(ctx: &Context, so: &ScaledObject, to: i32) -> Result<(), RestoreError> {
+    let target = &so.spec.scale_target_ref;
+    let namespace = so.namespace().unwrap_or_default();
+    let definite = |err: kube::Error| match err {
+        kube::Error::Api(e) if restore::gives_up(e.code) => RestoreError::GaveUp(format!(
+            "{} {} in {namespace}: {} ({})",
+            target.kind, target.name, e.message, e.code
+        )),
+        err => RestoreError::Retry(err.into()),
+    };
+    let api = match scale_api(ctx, &namespace, &target.api_version, &target.kind).await {
+        Ok(api) => api,
+        Err(err @ ReconcileError::Target { .. }) => {
+            return Err(RestoreError::GaveUp(err.to_string()));
+        }
+        Err(err) => return Err(RestoreError::Retry(err)),
+    };
+    let from = api
+        .get_scale(&target.name)
+        .await
+        .map_err(definite)?
+        .spec
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let why = "advanced.restoreToOriginalReplicaCount: the ScaledObject is deleted";
+    match scale(ctx, &api, so, from, to, "RestoredOriginalReplicas", why).await {
+        Ok(()) => Ok(()),
+        Err(ReconcileError::Kube(err)) => Err(definite(err)),
+        Err(err) => Err(RestoreError::Retry(err)),
+    }
 }
 
 /// The object's Secrets could not be read now: whatever is registered stays (its metrics keep
@@ -1097,6 +1329,7 @@ async fn delete_hpa(
     so: &ScaledObject,
     name: &str,
     existing: Option<HorizontalPodAutoscaler>,
+    when: &str,
 ) -> Result<(), ReconcileError> {
     let Some(existing) = existing else {
         return Ok(());
@@ -1116,7 +1349,7 @@ async fn delete_hpa(
                 so,
                 EventType::Normal,
                 "HPARemoved",
-                &format!("removed HorizontalPodAutoscaler {name} while paused or idle"),
+                &format!("removed HorizontalPodAutoscaler {name} {when}"),
             )
             .await;
             Ok(())
@@ -1370,6 +1603,7 @@ mod tests {
             let fallback_rule = threshold.map(|failure_threshold| Fallback {
                 failure_threshold,
                 replicas: 2,
+                behavior: Default::default(),
             });
             let act = activity(&rules(fallback_rule), states);
             assert_eq!(

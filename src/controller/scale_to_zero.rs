@@ -5,7 +5,7 @@
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use super::crd::ScaledObjectSpec;
+use super::crd::{FallbackBehavior, ScaledObjectSpec};
 use crate::cache::TriggerState;
 use crate::registry::past_failure_threshold;
 
@@ -16,12 +16,19 @@ pub struct Fallback {
     /// one (KEDA's rule, [`past_failure_threshold`]).
     pub failure_threshold: u32,
     pub replicas: u32,
+    pub behavior: FallbackBehavior,
 }
 
 impl Fallback {
     /// Whether a trigger that failed `consecutive_failures` polls in a row is in fallback.
     pub fn applies(&self, consecutive_failures: u32) -> bool {
         past_failure_threshold(consecutive_failures, self.failure_threshold)
+    }
+
+    /// The replicas fallback steers a target at `current` replicas to (`None`: not known, and
+    /// the behavior needs them).
+    pub fn replicas_at(&self, current: Option<u32>) -> Option<u32> {
+        self.behavior.replicas(self.replicas, current)
     }
 }
 
@@ -46,6 +53,7 @@ impl ZeroRules {
             fallback: spec.fallback.as_ref().map(|f| Fallback {
                 failure_threshold: count(f.failure_threshold),
                 replicas: count(f.replicas),
+                behavior: f.behavior,
             }),
         }
     }
@@ -134,7 +142,8 @@ pub enum ZeroDecision {
         to: u32,
         idle_for: Option<SignedDuration>,
     },
-    /// At 0 while `trigger` fails past `fallback.failureThreshold`: up to `fallback.replicas`.
+    /// At 0 while `trigger` fails past `fallback.failureThreshold`: up to the replicas fallback
+    /// steers to (`fallback.replicas`, or by its behavior), when above 0.
     FallbackFromZero { to: u32, trigger: usize },
     /// Nothing to do about zero: the HPA, if any, has the target.
     Hold(HoldReason),
@@ -190,13 +199,13 @@ pub fn decide(
             _ => ZeroDecision::ToIdle { to: idle, idle_for },
         };
     }
+    // From 0 only to a count above it: `currentReplicas` (and `IfLower`) hold a target at 0
+    // there, as KEDA's do.
     if current == Some(0)
         && let (Some(fallback), Some(trigger)) = (rules.fallback, rules.fallback_trigger(triggers))
+        && let Some(to) = fallback.replicas_at(current).filter(|to| *to > 0)
     {
-        return ZeroDecision::FallbackFromZero {
-            to: fallback.replicas,
-            trigger,
-        };
+        return ZeroDecision::FallbackFromZero { to, trigger };
     }
     ZeroDecision::Hold(if !scales_to_idle {
         HoldReason::NeverIdle
@@ -239,6 +248,7 @@ mod tests {
             fallback: fallback.then_some(Fallback {
                 failure_threshold: 2,
                 replicas: 3,
+                behavior: FallbackBehavior::Static,
             }),
         }
     }
@@ -492,7 +502,8 @@ mod tests {
                 cooldown_seconds: 300,
                 fallback: Some(Fallback {
                     failure_threshold: 0,
-                    replicas: 4
+                    replicas: 4,
+                    behavior: FallbackBehavior::Static,
                 }),
             }
         );
@@ -505,6 +516,74 @@ mod tests {
             })
             .scales_to_idle()
         );
+    }
+
+    #[test]
+    fn fallback_from_zero_follows_the_behavior() {
+        use FallbackBehavior::*;
+        let failing = [failed(3)];
+        // (behavior, fallback.replicas, decision at 0)
+        let cases = [
+            (Static, 3, FallbackFromZero { to: 3, trigger: 0 }),
+            (
+                CurrentReplicasIfHigher,
+                3,
+                FallbackFromZero { to: 3, trigger: 0 },
+            ),
+            // Held at 0 as KEDA holds it: no HPA runs a target at 0, and these ask for 0.
+            (CurrentReplicas, 3, Hold(Unread { triggers: vec![0] })),
+            (
+                CurrentReplicasIfLower,
+                3,
+                Hold(Unread { triggers: vec![0] }),
+            ),
+            // fallback.replicas 0 is no step from 0 to 0.
+            (Static, 0, Hold(Unread { triggers: vec![0] })),
+        ];
+        for (behavior, replicas, expected) in cases {
+            let mut rules = rules(0, None, true);
+            rules.fallback = Some(Fallback {
+                failure_threshold: 2,
+                replicas,
+                behavior,
+            });
+            assert_eq!(
+                decide(&rules, Some(0), &failing, idle_for(0)),
+                expected,
+                "{behavior:?}, fallback.replicas {replicas}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_behavior_picks_its_replicas() {
+        use FallbackBehavior::*;
+        // (behavior, fallback.replicas, current, steered to)
+        let cases = [
+            (Static, 3, Some(5), Some(3)),
+            (Static, 3, None, Some(3)),
+            (CurrentReplicas, 3, Some(5), Some(5)),
+            (CurrentReplicas, 3, Some(1), Some(1)),
+            (CurrentReplicasIfHigher, 3, Some(5), Some(5)),
+            (CurrentReplicasIfHigher, 3, Some(2), Some(3)),
+            (CurrentReplicasIfLower, 3, Some(5), Some(3)),
+            (CurrentReplicasIfLower, 3, Some(2), Some(2)),
+            (CurrentReplicas, 3, None, None),
+            (CurrentReplicasIfHigher, 3, None, None),
+            (CurrentReplicasIfLower, 3, None, None),
+        ];
+        for (behavior, replicas, current, expected) in cases {
+            let fallback = Fallback {
+                failure_threshold: 0,
+                replicas,
+                behavior,
+            };
+            assert_eq!(
+                fallback.replicas_at(current),
+                expected,
+                "{behavior:?} at {current:?}"
+            );
+        }
     }
 
     #[test]

@@ -565,16 +565,54 @@ mod tests {
     }
 
     #[test]
+    fn fallback_behaviors_and_the_restore_carry_over() {
+        use crate::controller::crd::FallbackBehavior;
+        for (text, behavior) in [
+            ("currentReplicas", FallbackBehavior::CurrentReplicas),
+            (
+                "currentReplicasIfHigher",
+                FallbackBehavior::CurrentReplicasIfHigher,
+            ),
+            (
+                "currentReplicasIfLower",
+                FallbackBehavior::CurrentReplicasIfLower,
+            ),
+        ] {
+            let yaml = format!(
+                "{SO}spec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: {text}}}\n  advanced: {{restoreToOriginalReplicaCount: true}}\n  triggers: [{{type: kafka, metadata: {{bootstrapServers: 'k:9092', consumerGroup: g, topic: t}}}}]\n"
+            );
+            let report = report(&yaml, Completeness::Partial);
+            let Outcome::Imported {
+                manifest: Manifest::ScaledObject(so),
+                ..
+            } = &report.outcomes[0]
+            else {
+                panic!("{}", report.check());
+            };
+            let fallback = so.spec.fallback.as_ref().unwrap();
+            assert_eq!(
+                (
+                    fallback.failure_threshold,
+                    fallback.replicas,
+                    fallback.behavior
+                ),
+                (3, 6, behavior)
+            );
+            assert!(so.spec.restores_original_replicas(), "{text}");
+        }
+    }
+
+    #[test]
     fn what_spillway_lacks_refuses_the_object_with_every_reason() {
         let yaml = format!(
-            "{SO}  annotations: {{autoscaling.keda.sh/force-activation: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: currentReplicas}}\n  advanced: {{restoreToOriginalReplicaCount: true}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
+            "{SO}  annotations: {{autoscaling.keda.sh/force-activation: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: scalingModifiers}}\n  advanced: {{restoreToOriginalReplicaCount: 'yes'}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
         );
         let report = report(&yaml, Completeness::Partial);
         let text = reasons(&report, "ScaledObject shop/w");
         for phrase in [
             "force-activation]: spillway has no forced activation",
-            "fallback.behavior: \"currentReplicas\" is not supported",
-            "restoreToOriginalReplicaCount: spillway does not restore",
+            "fallback.behavior: scalingModifiers needs spec.advanced.scalingModifiers",
+            "restoreToOriginalReplicaCount: \"yes\" is not a boolean",
             "spec.unknownField: is not a field spillway knows",
             "triggers[0].metadata.value: needs the trigger's metricType",
             "triggers[1].type: aws-sqs-queue is not supported",

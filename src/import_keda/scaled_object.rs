@@ -2,13 +2,13 @@
 //!
 //! | KEDA field | spillway |
 //! |---|---|
-//! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, advanced.horizontalPodAutoscalerConfig {name, behavior}, triggers[].authenticationRef | same, written out |
+//! | scaleTargetRef {apiVersion, kind, name}, pollingInterval (30), cooldownPeriod (300), minReplicaCount (0), maxReplicaCount (100), idleReplicaCount, fallback {failureThreshold, replicas}, fallback.behavior currentReplicas, currentReplicasIfHigher, currentReplicasIfLower, advanced.horizontalPodAutoscalerConfig {name, behavior}, advanced.restoreToOriginalReplicaCount true, triggers[].authenticationRef | same, written out |
 //! | annotations `autoscaling.keda.sh/paused`, `paused-replicas` | `spec.paused`, `spec.pausedReplicas` |
 //! | initialCooldownPeriod (0), triggers[].name, triggers[].metricType Value, metadata.labels (copied to the HPA) | same, written out (AverageValue left out: the default) |
 //! | annotations `paused-scale-in`, `paused-scale-out`, `scaledobject.keda.sh/hpa-excluded-labels` | `spec.pausedScaleIn`, `spec.pausedScaleOut`, `spillway.dev/hpa-excluded-labels` |
-//! | fallback.behavior static, restoreToOriginalReplicaCount false, useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
+//! | fallback.behavior static (the default), restoreToOriginalReplicaCount false (the default), useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
 //! | cpu and memory triggers {metricType Utilization or AverageValue (or the deprecated metadata.type), value, containerName} | `cpu`/`memory` {`utilization` or `averageValue`, `containerName`}: a Resource (or ContainerResource) metric on the HPA, as in KEDA |
-//! | fallback.behavior other, fallback with a Value trigger, restoreToOriginalReplicaCount true, scalingModifiers, `force-activation`, other trigger types | refused |
+//! | fallback.behavior scalingModifiers, fallback with a Value trigger, scalingModifiers, `force-activation`, other trigger types | refused |
 //!
 //! The result must pass the controller's checks (`spillway plan`'s), and a trigger's
 //! `authenticationRef` is checked against the imported TriggerAuthentication it names: its
@@ -179,6 +179,22 @@ pub(super) fn map(object: &KedaObject, authentications: &Authentications) -> Out
     if triggers.is_empty() && !given.is_empty() {
         found.reasons.push("spec.triggers: none given".to_owned());
     }
+    // KEDA keeps an object of only cpu and memory triggers active for ever, so its target never
+    // goes below one replica whatever minReplicaCount says; spillway asks for that to be written.
+    let only_resources = !triggers.is_empty()
+        && triggers
+            .iter()
+            .all(|t| t.get("cpu").is_some() || t.get("memory").is_some());
+    let min = spec
+        .get("minReplicaCount")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if only_resources && min == 0 {
+        spec.insert("minReplicaCount".into(), 1.into());
+        found.differences.push(
+            "spec.minReplicaCount: 1 written for 0: with only cpu and memory triggers KEDA never scales to zero (the object is always active), and spillway refuses 0 for such an object".to_owned(),
+        );
+    }
     match &hpa_name {
         Some(hpa) => found.differences.push(format!(
             "spec.advanced.horizontalPodAutoscalerConfig.name: spillway will not take over KEDA's HPA {hpa} until KEDA's ScaledObject is deleted (or the HPA is annotated spillway.dev/transfer-to: {name})"
@@ -314,12 +330,20 @@ fn fallback(value: &Value, found: &mut Findings) -> Value {
             "failureThreshold" | "replicas" => {
                 out.insert(key.clone(), field.clone());
             }
-            "behavior" if field.as_str() == Some("static") => found.differences.push(
-                "spec.fallback.behavior: static left out (spillway's only fallback)".to_owned(),
-            ),
-            "behavior" => found.reasons.push(format!(
-                "spec.fallback.behavior: {field} is not supported by spillway yet (it holds fallback.replicas: static)"
-            )),
+            "behavior" => match field.as_str() {
+                Some("static") => found.differences.push(
+                    "spec.fallback.behavior: static left out (spillway's default)".to_owned(),
+                ),
+                Some("currentReplicas" | "currentReplicasIfHigher" | "currentReplicasIfLower") => {
+                    out.insert(key.clone(), field.clone());
+                }
+                Some("scalingModifiers") => found.reasons.push(
+                    "spec.fallback.behavior: scalingModifiers needs spec.advanced.scalingModifiers, which spillway does not support yet".to_owned(),
+                ),
+                _ => found.reasons.push(format!(
+                    "spec.fallback.behavior: {field} is not one of static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower"
+                )),
+            },
             other => found.reasons.push(format!("spec.fallback.{other}: is not a field spillway knows")),
         }
     }
@@ -354,9 +378,12 @@ fn advanced(value: &Value, found: &mut Findings, hpa_name: &mut Option<String>) 
             "restoreToOriginalReplicaCount" if field.as_bool() == Some(false) => found.differences.push(
                 "spec.advanced.restoreToOriginalReplicaCount: false left out: spillway leaves the target as it is when the ScaledObject is deleted".to_owned(),
             ),
-            "restoreToOriginalReplicaCount" => found.reasons.push(
-                "spec.advanced.restoreToOriginalReplicaCount: spillway does not restore the original replica count yet".to_owned(),
-            ),
+            "restoreToOriginalReplicaCount" if field.as_bool() == Some(true) => {
+                out.insert(key.clone(), field.clone());
+            }
+            "restoreToOriginalReplicaCount" => found.reasons.push(format!(
+                "spec.advanced.restoreToOriginalReplicaCount: {field} is not a boolean"
+            )),
             "scalingModifiers" => found.reasons.push(
                 "spec.advanced.scalingModifiers: formulas over triggers are not supported by spillway yet".to_owned(),
             ),

@@ -190,6 +190,7 @@ impl PlanSource {
             Some(f) => Some(Fallback {
                 failure_threshold: f.failure_threshold as u32,
                 replicas: f.replicas as u32,
+                behavior: f.behavior,
             }),
         };
         let pause = match spec.paused_replicas {
@@ -551,6 +552,31 @@ spec:
             let err = source(&text).unwrap_err().to_string();
             assert!(err.starts_with(want), "got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn defaults_written_out_are_known_fields_and_typos_are_not() {
+        let with = |extra: &str| {
+            ORDERS.replace(
+                "maxReplicaCount: 24",
+                &format!("maxReplicaCount: 24\n{extra}"),
+            )
+        };
+        // Left out of the typed object for holding their defaults, yet fields of the schema.
+        let defaults = with(
+            "  pausedScaleIn: false\n  fallback: {failureThreshold: 2, replicas: 3, behavior: static}\n  advanced: {restoreToOriginalReplicaCount: false}",
+        );
+        let fallback = source(&defaults).unwrap().input.fallback.unwrap();
+        assert_eq!(
+            fallback.behavior,
+            crate::controller::crd::FallbackBehavior::Static
+        );
+        let typo = with("  fallback: {failureThreshold: 2, replicas: 3, behaviour: static}");
+        let err = source(&typo).unwrap_err().to_string();
+        assert!(
+            err.starts_with("so.yaml: document 1: spec.fallback.behaviour: unknown field"),
+            "{err}"
+        );
     }
 
     #[test]

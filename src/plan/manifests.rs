@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize as _;
 
 use super::input::PlanError;
-use crate::controller::crd::{GROUP, ScaledObject};
+use crate::controller::crd::{GROUP, ScaledObject, crd};
 
 /// The ScaledObjects of a manifest (one or more YAML documents), as `kubectl apply` would
 /// take them: `apiVersion: spillway.dev/v1alpha1`, `kind: ScaledObject`, no unknown fields
@@ -31,6 +31,12 @@ pub fn parse_scaled_objects(path: &Path, text: &str) -> Result<Vec<ScaledObject>
         None => err.to_string(),
     };
     let api_version = format!("{GROUP}/v1alpha1");
+    let schema = crd()
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref()?.open_api_v3_schema.as_ref())
+        .map(|s| serde_json::to_value(s).expect("a schema serializes"));
     let mut objects = Vec::new();
     let untyped = serde_norway::Deserializer::from_str(text);
     let typed = serde_norway::Deserializer::from_str(text);
@@ -59,7 +65,10 @@ pub fn parse_scaled_objects(path: &Path, text: &str) -> Result<Vec<ScaledObject>
         }
         let so = ScaledObject::deserialize(typed).map_err(|e| file_error(located(e)))?;
         let written = serde_json::to_value(&so).expect("a ScaledObject serializes");
-        if let Some(unknown) = unknown_fields(&value, &written, "").into_iter().next() {
+        if let Some(unknown) = unknown_fields(&value, &written, schema.as_ref(), "")
+            .into_iter()
+            .next()
+        {
             return Err(file_error(format!(
                 "document {document}: {unknown}: unknown field"
             )));
@@ -72,9 +81,17 @@ pub fn parse_scaled_objects(path: &Path, text: &str) -> Result<Vec<ScaledObject>
     Ok(objects)
 }
 
-/// Paths of fields set in `given` that the typed object dropped: fields spillway does not
-/// know. Triggers deny unknown fields themselves (and accept aliases), so they are skipped.
-fn unknown_fields(given: &serde_json::Value, kept: &serde_json::Value, at: &str) -> Vec<String> {
+/// Paths of fields set in `given` that the typed object dropped and `schema` (the
+/// ScaledObject's, at this path) does not declare: fields spillway does not know. A declared
+/// field may be dropped for holding its default (`fallback.behavior: static`,
+/// `pausedScaleIn: false`). Triggers deny unknown fields themselves (and accept aliases), so
+/// they are skipped.
+fn unknown_fields(
+    given: &serde_json::Value,
+    kept: &serde_json::Value,
+    schema: Option<&serde_json::Value>,
+    at: &str,
+) -> Vec<String> {
     use serde_json::Value;
     match (given, kept) {
         (Value::Object(given), Value::Object(kept)) => given
@@ -86,10 +103,12 @@ fn unknown_fields(given: &serde_json::Value, kept: &serde_json::Value, at: &str)
                 } else {
                     format!("{at}.{key}")
                 };
+                let declared = schema.and_then(|s| s.get("properties")?.get(key));
                 match kept.get(key) {
                     _ if matches!(path.as_str(), "spec.triggers" | "status") => Vec::new(),
+                    None if declared.is_some() => Vec::new(),
                     None => vec![path],
-                    Some(kept) => unknown_fields(value, kept, &path),
+                    Some(kept) => unknown_fields(value, kept, declared, &path),
                 }
             })
             .collect(),
@@ -97,7 +116,14 @@ fn unknown_fields(given: &serde_json::Value, kept: &serde_json::Value, at: &str)
             .iter()
             .zip(kept)
             .enumerate()
-            .flat_map(|(i, (g, k))| unknown_fields(g, k, &format!("{at}[{i}]")))
+            .flat_map(|(i, (g, k))| {
+                unknown_fields(
+                    g,
+                    k,
+                    schema.and_then(|s| s.get("items")),
+                    &format!("{at}[{i}]"),
+                )
+            })
             .collect(),
         _ => Vec::new(),
     }

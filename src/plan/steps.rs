@@ -275,7 +275,12 @@ pub fn plan(input: &PlanInput) -> Plan {
             "scale to zero",
             Some(*to),
             format!(
-                "at 0 with a trigger past fallback.failureThreshold: the controller scales to fallback.replicas {to}"
+                "at 0 with a trigger past fallback.failureThreshold: the controller scales to {}",
+                input
+                    .fallback
+                    .map_or(format!("fallback.replicas {to}"), |f| {
+                        fallback_replicas_text(f, *to)
+                    })
             ),
         ),
         ZeroDecision::Hold(reason) => step(
@@ -500,6 +505,24 @@ fn step_summary(
     }
 }
 
+/// How fallback came to `replicas`: "fallback.replicas 3", or "currentReplicasIfHigher
+/// max(5, fallback.replicas 3) = 5".
+fn fallback_replicas_text(f: Fallback, replicas: u32) -> String {
+    use crate::controller::crd::FallbackBehavior::*;
+    match f.behavior {
+        Static => format!("fallback.replicas {replicas}"),
+        CurrentReplicas => format!("currentReplicas {replicas}"),
+        CurrentReplicasIfHigher => format!(
+            "currentReplicasIfHigher (the higher of current and fallback.replicas {}) {replicas}",
+            f.replicas
+        ),
+        CurrentReplicasIfLower => format!(
+            "currentReplicasIfLower (the lower of current and fallback.replicas {}) {replicas}",
+            f.replicas
+        ),
+    }
+}
+
 fn trigger_plan(
     trigger: &PlanTrigger,
     current: Option<u32>,
@@ -513,14 +536,34 @@ fn trigger_plan(
             error,
             consecutive_failures,
         } => match fallback {
-            Some(f) if f.applies(*consecutive_failures) => (
-                Some(f64::from(f.replicas) * target),
-                None,
-                Some(format!(
-                    "failed {consecutive_failures} polls in a row (fallback.failureThreshold {}): fallback.replicas {} × target is served: {error}",
-                    f.failure_threshold, f.replicas
-                )),
-            ),
+            Some(f) if f.applies(*consecutive_failures) => match f.replicas_at(current) {
+                Some(replicas) => (
+                    Some(f64::from(replicas) * target),
+                    None,
+                    Some(format!(
+                        "failed {consecutive_failures} polls in a row (fallback.failureThreshold {}): {} × target is served: {error}",
+                        f.failure_threshold,
+                        fallback_replicas_text(f, replicas)
+                    )),
+                ),
+                None => {
+                    return TriggerPlan {
+                        metric: trigger.metric.clone(),
+                        target,
+                        value: None,
+                        active: None,
+                        ratio: None,
+                        within_tolerance: None,
+                        raw: None,
+                        proposal: None,
+                        why: format!(
+                            "no value: past fallback.failureThreshold {}, but fallback.behavior {} serves from the target's current replicas (give --current-replicas): {error}",
+                            f.failure_threshold,
+                            f.behavior.as_str()
+                        ),
+                    };
+                }
+            },
             _ => {
                 return TriggerPlan {
                     metric: trigger.metric.clone(),
@@ -616,6 +659,9 @@ fn settings_line(input: &PlanInput, hpa_min: u32, max: u32) -> String {
             ", fallback {} after more than {} failures",
             f.replicas, f.failure_threshold
         );
+        if f.behavior.reads_current_replicas() {
+            let _ = write!(line, " ({})", f.behavior.as_str());
+        }
     }
     let tolerance = input.rules.tolerance();
     let _ = match &input.rules {
@@ -642,6 +688,7 @@ fn settings_line(input: &PlanInput, hpa_min: u32, max: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::crd::FallbackBehavior;
 
     // Plans: every number below is worked out in the comment beside it, from the rules in
     // docs/k8s-metrics-api.md ("The HPA (autoscaling/v2) and External metrics").
@@ -1027,6 +1074,7 @@ mod tests {
         i.fallback = Some(Fallback {
             failure_threshold: 2,
             replicas: 3,
+            behavior: FallbackBehavior::Static,
         });
         let p = plan(&i);
         assert_eq!(p.triggers[0].value, Some(300.0));
@@ -1035,6 +1083,54 @@ mod tests {
         // Two failures are not more than the threshold: no value, hold (KEDA's rule).
         i.triggers = vec![failed("s0", 100.0, 2)];
         assert_eq!(plan(&i).settles_at, Some(6));
+    }
+
+    #[test]
+    fn fallback_behaviors_serve_from_the_current_replicas() {
+        use FallbackBehavior::*;
+        // fallback 3 after more than 2 failures, target 100, at 6 replicas now:
+        // (behavior, value served, settles at)
+        let cases = [
+            (Static, 300.0, 3),
+            (CurrentReplicas, 600.0, 6),
+            (CurrentReplicasIfHigher, 600.0, 6),
+            (CurrentReplicasIfLower, 300.0, 3),
+        ];
+        for (behavior, value, settles) in cases {
+            let mut i = input(vec![failed("s0", 100.0, 3)], Some(6));
+            i.fallback = Some(Fallback {
+                failure_threshold: 2,
+                replicas: 3,
+                behavior,
+            });
+            let p = plan(&i);
+            assert_eq!(p.triggers[0].value, Some(value), "{behavior:?}");
+            assert_eq!(p.settles_at, Some(settles), "{behavior:?}");
+        }
+        // At 2 now, IfHigher goes up to fallback.replicas 3 and IfLower holds 2.
+        for (behavior, settles) in [(CurrentReplicasIfHigher, 3), (CurrentReplicasIfLower, 2)] {
+            let mut i = input(vec![failed("s0", 100.0, 3)], Some(2));
+            i.fallback = Some(Fallback {
+                failure_threshold: 2,
+                replicas: 3,
+                behavior,
+            });
+            assert_eq!(plan(&i).settles_at, Some(settles), "{behavior:?}");
+        }
+        // Without --current-replicas only static has a value to serve.
+        let mut i = input(vec![failed("s0", 100.0, 3)], None);
+        i.fallback = Some(Fallback {
+            failure_threshold: 2,
+            replicas: 3,
+            behavior: CurrentReplicas,
+        });
+        let p = plan(&i);
+        assert_eq!(p.triggers[0].value, None);
+        assert!(
+            p.triggers[0].why.contains("--current-replicas"),
+            "{}",
+            p.triggers[0].why
+        );
     }
 
     #[test]
