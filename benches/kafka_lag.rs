@@ -157,7 +157,8 @@ async fn tick_time_over_10k_partitions() {
         .poll_detailed(std::slice::from_ref(&trigger))
         .await
         .remove(0);
-    for _ in 0..30 {
+    // On a loaded 2-core machine 10,000 new partitions took over 30 s to all have a leader.
+    for _ in 0..120 {
         if first.is_ok() {
             break;
         }

@@ -114,6 +114,19 @@ pub struct PlanTrigger {
     pub observed: Observed,
 }
 
+impl PlanTrigger {
+    /// How the plan names the trigger, `s<index>`: its index in `spec.triggers`, the served
+    /// metric name's prefix (cpu and memory triggers have none, so it is not the position).
+    pub fn label(&self) -> &str {
+        metric_label(&self.metric)
+    }
+}
+
+/// `s<index>` of a served metric name `s<index>-<name>`.
+pub fn metric_label(metric: &str) -> &str {
+    metric.split('-').next().unwrap_or(metric)
+}
+
 /// Whether scaling is paused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pause {
@@ -265,13 +278,17 @@ impl PlanSource {
                     value: v.value,
                 });
             }
-            let slot = given
-                .get_mut(v.index)
+            let label = format!("s{}", v.index);
+            let position = input.triggers.iter().position(|t| t.label() == label);
+            let slot = position
+                .and_then(|position| given.get_mut(position))
                 .ok_or_else(|| PlanError::UnknownTrigger {
                     object: input.object.clone(),
                     index: v.index,
-                    known: (0..input.triggers.len())
-                        .map(|i| format!("s{i}"))
+                    known: input
+                        .triggers
+                        .iter()
+                        .map(PlanTrigger::label)
                         .collect::<Vec<_>>()
                         .join(", "),
                 })?;
@@ -280,10 +297,10 @@ impl PlanSource {
             }
         }
         let plan_triggers = input.triggers.iter_mut().zip(given).zip(&rules);
-        for (index, ((trigger, value), (_, rule))) in plan_triggers.enumerate() {
+        for ((trigger, value), (id, rule)) in plan_triggers {
             let value = value.ok_or_else(|| PlanError::MissingValue {
                 object: input.object.clone(),
-                index,
+                index: id.index,
                 metric: trigger.metric.clone(),
             })?;
             trigger.observed = Observed::Value {
@@ -296,7 +313,8 @@ impl PlanSource {
 
     /// Sets every trigger's value from the cache's states after a poll, in trigger order.
     pub fn set_states(&mut self, states: &[Option<TriggerState>]) {
-        let entries = &self.config.triggers;
+        let ids = triggers(&self.config).unwrap_or_default();
+        let entries = ids.iter().map(|(id, _)| &self.config.triggers[id.index]);
         for ((trigger, state), entry) in self.input.triggers.iter_mut().zip(states).zip(entries) {
             trigger.observed = match state {
                 None => Observed::Failed {

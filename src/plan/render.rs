@@ -12,10 +12,9 @@ impl fmt::Display for Plan {
         let rows: Vec<Vec<String>> = self
             .triggers
             .iter()
-            .enumerate()
-            .map(|(i, t)| {
+            .map(|t| {
                 vec![
-                    format!("s{i}"),
+                    super::input::metric_label(&t.metric).to_owned(),
                     t.metric.clone(),
                     t.value.map_or("-".into(), format_number),
                     format_number(t.target),

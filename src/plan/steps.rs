@@ -7,7 +7,7 @@ use super::hpa_rules::{
     DEFAULT_TOLERANCE, HpaRules, SYNC_PERIOD_SECONDS, Tolerance, average_value_replicas,
     usage_ratio, value_replicas,
 };
-use super::input::{Fallback, Observed, Pause, PlanInput, PlanTrigger};
+use super::input::{Fallback, Observed, Pause, PlanInput, PlanTrigger, metric_label};
 use super::render::{format_number, format_ratio};
 use crate::config::MetricType;
 use crate::controller::scale_to_zero::{
@@ -135,7 +135,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         .iter()
         .enumerate()
         .filter(|(_, t)| t.proposal.is_none())
-        .map(|(i, _)| format!("s{i}"))
+        .map(|(_, t)| metric_label(&t.metric).to_owned())
         .collect();
     // The first of equal proposals names the step.
     let best = valid
@@ -177,15 +177,16 @@ pub fn plan(input: &PlanInput) -> Plan {
         }
         Some((index, p)) => {
             let mut why = if valid.len() == 1 {
-                format!("s{index} asks {p}")
+                format!("{} asks {p}", metric_label(&triggers[index].metric))
             } else {
                 let others: Vec<String> = valid
                     .iter()
                     .filter(|(i, _)| *i != index)
-                    .map(|(i, q)| format!("s{i} {q}"))
+                    .map(|(i, q)| format!("{} {q}", metric_label(&triggers[*i].metric)))
                     .collect();
                 format!(
-                    "the most any trigger asks: s{index} {p} ({})",
+                    "the most any trigger asks: {} {p} ({})",
+                    metric_label(&triggers[index].metric),
                     others.join(", ")
                 )
             };
@@ -405,7 +406,8 @@ fn hold_why(
             format!("minReplicaCount {min} and no idleReplicaCount: never below {min}")
         }
         HoldReason::Active { trigger } => format!(
-            "s{trigger} is active ({} > activation {}): the target stays at {hpa_min} or more",
+            "{} is active ({} > activation {}): the target stays at {hpa_min} or more",
+            metric_label(&triggers[*trigger].metric),
             triggers[*trigger].value.map_or("-".into(), format_number),
             format_number(input.triggers[*trigger].activation)
         ),
@@ -414,11 +416,11 @@ fn hold_why(
             idle_for.as_secs(),
             input.cooldown_seconds
         ),
-        HoldReason::Unread { triggers } => format!(
+        HoldReason::Unread { triggers: unread } => format!(
             "{} without a value: a failing trigger never scales to zero",
-            triggers
+            unread
                 .iter()
-                .map(|i| format!("s{i}"))
+                .map(|i| metric_label(&triggers[*i].metric))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
