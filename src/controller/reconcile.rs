@@ -447,9 +447,24 @@ struct Activity {
     all_read: bool,
     /// The first trigger at or past `fallback.failureThreshold` failures, with its error.
     fallback: Option<String>,
+    /// Each trigger's index in `spec.triggers`, by position in `triggers`.
+    indices: Vec<usize>,
 }
 
+/// [`activity_indexed`] of triggers at their own positions (tests: no cpu or memory triggers).
+#[cfg(test)]
 fn activity(rules: &ZeroRules, states: &[Option<TriggerState>]) -> Activity {
+    let positions: Vec<usize> = (0..states.len()).collect();
+    activity_indexed(rules, states, &positions)
+}
+
+/// [`activity`] of triggers whose indices in `spec.triggers` are `indices` (the states'
+/// positions differ from them when cpu or memory triggers, which have no state, come first).
+fn activity_indexed(
+    rules: &ZeroRules,
+    states: &[Option<TriggerState>],
+    indices: &[usize],
+) -> Activity {
     let triggers: Vec<TriggerActivity> = states
         .iter()
         .map(|s| TriggerActivity::of(s.as_ref()))
@@ -463,8 +478,9 @@ fn activity(rules: &ZeroRules, states: &[Option<TriggerState>]) -> Activity {
             .all(|t| matches!(t, TriggerActivity::Read { .. })),
         fallback: rules
             .fallback_trigger(&triggers)
-            .map(|index| failure_reason(index, states[index].as_ref())),
+            .map(|position| failure_reason(indices[position], states[position].as_ref())),
         triggers,
+        indices: indices.to_vec(),
     }
 }
 
@@ -600,7 +616,8 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         .collect();
     let now = Timestamp::now();
     let rules = ZeroRules::from_spec(&so.spec);
-    let act = activity(&rules, &states);
+    let indices: Vec<usize> = trigger_ids.iter().map(|(id, _)| id.index).collect();
+    let act = activity_indexed(&rules, &states, &indices);
     let key = (namespace.clone(), name.clone());
     {
         let mut last_active = ctx.last_active.lock().expect("last active");
@@ -924,7 +941,7 @@ fn target_plan(
             action: action(
                 to as i32,
                 "FallbackFromZero",
-                failure_reason(trigger, states[trigger].as_ref()),
+                failure_reason(act.indices[trigger], states[trigger].as_ref()),
             ),
             want_hpa: true,
         },
@@ -1963,6 +1980,30 @@ spec:
         );
         let act = activity(&rules, &[]);
         assert!(act.active && act.all_read && act.fallback.is_none());
+        // A failing trigger after a cpu trigger is named by its own index, not its position.
+        let fallback = ZeroRules::from_spec(&serde_json::from_value(serde_json::json!({
+            "scaleTargetRef": {"name": "api"},
+            "fallback": {"failureThreshold": 0, "replicas": 2},
+            "triggers": [{"cpu": {"utilization": 60}}, {"cron": {"timezone": "UTC", "start": "0 8 * * *", "end": "0 9 * * *", "desiredReplicas": 1}}]
+        })).unwrap());
+        let cache = MetricCache::new();
+        let id = TriggerId {
+            namespace: "shop".into(),
+            scaled_object: "api".into(),
+            index: 1,
+        };
+        let down = ScalerError::Unreachable {
+            broker: "kafka",
+            target: "k:9092".into(),
+            cause: "refused".into(),
+        };
+        cache.record(id.clone(), Err(down), Duration::from_millis(1));
+        let act = activity_indexed(&fallback, &[cache.get(&id)], &[1]);
+        let why = act.fallback.expect("fallback");
+        assert!(
+            why.starts_with("trigger 1 failed 1 polls in a row"),
+            "{why}"
+        );
     }
 
     #[test]
