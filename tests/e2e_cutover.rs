@@ -13,16 +13,15 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::helm::{ValuesFile, helm, helm_ok};
 use common::k8s::{self, SpillwayController};
+use common::replicas::ReplicaRecorder;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 const EXTERNAL: &str = "v1beta1.external.metrics.k8s.io";
 
@@ -187,63 +186,6 @@ impl Drop for Cutover {
         delete.extend(all);
         kubectl_with(&delete, "");
         std::fs::remove_dir_all(&self.chart).ok();
-    }
-}
-
-/// Every change of a Deployment's replicas, from a watch (so no short dip is missed).
-struct ReplicaRecorder {
-    since: Instant,
-    seen: Arc<Mutex<Vec<(Duration, i32)>>>,
-    task: JoinHandle<()>,
-}
-
-impl ReplicaRecorder {
-    fn start(deployments: Api<Deployment>, name: &str) -> Self {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let since = Instant::now();
-        let seen = Arc::new(Mutex::new(Vec::<(Duration, i32)>::new()));
-        let record = seen.clone();
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut changes = watcher(deployments, config).applied_objects().boxed();
-        let task = tokio::spawn(async move {
-            while let Some(event) = changes.next().await {
-                let Ok(deployment) = event else { continue };
-                let now = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
-                let mut seen = record.lock().unwrap();
-                if seen.last().is_none_or(|(_, last)| *last != now) {
-                    seen.push((since.elapsed(), now));
-                }
-            }
-        });
-        Self { since, seen, task }
-    }
-
-    /// The lowest count seen since `from` (the recorder's clock), the count in force then
-    /// included.
-    async fn lowest_since(&self, from: Duration) -> Option<i32> {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let seen = self.seen.lock().unwrap();
-        let before = seen.iter().rev().find(|(at, _)| *at <= from).map(|s| s.1);
-        let after = seen.iter().filter(|(at, _)| *at > from).map(|s| s.1);
-        before.into_iter().chain(after).min()
-    }
-
-    /// "3 at 0.0 s, 6 at 41.2 s", times from the recorder's start.
-    fn describe(&self) -> String {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(at, r)| format!("{r} at {:.1} s", at.as_secs_f64()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-impl Drop for ReplicaRecorder {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -570,7 +512,7 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
     // 5. Rollback: spillway's APIService out, KEDA's back. The backlog is consumed meanwhile
     // (the HPA would want 1), yet the replicas hold at 6.
     let rollback = Instant::now();
-    let rolled_back_at = recorder.since.elapsed();
+    let rolled_back_at = recorder.elapsed();
     upgrade_api_service(false);
     assert_eq!(external_points_at(), None);
     install_fake_keda(&guard.chart, &guard.keda_namespace);

@@ -9,6 +9,7 @@ pub mod k8s;
 pub mod kafka;
 pub mod nats;
 pub mod rabbitmq;
+pub mod replicas;
 pub mod serve;
 pub mod toxiproxy;
 
