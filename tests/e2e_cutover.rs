@@ -6,7 +6,8 @@
 //!
 //! The APIService is one per cluster and the other e2e binaries register it for their own
 //! spillway; cargo runs test binaries one after another, and this file puts back the
-//! APIService it found. Times (switch to the HPA's first read, to the new replica count) are
+//! APIService it found (e2e tests of another checkout on the same control plane at the same
+//! time would see the switch). Times (switch to the HPA's first read, to the new replica count) are
 //! printed: run with `--nocapture`.
 
 mod common;
