@@ -12,10 +12,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use common::k8s::{self, LeaseTimings, SpillwayController};
+use common::replicas::ReplicaRecorder;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -265,66 +265,6 @@ async fn diagnose(client: &kube::Client, ns: &str) -> String {
         k8s::api_service_available(client, EXTERNAL).await
     ));
     lines.join("\n")
-}
-
-/// Every change of a Deployment's replicas, from a watch (so no short dip is missed).
-struct ReplicaRecorder {
-    since: Instant,
-    seen: Arc<StdMutex<Vec<(Duration, i32)>>>,
-    task: JoinHandle<()>,
-}
-
-impl ReplicaRecorder {
-    fn start(deployments: Api<Deployment>, name: &str) -> Self {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let since = Instant::now();
-        let seen = Arc::new(StdMutex::new(Vec::<(Duration, i32)>::new()));
-        let record = seen.clone();
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut changes = watcher(deployments, config).applied_objects().boxed();
-        let task = tokio::spawn(async move {
-            while let Some(event) = changes.next().await {
-                let Ok(deployment) = event else { continue };
-                let now = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
-                let mut seen = record.lock().unwrap();
-                if seen.last().is_none_or(|(_, last)| *last != now) {
-                    seen.push((since.elapsed(), now));
-                }
-            }
-        });
-        Self { since, seen, task }
-    }
-
-    /// Lets the watch deliver what a wait has just seen.
-    async fn catch_up(&self) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
-    fn lowest(&self) -> Option<i32> {
-        self.seen.lock().unwrap().iter().map(|(_, r)| *r).min()
-    }
-
-    /// "1 at 0.0 s, 3 at 12.3 s", times from the recorder's start.
-    fn describe(&self) -> String {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(at, r)| format!("{r} at {:.1} s", at.as_secs_f64()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.since.elapsed()
-    }
-}
-
-impl Drop for ReplicaRecorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 async fn condition(sos: &Api<ScaledObject>, name: &str, kind: &str) -> Option<Condition> {

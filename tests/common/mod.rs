@@ -4,10 +4,12 @@
 //! a variable set in the environment wins over the file.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod helm;
 pub mod k8s;
 pub mod kafka;
 pub mod nats;
 pub mod rabbitmq;
+pub mod replicas;
 pub mod serve;
 pub mod toxiproxy;
 
