@@ -75,7 +75,31 @@ async fn delete_topics(names: &[String]) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Then until the broker has removed their directories (and closed their files): under load
+    // that took longer than the 1 s delay, and the next run's partitions then failed the log dir.
+    let data = std::env::var("SPILLWAY_KAFKA_LOG")
+        .ok()
+        .and_then(|log| Some(std::path::Path::new(&log).parent()?.join("data")));
+    while let Some(data) = &data
+        && Instant::now() < deadline
+    {
+        let pending = std::fs::read_dir(data)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.ends_with("-delete") || names.iter().any(|t| name.starts_with(t))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 /// One record per partition, nothing committed past it: every partition lags by one.
