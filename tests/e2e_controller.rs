@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::k8s::{self, LeaseTimings, SpillwayController};
-use common::replicas::ReplicaRecorder;
+use common::replicas::{ReplicaRecorder, replicas};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -173,16 +173,6 @@ async fn deployment(admin: &kube::Client, ns: &str, name: &str, replicas: i32) -
     )
     .await;
     Api::namespaced(admin.clone(), ns)
-}
-
-async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
-    deployments
-        .get(name)
-        .await
-        .unwrap_or_else(|err| panic!("get Deployment {name}: {err}"))
-        .spec
-        .and_then(|spec| spec.replicas)
-        .unwrap_or(1)
 }
 
 /// Waits until the Deployment's replicas satisfy `wanted`; the count seen. On a timeout the

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::helm::{ValuesFile, helm, helm_ok};
 use common::k8s::{self, SpillwayController};
-use common::replicas::ReplicaRecorder;
+use common::replicas::{ReplicaRecorder, replicas};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DeleteParams};
@@ -188,16 +188,6 @@ impl Drop for Cutover {
         kubectl_with(&delete, "");
         std::fs::remove_dir_all(&self.chart).ok();
     }
-}
-
-async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
-    deployments
-        .get(name)
-        .await
-        .unwrap_or_else(|err| panic!("get Deployment {name}: {err}"))
-        .spec
-        .and_then(|spec| spec.replicas)
-        .unwrap_or(1)
 }
 
 /// The HPA's ScalingActive condition as (status, reason, message).

@@ -34,6 +34,23 @@ pub struct TriggerPlan {
     pub why: String,
 }
 
+impl TriggerPlan {
+    /// A trigger the HPA gets no value for, and why.
+    fn without_value(trigger: &PlanTrigger, target: f64, why: String) -> Self {
+        Self {
+            metric: trigger.metric.clone(),
+            target,
+            value: None,
+            active: None,
+            ratio: None,
+            within_tolerance: None,
+            raw: None,
+            proposal: None,
+            why,
+        }
+    }
+}
+
 /// One step of the decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanStep {
@@ -549,35 +566,19 @@ fn trigger_plan(
                     )),
                 ),
                 None => {
-                    return TriggerPlan {
-                        metric: trigger.metric.clone(),
+                    return TriggerPlan::without_value(
+                        trigger,
                         target,
-                        value: None,
-                        active: None,
-                        ratio: None,
-                        within_tolerance: None,
-                        raw: None,
-                        proposal: None,
-                        why: format!(
+                        format!(
                             "no value: past fallback.failureThreshold {}, but fallback.behavior {} serves from the target's current replicas (give --current-replicas): {error}",
                             f.failure_threshold,
                             f.behavior.as_str()
                         ),
-                    };
+                    );
                 }
             },
             _ => {
-                return TriggerPlan {
-                    metric: trigger.metric.clone(),
-                    target,
-                    value: None,
-                    active: None,
-                    ratio: None,
-                    within_tolerance: None,
-                    raw: None,
-                    proposal: None,
-                    why: format!("no value: {error}"),
-                };
+                return TriggerPlan::without_value(trigger, target, format!("no value: {error}"));
             }
         },
     };

@@ -76,3 +76,14 @@ impl Drop for ReplicaRecorder {
         self.task.abort();
     }
 }
+
+/// The Deployment's `spec.replicas` now (1 when unset, as the API server defaults it).
+pub async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
+    deployments
+        .get(name)
+        .await
+        .unwrap_or_else(|err| panic!("get Deployment {name}: {err}"))
+        .spec
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1)
+}
