@@ -23,6 +23,15 @@ use tokio::sync::{mpsc, watch};
 
 use crate::scalers::{Reading, ScalerError};
 
+/// KEDA's fallback rule, the one place it is written: a trigger is in fallback once it has
+/// failed MORE than `failure_threshold` polls in a row (with 3, from the fourth failure on;
+/// with 0, from the first). The served value (`registry::FallbackValue::applies`) and the controller
+/// (scaling from zero, the Fallback condition, `spillway plan`) all ask here, so they agree,
+/// and an object moved from KEDA falls back at the same poll.
+pub fn past_failure_threshold(consecutive_failures: u32, failure_threshold: u32) -> bool {
+    consecutive_failures > failure_threshold
+}
+
 /// Names one trigger: the scaled object it belongs to and its position in its trigger list.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TriggerId {

@@ -13,10 +13,12 @@
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod composite;
 pub mod config;
 pub mod connections;
 pub mod controller;
 pub mod destination;
+pub mod formula;
 pub mod import_keda;
 pub mod kafka_client;
 pub mod kube_client;

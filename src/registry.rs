@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::cache::TriggerId;
+use crate::composite::{Composite, FallbackRule};
 use crate::config::{Config, ScaleTargetRef, ScaledObjectConfig};
 use crate::scalers::{Trigger, TriggerParams, served_metric_name};
 
@@ -60,14 +61,7 @@ pub struct ScaleTarget {
     pub target: ScaleTargetRef,
 }
 
-/// KEDA's fallback rule, the one place it is written: a trigger is in fallback once it has
-/// failed MORE than `failure_threshold` polls in a row (with 3, from the fourth failure on;
-/// with 0, from the first). The served value ([`FallbackValue::applies`]) and the controller
-/// (scaling from zero, the Fallback condition, `spillway plan`) all ask here, so they agree,
-/// and an object moved from KEDA falls back at the same poll.
-pub fn past_failure_threshold(consecutive_failures: u32, failure_threshold: u32) -> bool {
-    consecutive_failures > failure_threshold
-}
+pub use crate::cache::past_failure_threshold;
 
 /// What a trigger's metric serves once it has failed more than `failure_threshold` polls in a
 /// row: a value that makes the HPA settle on `replicas` (`replicas * target`, since an HPA with
@@ -86,6 +80,18 @@ impl FallbackValue {
     }
 }
 
+/// An object's composite metric (`advanced.scalingModifiers`), as served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompositeSource {
+    pub namespace: String,
+    pub scaled_object: String,
+    pub composite: Composite,
+    /// Every trigger spillway polls for the object, with its spec version: all must have a
+    /// current reading (see [`Composite::evaluate`]).
+    pub triggers: Vec<(TriggerId, u64)>,
+    pub fallback: Option<FallbackRule>,
+}
+
 /// One scaled object as the poller and the API need it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registered {
@@ -95,6 +101,8 @@ pub struct Registered {
     pub polling_interval: Duration,
     /// `fallback.failureThreshold` and `fallback.replicas`, when set.
     pub fallback: Option<(u32, u32)>,
+    /// The composite metric of `advanced.scalingModifiers`, when set.
+    pub composite: Option<Composite>,
 }
 
 impl Registered {
@@ -112,6 +120,8 @@ pub struct Served {
     pub metrics: Arc<[MetricSource]>,
     /// The workloads the objects scale, for object metrics.
     pub targets: Arc<[ScaleTarget]>,
+    /// The composite metrics of objects with `advanced.scalingModifiers`.
+    pub composites: Arc<[CompositeSource]>,
     /// Each trigger's spec version: it changes when the trigger's spec changes (host, queue,
     /// topic, query), so a reading of the old spec is never served for the new one. The
     /// poller reads with it and the cache keeps it beside each reading.
@@ -125,7 +135,26 @@ impl Served {
     ) -> Self {
         let mut metrics = Vec::new();
         let mut targets = Vec::new();
+        let mut composites = Vec::new();
         for object in objects.values() {
+            if let Some(composite) = &object.composite {
+                composites.push(CompositeSource {
+                    namespace: object.config.namespace.clone(),
+                    scaled_object: object.config.name.clone(),
+                    composite: composite.clone(),
+                    triggers: object
+                        .triggers
+                        .iter()
+                        .map(|(id, _)| (id.clone(), spec_versions.get(id).copied().unwrap_or(0)))
+                        .collect(),
+                    fallback: object
+                        .fallback
+                        .map(|(failure_threshold, replicas)| FallbackRule {
+                            failure_threshold,
+                            replicas,
+                        }),
+                });
+            }
             for (mut source, (_, trigger)) in
                 catalog(&object.triggers).into_iter().zip(&object.triggers)
             {
@@ -152,6 +181,7 @@ impl Served {
             objects,
             metrics: metrics.into(),
             targets: targets.into(),
+            composites: composites.into(),
             spec_versions,
         }
     }
@@ -210,6 +240,7 @@ impl Registry {
                 },
                 polling_interval: config.polling_interval.as_duration(),
                 fallback: None,
+                composite: None,
             });
         }
         registry
@@ -309,6 +340,7 @@ impl Registry {
                 triggers,
                 polling_interval: interval,
                 fallback: None,
+                composite: None,
             });
         }
         registry
@@ -323,6 +355,7 @@ impl Registry {
                     objects: BTreeMap::new(),
                     metrics: metrics.into(),
                     targets: targets.into(),
+                    composites: Arc::new([]),
                     spec_versions: HashMap::new(),
                 })),
                 ..RegistryState::default()
@@ -358,6 +391,7 @@ mod tests {
             config,
             polling_interval: Duration::from_secs(5),
             fallback,
+            composite: None,
         }
     }
 

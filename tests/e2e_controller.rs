@@ -1756,6 +1756,102 @@ async fn cpu_and_memory_triggers_are_resource_metrics_beside_the_broker_s_on_the
     }
 }
 
+/// `advanced.scalingModifiers`: the HPA reads one `composite-metric`, the formula over the
+/// named Kafka and Prometheus triggers, through the real aggregator, and scales on it; the
+/// composite decides activity against `activationTarget`; a formula spillway cannot run is
+/// refused in the object's Ready condition, and nothing is registered for it.
+#[tokio::test]
+async fn scaling_modifiers_scale_on_the_formula_over_named_triggers() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-modifiers").await;
+    // Kafka 30 behind and Prometheus 12: alone they ask for 3 and 2 replicas; the formula's
+    // 42 at a target of 10 asks for 5.
+    let (topic, group) = kafka_backlog(&[10, 10, 10]).await;
+    let deployments = deployment(admin, &ns, "worker", 1).await;
+    let _ready = PodsReady::start(admin, &ns);
+    let _controller = start_controller(&cluster).await;
+    let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    let bootstrap = common::kafka::bootstrap();
+    let prometheus = std::env::var("SPILLWAY_PROMETHEUS_URL").expect("SPILLWAY_PROMETHEUS_URL");
+    let mut kafka = kafka_trigger(&bootstrap, &group, &topic);
+    kafka["name"] = json!("lag");
+    let spec = json!({"minReplicaCount": 1, "maxReplicaCount": 8, "pollingInterval": 1,
+    "advanced": {"scalingModifiers": {"formula": "lag + (queued ?? 0)", "target": 10,
+        "activationTarget": 41}},
+    "triggers": [
+        kafka,
+        {"name": "queued", "prometheus": {"serverAddress": prometheus, "query": "vector(12)",
+            "threshold": 6}},
+        {"cpu": {"utilization": 50}},
+    ]});
+    let created = Instant::now();
+    k8s::apply(admin, scaled_object(&ns, "worker", "worker", spec)).await;
+    let hpa = wait_hpa(&hpas, "spillway-worker", Duration::from_secs(30)).await;
+    let metrics = serde_json::to_value(hpa.spec.unwrap().metrics.unwrap()).unwrap();
+    assert_eq!(
+        metrics,
+        json!([
+            {"type": "External", "external": {
+                "metric": {"name": "composite-metric", "selector": {"matchLabels": {"scaledobject.spillway.dev/name": "worker"}}},
+                "target": {"type": "AverageValue", "averageValue": "10"}}},
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}
+        ])
+    );
+    wait_replicas(
+        &deployments,
+        "worker",
+        "to reach 5 on the composite 42 at a target of 10",
+        Duration::from_secs(120),
+        |r| r == 5,
+    )
+    .await;
+    println!(
+        "scalingModifiers lag + queued = 42: 1 -> 5 replicas after {}",
+        secs(created.elapsed())
+    );
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/composite-metric?labelSelector={LABEL}%3Dworker"
+    );
+    let (code, body) = k8s::get_raw(admin, &path).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""value":"42""#), "{body}");
+    // 42 is above activationTarget 41: the composite, not a trigger, is what is active.
+    let active = wait_condition(&sos, "worker", "Active", "True", Duration::from_secs(30)).await;
+    assert_eq!(active.reason, "CompositeActive", "{active:?}");
+    assert!(active.message.contains("gives 42"), "{}", active.message);
+
+    // A name the formula cannot resolve: refused with the reason, nothing served for it.
+    let bad = json!({"minReplicaCount": 1, "maxReplicaCount": 8,
+        "advanced": {"scalingModifiers": {"formula": "lag + missing", "target": 10}},
+        "triggers": [{"name": "lag", "kafka": {"bootstrapServers": bootstrap,
+            "consumerGroup": group, "topic": topic}}]});
+    k8s::apply(admin, scaled_object(&ns, "bad-formula", "worker", bad)).await;
+    let ready = wait_condition(
+        &sos,
+        "bad-formula",
+        "Ready",
+        "False",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready
+            .message
+            .contains("spec.advanced.scalingModifiers.formula: unknown name \"missing\""),
+        "{}",
+        ready.message
+    );
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/composite-metric?labelSelector={LABEL}%3Dbad-formula"
+    );
+    let (code, body) = k8s::get_raw(admin, &path).await;
+    assert_eq!(code, 404, "{body}");
+}
+
 #[tokio::test]
 async fn fallback_behavior_current_replicas_if_higher_keeps_a_higher_count_and_static_goes_to_fallback_replicas()
  {

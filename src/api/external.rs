@@ -16,7 +16,8 @@ use serde::Serialize;
 use super::AppState;
 use super::status::Status;
 use super::values::{self, Miss};
-use crate::registry::MetricSource;
+use crate::composite::COMPOSITE_METRIC;
+use crate::registry::{CompositeSource, MetricSource};
 
 /// The API group and version this module serves.
 pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
@@ -71,22 +72,28 @@ pub async fn metric_values(
     values::check_namespace(namespace)?;
     values::check_metric_name(metric)?;
     let selector = values::selector_param(query, "labelSelector")?;
-    let metrics = state.metrics();
-    let sources: Vec<&MetricSource> = metrics
-        .iter()
-        .filter(|s| s.id.namespace == namespace)
-        .collect();
-    let found = values::lookup(state, &sources, metric, &selector)
-        .await
-        .map_err(|miss| match miss {
-            Miss::Unknown => Status::not_found(format!(
-                "the server could not find the metric {metric} for namespaces {namespace}"
-            )),
-            Miss::NoneSelected => Status::not_found(format!(
-                "no value of the metric {metric} in namespace {namespace} matches the label selector"
-            )),
-            Miss::Failed(status) => status,
-        })?;
+    let found = if metric == COMPOSITE_METRIC {
+        let served = state.composites();
+        let composites: Vec<&CompositeSource> =
+            served.iter().filter(|c| c.namespace == namespace).collect();
+        values::lookup_composite(state, &composites, &selector).await
+    } else {
+        let metrics = state.metrics();
+        let sources: Vec<&MetricSource> = metrics
+            .iter()
+            .filter(|s| s.id.namespace == namespace)
+            .collect();
+        values::lookup(state, &sources, metric, &selector).await
+    };
+    let found = found.map_err(|miss| match miss {
+        Miss::Unknown => Status::not_found(format!(
+            "the server could not find the metric {metric} for namespaces {namespace}"
+        )),
+        Miss::NoneSelected => Status::not_found(format!(
+            "no value of the metric {metric} in namespace {namespace} matches the label selector"
+        )),
+        Miss::Failed(status) => status,
+    })?;
     Ok(ExternalMetricValueList {
         kind: "ExternalMetricValueList",
         api_version: GROUP_VERSION,

@@ -42,7 +42,7 @@ use crate::cache::{MetricCache, PollRequests};
 use crate::config::{Config, TlsFiles};
 use crate::connections::{ConnectionLimits, Connections};
 use crate::metrics::Metrics;
-use crate::registry::{MetricSource, Registry, ScaleTarget};
+use crate::registry::{CompositeSource, MetricSource, Registry, ScaleTarget};
 use status::Status;
 
 /// The first byte of a TLS ClientHello record (content type "handshake").
@@ -120,6 +120,11 @@ impl AppState {
     /// Every trigger's served metric, as registered now.
     pub fn metrics(&self) -> Arc<[MetricSource]> {
         Arc::clone(&self.registry.served().metrics)
+    }
+
+    /// The composite metrics (`advanced.scalingModifiers`), as registered now.
+    pub fn composites(&self) -> Arc<[CompositeSource]> {
+        Arc::clone(&self.registry.served().composites)
     }
 
     /// The workloads the scaled objects scale, as registered now.

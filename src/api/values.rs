@@ -15,10 +15,11 @@ use futures::future::join_all;
 use super::AppState;
 use super::selector::Selector;
 use super::status::Status;
-use crate::cache::{MetricCache, PollRequests, TriggerId};
+use crate::cache::{MetricCache, PollRequests, TriggerId, TriggerState};
+use crate::composite::{COMPOSITE_METRIC, Outcome};
 use crate::names;
 use crate::quantity::format_quantity;
-use crate::registry::{MetricSource, SCALED_OBJECT_LABEL};
+use crate::registry::{CompositeSource, MetricSource, SCALED_OBJECT_LABEL};
 
 /// How long a request waits for the first poll of a trigger not polled since start before it
 /// answers 503. Below the aggregator's and the HPA client's timeouts, so the HPA gets our
@@ -126,6 +127,94 @@ pub async fn lookup(
     // Selected again: a first reading tells which extras a trigger really has.
     let selected = select(sources, &state.cache, metric, selector)?;
     read(&selected, &state.cache, metric)
+}
+
+/// The composite metric (`advanced.scalingModifiers`) of each object among `composites`
+/// whose labels `selector` matches, first waiting (bounded) for the first poll of any of their
+/// triggers not polled since start. A composite without a value is a 503, as a trigger is.
+pub async fn lookup_composite(
+    state: &AppState,
+    composites: &[&CompositeSource],
+    selector: &Selector,
+) -> Result<Vec<MetricValue>, Miss> {
+    if composites.is_empty() {
+        return Err(Miss::Unknown);
+    }
+    let selected: Vec<(&CompositeSource, BTreeMap<String, String>)> = composites
+        .iter()
+        .map(|c| {
+            let labels =
+                BTreeMap::from([(SCALED_OBJECT_LABEL.to_owned(), c.scaled_object.clone())]);
+            (*c, labels)
+        })
+        .filter(|(_, labels)| selector.matches(labels))
+        .collect();
+    if selected.is_empty() {
+        return Err(Miss::NoneSelected);
+    }
+    let cold: Vec<(TriggerId, u64)> = selected
+        .iter()
+        .flat_map(|(c, _)| c.triggers.iter())
+        .filter(|(id, version)| state.cache.get_for_spec(id, *version).is_none())
+        .cloned()
+        .collect();
+    if !cold.is_empty() {
+        if let Some(requests) = &state.poll_requests {
+            await_first_polls(&state.cache, requests, &cold, FIRST_POLL_TIMEOUT).await;
+        }
+    }
+    let mut values = Vec::with_capacity(selected.len());
+    for (source, labels) in selected {
+        let states: Vec<Option<TriggerState>> = source
+            .triggers
+            .iter()
+            .map(|(id, version)| state.cache.get_for_spec(id, *version))
+            .collect();
+        let indexed: Vec<(usize, Option<&TriggerState>)> = source
+            .triggers
+            .iter()
+            .zip(&states)
+            .map(|((id, _), s)| (id.index, s.as_ref()))
+            .collect();
+        let object = format!("{}/{}", source.namespace, source.scaled_object);
+        let (value, read_at) = match source.composite.evaluate(&indexed, source.fallback) {
+            Outcome::Value { value, read_at } => (value, read_at),
+            Outcome::Fallback {
+                replicas,
+                value,
+                why,
+            } => {
+                tracing::debug!(%object, replicas, %why, "serving the composite fallback value");
+                (value, std::time::SystemTime::now())
+            }
+            Outcome::Unavailable(why) => {
+                return Err(Miss::Failed(Status::service_unavailable(format!(
+                    "metric {COMPOSITE_METRIC} of {object}: {why}"
+                ))));
+            }
+        };
+        let quantity = format_quantity(value).map_err(|err| {
+            Miss::Failed(Status::internal(format!(
+                "metric {COMPOSITE_METRIC} of {object}: {err}"
+            )))
+        })?;
+        values.push(MetricValue {
+            id: source
+                .triggers
+                .first()
+                .map(|(id, _)| id.clone())
+                .unwrap_or_else(|| TriggerId {
+                    namespace: source.namespace.clone(),
+                    scaled_object: source.scaled_object.clone(),
+                    index: 0,
+                }),
+            labels,
+            timestamp: chrono::DateTime::<chrono::Utc>::from(read_at)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            value: quantity.text,
+        });
+    }
+    Ok(values)
 }
 
 /// Asks the poller for the first poll of each of `ids` (with their spec versions; coalesced

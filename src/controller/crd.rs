@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::TriggerConfig;
+use crate::config::{MetricType, TriggerConfig};
 
 /// The API group of spillway's resources.
 pub const GROUP: &str = "spillway.dev";
@@ -85,8 +85,20 @@ pub mod condition {
         "message": "minReplicaCount 0 needs a trigger other than cpu and memory: with no pods there is no cpu or memory to read (KEDA refuses it too)"
     },
     {
-        "rule": "!has(self.fallback) || self.triggers.all(t, !has(t.metricType) || t.metricType == 'AverageValue')",
+        "rule": "!has(self.fallback) || (has(self.advanced) && has(self.advanced.scalingModifiers)) || self.triggers.all(t, !has(t.metricType) || t.metricType == 'AverageValue')",
         "message": "fallback needs AverageValue triggers: the replicas a Value target yields depend on the current replicas, so fallback could not steer to fallback.replicas"
+    },
+    {
+        "rule": "!has(self.fallback) || !has(self.advanced) || !has(self.advanced.scalingModifiers) || !has(self.advanced.scalingModifiers.metricType) || self.advanced.scalingModifiers.metricType == 'AverageValue'",
+        "message": "fallback needs scalingModifiers.metricType AverageValue: the replicas a Value target yields depend on the current replicas, so fallback could not steer to fallback.replicas"
+    },
+    {
+        "rule": "!has(self.fallback) || !has(self.fallback.behavior) || self.fallback.behavior != 'scalingModifiers' || (has(self.advanced) && has(self.advanced.scalingModifiers))",
+        "message": "fallback.behavior scalingModifiers needs advanced.scalingModifiers: the formula decides with the failing triggers as nil"
+    },
+    {
+        "rule": "!has(self.advanced) || !has(self.advanced.scalingModifiers) || self.triggers.exists(t, has(t.name) && !has(t.cpu) && !has(t.memory))",
+        "message": "advanced.scalingModifiers.formula names triggers: give a trigger other than cpu and memory a name"
     },
     {
         "rule": "self.triggers.all(t, !has(t.name) || self.triggers.exists_one(u, has(u.name) && u.name == t.name))",
@@ -168,6 +180,13 @@ impl ScaledObjectSpec {
             .is_some_and(|a| a.restore_to_original_replica_count)
     }
 
+    /// `advanced.scalingModifiers`, when set.
+    pub fn scaling_modifiers(&self) -> Option<&ScalingModifiers> {
+        self.advanced
+            .as_ref()
+            .and_then(|a| a.scaling_modifiers.as_ref())
+    }
+
     /// True when scaling is paused, by `paused` or by `pausedReplicas`.
     pub fn is_paused(&self) -> bool {
         self.paused || self.paused_replicas.is_some()
@@ -229,7 +248,7 @@ pub struct Fallback {
     pub behavior: FallbackBehavior,
 }
 
-/// KEDA's `fallback.behavior` (less `scalingModifiers`: spillway has no formulas).
+/// KEDA's `fallback.behavior`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum FallbackBehavior {
@@ -242,6 +261,9 @@ pub enum FallbackBehavior {
     CurrentReplicasIfHigher,
     /// min(current replicas, `fallback.replicas`).
     CurrentReplicasIfLower,
+    /// With `advanced.scalingModifiers`: a trigger in fallback enters the formula as `nil`
+    /// (`name ?? default` decides); a formula that then gives nil serves `fallback.replicas`.
+    ScalingModifiers,
 }
 
 impl FallbackBehavior {
@@ -251,14 +273,17 @@ impl FallbackBehavior {
 
     /// Whether the replicas steered to depend on the target's current replicas.
     pub fn reads_current_replicas(self) -> bool {
-        !self.is_static()
+        matches!(
+            self,
+            Self::CurrentReplicas | Self::CurrentReplicasIfHigher | Self::CurrentReplicasIfLower
+        )
     }
 
     /// The replicas fallback steers to, from `fallback.replicas` and the target's `current`
     /// replicas (`None`: not known, which only `static` can do without).
     pub fn replicas(self, fallback_replicas: u32, current: Option<u32>) -> Option<u32> {
         match self {
-            Self::Static => Some(fallback_replicas),
+            Self::Static | Self::ScalingModifiers => Some(fallback_replicas),
             Self::CurrentReplicas => current,
             Self::CurrentReplicasIfHigher => current.map(|c| c.max(fallback_replicas)),
             Self::CurrentReplicasIfLower => current.map(|c| c.min(fallback_replicas)),
@@ -272,6 +297,7 @@ impl FallbackBehavior {
             Self::CurrentReplicas => "currentReplicas",
             Self::CurrentReplicasIfHigher => "currentReplicasIfHigher",
             Self::CurrentReplicasIfLower => "currentReplicasIfLower",
+            Self::ScalingModifiers => "scalingModifiers",
         }
     }
 }
@@ -288,6 +314,37 @@ pub struct Advanced {
     /// by then does not hold it (a Warning Event says so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restore_to_original_replica_count: bool,
+    /// One metric composed from the named triggers by a formula, as KEDA's `scalingModifiers`:
+    /// it replaces their metrics on the HPA and decides activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling_modifiers: Option<ScalingModifiers>,
+}
+
+/// KEDA's `advanced.scalingModifiers`: the HPA scales on `formula` over the triggers' values,
+/// named `composite-metric`, against `target`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.target > 0.0", "message": "target must be above 0"}
+]))]
+pub struct ScalingModifiers {
+    /// An expr-lang expression over trigger names that gives a number, e.g.
+    /// `(kafka + rabbit) / 2` or `kafka > 100 ? kafka : 0` (the subset spillway runs is listed
+    /// in the README).
+    #[schemars(length(min = 1, max = 1024))]
+    pub formula: String,
+    /// The HPA's target for the formula's value (an AverageValue unless `metricType` says Value).
+    pub target: f64,
+    /// The object is active while the formula's value is above this (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub activation_target: f64,
+    /// How the HPA compares the value with `target`: `AverageValue` (default) or `Value`.
+    #[serde(default, skip_serializing_if = "MetricType::is_default")]
+    pub metric_type: MetricType,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 /// The owned HPA's name and scaling behavior.
@@ -868,7 +925,8 @@ spec:
                 "static",
                 "currentReplicas",
                 "currentReplicasIfHigher",
-                "currentReplicasIfLower"
+                "currentReplicasIfLower",
+                "scalingModifiers"
             ])
         );
         assert_eq!(
@@ -955,6 +1013,7 @@ spec:
                 "currentReplicasIfLower",
                 FallbackBehavior::CurrentReplicasIfLower,
             ),
+            ("scalingModifiers", FallbackBehavior::ScalingModifiers),
         ] {
             let read = spec(&format!(
                 "fallback: {{failureThreshold: 3, replicas: 6, behavior: {text}}}"
@@ -963,11 +1022,11 @@ spec:
             assert_eq!(read.fallback.unwrap().behavior, behavior);
             assert_eq!(behavior.as_str(), text);
         }
-        let err = spec("fallback: {failureThreshold: 3, replicas: 6, behavior: scalingModifiers}")
+        let err = spec("fallback: {failureThreshold: 3, replicas: 6, behavior: fromFormula}")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("scalingModifiers") && err.contains("currentReplicasIfHigher"),
+            err.contains("fromFormula") && err.contains("currentReplicasIfHigher"),
             "{err}"
         );
         let restoring = spec("advanced: {restoreToOriginalReplicaCount: true}").unwrap();

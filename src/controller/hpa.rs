@@ -7,7 +7,9 @@
 //! ([`hpa_ownership`]): otherwise a ScaledObject could rewrite any HPA of its namespace.
 //!
 //! The HPA scales between `max(1, minReplicaCount)` and `maxReplicaCount` on one External metric
-//! per trigger; scaling to and from zero is the controller's job, because an HPA stops at one.
+//! per trigger (or, with `advanced.scalingModifiers`, one `composite-metric` for all of them),
+//! and a Resource metric per cpu or memory trigger; scaling to and from zero is the
+//! controller's job, because an HPA stops at one.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,7 @@ use kube::Resource;
 
 use super::crd::ScaledObject;
 use super::triggers::SpecError;
+use crate::composite::COMPOSITE_METRIC;
 use crate::config::{MetricType, ResourceName, ResourceTrigger, TriggerConfig};
 use crate::quantity::format_quantity;
 use crate::registry::SCALED_OBJECT_LABEL;
@@ -131,17 +134,35 @@ pub fn desired_hpa(so: &ScaledObject) -> Result<HorizontalPodAutoscaler, HpaErro
         )])),
         match_expressions: None,
     };
-    let metrics = config
+    let composite = so.spec.scaling_modifiers();
+    let mut metrics = config
         .triggers
         .iter()
         .enumerate()
-        .map(|(index, entry)| match entry.resource() {
+        .filter_map(|(index, entry)| match entry.resource() {
             Some((name, resource)) if entry.is_resource_only() => {
-                Ok(resource_metric(name, resource))
+                Some(Ok(resource_metric(name, resource)))
             }
-            _ => external_metric(index, entry, &selector),
+            // scalingModifiers: one composite metric stands for every trigger spillway reads.
+            _ if composite.is_some() => None,
+            _ => Some(external_metric(index, entry, &selector)),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(modifiers) = composite {
+        let quantity = format_quantity(modifiers.target).map_err(|_| HpaError::Target {
+            index: 0,
+            value: modifiers.target,
+        })?;
+        metrics.insert(
+            0,
+            external_metric_spec(
+                COMPOSITE_METRIC.to_owned(),
+                &selector,
+                modifiers.metric_type,
+                quantity.text,
+            ),
+        );
+    }
     let target = &so.spec.scale_target_ref;
     Ok(HorizontalPodAutoscaler {
         metadata: ObjectMeta {
@@ -269,30 +290,46 @@ fn external_metric(
         .expect("to_config checked that each trigger names one broker");
     let value = trigger.target_value();
     let quantity = format_quantity(value).map_err(|_| HpaError::Target { index, value })?;
-    Ok(MetricSpec {
+    Ok(external_metric_spec(
+        served_metric_name(index, &trigger),
+        selector,
+        entry.metric_type,
+        quantity.text,
+    ))
+}
+
+/// An External metric `name` of the ScaledObject `selector` picks, with `target` as an
+/// AverageValue (the HPA asks for `ceil(value / target)` replicas) or a Value.
+fn external_metric_spec(
+    name: String,
+    selector: &LabelSelector,
+    metric_type: MetricType,
+    target: String,
+) -> MetricSpec {
+    MetricSpec {
         type_: "External".to_owned(),
         external: Some(ExternalMetricSource {
             metric: MetricIdentifier {
-                name: served_metric_name(index, &trigger),
+                name,
                 selector: Some(selector.clone()),
             },
-            target: match entry.metric_type {
+            target: match metric_type {
                 MetricType::AverageValue => MetricTarget {
                     type_: "AverageValue".to_owned(),
-                    average_value: Some(Quantity(quantity.text)),
+                    average_value: Some(Quantity(target)),
                     average_utilization: None,
                     value: None,
                 },
                 MetricType::Value => MetricTarget {
                     type_: "Value".to_owned(),
-                    value: Some(Quantity(quantity.text)),
+                    value: Some(Quantity(target)),
                     average_utilization: None,
                     average_value: None,
                 },
             },
         }),
         ..MetricSpec::default()
-    })
+    }
 }
 
 /// `metrics` with every target quantity as its value: the API server stores a quantity in
@@ -648,6 +685,37 @@ spec:
         assert_eq!(
             spec.scale_target_ref.api_version.as_deref(),
             Some("argoproj.io/v1alpha1")
+        );
+    }
+
+    #[test]
+    fn scaling_modifiers_replace_the_triggers_metrics_with_one_composite_metric() {
+        let so = scaled_object(
+            r#"
+apiVersion: spillway.dev/v1alpha1
+kind: ScaledObject
+metadata: {name: orders, namespace: shop}
+spec:
+  scaleTargetRef: {name: orders}
+  advanced:
+    scalingModifiers: {formula: "kafka + rabbit", target: 2.5, metricType: Value}
+  triggers:
+    - name: kafka
+      kafka: {bootstrapServers: "k:9092", consumerGroup: g, topic: t}
+    - cpu: {utilization: 60}
+    - name: rabbit
+      rabbitmq: {host: "http://r:15672", queueName: q, mode: QueueLength, value: 5}
+"#,
+        );
+        let hpa = serde_json::to_value(desired_hpa(&so).unwrap()).unwrap();
+        assert_eq!(
+            hpa["spec"]["metrics"],
+            serde_json::json!([
+                {"type": "External", "external": {
+                    "metric": {"name": "composite-metric", "selector": {"matchLabels": {"scaledobject.spillway.dev/name": "orders"}}},
+                    "target": {"type": "Value", "value": "2500m"}}},
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}
+            ])
         );
     }
 

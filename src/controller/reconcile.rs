@@ -62,6 +62,7 @@ use super::triggers::{
     SpecError, authentication_refs, resolve_authentication, resolve_secrets, secret_names, triggers,
 };
 use crate::cache::{MetricCache, TriggerState};
+use crate::composite::{Composite, FallbackRule, Outcome};
 use crate::metrics::Metrics;
 use crate::quantity::format_quantity;
 use crate::registry::{Registered, Registry};
@@ -449,6 +450,8 @@ struct Activity {
     fallback: Option<String>,
     /// Each trigger's index in `spec.triggers`, by position in `triggers`.
     indices: Vec<usize>,
+    /// The composite metric of `advanced.scalingModifiers`, when set.
+    composite: Option<Outcome>,
 }
 
 /// [`activity_indexed`] of triggers at their own positions (tests: no cpu or memory triggers).
@@ -481,7 +484,42 @@ fn activity_indexed(
             .map(|position| failure_reason(indices[position], states[position].as_ref())),
         triggers,
         indices: indices.to_vec(),
+        composite: None,
     }
+}
+
+/// With `advanced.scalingModifiers`, the composite value decides activity, as in KEDA: every
+/// trigger with a current reading counts as active exactly when the formula's value is above
+/// `activationTarget`. Failing and unread triggers stay so: a failing trigger never lets the
+/// target go to idle, even where the formula gives a value without it.
+fn composite_activity(
+    mut act: Activity,
+    composite: &Composite,
+    states: &[Option<TriggerState>],
+    fallback: Option<(u32, u32)>,
+) -> Activity {
+    let indexed: Vec<(usize, Option<&TriggerState>)> = act
+        .indices
+        .iter()
+        .zip(states)
+        .map(|(index, state)| (*index, state.as_ref()))
+        .collect();
+    let outcome = composite.evaluate(
+        &indexed,
+        fallback.map(|(failure_threshold, replicas)| FallbackRule {
+            failure_threshold,
+            replicas,
+        }),
+    );
+    let active = composite.is_active(&outcome) == Some(true);
+    for trigger in &mut act.triggers {
+        if let TriggerActivity::Read { active: read } = trigger {
+            *read = active;
+        }
+    }
+    act.active = active;
+    act.composite = Some(outcome);
+    act
 }
 
 /// Why trigger `index` counts as failing: its failures in a row and its latest error.
@@ -560,6 +598,10 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         .iter()
         .map(|(id, t)| (id.clone(), served_metric_name(id.index, t)))
         .collect();
+    let composite = registered
+        .composite
+        .clone()
+        .map(|c| (c, registered.fallback));
     if ctx.registry.upsert(registered) {
         tracing::info!(%namespace, %name, triggers = trigger_ids.len(), "registered ScaledObject");
     }
@@ -617,7 +659,10 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
     let now = Timestamp::now();
     let rules = ZeroRules::from_spec(&so.spec);
     let indices: Vec<usize> = trigger_ids.iter().map(|(id, _)| id.index).collect();
-    let act = activity_indexed(&rules, &states, &indices);
+    let mut act = activity_indexed(&rules, &states, &indices);
+    if let Some((composite, fallback)) = &composite {
+        act = composite_activity(act, composite, &states, *fallback);
+    }
     let key = (namespace.clone(), name.clone());
     {
         let mut last_active = ctx.last_active.lock().expect("last active");
@@ -723,7 +768,38 @@ async fn reconcile_object(so: Arc<ScaledObject>, ctx: &Context) -> Result<Action
         },
         &so,
     );
-    let (active_status, active_reason, active_message) = if act.active {
+    let (active_status, active_reason, active_message) = if let Some(outcome) = &act.composite {
+        let activation = so
+            .spec
+            .scaling_modifiers()
+            .map_or(0.0, |m| m.activation_target);
+        match outcome {
+            Outcome::Value { value, .. } if act.active => (
+                Some(true),
+                "CompositeActive",
+                format!(
+                    "the scalingModifiers formula gives {value}, above activationTarget {activation}"
+                ),
+            ),
+            Outcome::Value { value, .. } if act.all_read => (
+                Some(false),
+                "CompositeIdle",
+                format!(
+                    "the scalingModifiers formula gives {value}, at or below activationTarget {activation}"
+                ),
+            ),
+            Outcome::Value { .. } => (
+                None,
+                "TriggerWithoutReading",
+                "a trigger has no current reading; activity is unknown".to_owned(),
+            ),
+            Outcome::Fallback { why, .. } | Outcome::Unavailable(why) => (
+                None,
+                "CompositeWithoutValue",
+                format!("the scalingModifiers formula has no value: {why}"),
+            ),
+        }
+    } else if act.active {
         (
             Some(true),
             "TriggerActive",
@@ -980,6 +1056,7 @@ async fn registration(so: &ScaledObject, ctx: &Context) -> Result<Registered, Sp
             .as_ref()
             .filter(|f| !f.behavior.reads_current_replicas())
             .map(|f| (f.failure_threshold.max(0) as u32, f.replicas.max(0) as u32)),
+        composite: so.composite()?,
     })
 }
 

@@ -6,15 +6,18 @@
 //! TriggerAuthentication maps ([`resolve_authentication`]).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::cache::TriggerId;
+use crate::composite::Composite;
 use crate::config::{self, ScaledObjectConfig, TriggerConfig};
+use crate::formula::Formula;
 use crate::scalers::{Trigger, served_metric_name};
 use crate::secret::{
     AuthenticationKind, AuthenticationRef, SecretError, SecretKeyRef, SecretReader, SecretSource,
 };
 
-use super::crd::ScaledObject;
+use super::crd::{FallbackBehavior, ScaledObject};
 use super::trigger_auth::{TriggerAuthError, TriggerAuthReader, describe, fill_credentials};
 
 /// Why a ScaledObject cannot be handed to the poller. Each variant names the field, as a
@@ -148,6 +151,7 @@ impl ScaledObject {
                 ));
             }
             if spec.fallback.is_some()
+                && spec.scaling_modifiers().is_none()
                 && !entry.is_resource_only()
                 && entry.metric_type != config::MetricType::AverageValue
             {
@@ -183,6 +187,7 @@ impl ScaledObject {
                 ));
             }
         }
+        self.composite()?;
         Ok(ScaledObjectConfig {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
@@ -195,6 +200,71 @@ impl ScaledObject {
             }),
             triggers: spec.triggers.clone(),
         })
+    }
+}
+
+impl ScaledObject {
+    /// The composite metric of `advanced.scalingModifiers`, its formula compiled over the names
+    /// of the triggers spillway polls (`None` without it). Refuses a formula that does not
+    /// compile or cannot give a number, a target not above 0, `fallback.behavior:
+    /// scalingModifiers` without a formula, and fallback on a Value composite.
+    pub fn composite(&self) -> Result<Option<Composite>, SpecError> {
+        let spec = &self.spec;
+        let invalid = |field: &str, message: String| SpecError::Invalid {
+            field: field.to_owned(),
+            message,
+        };
+        let Some(modifiers) = spec.scaling_modifiers() else {
+            if spec
+                .fallback
+                .as_ref()
+                .is_some_and(|f| f.behavior == FallbackBehavior::ScalingModifiers)
+            {
+                return Err(invalid(
+                    "fallback.behavior",
+                    "scalingModifiers needs advanced.scalingModifiers".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let field = "advanced.scalingModifiers";
+        if !(modifiers.target.is_finite() && modifiers.target > 0.0) {
+            return Err(invalid(
+                &format!("{field}.target"),
+                format!("{} must be a number above 0", modifiers.target),
+            ));
+        }
+        if !modifiers.activation_target.is_finite() {
+            return Err(invalid(
+                &format!("{field}.activationTarget"),
+                "must be a finite number".into(),
+            ));
+        }
+        if spec.fallback.is_some() && modifiers.metric_type != config::MetricType::AverageValue {
+            return Err(invalid(
+                &format!("{field}.metricType"),
+                "fallback needs AverageValue: the replicas a Value target yields depend on the current replicas".into(),
+            ));
+        }
+        let (names, inputs): (Vec<String>, Vec<usize>) = spec
+            .triggers
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| !entry.is_resource_only())
+            .filter_map(|(index, entry)| entry.name.clone().map(|name| (name, index)))
+            .unzip();
+        let formula = Formula::compile(&modifiers.formula, &names)
+            .map_err(|err| invalid(&format!("{field}.formula"), err.to_string()))?;
+        Ok(Some(Composite {
+            formula: Arc::new(formula),
+            target: modifiers.target,
+            activation_target: modifiers.activation_target,
+            inputs,
+            nil_in_fallback: spec
+                .fallback
+                .as_ref()
+                .is_some_and(|f| f.behavior == FallbackBehavior::ScalingModifiers),
+        }))
     }
 }
 
@@ -431,6 +501,79 @@ spec:
 
     fn so(text: &str) -> ScaledObject {
         serde_norway::from_str(text).unwrap()
+    }
+
+    const MODIFIED: &str = r#"
+apiVersion: spillway.dev/v1alpha1
+kind: ScaledObject
+metadata: {name: orders, namespace: shop}
+spec:
+  scaleTargetRef: {name: orders}
+  advanced:
+    scalingModifiers: {formula: "(kafka + rabbit) / 2", target: 10, activationTarget: 2}
+  triggers:
+    - cpu: {utilization: 60}
+      name: cpu
+    - name: kafka
+      kafka: {bootstrapServers: "k:9092", consumerGroup: g, topic: t}
+    - cron: {timezone: UTC, start: "0 8 * * *", end: "0 9 * * *", desiredReplicas: 2}
+    - name: rabbit
+      rabbitmq: {host: "http://r:15672", queueName: q, mode: QueueLength, value: 5}
+"#;
+
+    #[test]
+    fn scaling_modifiers_compile_over_the_named_triggers_spillway_reads() {
+        let composite = so(MODIFIED).composite().unwrap().expect("a composite");
+        assert_eq!(composite.formula.names(), ["kafka", "rabbit"]);
+        assert_eq!(composite.inputs, [1, 3], "indices in spec.triggers");
+        assert_eq!((composite.target, composite.activation_target), (10.0, 2.0));
+        assert!(!composite.nil_in_fallback);
+        so(MODIFIED).to_config().unwrap();
+
+        let refused = |from: &str, to: &str| {
+            let text = MODIFIED.replace(from, to);
+            so(&text).to_config().unwrap_err().to_string()
+        };
+        // cpu is the HPA's to read: it has no value in a formula.
+        let err = refused("(kafka + rabbit) / 2", "kafka + cpu");
+        assert!(
+            err.starts_with("spec.advanced.scalingModifiers.formula: unknown name \"cpu\""),
+            "{err}"
+        );
+        let err = refused("(kafka + rabbit) / 2", "kafka > 1");
+        assert!(err.contains("not a number"), "{err}");
+        let err = refused("target: 10", "target: 0");
+        assert!(err.contains("scalingModifiers.target"), "{err}");
+        let with_value = MODIFIED
+            .replace(
+                "activationTarget: 2}",
+                "activationTarget: 2, metricType: Value}",
+            )
+            .replace(
+                "  triggers:",
+                "  fallback: {failureThreshold: 2, replicas: 3}\n  triggers:",
+            );
+        let err = so(&with_value).to_config().unwrap_err().to_string();
+        assert!(err.contains("scalingModifiers.metricType"), "{err}");
+
+        // fallback.behavior scalingModifiers: the triggers in fallback are nil in the formula.
+        let nil = MODIFIED.replace(
+            "  triggers:",
+            "  fallback: {failureThreshold: 2, replicas: 3, behavior: scalingModifiers}\n  triggers:",
+        );
+        assert!(so(&nil).composite().unwrap().unwrap().nil_in_fallback);
+        let without = nil.replace(
+            "  advanced:\n    scalingModifiers: {formula: \"(kafka + rabbit) / 2\", target: 10, activationTarget: 2}\n",
+            "",
+        );
+        let err = so(&without).to_config().unwrap_err().to_string();
+        assert!(
+            err.contains("fallback.behavior: scalingModifiers needs advanced.scalingModifiers"),
+            "{err}"
+        );
+        // Value triggers are fine with fallback here: the HPA reads only the composite.
+        let value_trigger = nil.replace("value: 5}", "value: 5}\n      metricType: Value");
+        so(&value_trigger).to_config().unwrap();
     }
 
     const WITH_CPU: &str = r#"

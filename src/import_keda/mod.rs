@@ -603,15 +603,47 @@ mod tests {
     }
 
     #[test]
+    fn scaling_modifiers_come_over_with_numbers_for_keda_s_strings() {
+        let yaml = format!(
+            "{SO}spec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: scalingModifiers}}\n  advanced:\n    scalingModifiers: {{formula: \"(kafka ?? 0) + rabbit\", target: \"10\", activationTarget: \"1.5\", metricType: AverageValue}}\n  triggers:\n  - {{type: kafka, name: kafka, metadata: {{bootstrapServers: 'k:9092', consumerGroup: g, topic: t}}}}\n  - {{type: rabbitmq, name: rabbit, metadata: {{host: 'http://r:15672', queueName: q, mode: QueueLength, value: '20'}}}}\n"
+        );
+        let imported = report(&yaml, Completeness::Partial);
+        let Outcome::Imported {
+            manifest: Manifest::ScaledObject(so),
+            differences,
+            ..
+        } = &imported.outcomes[0]
+        else {
+            panic!("{}", imported.check());
+        };
+        assert!(
+            differences.join("\n").contains("expr-lang"),
+            "{differences:?}"
+        );
+        let modifiers = so.spec.scaling_modifiers().expect("scalingModifiers");
+        assert_eq!(modifiers.formula, "(kafka ?? 0) + rabbit");
+        assert_eq!((modifiers.target, modifiers.activation_target), (10.0, 1.5));
+        let composite = so.composite().unwrap().expect("compiles");
+        assert!(composite.nil_in_fallback);
+        assert_eq!(composite.inputs, [0, 1]);
+
+        // A formula spillway cannot run is refused with the compiler's reason.
+        let bad = yaml.replace("(kafka ?? 0) + rabbit", "kafka + queue");
+        let refused = report(&bad, Completeness::Partial);
+        let text = reasons(&refused, "ScaledObject shop/w");
+        assert!(text.contains("unknown name \"queue\""), "{text}");
+    }
+
+    #[test]
     fn what_spillway_lacks_refuses_the_object_with_every_reason() {
         let yaml = format!(
-            "{SO}  annotations: {{autoscaling.keda.sh/force-activation: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: scalingModifiers}}\n  advanced: {{restoreToOriginalReplicaCount: 'yes'}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
+            "{SO}  annotations: {{autoscaling.keda.sh/force-activation: 'true'}}\nspec:\n  scaleTargetRef: {{name: w}}\n  fallback: {{failureThreshold: 3, replicas: 6, behavior: sometimes}}\n  advanced: {{restoreToOriginalReplicaCount: 'yes'}}\n  unknownField: 1\n  triggers:\n  - {{type: memory, metadata: {{value: '80'}}}}\n  - {{type: aws-sqs-queue, metadata: {{queueURL: q}}}}\n---\napiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j, namespace: shop}}\n"
         );
         let report = report(&yaml, Completeness::Partial);
         let text = reasons(&report, "ScaledObject shop/w");
         for phrase in [
             "force-activation]: spillway has no forced activation",
-            "fallback.behavior: scalingModifiers needs spec.advanced.scalingModifiers",
+            "fallback.behavior: \"sometimes\" is not one of",
             "restoreToOriginalReplicaCount: \"yes\" is not a boolean",
             "spec.unknownField: is not a field spillway knows",
             "triggers[0].metadata.value: needs the trigger's metricType",

@@ -8,7 +8,8 @@
 //! | annotations `paused-scale-in`, `paused-scale-out`, `scaledobject.keda.sh/hpa-excluded-labels` | `spec.pausedScaleIn`, `spec.pausedScaleOut`, `spillway.dev/hpa-excluded-labels` |
 //! | fallback.behavior static (the default), restoreToOriginalReplicaCount false (the default), useCachedMetrics, envSourceContainerName, `transfer-hpa-ownership` (the HPA is annotated instead) | left out with a note: spillway behaves so |
 //! | cpu and memory triggers {metricType Utilization or AverageValue (or the deprecated metadata.type), value, containerName} | `cpu`/`memory` {`utilization` or `averageValue`, `containerName`}: a Resource (or ContainerResource) metric on the HPA, as in KEDA |
-//! | fallback.behavior scalingModifiers, fallback with a Value trigger, scalingModifiers, `force-activation`, other trigger types | refused |
+//! | advanced.scalingModifiers {formula, target, activationTarget, metricType}, fallback.behavior scalingModifiers | same; `target` and `activationTarget` as numbers; the formula runs in spillway's expr-lang subset and must compile over the trigger names |
+//! | fallback with a Value trigger (unless scalingModifiers), `force-activation`, other trigger types | refused |
 //!
 //! The result must pass the controller's checks (`spillway plan`'s), and a trigger's
 //! `authenticationRef` is checked against the imported TriggerAuthentication it names: its
@@ -334,14 +335,14 @@ fn fallback(value: &Value, found: &mut Findings) -> Value {
                 Some("static") => found.differences.push(
                     "spec.fallback.behavior: static left out (spillway's default)".to_owned(),
                 ),
-                Some("currentReplicas" | "currentReplicasIfHigher" | "currentReplicasIfLower") => {
+                Some(
+                    "currentReplicas" | "currentReplicasIfHigher" | "currentReplicasIfLower"
+                    | "scalingModifiers",
+                ) => {
                     out.insert(key.clone(), field.clone());
                 }
-                Some("scalingModifiers") => found.reasons.push(
-                    "spec.fallback.behavior: scalingModifiers needs spec.advanced.scalingModifiers, which spillway does not support yet".to_owned(),
-                ),
                 _ => found.reasons.push(format!(
-                    "spec.fallback.behavior: {field} is not one of static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower"
+                    "spec.fallback.behavior: {field} is not one of static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower, scalingModifiers"
                 )),
             },
             other => found.reasons.push(format!("spec.fallback.{other}: is not a field spillway knows")),
@@ -384,13 +385,66 @@ fn advanced(value: &Value, found: &mut Findings, hpa_name: &mut Option<String>) 
             "restoreToOriginalReplicaCount" => found.reasons.push(format!(
                 "spec.advanced.restoreToOriginalReplicaCount: {field} is not a boolean"
             )),
-            "scalingModifiers" => found.reasons.push(
-                "spec.advanced.scalingModifiers: formulas over triggers are not supported by spillway yet".to_owned(),
-            ),
+            "scalingModifiers" => {
+                if let Some(modifiers) = scaling_modifiers(field, found) {
+                    out.insert(key.clone(), modifiers);
+                }
+            }
             other => found.reasons.push(format!("spec.advanced.{other}: is not a field spillway knows")),
         }
     }
     (!out.is_empty()).then_some(Value::Object(out))
+}
+
+/// `spec.advanced.scalingModifiers`: KEDA's strings `target` and `activationTarget` as
+/// numbers; the formula as written (the controller's check compiles it over the trigger names).
+fn scaling_modifiers(value: &Value, found: &mut Findings) -> Option<Value> {
+    let at = "spec.advanced.scalingModifiers";
+    let mut out = Map::new();
+    for (key, field) in value.as_object().into_iter().flatten() {
+        match key.as_str() {
+            "formula" => {
+                out.insert(key.clone(), field.clone());
+            }
+            "target" | "activationTarget" => {
+                let number = match field {
+                    Value::String(text) => text.trim().parse::<f64>().ok(),
+                    other => other.as_f64(),
+                };
+                match number {
+                    Some(n) if n.is_finite() => {
+                        out.insert(key.clone(), json!(n));
+                    }
+                    _ => found
+                        .reasons
+                        .push(format!("{at}.{key}: {field} is not a number")),
+                }
+            }
+            "metricType" => match field.as_str() {
+                Some("AverageValue") => {}
+                Some("Value") => {
+                    out.insert(key.clone(), field.clone());
+                }
+                _ => found.reasons.push(format!(
+                    "{at}.metricType: {field} is not AverageValue or Value"
+                )),
+            },
+            other => found
+                .reasons
+                .push(format!("{at}.{other}: is not a field spillway knows")),
+        }
+    }
+    if !out.contains_key("formula") {
+        // KEDA ignores scalingModifiers without a formula; so does the import, saying so.
+        found.differences.push(format!(
+            "{at}: without a formula KEDA composes nothing; left out"
+        ));
+        return None;
+    }
+    found.differences.push(format!(
+        "{at}: spillway runs the formula in the subset of expr-lang that composes numbers (README), and never takes the target to idle while a trigger fails, even where the formula gives a value without it"
+    ));
+    Some(Value::Object(out))
 }
 
 /// One trigger entry: the broker key with its body, and `authenticationRef`.

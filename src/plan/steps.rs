@@ -529,7 +529,7 @@ fn step_summary(
 fn fallback_replicas_text(f: Fallback, replicas: u32) -> String {
     use crate::controller::crd::FallbackBehavior::*;
     match f.behavior {
-        Static => format!("fallback.replicas {replicas}"),
+        Static | ScalingModifiers => format!("fallback.replicas {replicas}"),
         CurrentReplicas => format!("currentReplicas {replicas}"),
         CurrentReplicasIfHigher => format!(
             "currentReplicasIfHigher (the higher of current and fallback.replicas {}) {replicas}",

@@ -365,6 +365,7 @@ mod tests {
             )],
             polling_interval: Duration::from_secs(1),
             fallback: None,
+            composite: None,
         }
     }
 
