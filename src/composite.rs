@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::cache::{TriggerState, past_failure_threshold};
+use crate::config::MetricType;
 use crate::formula::Formula;
 
 /// The metric name the HPA of an object with `scalingModifiers` reads (KEDA's name).
@@ -30,6 +31,8 @@ pub struct Composite {
     pub target: f64,
     /// The composite value is active above this.
     pub activation_target: f64,
+    /// How the HPA compares the value with `target`.
+    pub metric_type: MetricType,
     /// The index in `spec.triggers` of the trigger behind each of the formula's names, in
     /// [`Formula::names`] order.
     pub inputs: Vec<usize>,
@@ -59,6 +62,40 @@ pub enum Outcome {
     Unavailable(String),
 }
 
+/// One trigger as the composite sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A current reading, taken at `read_at`.
+    Read { value: f64, read_at: SystemTime },
+    /// The latest poll failed, the last `consecutive_failures` in a row.
+    Failed {
+        consecutive_failures: u32,
+        error: String,
+    },
+    /// Not polled yet.
+    NotRead,
+}
+
+impl Input {
+    /// A trigger's state in the metric cache (`None`: no poll recorded yet).
+    pub fn of(state: Option<&TriggerState>) -> Self {
+        match state {
+            None => Self::NotRead,
+            Some(state) => match (state.current(), &state.error) {
+                (Some(reading), _) => Self::Read {
+                    value: reading.value,
+                    read_at: reading.timestamp,
+                },
+                (None, Some(error)) => Self::Failed {
+                    consecutive_failures: state.consecutive_failures,
+                    error: error.to_string(),
+                },
+                (None, None) => Self::NotRead,
+            },
+        }
+    }
+}
+
 impl Composite {
     /// The composite metric for `states`: one entry per trigger spillway polls, with its index
     /// in `spec.triggers` (`None`: not polled yet), under `fallback` when the object sets it.
@@ -67,21 +104,24 @@ impl Composite {
         states: &[(usize, Option<&TriggerState>)],
         fallback: Option<FallbackRule>,
     ) -> Outcome {
-        let in_fallback = |state: &TriggerState| {
-            fallback.is_some_and(|f| {
-                past_failure_threshold(state.consecutive_failures, f.failure_threshold)
-            })
+        let inputs: Vec<(usize, Input)> = states
+            .iter()
+            .map(|(index, state)| (*index, Input::of(*state)))
+            .collect();
+        self.evaluate_inputs(&inputs, fallback)
+    }
+
+    /// [`Composite::evaluate`] over triggers as [`Input`]s (`spillway plan` has no cache).
+    pub fn evaluate_inputs(
+        &self,
+        triggers: &[(usize, Input)],
+        fallback: Option<FallbackRule>,
+    ) -> Outcome {
+        let in_fallback = |failures: u32| {
+            fallback.is_some_and(|f| past_failure_threshold(failures, f.failure_threshold))
         };
-        let failure = |index: usize, state: &TriggerState| {
-            format!(
-                "trigger {index} failed {} polls in a row: {}",
-                state.consecutive_failures,
-                state
-                    .error
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            )
+        let failure = |index: usize, failures: u32, error: &str| {
+            format!("trigger {index} failed {failures} polls in a row: {error}")
         };
         let fallback_outcome = |rule: FallbackRule, why: String| Outcome::Fallback {
             replicas: rule.replicas,
@@ -92,34 +132,43 @@ impl Composite {
         // KEDA (unless the formula takes it as nil).
         if !self.nil_in_fallback
             && let Some(rule) = fallback
-            && let Some((index, state)) = states.iter().find_map(|(index, state)| {
-                state
-                    .filter(|s| s.current().is_none() && s.error.is_some() && in_fallback(s))
-                    .map(|s| (*index, s))
+            && let Some(why) = triggers.iter().find_map(|(index, input)| match input {
+                Input::Failed {
+                    consecutive_failures,
+                    error,
+                } if in_fallback(*consecutive_failures) => {
+                    Some(failure(*index, *consecutive_failures, error))
+                }
+                _ => None,
             })
         {
-            return fallback_outcome(rule, failure(index, state));
+            return fallback_outcome(rule, why);
         }
-        let mut values: Vec<(usize, Option<f64>)> = Vec::with_capacity(states.len());
-        let mut read_at: Option<SystemTime> = None;
+        let mut values: Vec<(usize, Option<f64>)> = Vec::with_capacity(triggers.len());
+        let mut oldest: Option<SystemTime> = None;
         let mut nil_reason = None;
-        for (index, state) in states {
-            let Some(state) = state else {
-                return Outcome::Unavailable(format!("trigger {index} has no reading yet"));
-            };
-            match state.current() {
-                Some(reading) => {
-                    values.push((*index, Some(reading.value)));
-                    read_at = Some(read_at.map_or(reading.timestamp, |t| t.min(reading.timestamp)));
+        for (index, input) in triggers {
+            match input {
+                Input::Read { value, read_at } => {
+                    values.push((*index, Some(*value)));
+                    oldest = Some(oldest.map_or(*read_at, |t| t.min(*read_at)));
                 }
-                None if state.error.is_some() && self.nil_in_fallback && in_fallback(state) => {
-                    nil_reason.get_or_insert_with(|| failure(*index, state));
+                Input::Failed {
+                    consecutive_failures,
+                    error,
+                } if self.nil_in_fallback && in_fallback(*consecutive_failures) => {
+                    nil_reason.get_or_insert_with(|| failure(*index, *consecutive_failures, error));
                     values.push((*index, None));
                 }
-                None if state.error.is_some() => {
-                    return Outcome::Unavailable(failure(*index, state));
+                Input::Failed {
+                    consecutive_failures,
+                    error,
+                } => {
+                    return Outcome::Unavailable(failure(*index, *consecutive_failures, error));
                 }
-                None => return Outcome::Unavailable(format!("trigger {index} has no reading yet")),
+                Input::NotRead => {
+                    return Outcome::Unavailable(format!("trigger {index} has no reading yet"));
+                }
             }
         }
         let inputs: Vec<Option<f64>> = self
@@ -135,7 +184,7 @@ impl Composite {
         match self.formula.evaluate(&inputs) {
             Ok(Some(value)) if value.is_finite() => Outcome::Value {
                 value,
-                read_at: read_at.unwrap_or_else(SystemTime::now),
+                read_at: oldest.unwrap_or_else(SystemTime::now),
             },
             Ok(Some(value)) => {
                 Outcome::Unavailable(format!("the formula gives {value}, not a finite number"))
@@ -179,6 +228,7 @@ mod tests {
             formula: Arc::new(Formula::compile(text, &names).unwrap()),
             target: 10.0,
             activation_target: 5.0,
+            metric_type: MetricType::AverageValue,
             inputs: inputs.to_vec(),
             nil_in_fallback: nil,
         }

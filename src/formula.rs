@@ -22,9 +22,10 @@ use std::fmt;
 /// The longest formula accepted, in bytes (the CRD's `maxLength` says the same).
 pub const MAX_FORMULA_LENGTH: usize = 1024;
 
-/// The deepest nesting of sub-expressions accepted: bounds the parser's and the evaluator's
-/// recursion whatever a tenant writes.
-pub const MAX_DEPTH: usize = 64;
+/// The deepest nesting accepted, of sub-expressions while parsing and of operations in the
+/// compiled tree (a chain `a + b + c` is one level per operator): bounds the parser's and the
+/// evaluator's recursion whatever a tenant writes.
+pub const MAX_DEPTH: usize = 100;
 
 /// Why a formula cannot be compiled or evaluated; `position` is a byte offset into the formula.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -33,7 +34,7 @@ pub enum FormulaError {
     Empty,
     #[error("formula is {0} bytes long; at most {MAX_FORMULA_LENGTH} are accepted")]
     TooLong(usize),
-    #[error("formula nests deeper than {MAX_DEPTH} levels")]
+    #[error("formula nests deeper than {MAX_DEPTH} levels (each operator of a chain is one)")]
     TooDeep,
     #[error("at byte {position}: {message}")]
     Syntax { position: usize, message: String },
@@ -200,6 +201,8 @@ enum Node {
 /// A compiled formula over named inputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Formula {
+    /// The formula as written.
+    text: String,
     root: Node,
     /// The names the formula was compiled with, in the order [`Formula::evaluate`] takes values.
     names: Vec<String>,
@@ -233,7 +236,11 @@ impl Formula {
         if let Some(token) = parser.tokens.get(parser.at) {
             return Err(parser.error_at(token.position, format!("unexpected {}", token.kind)));
         }
+        if tree_depth(&root) > MAX_DEPTH {
+            return Err(FormulaError::TooDeep);
+        }
         let formula = Self {
+            text: text.to_owned(),
             root,
             names: names.to_vec(),
             may_be_nil: text.contains("??"),
@@ -241,6 +248,11 @@ impl Formula {
         let probe: Vec<Option<f64>> = vec![Some(-1.0); names.len()];
         formula.evaluate(&probe)?;
         Ok(formula)
+    }
+
+    /// The formula as written.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// The trigger names the formula takes values for, in order.
@@ -269,6 +281,25 @@ impl Formula {
             ))),
         }
     }
+}
+
+/// The depth of the tree under `root`, found without recursion (the tree is not yet known to
+/// be shallow).
+fn tree_depth(root: &Node) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 1)];
+    while let Some((node, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        let children: Vec<&Node> = match node {
+            Node::Literal(_) | Node::Input(_) | Node::Local(_) | Node::Element(_) => Vec::new(),
+            Node::Array(items) | Node::Call(_, items) => items.iter().collect(),
+            Node::Unary(_, a) => vec![a],
+            Node::Binary(_, a, b) | Node::Let(a, b) => vec![a, b],
+            Node::Conditional(a, b, c) => vec![a, b, c],
+        };
+        stack.extend(children.into_iter().map(|child| (child, depth + 1)));
+    }
+    deepest
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -975,6 +1006,10 @@ mod tests {
         };
         assert_eq!(run(count, &three(2.0, 2.0, 0.0)), Ok(Some(5.0)));
         assert_eq!(run(count, &three(2.0, 1.0, 0.0)), Ok(Some(0.0)));
+        // The RabbitMQ scaler's documented example.
+        let rabbit = "max(p2d_ratio, qlen/1000)";
+        let pair = [("p2d_ratio", Some(0.8)), ("qlen", Some(1500.0))];
+        assert_eq!(run(rabbit, &pair), Ok(Some(1.5)));
         // The same predicate without braces, as newer expr accepts it.
         let bare = "count([trig_one,trig_two,trig_three], # > 1)";
         assert_eq!(run(bare, &three(2.0, 2.0, 0.0)), Ok(Some(2.0)));
@@ -1057,9 +1092,25 @@ mod tests {
             Err(FormulaError::TooLong(_))
         ));
         let deep = "(".repeat(200) + "1" + &")".repeat(200);
+        // Parentheses alone do not deepen the tree, but they nest the parser.
         assert_eq!(Formula::compile(&deep, &both), Err(FormulaError::TooDeep));
         let unnamed = Formula::compile("kafka", &[]).unwrap_err().to_string();
         assert!(unnamed.contains("give the triggers a name"), "{unnamed}");
+    }
+
+    #[test]
+    fn the_longest_formulas_run_within_bounds() {
+        let none: [(&str, Option<f64>); 0] = [];
+        // A left-leaning chain is as deep as it is long: up to the bound it runs, past it it is
+        // refused (512 additions overflowed a debug build's 2 MiB stack).
+        let chain = "1+".repeat(MAX_DEPTH - 1) + "1";
+        assert_eq!(run(&chain, &none), Ok(Some(MAX_DEPTH as f64)));
+        let longer = "1+".repeat(511) + "1";
+        assert_eq!(run(&longer, &none), Err(FormulaError::TooDeep));
+        let unary = "-".repeat(1000) + "1";
+        assert_eq!(run(&unary, &none), Err(FormulaError::TooDeep));
+        let arrays = "[".repeat(300) + &"]".repeat(300);
+        assert_eq!(run(&arrays, &none), Err(FormulaError::TooDeep));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 use spillway::api::selector::Selector;
 use spillway::config;
+use spillway::formula::Formula;
 use spillway::names;
 use spillway::quantity::{MAX_UNITS, format_quantity};
 use spillway::scalers::cron::CronSchedule;
@@ -134,6 +135,108 @@ fn label_selectors_parse_or_refuse_clearly() {
                     let _ = selector.matches(&labels);
                 }
                 Err(err) => error_is_clear("selector", &text, &err.to_string())?,
+            }
+            Ok(())
+        },
+    );
+}
+
+/// `advanced.scalingModifiers.formula`, a tenant's program run in the process that serves every
+/// team: compiled or refused with a message, and a compiled one evaluates to a number, nil or
+/// a clear error for any inputs (nil included), never a panic or a blown stack.
+#[test]
+fn formulas_compile_and_run_or_refuse_clearly() {
+    const TOKENS: &[&str] = &[
+        "kafka",
+        "rabbit",
+        "lag",
+        "1",
+        "2.5",
+        "0",
+        "1e3",
+        "nil",
+        "true",
+        "false",
+        "+",
+        "-",
+        "*",
+        "/",
+        "%",
+        "**",
+        "^",
+        "??",
+        "?",
+        ":",
+        "?:",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ";",
+        "#",
+        "==",
+        "!=",
+        "<",
+        ">=",
+        "&&",
+        "||",
+        "!",
+        "not ",
+        " and ",
+        " or ",
+        " in ",
+        "let x = ",
+        "x",
+        "max(",
+        "min(",
+        "count(",
+        "filter(",
+        "map(",
+        "sum(",
+        "mean(",
+        "median(",
+        "abs(",
+        "ceil(",
+        "float(",
+        "int(",
+        "len(",
+        "first(",
+        "all(",
+        "one(",
+        ".",
+        "..",
+        "|",
+        "'s'",
+        " ",
+        "(((((((((",
+        ")))))))))",
+        "-----",
+        "\u{0}",
+        "é",
+    ];
+    let names: Vec<String> = ["kafka", "rabbit", "lag"].map(str::to_owned).to_vec();
+    let inputs = prop::collection::vec(
+        prop_oneof![
+            Just(None),
+            any::<f64>().prop_map(Some),
+            (-1e6f64..1e6).prop_map(Some),
+        ],
+        3,
+    );
+    check(
+        "scalingModifiers formula",
+        PURE_CASES,
+        (text_from(TOKENS, 40), inputs),
+        |(text, inputs): (String, Vec<Option<f64>>)| {
+            match Formula::compile(&text, &names) {
+                Ok(formula) => match formula.evaluate(&inputs) {
+                    Ok(_) => {}
+                    Err(err) => error_is_clear("formula run", &text, &err.to_string())?,
+                },
+                Err(err) => error_is_clear("formula", &text, &err.to_string())?,
             }
             Ok(())
         },

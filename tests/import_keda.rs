@@ -123,7 +123,7 @@ const EXAMPLES: &[Example] = &[
         imported: &["TriggerAuthentication default/keda-trigger-auth-rabbitmq-conn"],
         refused: &[(
             "ScaledObject default/rabbitmq-scaledobject",
-            "scalingModifiers: formulas over triggers are not supported",
+            "\"PublishedToDeliveredRatio\" is not supported by spillway",
         )],
     },
     Example {

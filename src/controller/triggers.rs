@@ -259,6 +259,7 @@ impl ScaledObject {
             formula: Arc::new(formula),
             target: modifiers.target,
             activation_target: modifiers.activation_target,
+            metric_type: modifiers.metric_type,
             inputs,
             nil_in_fallback: spec
                 .fallback

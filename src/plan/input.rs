@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use super::hpa_rules::HpaRules;
 use crate::cache::{TriggerId, TriggerState};
+use crate::composite::{COMPOSITE_METRIC, Composite, FallbackRule, Input, Outcome};
 use crate::config::{MetricType, ScaledObjectConfig, TriggerConfig};
 use crate::controller::crd::ScaledObject;
 pub use crate::controller::scale_to_zero::Fallback;
@@ -153,6 +154,85 @@ pub struct PlanInput {
     pub rules: HpaRules,
     /// The target's replicas now; without it, no tolerance test and no step.
     pub current_replicas: Option<u32>,
+    /// `advanced.scalingModifiers`: the HPA reads the formula over `triggers`, not them.
+    pub composite: Option<Composite>,
+    /// The cpu and memory triggers, described (`s1 cpu utilization 50 %`): the HPA reads them
+    /// itself, so the plan only names them.
+    pub resource_triggers: Vec<String>,
+}
+
+impl PlanInput {
+    /// With `scalingModifiers`, the one metric the HPA reads, as a trigger of the plan: the
+    /// formula over the triggers' values (see [`Composite::evaluate`]); no value is a failed
+    /// metric, past the fallback threshold exactly when the served metric is the fallback value.
+    pub fn composite_trigger(&self) -> Option<PlanTrigger> {
+        let composite = self.composite.as_ref()?;
+        let now = std::time::SystemTime::now();
+        let inputs: Vec<(usize, Input)> = self
+            .triggers
+            .iter()
+            .map(|t| {
+                let index = t
+                    .label()
+                    .trim_start_matches('s')
+                    .parse()
+                    .unwrap_or(usize::MAX);
+                let input = match &t.observed {
+                    Observed::Value { value, .. } => Input::Read {
+                        value: *value,
+                        read_at: now,
+                    },
+                    Observed::Failed {
+                        error,
+                        consecutive_failures,
+                    } => Input::Failed {
+                        consecutive_failures: *consecutive_failures,
+                        error: error.clone(),
+                    },
+                };
+                (index, input)
+            })
+            .collect();
+        let failures = self
+            .triggers
+            .iter()
+            .filter_map(|t| match t.observed {
+                Observed::Failed {
+                    consecutive_failures,
+                    ..
+                } => Some(consecutive_failures),
+                Observed::Value { .. } => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let fallback = self.fallback.map(|f| FallbackRule {
+            failure_threshold: f.failure_threshold,
+            replicas: f.replicas,
+        });
+        let observed = match composite.evaluate_inputs(&inputs, fallback) {
+            Outcome::Value { value, .. } => Observed::Value {
+                value,
+                active: value > composite.activation_target,
+            },
+            // Past the threshold, so the plan's fallback applies, as it does when served.
+            Outcome::Fallback { why, .. } => Observed::Failed {
+                error: why,
+                consecutive_failures: failures.max(fallback.map_or(0, |f| f.failure_threshold + 1)),
+            },
+            // Served as a 503, which the HPA holds on: no fallback, whatever the failures.
+            Outcome::Unavailable(why) => Observed::Failed {
+                error: why,
+                consecutive_failures: 0,
+            },
+        };
+        Some(PlanTrigger {
+            metric: COMPOSITE_METRIC.to_owned(),
+            target: composite.target,
+            metric_type: composite.metric_type,
+            activation: composite.activation_target,
+            observed,
+        })
+    }
 }
 
 /// A scaled object to plan for: its config entry (what the poller reads) and the plan input.
@@ -215,6 +295,7 @@ impl PlanSource {
             None => Pause::Running,
         };
         let triggers = plan_triggers(&config).map_err(|e| invalid(e.to_string()))?;
+        let composite = so.composite().map_err(|e| invalid(e.to_string()))?;
         let input = PlanInput {
             object,
             triggers,
@@ -227,6 +308,8 @@ impl PlanSource {
             pause,
             rules,
             current_replicas: None,
+            composite,
+            resource_triggers: resource_triggers(&config),
         };
         Ok(Self { config, input })
     }
@@ -249,6 +332,8 @@ impl PlanSource {
             pause: Pause::Running,
             rules: HpaRules::Builtin,
             current_replicas: None,
+            composite: None,
+            resource_triggers: Vec::new(),
         };
         Ok(Self {
             config: config.clone(),
@@ -401,6 +486,30 @@ fn reads_an_unfetched_secret(entry: &TriggerConfig, error: &ScalerError) -> bool
 }
 
 /// The plan's triggers of `config`, without values yet.
+/// The cpu and memory triggers of `config`, as the plan names them.
+fn resource_triggers(config: &ScaledObjectConfig) -> Vec<String> {
+    config
+        .triggers
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry.is_resource_only())
+        .filter_map(|(index, entry)| {
+            let (name, resource) = entry.resource()?;
+            let target = match (&resource.utilization, &resource.average_value) {
+                (Some(percent), _) => format!("utilization {percent} %"),
+                (None, Some(value)) => format!("averageValue {value}"),
+                (None, None) => "no target".to_owned(),
+            };
+            let container = resource
+                .container_name
+                .as_ref()
+                .map(|c| format!(" of container {c}"))
+                .unwrap_or_default();
+            Some(format!("s{index} {} {target}{container}", name.as_str()))
+        })
+        .collect()
+}
+
 fn plan_triggers(config: &ScaledObjectConfig) -> Result<Vec<PlanTrigger>, SpecError> {
     Ok(triggers(config)?
         .into_iter()
@@ -509,6 +618,70 @@ spec:
             .collect();
         assert_eq!(actives, [false, true]);
         assert_eq!(source.triggers().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn with_scaling_modifiers_the_plan_scales_on_the_formula_and_its_fallback() {
+        let text = r#"
+apiVersion: spillway.dev/v1alpha1
+kind: ScaledObject
+metadata: {name: orders}
+spec:
+  scaleTargetRef: {name: orders}
+  advanced:
+    scalingModifiers: {formula: "lag + (queued ?? 0)", target: 10, activationTarget: 5}
+  fallback: {failureThreshold: 2, replicas: 3, behavior: scalingModifiers}
+  triggers:
+    - name: lag
+      kafka: {bootstrapServers: "k:9092", consumerGroup: g, topic: t}
+    - cpu: {utilization: 50}
+    - name: queued
+      prometheus: {serverAddress: "http://p:9090", query: "vector(1)", threshold: 6}
+"#;
+        let mut s = source(text).unwrap();
+        let v = |index, value| TriggerValue { index, value };
+        s.set_values(&[v(0, 30.0), v(2, 12.0)]).unwrap();
+        let plan = crate::plan::plan(&s.input);
+        assert_eq!(plan.triggers.len(), 1);
+        assert_eq!(plan.triggers[0].metric, "composite-metric");
+        assert_eq!(plan.settles_at, Some(5), "ceil((30 + 12) / 10)");
+        // Below activationTarget 5: to zero after the cooldown.
+        s.set_values(&[v(0, 2.0), v(2, 1.0)]).unwrap();
+        assert_eq!(crate::plan::plan(&s.input).settles_at, Some(0));
+        // The Prometheus trigger in fallback is nil, `?? 0` decides: 30 / 10.
+        let failed = Observed::Failed {
+            error: "down".into(),
+            consecutive_failures: 3,
+        };
+        s.set_values(&[v(0, 30.0), v(2, 1.0)]).unwrap();
+        s.input.triggers[1].observed = failed.clone();
+        let composite = s.input.composite_trigger().unwrap();
+        assert_eq!(
+            composite.observed,
+            Observed::Value {
+                value: 30.0,
+                active: true
+            }
+        );
+        // Both failing: `lag` has no default, so the formula fails; served as a 503, the HPA
+        // holds (no fallback: the formula did not give nil).
+        s.input.triggers[0].observed = failed.clone();
+        let held = crate::plan::plan(&s.input);
+        assert!(
+            matches!(&s.input.composite_trigger().unwrap().observed, Observed::Failed { error, consecutive_failures: 0 } if error.contains("?? 0")),
+            "{held:?}"
+        );
+        // A formula that gives nil for failing triggers, under fallback.behavior
+        // scalingModifiers:
+        s.input.composite.as_mut().unwrap().formula = std::sync::Arc::new(
+            crate::formula::Formula::compile(
+                "(lag ?? nil) ?? (queued ?? nil)",
+                &["lag".to_owned(), "queued".to_owned()],
+            )
+            .unwrap(),
+        );
+        // both nil, so the formula gives nil and fallback.replicas 3 apply.
+        assert_eq!(crate::plan::plan(&s.input).settles_at, Some(3));
     }
 
     #[test]

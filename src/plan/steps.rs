@@ -9,6 +9,7 @@ use super::hpa_rules::{
 };
 use super::input::{Fallback, Observed, Pause, PlanInput, PlanTrigger, metric_label};
 use super::render::{format_number, format_ratio};
+use crate::composite::COMPOSITE_METRIC;
 use crate::config::MetricType;
 use crate::controller::scale_to_zero::{
     Cooldown, HoldReason, TriggerActivity, ZeroDecision, ZeroRules, decide,
@@ -100,6 +101,17 @@ impl Plan {
 
 /// One HPA sync for `input` (and spillway's step to or from zero), step by step.
 pub fn plan(input: &PlanInput) -> Plan {
+    // scalingModifiers: the HPA, and the step to or from zero, see the composite alone.
+    if let Some(composite) = input.composite_trigger() {
+        let mut planned = plan(&PlanInput {
+            triggers: vec![composite],
+            composite: None,
+            ..input.clone()
+        });
+        let hpa_min = input.min_replica_count.max(1);
+        planned.settings = settings_line(input, hpa_min, input.max_replica_count.max(hpa_min));
+        return planned;
+    }
     let min = input.min_replica_count;
     let hpa_min = min.max(1);
     let max = input.max_replica_count.max(hpa_min);
@@ -662,9 +674,26 @@ fn settings_line(input: &PlanInput, hpa_min: u32, max: u32) -> String {
             ", fallback {} after more than {} failures",
             f.replicas, f.failure_threshold
         );
-        if f.behavior.reads_current_replicas() {
+        if f.behavior.as_str() != "static" {
             let _ = write!(line, " ({})", f.behavior.as_str());
         }
+    }
+    if let Some(composite) = &input.composite {
+        let _ = write!(
+            line,
+            "\nscalingModifiers: the HPA reads {COMPOSITE_METRIC} = {} over {}, target {}, active above {}",
+            composite.formula.text(),
+            composite.formula.names().join(", "),
+            format_number(composite.target),
+            format_number(composite.activation_target)
+        );
+    }
+    if !input.resource_triggers.is_empty() {
+        let _ = write!(
+            line,
+            "\nAlso on the HPA, read by it from the cluster's resource metrics and not planned here: {}",
+            input.resource_triggers.join(", ")
+        );
     }
     let tolerance = input.rules.tolerance();
     let _ = match &input.rules {
@@ -735,6 +764,8 @@ mod tests {
             pause: Pause::Running,
             rules: HpaRules::Builtin,
             current_replicas: current,
+            composite: None,
+            resource_triggers: Vec::new(),
         }
     }
 
