@@ -159,6 +159,20 @@ async fn a_tenant_may_write_a_scaled_object_only_for_a_target_it_may_scale() {
     k8s::try_apply(&as_tenant, scaled_object(&ns, "web", deployment))
         .await
         .expect("a ScaledObject for a Deployment the tenant may scale is accepted");
+    // A scalingModifiers formula spillway cannot run is refused at the write, with the reason.
+    let mut formula = scaled_object(&ns, "formula", json!({"name": "web"}));
+    formula["spec"]["triggers"][0]["name"] = json!("office");
+    formula["spec"]["advanced"] =
+        json!({"scalingModifiers": {"formula": "office * hours", "target": 1}});
+    let err = k8s::try_apply(&as_tenant, formula)
+        .await
+        .expect_err("a formula over an unknown name is refused");
+    assert!(
+        err.to_string()
+            .contains("spec.advanced.scalingModifiers.formula: unknown name \"hours\""),
+        "{err}"
+    );
+    assert!(sos.get_opt("formula").await.unwrap().is_none());
     // Switching the allowed object's target to the StatefulSet is refused too.
     let err = k8s::try_apply(&as_tenant, scaled_object(&ns, "web", statefulset))
         .await

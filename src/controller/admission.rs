@@ -4,7 +4,8 @@
 //! themselves. For a CREATE, or an UPDATE that changes the spec, kube-apiserver's
 //! `userInfo` is asked by SubjectAccessReview whether it may `update` the `<resource>/scale`
 //! of the target (its group and resource found by discovery); no is a refusal that says
-//! which right is missing.
+//! which right is missing. A `spec.advanced.scalingModifiers.formula` that does not compile
+//! over the object's trigger names is refused too (400), with the compiler's reason.
 //!
 //! kube-apiserver calls the webhook without a client identity, so the route is not behind the
 //! aggregator's authentication: anyone reaching it learns only what SubjectAccessReview says
@@ -99,6 +100,9 @@ fn needed_right(request: &AdmissionRequest) -> Result<Option<ScaleRight>, String
     {
         return Ok(None);
     }
+    // A formula is a program the API server's schema cannot check: refused here, as KEDA's
+    // webhook does, rather than stored and refused later in the object's status.
+    object.composite().map_err(|err| err.to_string())?;
     let namespace = request
         .namespace
         .clone()
@@ -263,6 +267,21 @@ mod tests {
             "object": object, "oldObject": old,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_formula_that_does_not_compile_is_refused_with_the_reason() {
+        let mut object = so(json!({"name": "web"}), 1);
+        object["spec"]["triggers"][0]["name"] = json!("office");
+        object["spec"]["advanced"] =
+            json!({"scalingModifiers": {"formula": "office * 2", "target": 1}});
+        assert!(needed_right(&request("CREATE", Some(object.clone()), None)).is_ok());
+        object["spec"]["advanced"]["scalingModifiers"]["formula"] = json!("office * hours");
+        let err = needed_right(&request("CREATE", Some(object), None)).unwrap_err();
+        assert!(
+            err.starts_with("spec.advanced.scalingModifiers.formula: unknown name \"hours\""),
+            "{err}"
+        );
     }
 
     #[test]
