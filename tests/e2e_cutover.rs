@@ -2,7 +2,9 @@
 //! real Kafka backlog. KEDA cannot run here, so a Helm release `keda` stands in for what a KEDA
 //! install leaves in a cluster: the APIService v1beta1.external.metrics.k8s.io, owned by that
 //! release and pointing at keda-operator-metrics-apiserver (which does not exist), and an HPA
-//! `keda-hpa-<name>` on the target.
+//! `keda-hpa-<name>` on each of two targets. `orders` moves over the pause way (KEDA's HPA
+//! deleted), `payments` the hand-over way (KEDA's HPA annotated `spillway.dev/transfer-to` and
+//! adopted by the imported object, which names it).
 //!
 //! The APIService is one per cluster and the other e2e binaries register it for their own
 //! spillway; cargo runs test binaries one after another, and this file puts back the
@@ -229,16 +231,28 @@ async fn wait_scaling_active(
 }
 
 /// A KEDA ScaledObject as a KEDA user has it, on the harness's Kafka.
-fn keda_scaled_object(ns: &str, topic: &str, group: &str) -> String {
+/// KEDA's ScaledObject `name` for the Deployment `<name>-consumer`; with `handed_over`, it
+/// keeps KEDA's HPA (`keda-hpa-<name>`), as KEDA's `transfer-hpa-ownership` does.
+fn keda_scaled_object(ns: &str, name: &str, topic: &str, group: &str, handed_over: bool) -> String {
+    let (annotations, advanced) = if handed_over {
+        (
+            "\n  annotations:\n    scaledobject.keda.sh/transfer-hpa-ownership: 'true'".to_owned(),
+            format!(
+                "\n  advanced:\n    horizontalPodAutoscalerConfig:\n      name: keda-hpa-{name}"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
         "apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:
-  name: orders
-  namespace: {ns}
+  name: {name}
+  namespace: {ns}{annotations}
 spec:
   scaleTargetRef:
-    name: orders-consumer
+    name: {name}-consumer{advanced}
   pollingInterval: 1
   maxReplicaCount: 10
   triggers:
@@ -297,28 +311,38 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
     common::kafka::produce(&topic, &[20, 20, 20], Duration::ZERO).await;
     let group = common::unique_name("e2e-cutover-group");
     common::kafka::commit(&group, &[(&topic, 0, 0), (&topic, 1, 0), (&topic, 2, 0)]);
-    k8s::apply(
-        &admin,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "orders-consumer", "namespace": ns},
-            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "orders-consumer"}},
-                "template": {"metadata": {"labels": {"app": "orders-consumer"}},
-                    "spec": {"containers": [{"name": "consumer", "image": "registry.k8s.io/pause:3.10"}]}}}}),
-    )
-    .await;
-    let keda_hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "keda-hpa-orders", "namespace": ns,
-            "labels": {"app.kubernetes.io/managed-by": "keda-operator", "scaledobject.keda.sh/name": "orders"}},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders-consumer"},
-            "minReplicas": 1, "maxReplicas": 10,
-            "metrics": [{"type": "External", "external": {
-                "metric": {"name": format!("s0-kafka-{topic}"),
-                    "selector": {"matchLabels": {"scaledobject.keda.sh/name": "orders"}}},
-                "target": {"type": "AverageValue", "averageValue": "10"}}}]}});
-    k8s::apply(&admin, keda_hpa.clone()).await;
+    // Two consumers on that backlog: `orders` moves over with KEDA paused (KEDA deletes its
+    // HPA), `payments` with its HPA handed over to spillway (KEDA's object deleted with
+    // `--cascade=orphan`, the HPA annotated `spillway.dev/transfer-to`).
+    let keda_hpa_of = |name: &str| {
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": format!("keda-hpa-{name}"), "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "keda-operator", "scaledobject.keda.sh/name": name}},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("{name}-consumer")},
+                "minReplicas": 1, "maxReplicas": 10,
+                "metrics": [{"type": "External", "external": {
+                    "metric": {"name": format!("s0-kafka-{topic}"),
+                        "selector": {"matchLabels": {"scaledobject.keda.sh/name": name}}},
+                    "target": {"type": "AverageValue", "averageValue": "10"}}}]}})
+    };
+    for name in ["orders", "payments"] {
+        let consumer = format!("{name}-consumer");
+        k8s::apply(
+            &admin,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": consumer, "namespace": ns},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": consumer}},
+                    "template": {"metadata": {"labels": {"app": consumer}},
+                        "spec": {"containers": [{"name": "consumer", "image": "registry.k8s.io/pause:3.10"}]}}}}),
+        )
+        .await;
+        k8s::apply(&admin, keda_hpa_of(name)).await;
+    }
+    let keda_hpa = keda_hpa_of("orders");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
     let recorder = ReplicaRecorder::start(deployments.clone(), "orders-consumer");
+    let handed_recorder = ReplicaRecorder::start(deployments.clone(), "payments-consumer");
     let (status, reason, _) =
         wait_scaling_active(&hpas, "keda-hpa-orders", "False", Duration::from_secs(30)).await;
     println!("KEDA's HPA with KEDA's metrics server gone: ScalingActive={status} {reason}");
@@ -412,7 +436,12 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
 
     // 3. Imported from KEDA's ScaledObject; KEDA's paused (it deletes its HPA, as here).
     let keda_file = std::env::temp_dir().join(format!("{}.yaml", common::unique_name("keda-so")));
-    std::fs::write(&keda_file, keda_scaled_object(&ns, &topic, &group)).unwrap();
+    let keda_objects = [
+        keda_scaled_object(&ns, "orders", &topic, &group, false),
+        keda_scaled_object(&ns, "payments", &topic, &group, true),
+    ]
+    .join("---\n");
+    std::fs::write(&keda_file, keda_objects).unwrap();
     let imported = Command::new(env!("CARGO_BIN_EXE_spillway"))
         .args(["import-keda", "-f"])
         .arg(&keda_file)
@@ -422,11 +451,25 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
     assert!(imported.status.success(), "import-keda: {imported:?}");
     let imported = String::from_utf8(imported.stdout).unwrap();
     let objects = k8s::yaml_documents(&imported, "import-keda");
-    assert_eq!(objects.len(), 1, "{imported}");
+    assert_eq!(objects.len(), 2, "{imported}");
     assert_eq!(objects[0]["spec"]["minReplicaCount"], 0, "{imported}");
+    assert_eq!(
+        objects[1]["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"],
+        "keda-hpa-payments",
+        "{imported}"
+    );
     hpas.delete("keda-hpa-orders", &DeleteParams::default())
         .await
         .expect("delete KEDA's HPA");
+    // The hand-over: whoever may edit the HPA gives it to spillway's object of that name.
+    k8s::kubectl(&[
+        "annotate",
+        "hpa",
+        "keda-hpa-payments",
+        "-n",
+        &ns,
+        "spillway.dev/transfer-to=payments",
+    ]);
     let controller = SpillwayController::start(
         &sa_kubeconfig,
         k8s::spillway_port(),
@@ -436,6 +479,44 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
     )
     .await;
     k8s::apply(&admin, objects[0].clone()).await;
+    k8s::apply(&admin, objects[1].clone()).await;
+    // spillway takes KEDA's HPA over: owned by its object, reading spillway's metric (which
+    // nothing serves yet, so it holds).
+    let adopted = common::eventually(
+        "spillway to adopt keda-hpa-payments",
+        Duration::from_secs(60),
+        || async {
+            let hpa = hpas.get("keda-hpa-payments").await.ok()?;
+            let owned = hpa
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "ScaledObject" && o.name == "payments");
+            let metric = hpa
+                .spec
+                .as_ref()?
+                .metrics
+                .as_ref()?
+                .first()?
+                .external
+                .as_ref()?;
+            let selects_spillway = metric
+                .metric
+                .selector
+                .as_ref()?
+                .match_labels
+                .as_ref()?
+                .get("scaledobject.spillway.dev/name")
+                .is_some_and(|v| v == "payments");
+            (owned && selects_spillway).then_some(hpa)
+        },
+    )
+    .await;
+    println!(
+        "keda-hpa-payments handed over: owned by ScaledObject payments, labels {:?}",
+        adopted.metadata.labels.unwrap_or_default()
+    );
 
     // While the APIService routes to KEDA, spillway's HPA reads nothing and holds; spillway
     // itself sees the backlog (Active), so nothing goes to zero.
@@ -465,13 +546,18 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
     .await;
     // Several HPA syncs (every 2 s here) and spillway polls (every 1 s).
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(replicas(&deployments, "orders-consumer").await, 3);
-    assert_eq!(
-        recorder.lowest_since(Duration::ZERO).await,
-        Some(3),
-        "{}",
-        recorder.describe()
-    );
+    for (consumer, recorded) in [
+        ("orders-consumer", &recorder),
+        ("payments-consumer", &handed_recorder),
+    ] {
+        assert_eq!(replicas(&deployments, consumer).await, 3, "{consumer}");
+        assert_eq!(
+            recorded.lowest_since(Duration::ZERO).await,
+            Some(3),
+            "{}",
+            recorded.describe()
+        );
+    }
 
     // 4. The switch: KEDA's APIService out, spillway's in (the release's points at its
     // Service, which has no pods without a kubelet: repointed at the loopback spillway).
@@ -499,6 +585,16 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
         first_read.as_secs_f64(),
         scaled.as_secs_f64()
     );
+    common::eventually(
+        "the handed-over HPA to take payments to 6 replicas",
+        Duration::from_secs(60),
+        || async { (replicas(&deployments, "payments-consumer").await == 6).then_some(()) },
+    )
+    .await;
+    println!(
+        "switch -> handed-over keda-hpa-payments at 6 replicas {:.1} s",
+        switch.elapsed().as_secs_f64()
+    );
 
     // 5. Rollback: spillway's APIService out, KEDA's back. The backlog is consumed meanwhile
     // (the HPA would want 1), yet the replicas hold at 6.
@@ -517,12 +613,15 @@ async fn a_cutover_from_keda_never_drops_replicas_and_rolls_back() {
     );
     // Past the 10 s downscale stabilization.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    assert_eq!(
-        recorder.lowest_since(rolled_back_at).await,
-        Some(6),
-        "{}",
-        recorder.describe()
-    );
+    for recorded in [&recorder, &handed_recorder] {
+        assert_eq!(
+            recorded.lowest_since(rolled_back_at).await,
+            Some(6),
+            "{}",
+            recorded.describe()
+        );
+    }
+    sos.delete("payments", &DeleteParams::default()).await.ok();
     // KEDA unpaused takes over with its own HPA once spillway's object is gone.
     sos.delete("orders", &DeleteParams::default()).await.ok();
     common::eventually("spillway's HPA to go", Duration::from_secs(30), || async {
