@@ -1756,6 +1756,74 @@ async fn cpu_and_memory_triggers_are_resource_metrics_beside_the_broker_s_on_the
     }
 }
 
+/// KEDA's own documented example of a RabbitMQ ScaledObject with a TriggerAuthentication
+/// (`tests/fixtures/keda/rabbitmq-http-host.yaml`, its placeholders filled: the host URL in the
+/// Secret, a queue of this run), through `spillway import-keda` and onto the control plane: the
+/// imported TriggerAuthentication supplies the host from the Secret, and the HPA scales the
+/// Deployment from the real queue's depth.
+#[tokio::test]
+async fn keda_s_documented_example_with_a_trigger_authentication_imports_and_scales() {
+    let _serial = SERIAL.lock().await;
+    let cluster = install().await;
+    let admin = &cluster.admin;
+    let ns = k8s::namespace(admin, "e2e-ctl-keda-example").await;
+    // 100 messages at KEDA's value 20 per replica: 5 replicas.
+    let (_connection, _channel, queue) =
+        common::rabbitmq::queue_with_messages("e2e-keda-example", 100).await;
+    let host = std::env::var("SPILLWAY_RABBITMQ_HTTP").expect("SPILLWAY_RABBITMQ_HTTP");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/keda/rabbitmq-http-host.yaml"
+    ))
+    .unwrap();
+    let filled = example
+        .replace("namespace: default", &format!("namespace: {ns}"))
+        .replace("queueName: testqueue", &format!("queueName: {queue}"));
+    let file = std::env::temp_dir().join(format!("{}.yaml", common::unique_name("keda-example")));
+    std::fs::write(&file, &filled).unwrap();
+    let imported = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["import-keda", "-f"])
+        .arg(&file)
+        .output()
+        .expect("run spillway import-keda");
+    std::fs::remove_file(&file).ok();
+    assert!(imported.status.success(), "import-keda: {imported:?}");
+    let objects = k8s::yaml_documents(&String::from_utf8(imported.stdout).unwrap(), "import-keda");
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(kinds, ["TriggerAuthentication", "ScaledObject"]);
+    // The example's Secret, with the value its placeholder asks for.
+    {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&host);
+        k8s::apply(
+            admin,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "keda-rabbitmq-secret", "namespace": ns},
+                "data": {"host": encoded}}),
+        )
+        .await;
+    }
+    let deployments = deployment(admin, &ns, "rabbitmq-deployment", 1).await;
+    let _ready = PodsReady::start(admin, &ns);
+    let _controller = start_controller(&cluster).await;
+    let created = Instant::now();
+    for object in objects {
+        k8s::apply(admin, object).await;
+    }
+    wait_replicas(
+        &deployments,
+        "rabbitmq-deployment",
+        "to reach ceil(100 / 20) = 5 on the imported example",
+        Duration::from_secs(120),
+        |r| r == 5,
+    )
+    .await;
+    println!(
+        "KEDA's rabbitmq-http-host example, imported: 1 -> 5 replicas after {}",
+        secs(created.elapsed())
+    );
+}
+
 /// `advanced.scalingModifiers`: the HPA reads one `composite-metric`, the formula over the
 /// named Kafka and Prometheus triggers, through the real aggregator, and scales on it; the
 /// composite decides activity against `activationTarget`; a formula spillway cannot run is
