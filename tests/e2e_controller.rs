@@ -875,6 +875,8 @@ async fn invalid_scaled_objects_are_refused_by_the_api_server() {
     let admin = &cluster.admin;
     let ns = k8s::namespace(admin, "e2e-ctl-invalid").await;
     let kafka = kafka_trigger("127.0.0.1:19092", "group", "topic");
+    let mut named_kafka = kafka.clone();
+    named_kafka["name"] = json!("lag");
     let cron =
         json!({"timezone": "UTC", "start": "0 0 * * *", "end": "0 1 * * *", "desiredReplicas": 2});
 
@@ -895,13 +897,25 @@ async fn invalid_scaled_objects_are_refused_by_the_api_server() {
             json!({"minReplicaCount": 1, "idleReplicaCount": 1, "triggers": [kafka]}),
             "idleReplicaCount must be less than minReplicaCount",
         ),
-        // The schema's enum: KEDA's scalingModifiers behavior needs formulas, which spillway
-        // lacks.
+        // scalingModifiers: the relations the schema can check (the formula itself is the
+        // webhook's and the controller's to compile).
         (
             "fallback-scaling-modifiers",
             json!({"fallback": {"failureThreshold": 3, "replicas": 2, "behavior": "scalingModifiers"},
                 "triggers": [kafka]}),
-            "spec.fallback.behavior: Unsupported value: \"scalingModifiers\": supported values: \"static\", \"currentReplicas\", \"currentReplicasIfHigher\", \"currentReplicasIfLower\"",
+            "fallback.behavior scalingModifiers needs advanced.scalingModifiers",
+        ),
+        (
+            "scaling-modifiers-unnamed",
+            json!({"advanced": {"scalingModifiers": {"formula": "1", "target": 1}},
+                "triggers": [kafka]}),
+            "advanced.scalingModifiers.formula names triggers: give a trigger other than cpu and memory a name",
+        ),
+        (
+            "scaling-modifiers-target-0",
+            json!({"advanced": {"scalingModifiers": {"formula": "lag", "target": 0}},
+                "triggers": [named_kafka]}),
+            "target must be above 0",
         ),
     ];
     for (name, spec, rule) in cel_cases {
