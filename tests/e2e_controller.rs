@@ -1900,6 +1900,9 @@ async fn scaling_modifiers_scale_on_the_formula_over_named_triggers() {
     let (code, body) = k8s::get_raw(admin, &path).await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(r#""value":"42""#), "{body}");
+    let (code, body) = k8s::get_raw(admin, "/apis/external.metrics.k8s.io/v1beta1").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""name":"composite-metric""#), "{body}");
     // 42 is above activationTarget 41: the composite, not a trigger, is what is active.
     let active = wait_condition(&sos, "worker", "Active", "True", Duration::from_secs(30)).await;
     assert_eq!(active.reason, "CompositeActive", "{active:?}");

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::cache::MetricCache;
+use crate::composite::COMPOSITE_METRIC;
 use crate::registry::MetricSource;
 
 /// An API group spillway serves, in its one version.
@@ -143,11 +144,11 @@ pub async fn api_group() -> Json<ApiGroup> {
 
 /// `GET /apis/external.metrics.k8s.io/v1beta1`.
 pub async fn api_resources(State(state): State<AppState>) -> Json<ApiResourceList> {
-    Json(resource_list(
-        EXTERNAL,
-        "ExternalMetricValueList",
-        metric_names(state.metrics().iter(), &state.cache),
-    ))
+    let mut names = metric_names(state.metrics().iter(), &state.cache);
+    if !state.composites().is_empty() {
+        names.insert(COMPOSITE_METRIC.to_owned());
+    }
+    Json(resource_list(EXTERNAL, "ExternalMetricValueList", names))
 }
 
 /// The served names of `sources`, sorted and deduplicated (one name may serve several scaled
