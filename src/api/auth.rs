@@ -1020,6 +1020,56 @@ mod tests {
         assert!(err.message.contains("no user"), "{}", err.message);
     }
 
+    /// A CA's PEM and a client certificate `cn` it signed.
+    fn ca_and_client(cn: &str) -> (String, CertificateDer<'static>) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{cn}-ca"));
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap().der().clone();
+        (ca_pem, leaf)
+    }
+
+    #[test]
+    fn a_connections_certificate_check_is_reused_until_the_cas_change() {
+        let (ca, leaf) = ca_and_client("front-proxy-client");
+        let (other_ca, _) = ca_and_client("someone");
+        let verifiers = |requestheader: Option<&str>, client: Option<&str>| {
+            Arc::new(
+                Verifiers::new(AuthenticationConfig {
+                    requestheader_ca: requestheader.map(str::to_owned),
+                    client_ca: client.map(str::to_owned),
+                    ..proxy_config()
+                })
+                .unwrap(),
+            )
+        };
+        let certs = ClientCertificates::new(vec![leaf]);
+        let as_proxy = verifiers(Some(&ca), None);
+        let front_proxy = |v: Option<Verdict>| matches!(v, Some(Verdict::FrontProxy(Ok(s))) if s.common_name == "front-proxy-client");
+        assert!(front_proxy(certs.verdict(&as_proxy)));
+        // Checked once: the same verifiers get the kept verdict.
+        let kept = certs.checked.lock().unwrap().as_ref().unwrap().until;
+        assert!(front_proxy(certs.verdict(&as_proxy)));
+        assert_eq!(certs.checked.lock().unwrap().as_ref().unwrap().until, kept);
+        // A reloaded ConfigMap (new verifiers) is checked again: the CA is now the client CA,
+        // then another CA altogether.
+        assert!(matches!(
+            certs.verdict(&verifiers(None, Some(&ca))),
+            Some(Verdict::Client(Ok(_)))
+        ));
+        assert!(certs.verdict(&verifiers(Some(&other_ca), None)).is_none());
+        // No certificate, no verdict.
+        assert!(ClientCertificates::default().verdict(&as_proxy).is_none());
+    }
+
     #[test]
     fn a_client_certificate_names_user_and_groups() {
         let user = certificate_user(&subject(&cert("jane", Some("ops")))).unwrap();
