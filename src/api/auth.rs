@@ -106,11 +106,6 @@ impl ClientCertificates {
         }
     }
 
-    /// The chain, leaf first.
-    pub fn chain(&self) -> &[CertificateDer<'static>] {
-        &self.chain
-    }
-
     /// Which CA the chain verifies against under `verifiers`, with the leaf's subject: from
     /// the last check when it was made under the same verifiers less than
     /// [`CERTIFICATE_RECHECK`] ago (a swapped CA or an expiring certificate is seen within
