@@ -21,6 +21,8 @@ declare -A NEED=(
   [/usr/include/sasl/sasl.h]=libsasl2-dev
   [/usr/include/x86_64-linux-gnu/curl/curl.h]=libcurl4-openssl-dev
   [/usr/include/zlib.h]=zlib1g-dev
+  # A second load generator beside benches/support/http_load.rs (benches/api_floor.rs).
+  [/usr/bin/wrk]=wrk
 )
 
 missing=()

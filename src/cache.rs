@@ -306,6 +306,17 @@ impl MetricCache {
             })
     }
 
+    /// Whether `id` has a state read with spec `version`: [`Self::get_for_spec`]`.is_some()`
+    /// without cloning the state (the metrics API asks on every request).
+    pub fn has_for_spec(&self, id: &TriggerId, version: u64) -> bool {
+        self.entries
+            .read()
+            .expect("cache lock")
+            .states
+            .get(id)
+            .is_some_and(|state| state.is_for_spec(version))
+    }
+
     /// One trigger's state.
     pub fn get(&self, id: &TriggerId) -> Option<TriggerState> {
         self.entries

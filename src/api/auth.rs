@@ -87,9 +87,79 @@ pub struct UserInfo {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
-/// The verified certificate chain a TLS client presented, as a request extension.
+/// The verified certificate chain a TLS client presented, as a request extension: one per
+/// connection, shared by its requests, with what checking it against the CAs found, so a
+/// keep-alive connection pays for the chain's signature checks and the certificate's parse
+/// once every [`CERTIFICATE_RECHECK`] rather than on every request.
 #[derive(Debug, Clone, Default)]
-pub struct ClientCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+pub struct ClientCertificates {
+    chain: Arc<Vec<CertificateDer<'static>>>,
+    checked: Arc<Mutex<Option<CertificateCheck>>>,
+}
+
+impl ClientCertificates {
+    /// The chain the client presented, leaf first (empty when it presented none).
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            chain: Arc::new(chain),
+            checked: Arc::default(),
+        }
+    }
+
+    /// Which CA the chain verifies against under `verifiers`, with the leaf's subject: from
+    /// the last check when it was made under the same verifiers less than
+    /// [`CERTIFICATE_RECHECK`] ago (a swapped CA or an expiring certificate is seen within
+    /// that), checked again otherwise.
+    fn verdict(&self, verifiers: &Arc<Verifiers>) -> Option<Verdict> {
+        let (leaf, intermediates) = self.chain.split_first()?;
+        let now = Instant::now();
+        let mut checked = self.checked.lock().expect("certificate check lock");
+        if let Some(check) = checked.as_ref()
+            && Arc::ptr_eq(&check.verifiers, verifiers)
+            && now < check.until
+        {
+            return check.verdict.clone();
+        }
+        let verified_by = |v: &Option<Arc<dyn ClientCertVerifier>>| {
+            v.as_ref().is_some_and(|v| {
+                v.verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .is_ok()
+            })
+        };
+        let verdict = if verified_by(&verifiers.requestheader) {
+            Some(Verdict::FrontProxy(Subject::of(leaf).map(Arc::new)))
+        } else if verified_by(&verifiers.client) {
+            Some(Verdict::Client(Subject::of(leaf).map(Arc::new)))
+        } else {
+            None
+        };
+        *checked = Some(CertificateCheck {
+            verifiers: Arc::clone(verifiers),
+            until: now + CERTIFICATE_RECHECK,
+            verdict: verdict.clone(),
+        });
+        verdict
+    }
+}
+
+/// How long one check of a connection's client certificate holds.
+pub const CERTIFICATE_RECHECK: Duration = Duration::from_secs(10);
+
+/// One check of a connection's chain.
+#[derive(Debug)]
+struct CertificateCheck {
+    /// The verifiers it was checked under; a reloaded ConfigMap makes new ones.
+    verifiers: Arc<Verifiers>,
+    until: Instant,
+    verdict: Option<Verdict>,
+}
+
+/// Which CA a chain verified against, and the leaf's subject (or why it is unreadable).
+#[derive(Debug, Clone)]
+enum Verdict {
+    FrontProxy(Result<Arc<Subject>, Status>),
+    Client(Result<Arc<Subject>, Status>),
+}
 
 /// How callers are authenticated, as published in the ConfigMap.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -133,6 +203,7 @@ impl AuthenticationConfig {
 }
 
 /// The certificate verifiers built from one [`AuthenticationConfig`].
+#[derive(Debug)]
 struct Verifiers {
     config: AuthenticationConfig,
     requestheader: Option<Arc<dyn ClientCertVerifier>>,
@@ -363,21 +434,16 @@ impl Authenticator {
         headers: &HeaderMap,
     ) -> Result<UserInfo, Status> {
         let verifiers = self.verifiers();
-        if let Some(ClientCertificates(chain)) = certs
-            && let Some((leaf, intermediates)) = chain.split_first()
-        {
-            let verified_by = |v: &Option<Arc<dyn ClientCertVerifier>>| {
-                v.as_ref().is_some_and(|v| {
-                    v.verify_client_cert(leaf, intermediates, UnixTime::now())
-                        .is_ok()
-                })
-            };
-            if verified_by(&verifiers.requestheader) {
-                return front_proxy_user(&verifiers.config, leaf, headers);
+        match certs.and_then(|certs| certs.verdict(&verifiers)) {
+            Some(Verdict::FrontProxy(subject)) => {
+                let subject: Arc<Subject> = subject?;
+                return front_proxy_user(&verifiers.config, &subject, headers);
             }
-            if verified_by(&verifiers.client) {
-                return certificate_user(leaf);
+            Some(Verdict::Client(subject)) => {
+                let subject: Arc<Subject> = subject?;
+                return certificate_user(&subject);
             }
+            None => {}
         }
         if let Some(token) = bearer_token(headers)? {
             return self.review_token(token).await;
@@ -541,10 +607,9 @@ async fn load_config(client: &kube::Client) -> Result<AuthenticationConfig, Auth
 /// The identity a verified front proxy passes in its headers.
 fn front_proxy_user(
     config: &AuthenticationConfig,
-    leaf: &CertificateDer<'_>,
+    subject: &Subject,
     headers: &HeaderMap,
 ) -> Result<UserInfo, Status> {
-    let subject = Subject::of(leaf)?;
     if !config.allowed_names.is_empty() && !config.allowed_names.contains(&subject.common_name) {
         return Err(Status::unauthorized(format!(
             "the front-proxy certificate's common name {:?} is not one of requestheader-allowed-names {:?}",
@@ -578,9 +643,12 @@ fn front_proxy_user(
     let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (header, value) in headers {
         let header = header.as_str();
+        // Header names are lowercase; the prefixes are compared without case.
         let key = config.extra_headers_prefixes.iter().find_map(|prefix| {
-            let prefix = prefix.to_ascii_lowercase();
-            header.strip_prefix(prefix.as_str())
+            header
+                .get(..prefix.len())
+                .filter(|start| start.eq_ignore_ascii_case(prefix))
+                .map(|_| &header[prefix.len()..])
         });
         if let (Some(key), Ok(value)) = (key, value.to_str()) {
             // Extra keys are percent-encoded by the proxy (they may hold '/' and ':').
@@ -599,21 +667,21 @@ fn front_proxy_user(
 }
 
 /// A client certificate's user: CN is the name, O the groups (kube-apiserver's rule).
-fn certificate_user(leaf: &CertificateDer<'_>) -> Result<UserInfo, Status> {
-    let subject = Subject::of(leaf)?;
+fn certificate_user(subject: &Subject) -> Result<UserInfo, Status> {
     if subject.common_name.is_empty() {
         return Err(Status::unauthorized(
             "the client certificate has no common name",
         ));
     }
     Ok(UserInfo {
-        name: subject.common_name,
+        name: subject.common_name.clone(),
         uid: None,
-        groups: subject.organizations,
+        groups: subject.organizations.clone(),
         extra: BTreeMap::new(),
     })
 }
 
+#[derive(Debug, Clone)]
 struct Subject {
     common_name: String,
     organizations: Vec<String>,
@@ -879,6 +947,10 @@ mod tests {
         }
     }
 
+    fn subject(cert: &CertificateDer<'_>) -> Subject {
+        Subject::of(cert).unwrap()
+    }
+
     fn cert(cn: &str, org: Option<&str>) -> CertificateDer<'static> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
@@ -903,8 +975,12 @@ mod tests {
         headers.append("x-remote-group", "system:serviceaccounts".parse().unwrap());
         headers.append("x-remote-group", "system:authenticated".parse().unwrap());
         headers.insert("x-remote-extra-scopes%2fone", "a".parse().unwrap());
-        let user =
-            front_proxy_user(&proxy_config(), &cert("front-proxy-client", None), &headers).unwrap();
+        let user = front_proxy_user(
+            &proxy_config(),
+            &subject(&cert("front-proxy-client", None)),
+            &headers,
+        )
+        .unwrap();
         assert_eq!(user.name, "system:serviceaccount:kube-system:hpa");
         assert_eq!(
             user.groups,
@@ -917,8 +993,12 @@ mod tests {
     fn a_front_proxy_with_another_name_or_no_user_is_refused() {
         let mut headers = HeaderMap::new();
         headers.insert("x-remote-user", "admin".parse().unwrap());
-        let err =
-            front_proxy_user(&proxy_config(), &cert("someone-else", None), &headers).unwrap_err();
+        let err = front_proxy_user(
+            &proxy_config(),
+            &subject(&cert("someone-else", None)),
+            &headers,
+        )
+        .unwrap_err();
         assert_eq!(err.code, 401);
         assert!(
             err.message
@@ -928,16 +1008,66 @@ mod tests {
         );
         let err = front_proxy_user(
             &proxy_config(),
-            &cert("front-proxy-client", None),
+            &subject(&cert("front-proxy-client", None)),
             &HeaderMap::new(),
         )
         .unwrap_err();
         assert!(err.message.contains("no user"), "{}", err.message);
     }
 
+    /// A CA's PEM and a client certificate `cn` it signed.
+    fn ca_and_client(cn: &str) -> (String, CertificateDer<'static>) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{cn}-ca"));
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap().der().clone();
+        (ca_pem, leaf)
+    }
+
+    #[test]
+    fn a_connections_certificate_check_is_reused_until_the_cas_change() {
+        let (ca, leaf) = ca_and_client("front-proxy-client");
+        let (other_ca, _) = ca_and_client("someone");
+        let verifiers = |requestheader: Option<&str>, client: Option<&str>| {
+            Arc::new(
+                Verifiers::new(AuthenticationConfig {
+                    requestheader_ca: requestheader.map(str::to_owned),
+                    client_ca: client.map(str::to_owned),
+                    ..proxy_config()
+                })
+                .unwrap(),
+            )
+        };
+        let certs = ClientCertificates::new(vec![leaf]);
+        let as_proxy = verifiers(Some(&ca), None);
+        let front_proxy = |v: Option<Verdict>| matches!(v, Some(Verdict::FrontProxy(Ok(s))) if s.common_name == "front-proxy-client");
+        assert!(front_proxy(certs.verdict(&as_proxy)));
+        // Checked once: the same verifiers get the kept verdict.
+        let kept = certs.checked.lock().unwrap().as_ref().unwrap().until;
+        assert!(front_proxy(certs.verdict(&as_proxy)));
+        assert_eq!(certs.checked.lock().unwrap().as_ref().unwrap().until, kept);
+        // A reloaded ConfigMap (new verifiers) is checked again: the CA is now the client CA,
+        // then another CA altogether.
+        assert!(matches!(
+            certs.verdict(&verifiers(None, Some(&ca))),
+            Some(Verdict::Client(Ok(_)))
+        ));
+        assert!(certs.verdict(&verifiers(Some(&other_ca), None)).is_none());
+        // No certificate, no verdict.
+        assert!(ClientCertificates::default().verdict(&as_proxy).is_none());
+    }
+
     #[test]
     fn a_client_certificate_names_user_and_groups() {
-        let user = certificate_user(&cert("jane", Some("ops"))).unwrap();
+        let user = certificate_user(&subject(&cert("jane", Some("ops")))).unwrap();
         assert_eq!(user.name, "jane");
         assert_eq!(user.groups, ["ops"]);
     }

@@ -155,7 +155,7 @@ pub async fn get_metric(
     )
     .await;
     values::log_answer(
-        &format!("{GROUP_VERSION}/namespaces/{namespace}/{resource}/{name}/{metric}"),
+        format_args!("{GROUP_VERSION}/namespaces/{namespace}/{resource}/{name}/{metric}"),
         answer.as_ref().map(|list| list.items.len()),
     );
     answer.map(Json)

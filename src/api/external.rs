@@ -53,7 +53,7 @@ pub async fn get_metric(
     let Path((namespace, metric)) = path.map_err(values::bad_path)?;
     let answer = metric_values(&state, &namespace, &metric, query.as_deref()).await;
     values::log_answer(
-        &format!("{GROUP_VERSION}/namespaces/{namespace}/{metric}"),
+        format_args!("{GROUP_VERSION}/namespaces/{namespace}/{metric}"),
         answer.as_ref().map(|list| list.items.len()),
     );
     answer.map(Json)

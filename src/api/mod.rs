@@ -376,6 +376,9 @@ pub async fn serve(
         let connections = Arc::clone(&connections);
         // The handshake runs in the connection's task so one slow client never stalls accept.
         tokio::spawn(async move {
+            // Answers go out as soon as they are written, not held back for an ACK (Nagle):
+            // a keep-alive client waits on each one.
+            let _ = tcp.set_nodelay(true);
             let mut builder = connections.builder();
             limits::configure_connections(&mut builder);
             let served = match tokio::time::timeout(HANDSHAKE_TIMEOUT, first_byte(&tcp)).await {
@@ -384,14 +387,14 @@ pub async fn serve(
                         Ok(Ok(stream)) => {
                             // The verified chain, for the authenticator: per connection, since
                             // a front proxy keeps its connection for many users' requests.
-                            let certs = auth::ClientCertificates(Arc::new(
+                            let certs = auth::ClientCertificates::new(
                                 stream
                                     .get_ref()
                                     .1
                                     .peer_certificates()
                                     .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                                     .unwrap_or_default(),
-                            ));
+                            );
                             let app = app.layer(axum::Extension(certs));
                             connections.serve(admitted, &builder, stream, app).await
                         }

@@ -109,20 +109,21 @@ pub async fn lookup(
     metric: &str,
     selector: &Selector,
 ) -> Result<Vec<MetricValue>, Miss> {
-    let cold: Vec<(TriggerId, u64)> = select(sources, &state.cache, metric, selector)?
+    let selected = select(sources, &state.cache, metric, selector)?;
+    let cold: Vec<(TriggerId, u64)> = selected
         .iter()
         .filter(|s| {
-            state
+            !state
                 .cache
-                .get_for_spec(&s.source.id, s.source.spec_version)
-                .is_none()
+                .has_for_spec(&s.source.id, s.source.spec_version)
         })
         .map(|s| (s.source.id.clone(), s.source.spec_version))
         .collect();
-    if !cold.is_empty() {
-        if let Some(requests) = &state.poll_requests {
-            await_first_polls(&state.cache, requests, &cold, FIRST_POLL_TIMEOUT).await;
-        }
+    if cold.is_empty() {
+        return read(&selected, &state.cache, metric);
+    }
+    if let Some(requests) = &state.poll_requests {
+        await_first_polls(&state.cache, requests, &cold, FIRST_POLL_TIMEOUT).await;
     }
     // Selected again: a first reading tells which extras a trigger really has.
     let selected = select(sources, &state.cache, metric, selector)?;
@@ -379,14 +380,16 @@ fn read(
 /// condition says the same, but only in its namespace), malformed input at debug (whoever
 /// sends it gets the reason; a scanner must not fill the log). `answer` is the item count or
 /// the Status.
-pub fn log_answer(path: &str, answer: Result<usize, &Status>) {
+/// `path` is formatted only when the line is logged: at the default level, a served value
+/// costs no formatting.
+pub fn log_answer(path: std::fmt::Arguments<'_>, answer: Result<usize, &Status>) {
     match answer {
-        Ok(items) => tracing::debug!(path, items, "served metric"),
+        Ok(items) => tracing::debug!(%path, items, "served metric"),
         Err(status) if status.code == axum::http::StatusCode::BAD_REQUEST => tracing::debug!(
-            path, code = status.code.as_u16(), message = %status.message, "malformed metric request"
+            %path, code = status.code.as_u16(), message = %status.message, "malformed metric request"
         ),
         Err(status) => tracing::info!(
-            path, code = status.code.as_u16(), reason = status.reason,
+            %path, code = status.code.as_u16(), reason = status.reason,
             message = %status.message, "metric not served"
         ),
     }
