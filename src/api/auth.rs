@@ -59,11 +59,6 @@ const AUTHENTICATED_GROUP: &str = "system:authenticated";
 /// How long a SubjectAccessReview answer is reused (k8s.io/apiserver's delegating default is
 /// 10 s for both outcomes).
 const REVIEW_TTL: Duration = Duration::from_secs(10);
-/// A decision this close to its expiry is served and asked again in the background (once per
-/// decision), so a key in steady use never expires under its requests: without it, every
-/// REVIEW_TTL each hot decision held its requests for a kube-apiserver round trip (the far
-/// tail of the load bench). No answer is ever served older than REVIEW_TTL.
-const REFRESH_AHEAD: Duration = Duration::from_secs(2);
 /// A review kube-apiserver has not answered by then fails the request instead of holding it.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Decisions kept; beyond that the least recently used is dropped. Only authenticated callers
@@ -354,9 +349,7 @@ pub struct Authenticator {
     client: kube::Client,
     verifiers: RwLock<Arc<Verifiers>>,
     tokens: TokenReviews,
-    decisions: Arc<Mutex<ExpiringLru<String, Result<(), String>>>>,
-    /// Decisions being asked again ahead of their expiry.
-    refreshing: Arc<Mutex<std::collections::HashSet<String>>>,
+    decisions: Mutex<ExpiringLru<String, Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -392,8 +385,7 @@ impl Authenticator {
             client,
             verifiers: RwLock::new(Arc::new(Verifiers::new(config)?)),
             tokens: TokenReviews::new(metrics),
-            decisions: Arc::new(Mutex::new(ExpiringLru::new(CACHE_CAPACITY))),
-            refreshing: Arc::default(),
+            decisions: Mutex::new(ExpiringLru::new(CACHE_CAPACITY)),
         }))
     }
 
@@ -519,89 +511,53 @@ impl Authenticator {
             non_resource_attributes: attributes.non_resource.clone(),
         };
         let key = serde_json::to_string(&spec).expect("a review spec serializes");
-        let now = Instant::now();
         let cached = self
             .decisions
             .lock()
             .expect("decision cache lock")
-            .get_until(&key, now)
-            .map(|(decision, until)| (decision.clone(), until));
-        if let Some((decision, until)) = cached {
-            if until.saturating_duration_since(now) < REFRESH_AHEAD {
-                self.refresh_in_background(key, spec);
+            .get(&key, Instant::now())
+            .cloned();
+        let decision = match cached {
+            Some(decision) => decision,
+            None => {
+                let review = SubjectAccessReview {
+                    spec,
+                    ..Default::default()
+                };
+                let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+                let answer = tokio::time::timeout(
+                    REVIEW_TIMEOUT,
+                    api.create(&PostParams::default(), &review),
+                )
+                .await;
+                let status = match answer {
+                    Ok(Ok(review)) => review.status.unwrap_or_default(),
+                    Ok(Err(err)) => {
+                        return Err(Status::internal(format!(
+                            "cannot authorize: SubjectAccessReview failed: {err}"
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(Status::internal(format!(
+                            "cannot authorize: SubjectAccessReview did not answer within {REVIEW_TIMEOUT:?}"
+                        )));
+                    }
+                };
+                let decision = if status.allowed && !status.denied.unwrap_or(false) {
+                    Ok(())
+                } else {
+                    Err(status.reason.unwrap_or_default())
+                };
+                self.decisions.lock().expect("decision cache lock").put(
+                    key,
+                    decision.clone(),
+                    Instant::now() + REVIEW_TTL,
+                );
+                decision
             }
-            return Ok(decision);
-        }
-        let decision = review_access(&self.client, spec).await?;
-        self.decisions.lock().expect("decision cache lock").put(
-            key,
-            decision.clone(),
-            Instant::now() + REVIEW_TTL,
-        );
+        };
         Ok(decision)
     }
-
-    /// Asks for the decision of `key` again, once however many requests see it near its
-    /// expiry; the answer replaces it. A failed review leaves the old decision to expire.
-    fn refresh_in_background(&self, key: String, spec: SubjectAccessReviewSpec) {
-        if !self
-            .refreshing
-            .lock()
-            .expect("refreshing lock")
-            .insert(key.clone())
-        {
-            return;
-        }
-        let client = self.client.clone();
-        let decisions = Arc::clone(&self.decisions);
-        let refreshing = Arc::clone(&self.refreshing);
-        tokio::spawn(async move {
-            match review_access(&client, spec).await {
-                Ok(decision) => decisions.lock().expect("decision cache lock").put(
-                    key.clone(),
-                    decision,
-                    Instant::now() + REVIEW_TTL,
-                ),
-                Err(status) => {
-                    tracing::debug!(message = %status.message, "refreshing a SubjectAccessReview decision failed; it expires as it is");
-                }
-            }
-            refreshing.lock().expect("refreshing lock").remove(&key);
-        });
-    }
-}
-
-/// One SubjectAccessReview: `Ok(Ok(()))` allowed, `Ok(Err(reason))` denied, `Err` when
-/// kube-apiserver gave no answer.
-async fn review_access(
-    client: &kube::Client,
-    spec: SubjectAccessReviewSpec,
-) -> Result<Result<(), String>, Status> {
-    let review = SubjectAccessReview {
-        spec,
-        ..Default::default()
-    };
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    let answer =
-        tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review)).await;
-    let status = match answer {
-        Ok(Ok(review)) => review.status.unwrap_or_default(),
-        Ok(Err(err)) => {
-            return Err(Status::internal(format!(
-                "cannot authorize: SubjectAccessReview failed: {err}"
-            )));
-        }
-        Err(_) => {
-            return Err(Status::internal(format!(
-                "cannot authorize: SubjectAccessReview did not answer within {REVIEW_TIMEOUT:?}"
-            )));
-        }
-    };
-    Ok(if status.allowed && !status.denied.unwrap_or(false) {
-        Ok(())
-    } else {
-        Err(status.reason.unwrap_or_default())
-    })
 }
 
 /// One TokenReview: the user, or why the token is not valid; `Err` without an answer.

@@ -42,12 +42,6 @@ impl<K: std::hash::Hash + Eq + Clone, V> ExpiringLru<K, V> {
         self.entries.get(key).map(|(value, _, _)| value)
     }
 
-    /// [`ExpiringLru::get`], with the value's expiry.
-    pub fn get_until(&mut self, key: &K, now: Instant) -> Option<(&V, Instant)> {
-        let until = self.entries.get(key)?.1;
-        self.get(key, now).map(|value| (value, until))
-    }
-
     /// Stores `value` for `key` until `until`, dropping the least recently used beyond the
     /// capacity.
     pub fn put(&mut self, key: K, value: V, until: Instant) {
@@ -102,18 +96,5 @@ mod tests {
         assert_eq!(lru.get(&1, now), Some(&'z'));
         assert_eq!(lru.get(&1, later), None, "expired");
         assert_eq!(lru.len(), 2);
-    }
-
-    #[test]
-    fn get_until_gives_the_expiry_of_a_live_entry_only() {
-        let now = Instant::now();
-        let mut cache = ExpiringLru::new(2);
-        cache.put("a", 1, now + Duration::from_secs(10));
-        assert_eq!(
-            cache.get_until(&"a", now),
-            Some((&1, now + Duration::from_secs(10)))
-        );
-        assert_eq!(cache.get_until(&"a", now + Duration::from_secs(10)), None);
-        assert!(cache.is_empty(), "the expired entry is dropped");
     }
 }
