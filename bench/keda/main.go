@@ -8,6 +8,10 @@
 // scaler for its metric spec and then calls GetMetricsAndActivity; an error rebuilds the scaler
 // and asks once more, as ScalersCache.GetMetricsAndActivityForScaler does.
 //
+// KEDA v2.21.0: v2.21.1, the newest release the module proxy serves, declares go 1.27.4, newer
+// than the Go toolchains this project's machines have (go1.26.8, and go1.27.3 through
+// GOTOOLCHAIN).
+//
 // Protocol on standard streams, one JSON object per line on stdout:
 //
 //	{"event":"built",...}   every scaler is built
