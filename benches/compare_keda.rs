@@ -4,7 +4,8 @@
 //! consumer groups, the same queues and the same N, one after the other.
 //!
 //! For N = 10 / 100 / 1,000 / 5,000 Kafka objects (each its own group on one topic of 4
-//! partitions) plus 100 RabbitMQ queues (management HTTP API), `pollingInterval: 5`, it prints
+//! partitions) plus 100 RabbitMQ queues (management HTTP API) and 100 Prometheus queries
+//! (`vector(j)`), `pollingInterval: 5`, it prints
 //! RSS, threads (and goroutines), open sockets, time per poll p50/p99 by broker, broker
 //! requests per polling round, and whether each object's value is the same in both.
 //!
@@ -32,6 +33,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const PARTITIONS: i32 = 4;
 const RECORDS_PER_PARTITION: i64 = 100;
 const QUEUES: usize = 100;
+/// Prometheus objects, each with its own query (`vector(j)`, so the value is j).
+const QUERIES: usize = 100;
 const POLLING_INTERVAL: Duration = Duration::from_secs(5);
 /// How long each run measures, after every object has a value and one more interval.
 const WINDOW: Duration = Duration::from_secs(30);
@@ -388,6 +391,7 @@ struct Fixtures {
     rabbit_http: String,
     vhost: String,
     queues: Vec<String>,
+    prometheus: String,
 }
 
 impl Fixtures {
@@ -483,6 +487,7 @@ impl Fixtures {
             rabbit_http,
             vhost,
             queues,
+            prometheus: common::endpoint("SPILLWAY_PROMETHEUS_URL"),
         }
     }
 
@@ -676,6 +681,12 @@ async fn run_spillway(netns: &Netns, proxies: &[Proxies], fixtures: &Fixtures, n
     // spillway takes a URL with a password only from a file (a mounted Secret in a cluster).
     let secret = std::env::temp_dir().join(common::unique_name("compare-rabbitmq-url"));
     std::fs::write(&secret, fixtures.rabbit_url()).unwrap();
+    for j in 0..QUERIES {
+        config.push_str(&format!(
+            "  - name: p-{j}\n    triggers:\n      - prometheus: {{serverAddress: \"{}\", query: \"vector({j})\", threshold: {TARGET}}}\n",
+            fixtures.prometheus
+        ));
+    }
     for (j, queue) in fixtures.queues.iter().enumerate() {
         config.push_str(&format!(
             "  - name: r-{j}\n    triggers:\n      - rabbitmq: {{hostFromSecret: {{file: \"{}\"}}, protocol: http, queueName: {queue}, mode: QueueLength, value: {TARGET}}}\n",
@@ -697,7 +708,7 @@ async fn run_spillway(netns: &Netns, proxies: &[Proxies], fixtures: &Fixtures, n
             .expect("start spillway serve")
     }));
     let pid = child.0.id();
-    let total = n + QUEUES;
+    let total = n + QUEUES + QUERIES;
     loop {
         if let Some(text) = netns.get(metrics_port, "/metrics").await {
             if Scrape(text).values().len() == total {
@@ -736,7 +747,7 @@ async fn run_spillway(netns: &Netns, proxies: &[Proxies], fixtures: &Fixtures, n
         .map(|(object, n)| n - polls_before.get(object).copied().unwrap_or(0.0))
         .fold(f64::INFINITY, f64::min);
     let mut poll_ms = BTreeMap::new();
-    for broker in ["kafka", "rabbitmq"] {
+    for broker in ["kafka", "rabbitmq", "prometheus"] {
         let (b, a) = (before.poll_buckets(broker), after.poll_buckets(broker));
         let ms = |q| quantile(&b, &a, q).map_or(f64::NAN, |s| s * 1000.0);
         poll_ms.insert(broker.to_owned(), (ms(0.5), ms(0.99)));
@@ -779,6 +790,17 @@ fn keda_plan(fixtures: &Fixtures, n: usize) -> serde_json::Value {
                 "queueName": queue,
                 "mode": "QueueLength",
                 "value": TARGET.to_string(),
+            },
+        }));
+    }
+    for j in 0..QUERIES {
+        objects.push(serde_json::json!({
+            "name": format!("p-{j}"),
+            "type": "prometheus",
+            "metadata": {
+                "serverAddress": fixtures.prometheus,
+                "query": format!("vector({j})"),
+                "threshold": TARGET.to_string(),
             },
         }));
     }
@@ -959,6 +981,13 @@ async fn main() {
     let proxies = [
         Proxies::start(&netns, "Kafka", kafka_port, "kafka", KAFKA_PROXIES),
         Proxies::start(&netns, "RabbitMQ", rabbit_port, "http", 1),
+        Proxies::start(
+            &netns,
+            "Prometheus",
+            port_of(&fixtures.prometheus),
+            "http",
+            1,
+        ),
     ];
 
     println!(
@@ -967,10 +996,10 @@ async fn main() {
         WINDOW.as_secs()
     );
     println!(
-        "| Kafka objects (+{QUEUES} queues) | program | RSS | threads (goroutines) | open sockets | Kafka poll p50 / p99 | RabbitMQ poll p50 / p99 | Kafka requests per round | RabbitMQ requests per round | connections opened in window | fewest polls of {} | values equal | ready after |",
+        "| Kafka objects (+{QUEUES} queues) | program | RSS | threads (goroutines) | open sockets | Kafka poll p50 / p99 | RabbitMQ poll p50 / p99 | Prometheus poll p50 / p99 | Kafka requests per round | RabbitMQ requests per round | Prometheus requests per round | connections opened in window | fewest polls of {} | values equal | ready after |",
         WINDOW.as_secs() / POLLING_INTERVAL.as_secs()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for n in sizes {
         let spillway = run_spillway(&netns, &proxies, &fixtures, n).await;
@@ -978,6 +1007,7 @@ async fn main() {
         let names: Vec<String> = (0..n)
             .map(|i| format!("k-{i}"))
             .chain((0..QUEUES).map(|j| format!("r-{j}")))
+            .chain((0..QUERIES).map(|j| format!("p-{j}")))
             .collect();
         let equal = names
             .iter()
@@ -991,8 +1021,10 @@ async fn main() {
             .filter(|(index, name)| {
                 let expected = if *index < n {
                     expected_lag(*index)
-                } else {
+                } else if *index < n + QUEUES {
                     queue_depth(*index - n) as f64
+                } else {
+                    (*index - n - QUEUES) as f64
                 };
                 spillway.values.get(*name) == Some(&expected)
             })
@@ -1005,15 +1037,17 @@ async fn main() {
                 .map(|(_, v)| v * WINDOW.as_secs_f64() / POLLING_INTERVAL.as_secs_f64())
                 .fold(0.0, |a, b| a + b);
             println!(
-                "| {n} | {label} | {:.0} MB | {}{} | {} | {} | {} | {} | {} | {connections:.0} | {:.0} | {} | {:.0} s |",
+                "| {n} | {label} | {:.0} MB | {}{} | {} | {} | {} | {} | {} | {} | {} | {connections:.0} | {:.0} | {} | {:.0} s |",
                 run.rss,
                 run.threads,
                 run.goroutines.map_or(String::new(), |g| format!(" ({g})")),
                 run.sockets,
                 ms(run, "kafka"),
                 ms(run, "rabbitmq"),
+                ms(run, "prometheus"),
                 requests(run, "Kafka"),
                 requests(run, "RabbitMQ"),
+                requests(run, "Prometheus"),
                 run.fewest_polls,
                 if label == "spillway" {
                     format!("{equal} of {} ({right} as expected)", names.len())
@@ -1029,9 +1063,9 @@ async fn main() {
     println!();
     println!("spillway / KEDA:");
     println!(
-        "| Kafka objects | RSS | threads | open sockets | Kafka poll p50 | Kafka poll p99 | RabbitMQ poll p50 | Kafka requests per round | RabbitMQ requests per round |"
+        "| Kafka objects | RSS | threads | open sockets | Kafka poll p50 | Kafka poll p99 | RabbitMQ poll p50 | Prometheus poll p50 | Kafka requests per round | RabbitMQ requests per round | Prometheus requests per round |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (n, s, k) in &ratios {
         let ratio = |a: f64, b: f64| {
             if b > 0.0 && a / b < 0.01 && a > 0.0 {
@@ -1048,15 +1082,20 @@ async fn main() {
                 .map_or(f64::NAN, |(a, b)| if p99 { *b } else { *a })
         };
         println!(
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             ratio(s.rss, k.rss),
             ratio(s.threads as f64, k.threads as f64),
             ratio(s.sockets as f64, k.sockets as f64),
             ratio(p(s, "kafka", false), p(k, "kafka", false)),
             ratio(p(s, "kafka", true), p(k, "kafka", true)),
             ratio(p(s, "rabbitmq", false), p(k, "rabbitmq", false)),
+            ratio(p(s, "prometheus", false), p(k, "prometheus", false)),
             ratio(total_requests(s, "Kafka"), total_requests(k, "Kafka")),
             ratio(total_requests(s, "RabbitMQ"), total_requests(k, "RabbitMQ")),
+            ratio(
+                total_requests(s, "Prometheus"),
+                total_requests(k, "Prometheus")
+            ),
         );
     }
     fixtures.delete().await;
