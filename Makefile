@@ -45,8 +45,8 @@ bench: services-up
 # a Go driver built against KEDA's released module, cached under ~/.cache/spillway/ by
 # scripts/keda-driver.sh) on the same broker, topic, groups and queues: 10 / 100 / 1,000 / 5,000
 # Kafka objects plus 100 RabbitMQ queues and 100 Prometheus queries, each program in a network
-# namespace behind a counting proxy (needs root). About 7 minutes, plus the driver's first build; COMPARE_KEDA_SIZES=10,100
-# picks sizes.
+# namespace behind a counting proxy (needs root). About 7 minutes, plus the driver's first
+# build; COMPARE_KEDA_SIZES=10,100 picks sizes.
 bench-compare: services-up
 	KEDA_DRIVER="$$(scripts/keda-driver.sh)" $(CARGO) bench --locked --bench compare_keda
 
