@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench bench-api fuzz faults soak services-up services-down services-status lint deps build
+.PHONY: run test bench bench-api bench-compare fuzz faults soak services-up services-down services-status lint deps build
 
 run: deps
 	scripts/run.sh
@@ -50,6 +50,15 @@ bench: services-up
 bench-api: services-up
 	$(CARGO) bench --locked --bench api_floor
 	$(CARGO) bench --locked --bench metrics_load
+
+# Side by side with KEDA (issue 19): the release spillway serve and KEDA's own scalers (bench/keda/,
+# a Go driver built against KEDA's released module, cached under ~/.cache/spillway/ by
+# scripts/keda-driver.sh) on the same broker, topic, groups and queues: 10 / 100 / 1,000 / 5,000
+# Kafka objects plus 100 RabbitMQ queues and 100 Prometheus queries, each program in a network
+# namespace behind a counting proxy (needs root). About 7 minutes, plus the driver's first
+# build; COMPARE_KEDA_SIZES=10,100 picks sizes.
+bench-compare: services-up
+	KEDA_DRIVER="$$(scripts/keda-driver.sh)" $(CARGO) bench --locked --bench compare_keda
 
 # The fault matrix alone (it also runs in make test, about 5 minutes): broker kill -9, SIGSTOP,
 # restart, Toxiproxy latency, bandwidth, cut answers, resets and blackhole, Secret rotation,
