@@ -21,6 +21,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/histogram.rs"]
+mod histogram;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -618,43 +620,6 @@ impl Scrape {
     }
 }
 
-/// The q-quantile of the observations between two cumulative histograms, interpolated within
-/// its bucket (as Prometheus' histogram_quantile does).
-fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
-    let counts: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(le, n)| {
-            let earlier = before
-                .iter()
-                .find(|(l, _)| l == le)
-                .map_or(0.0, |(_, n)| *n);
-            (*le, n - earlier)
-        })
-        .collect();
-    let total = counts.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for (le, cumulative) in counts {
-        if cumulative >= rank {
-            if le.is_infinite() {
-                return Some(lower.0);
-            }
-            let in_bucket = cumulative - lower.1;
-            let fraction = if in_bucket > 0.0 {
-                (rank - lower.1) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(lower.0 + (le - lower.0) * fraction);
-        }
-        lower = (le, cumulative);
-    }
-    None
-}
-
 /// Kills a started program when dropped.
 struct Child(std::process::Child);
 
@@ -749,7 +714,7 @@ async fn run_spillway(netns: &Netns, proxies: &[Proxies], fixtures: &Fixtures, n
     let mut poll_ms = BTreeMap::new();
     for broker in ["kafka", "rabbitmq", "prometheus"] {
         let (b, a) = (before.poll_buckets(broker), after.poll_buckets(broker));
-        let ms = |q| quantile(&b, &a, q).map_or(f64::NAN, |s| s * 1000.0);
+        let ms = |q| histogram::quantile(&b, &a, q).map_or(f64::NAN, |s| s * 1000.0);
         poll_ms.insert(broker.to_owned(), (ms(0.5), ms(0.99)));
     }
     Run {

@@ -12,6 +12,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/histogram.rs"]
+mod histogram;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -92,43 +94,6 @@ impl Scrape {
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         buckets
     }
-}
-
-/// The q-quantile of the observations between two cumulative histograms, interpolated within
-/// its bucket (as Prometheus' histogram_quantile does).
-fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
-    let counts: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(le, n)| {
-            let earlier = before
-                .iter()
-                .find(|(l, _)| l == le)
-                .map_or(0.0, |(_, n)| *n);
-            (*le, n - earlier)
-        })
-        .collect();
-    let total = counts.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for (le, cumulative) in counts {
-        if cumulative >= rank {
-            if le.is_infinite() {
-                return Some(lower.0);
-            }
-            let in_bucket = cumulative - lower.1;
-            let fraction = if in_bucket > 0.0 {
-                (rank - lower.1) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(lower.0 + (le - lower.0) * fraction);
-        }
-        lower = (le, cumulative);
-    }
-    None
 }
 
 /// RSS (MB), threads, open fds and sockets of `pid`, from /proc.
@@ -301,8 +266,10 @@ async fn main() {
         let values = after.lag_values();
         let right = values.iter().filter(|v| **v == expected).count();
         let (b, a) = (before.poll_buckets(), after.poll_buckets());
-        let ms =
-            |q| quantile(&b, &a, q).map_or("-".to_owned(), |s| format!("{:.0} ms", s * 1000.0));
+        let ms = |q| {
+            histogram::quantile(&b, &a, q)
+                .map_or("-".to_owned(), |s| format!("{:.0} ms", s * 1000.0))
+        };
         println!(
             "| {n} | {rss:.0} MB ({rss_unscraped:.0} MB before any scrape) | {threads} | {fds} ({sockets}) | {} | {} | {} (fewest polls {fewest_polls:.0} of {ticks:.0}) | {} | {} | {:.0} s |",
             ms(0.5),

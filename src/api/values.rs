@@ -67,7 +67,17 @@ struct Selected<'a> {
 
 /// The labels every value of `id` carries.
 pub fn metric_labels(id: &TriggerId) -> BTreeMap<String, String> {
-    BTreeMap::from([(SCALED_OBJECT_LABEL.to_owned(), id.scaled_object.clone())])
+    object_labels(&id.scaled_object)
+}
+
+/// A value's timestamp as both APIs write it: RFC 3339, UTC, whole seconds.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The labels every value of the scaled object `name` carries.
+fn object_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(SCALED_OBJECT_LABEL.to_owned(), name.to_owned())])
 }
 
 /// The query parameter `name` (`labelSelector`, `metricLabelSelector`) parsed as a label
@@ -143,11 +153,7 @@ pub async fn lookup_composite(
     }
     let selected: Vec<(&CompositeSource, BTreeMap<String, String>)> = composites
         .iter()
-        .map(|c| {
-            let labels =
-                BTreeMap::from([(SCALED_OBJECT_LABEL.to_owned(), c.scaled_object.clone())]);
-            (*c, labels)
-        })
+        .map(|c| (*c, object_labels(&c.scaled_object)))
         .filter(|(_, labels)| selector.matches(labels))
         .collect();
     if selected.is_empty() {
@@ -156,7 +162,7 @@ pub async fn lookup_composite(
     let cold: Vec<(TriggerId, u64)> = selected
         .iter()
         .flat_map(|(c, _)| c.triggers.iter())
-        .filter(|(id, version)| state.cache.get_for_spec(id, *version).is_none())
+        .filter(|(id, version)| !state.cache.has_for_spec(id, *version))
         .cloned()
         .collect();
     if !cold.is_empty() {
@@ -210,8 +216,7 @@ pub async fn lookup_composite(
                     index: 0,
                 }),
             labels,
-            timestamp: chrono::DateTime::<chrono::Utc>::from(read_at)
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            timestamp: rfc3339(read_at),
             value: quantity.text,
         });
     }
@@ -368,8 +373,7 @@ fn read(
         values.push(MetricValue {
             id: id.clone(),
             labels: labels.clone(),
-            timestamp: chrono::DateTime::<chrono::Utc>::from(reading.timestamp)
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            timestamp: rfc3339(reading.timestamp),
             value: quantity.text,
         });
     }
