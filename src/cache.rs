@@ -120,6 +120,33 @@ struct Entries {
     states: BTreeMap<TriggerId, TriggerState>,
     /// The spec version each tracked trigger is read with; see [`MetricCache::track_spec`].
     specs: HashMap<TriggerId, u64>,
+    /// The states this process read itself (polls and its own stale marks, not copies from
+    /// another replica), each with the change number it was last recorded at: what other
+    /// replicas follow ([`MetricCache::own_changes_since`]).
+    own: BTreeMap<TriggerId, u64>,
+    /// The last change number handed out.
+    last_change: u64,
+}
+
+impl Entries {
+    /// Notes `id`'s state as read here, at a new change number.
+    fn note_own(&mut self, id: &TriggerId) {
+        self.last_change += 1;
+        let change = self.last_change;
+        self.own.insert(id.clone(), change);
+    }
+}
+
+/// A state another replica read, as [`MetricCache::replicate`] takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicatedState {
+    pub last_reading: Option<Reading>,
+    pub error: Option<ScalerError>,
+    pub consecutive_failures: u32,
+    pub polls: u64,
+    /// How long ago the owner's latest poll finished, as it sent it.
+    pub age: Duration,
+    pub poll_duration: Duration,
 }
 
 /// Latest state of every trigger.
@@ -172,6 +199,7 @@ impl MetricCache {
         if entries.specs.get(&id) != Some(&version) {
             return false;
         }
+        entries.note_own(&id);
         Self::insert_outcome(
             &mut entries.states,
             id,
@@ -224,18 +252,32 @@ impl MetricCache {
     pub fn track_spec(&self, id: &TriggerId, version: u64) -> bool {
         let mut entries = self.entries.write().expect("cache lock");
         match entries.specs.insert(id.clone(), version) {
-            Some(previous) if previous != version => entries.states.remove(id).is_some(),
+            Some(previous) if previous != version => {
+                entries.own.remove(id);
+                entries.states.remove(id).is_some()
+            }
             _ => false,
         }
     }
 
     /// Marks `id`'s reading stale (`error`, one more failure in a row) without a poll having
     /// finished, if it is still tracked with spec `version`. Its poll time stays that of the
-    /// latest poll; a trigger never polled gets a state of its own.
-    pub fn mark_stale(&self, id: &TriggerId, version: u64, error: ScalerError) -> bool {
+    /// latest poll; a trigger never polled gets a state of its own. `owned`: this process
+    /// polls the trigger, so other replicas follow the mark; a replica that only copies the
+    /// trigger's state marks it for itself.
+    pub fn mark_stale(
+        &self,
+        id: &TriggerId,
+        version: u64,
+        error: ScalerError,
+        owned: bool,
+    ) -> bool {
         let mut entries = self.entries.write().expect("cache lock");
         if entries.specs.get(id) != Some(&version) {
             return false;
+        }
+        if owned {
+            entries.note_own(id);
         }
         let now = Instant::now();
         let state = entries
@@ -353,6 +395,70 @@ impl MetricCache {
         let mut entries = self.entries.write().expect("cache lock");
         entries.states.retain(|id, _| keep(id));
         entries.specs.retain(|id, _| keep(id));
+        entries.own.retain(|id, _| keep(id));
+    }
+
+    /// Records the state another replica read for `id`, if `id` is still tracked with spec
+    /// `version` (the spec the sender read it with, in this process's numbering); false and
+    /// nothing recorded otherwise. Its poll time is `state.age` before now: the freshness
+    /// check then ages it as if polled here.
+    pub fn replicate(&self, id: TriggerId, version: u64, state: ReplicatedState) -> bool {
+        let mut entries = self.entries.write().expect("cache lock");
+        if entries.specs.get(&id) != Some(&version) {
+            return false;
+        }
+        let now = Instant::now();
+        entries.own.remove(&id);
+        entries.states.insert(
+            id,
+            TriggerState {
+                last_reading: state.last_reading,
+                error: state.error,
+                consecutive_failures: state.consecutive_failures,
+                polled_at: now.checked_sub(state.age).unwrap_or(now),
+                polled_at_wall: SystemTime::now()
+                    .checked_sub(state.age)
+                    .unwrap_or_else(SystemTime::now),
+                poll_duration: state.poll_duration,
+                recorded_at: now,
+                polls: state.polls,
+                spec_version: Some(version),
+            },
+        );
+        drop(entries);
+        self.recorded.send_modify(|n| *n = n.wrapping_add(1));
+        true
+    }
+
+    /// The states this process read itself that changed after change number `since`, at most
+    /// `limit` of them (the earliest changes first), each with its change number, and the
+    /// latest change number there is.
+    pub fn own_changes_since(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> (u64, Vec<(TriggerId, u64, TriggerState)>) {
+        let entries = self.entries.read().expect("cache lock");
+        let mut changed: Vec<(&TriggerId, u64)> = entries
+            .own
+            .iter()
+            .filter(|(_, change)| **change > since)
+            .map(|(id, change)| (id, *change))
+            .collect();
+        if changed.len() > limit {
+            changed.sort_unstable_by_key(|(_, change)| *change);
+            changed.truncate(limit);
+        }
+        let states = changed
+            .into_iter()
+            .filter_map(|(id, change)| Some((id.clone(), change, entries.states.get(id)?.clone())))
+            .collect();
+        (entries.last_change, states)
+    }
+
+    /// Wakes on every record (a poll, a stale mark, a copy from another replica).
+    pub fn subscribe_records(&self) -> watch::Receiver<u64> {
+        self.recorded.subscribe()
     }
 }
 
@@ -419,6 +525,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn own_readings_are_followed_and_copies_are_not_sent_on() {
+        let cache = MetricCache::new();
+        cache.track_spec(&id(0), 1);
+        cache.track_spec(&id(1), 2);
+        assert!(cache.record_for_spec(id(0), 1, Ok(Reading::new(5.0, true)), Duration::ZERO));
+        let (first, changed) = cache.own_changes_since(0, 10);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].0, id(0));
+        // A copy from the owner is served here but never offered to other replicas.
+        let copy = ReplicatedState {
+            last_reading: Some(Reading::new(7.0, true)),
+            error: None,
+            consecutive_failures: 0,
+            polls: 9,
+            age: Duration::from_secs(3),
+            poll_duration: Duration::from_millis(4),
+        };
+        assert!(cache.replicate(id(1), 2, copy.clone()));
+        assert!(!cache.replicate(id(1), 3, copy), "another spec is refused");
+        let state = cache.get(&id(1)).unwrap();
+        assert_eq!(state.current().map(|r| r.value), Some(7.0));
+        assert!(
+            state.polled_at.elapsed() >= Duration::from_secs(3),
+            "aged as sent"
+        );
+        assert_eq!(cache.own_changes_since(first, 10).1.len(), 0);
+        // A stale mark of a trigger this replica owns is followed; of a copy, it is not.
+        assert!(cache.mark_stale(&id(1), 2, stale(), false));
+        assert_eq!(cache.own_changes_since(first, 10).1.len(), 0);
+        assert!(cache.mark_stale(&id(0), 1, stale(), true));
+        let (_, changed) = cache.own_changes_since(first, 10);
+        assert_eq!(changed.len(), 1);
+        // Paging: the earliest changes first.
+        assert_eq!(cache.own_changes_since(0, 1).1.len(), 1);
+    }
+
     fn stale() -> ScalerError {
         ScalerError::Stale {
             broker: "kafka",
@@ -456,8 +599,8 @@ mod tests {
         cache.track_spec(&id(0), 1);
         cache.record_for_spec(id(0), 1, Ok(Reading::new(9.0, true)), Duration::ZERO);
         let polled = cache.get(&id(0)).unwrap();
-        assert!(cache.mark_stale(&id(0), 1, stale()));
-        assert!(cache.mark_stale(&id(0), 1, stale()));
+        assert!(cache.mark_stale(&id(0), 1, stale(), true));
+        assert!(cache.mark_stale(&id(0), 1, stale(), true));
         let state = cache.get(&id(0)).unwrap();
         assert!(state.current().is_none(), "never served as current");
         assert_eq!(state.consecutive_failures, 2, "counts toward fallback");
@@ -481,8 +624,8 @@ mod tests {
 
         // A trigger never polled gets a state of its own; another spec's mark is ignored.
         cache.track_spec(&id(1), 5);
-        assert!(!cache.mark_stale(&id(1), 4, stale()));
-        assert!(cache.mark_stale(&id(1), 5, stale()));
+        assert!(!cache.mark_stale(&id(1), 4, stale(), true));
+        assert!(cache.mark_stale(&id(1), 5, stale(), true));
         let state = cache.get(&id(1)).unwrap();
         assert_eq!((state.consecutive_failures, state.polls), (1, 0));
         assert!(state.last_reading.is_none());

@@ -121,7 +121,27 @@ pub enum Command {
         credentials: CredentialArgs,
         #[command(flatten)]
         reconcile: ReconcileArgs,
+        #[command(flatten)]
+        sharing: SharingArgs,
     },
+}
+
+/// Whether `spillway run`'s replicas share the polling (see `crate::sharing`).
+#[derive(Debug, clap::Args)]
+pub struct SharingArgs {
+    /// Replicas split the connection groups between them (one member Lease each, named after
+    /// `--lease-name`) instead of each polling everything, and copy each other's readings.
+    /// Needs `server.tls`: replicas authenticate each other with that certificate.
+    #[arg(long, env = "SPILLWAY_SHARE_POLLING")]
+    pub share_polling: bool,
+    /// `host:port` other replicas reach this one's metrics API at (default: POD_IP with the
+    /// listen port, or the listen address when it names a host).
+    #[arg(long, env = "SPILLWAY_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// A replica whose member Lease is not renewed for this long is dead to the others, which
+    /// take its groups over.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub member_lease_duration_seconds: u64,
 }
 
 /// How hard `spillway run`'s controller may work the API server.

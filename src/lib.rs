@@ -33,4 +33,5 @@ pub mod quantity;
 pub mod registry;
 pub mod scalers;
 pub mod secret;
+pub mod sharing;
 pub mod telemetry;

@@ -137,6 +137,7 @@ fn run(
             election,
             credentials,
             reconcile,
+            sharing,
         } => {
             let loaded = match &config {
                 Some(path) => {
@@ -158,6 +159,7 @@ fn run(
                 election,
                 credentials,
                 reconcile,
+                sharing,
             ))
         }
     }
@@ -365,7 +367,7 @@ async fn serve(
     tracing::info!(metrics = state.metrics().len(), interval = %config.polling_interval, "polling");
     // Connected to a cluster, `serve` answers the ScaledObject admission webhook too.
     let webhook = kube_client.map(spillway::controller::admission::router);
-    serve_api(&config, state, auth, webhook, shutdown_signal()).await?;
+    serve_api(&config, state, auth, webhook, None, shutdown_signal()).await?;
     // The poller holds no state worth finishing: a reading cut short is simply not recorded.
     poller.abort();
     tracing::info!("stopped");
@@ -380,6 +382,7 @@ async fn run_in_cluster(
     election: spillway::cli::ElectionArgs,
     credentials: spillway::cli::CredentialArgs,
     reconcile_args: spillway::cli::ReconcileArgs,
+    sharing_args: spillway::cli::SharingArgs,
 ) -> anyhow::Result<()> {
     use spillway::controller::{leader, reconcile};
     anyhow::ensure!(
@@ -410,10 +413,63 @@ async fn run_in_cluster(
         .with_poll_requests(poll_requests);
     let auth =
         api::auth::Authenticator::new(client.clone(), Arc::clone(&state.own_metrics)).await?;
+    let identity = election
+        .identity
+        .clone()
+        .unwrap_or_else(leader::default_identity);
     let poller = Poller::new(Arc::clone(&cache)).with_metrics(Arc::clone(&state.own_metrics));
-    let poller = tokio::spawn(poller.run_registry(Arc::clone(&registry), poll_asks));
+    // Shared polling: this replica's member Lease, the live set, the peer routes and client.
+    let (poller, sharing) = if sharing_args.share_polling {
+        let tls = config.server.tls.as_ref().context(
+            "--share-polling needs server.tls: replicas authenticate each other with the install's serving certificate",
+        )?;
+        let serving = Arc::new(api::serving_cert::ServingCertificate::load(
+            Some(tls),
+            Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+        )?);
+        let address = advertise_address(&sharing_args, &config)?;
+        let sharing = spillway::sharing::Sharing::join(
+            client.clone(),
+            spillway::sharing::membership::MembershipConfig {
+                namespace: election.lease_namespace.clone(),
+                group: election.lease_name.clone(),
+                me: spillway::poller::shard::Member {
+                    identity: identity.clone(),
+                    address: address.clone(),
+                },
+                lease_duration: std::time::Duration::from_secs(
+                    sharing_args.member_lease_duration_seconds,
+                ),
+            },
+            Arc::clone(&cache),
+            state
+                .poll_requests
+                .clone()
+                .expect("poll requests are set above"),
+            Arc::clone(&serving),
+            &state.own_metrics,
+        )
+        .await?;
+        tracing::info!(%address, lease = %sharing.membership.lease_name(), "sharing the polling with the other replicas");
+        let spillway::sharing::Sharing {
+            shard,
+            router,
+            membership,
+            followers,
+        } = sharing;
+        let poller =
+            tokio::spawn(poller.run_registry_shared(Arc::clone(&registry), poll_asks, shard));
+        (
+            poller,
+            Some((serving, router, membership, tokio::spawn(followers))),
+        )
+    } else {
+        (
+            tokio::spawn(poller.run_registry(Arc::clone(&registry), poll_asks)),
+            None,
+        )
+    };
 
-    let identity = election.identity.unwrap_or_else(leader::default_identity);
     let elector = leader::LeaderElector::new(
         client.clone(),
         &election.lease_namespace,
@@ -445,7 +501,16 @@ async fn run_in_cluster(
             }
         }
     });
-    let webhook = spillway::controller::admission::router(client.clone());
+    let mut webhook = spillway::controller::admission::router(client.clone());
+    let mut serving = None;
+    let mut membership = None;
+    let mut followers = None;
+    if let Some((cert, router, member, follow)) = sharing {
+        webhook = webhook.merge(router);
+        serving = Some(cert);
+        membership = Some(member);
+        followers = Some(follow);
+    }
     tracing::info!(
         cluster_trigger_auth_namespace = %credentials.cluster_trigger_auth_namespace,
         secret_label_selector = credentials.secret_label_selector.as_deref().unwrap_or("(every Secret)"),
@@ -470,11 +535,28 @@ async fn run_in_cluster(
     );
     let controller = tokio::spawn(reconcile::run(context, until_stopped()));
     tracing::info!(%identity, lease = %format!("{}/{}", election.lease_namespace, election.lease_name), "running the ScaledObject controller");
+    // A member renews its Lease until the stop signal, then deletes it.
+    let (leave, left) = tokio::sync::oneshot::channel::<()>();
+    let membership = membership.map(|m| {
+        tokio::spawn(m.run(async {
+            let _ = left.await;
+        }))
+    });
     let stop_all = async move {
         shutdown_signal().await;
+        if let Some(membership) = membership {
+            // Hand the groups over first: the Lease goes, the peers start them, then we stop.
+            let _ = leave.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), membership).await;
+            tracing::info!(handover = ?spillway::sharing::HANDOVER, "polling on while the other replicas take this one's groups over");
+            tokio::time::sleep(spillway::sharing::HANDOVER).await;
+        }
         let _ = stop.send(true);
     };
-    serve_api(&config, state, Some(auth), Some(webhook), stop_all).await?;
+    serve_api(&config, state, Some(auth), Some(webhook), serving, stop_all).await?;
+    if let Some(followers) = followers {
+        followers.abort();
+    }
     // The Lease is released so a successor leads at once; bounded like every other wait.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), elector).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controller).await;
@@ -490,13 +572,22 @@ async fn serve_api(
     state: api::AppState,
     auth: Option<Arc<api::auth::Authenticator>>,
     webhook: Option<axum::Router>,
+    serving: Option<Arc<api::serving_cert::ServingCertificate>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let verifier = auth.clone().map(|a| {
-        Arc::new(api::auth::ClientCertPolicy::new(a))
-            as Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>
+        let policy = api::auth::ClientCertPolicy::new(a);
+        let policy = match &serving {
+            // Other replicas present the serving certificate itself.
+            Some(serving) => policy.with_peer_certificate(Arc::clone(serving)),
+            None => policy,
+        };
+        Arc::new(policy) as Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>
     });
-    let tls = api::tls_config(config.server.tls.as_ref(), verifier)?;
+    let tls = match serving {
+        Some(serving) => api::tls_config_serving(serving, verifier)?,
+        None => api::tls_config(config.server.tls.as_ref(), verifier)?,
+    };
     let listener = api::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     let reload = auth.clone().map(|a| tokio::spawn(a.reload_forever()));
@@ -542,6 +633,26 @@ async fn serve_api(
     }
     trim.abort();
     Ok(())
+}
+
+/// Where the other replicas reach this one: `--advertise-address`, else POD_IP with the
+/// listen port, else the listen address when it names a host.
+fn advertise_address(args: &spillway::cli::SharingArgs, config: &Config) -> anyhow::Result<String> {
+    if let Some(address) = &args.advertise_address {
+        return Ok(address.clone());
+    }
+    let port = config.server.listen.port();
+    if let Ok(ip) = std::env::var("POD_IP")
+        && let Ok(ip) = ip.parse::<std::net::IpAddr>()
+    {
+        return Ok(std::net::SocketAddr::new(ip, port).to_string());
+    }
+    anyhow::ensure!(
+        !config.server.listen.ip().is_unspecified(),
+        "--share-polling: give --advertise-address (or POD_IP): the listen address {} names no host the other replicas can reach",
+        config.server.listen
+    );
+    Ok(config.server.listen.to_string())
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM (what Kubernetes sends to stop a pod).

@@ -259,6 +259,25 @@ pub struct Metrics {
     token_reviews: Family<TokenReviewLabels, Counter>,
     token_reviews_refused: Family<TokenReviewRefusalLabels, Counter>,
     token_reviews_in_flight: Gauge,
+    sharing: SharingMetrics,
+}
+
+/// The figures of polling shared between replicas (`crate::sharing`).
+#[derive(Debug, Clone, Default)]
+pub struct SharingMetrics {
+    /// Live replicas this one knows of, itself included.
+    pub members: Gauge,
+    /// Connection groups this replica polls, and in all.
+    pub owned_groups: Gauge,
+    pub groups: Gauge,
+    /// Trigger states copied from their owners.
+    pub states_received: Counter,
+    /// States a peer sent that were not taken (another owner, another spec, garbage).
+    pub states_refused: Counter,
+    /// Requests to peers that failed (connection, TLS, status, body).
+    pub peer_errors: Counter,
+    /// Cold misses sent to the trigger's owner.
+    pub asks_forwarded: Counter,
 }
 
 impl Metrics {
@@ -363,6 +382,42 @@ impl Metrics {
             "TokenReviews sent and not answered yet",
             token_reviews_in_flight.clone(),
         );
+        let sharing = SharingMetrics::default();
+        registry.register(
+            "sharing_members",
+            "Live replicas sharing the polling, this one included (1 when it polls alone)",
+            sharing.members.clone(),
+        );
+        registry.register(
+            "sharing_owned_groups",
+            "Connection groups this replica polls",
+            sharing.owned_groups.clone(),
+        );
+        registry.register(
+            "sharing_groups",
+            "Connection groups of every registered trigger, whoever polls them",
+            sharing.groups.clone(),
+        );
+        registry.register(
+            "sharing_states_received",
+            "Trigger states copied from the replica that polls them",
+            sharing.states_received.clone(),
+        );
+        registry.register(
+            "sharing_states_refused",
+            "Trigger states a peer sent that were not taken: not its trigger by this replica's live set, another spec, or unreadable",
+            sharing.states_refused.clone(),
+        );
+        registry.register(
+            "sharing_peer_errors",
+            "Requests to another replica that failed",
+            sharing.peer_errors.clone(),
+        );
+        registry.register(
+            "sharing_asks_forwarded",
+            "Cold misses sent to the replica that polls the trigger",
+            sharing.asks_forwarded.clone(),
+        );
         let triggers = Arc::new(RwLock::new(Vec::new()));
         registry.register_collector(Box::new(FootprintCollector {
             cache: Arc::clone(&cache),
@@ -391,7 +446,13 @@ impl Metrics {
             token_reviews,
             token_reviews_refused,
             token_reviews_in_flight,
+            sharing,
         }
+    }
+
+    /// The figures of shared polling.
+    pub fn sharing(&self) -> &SharingMetrics {
+        &self.sharing
     }
 
     /// The counter of connections `server` (`api`, `metrics`) closed at `limit` (`server`:

@@ -1784,7 +1784,7 @@ async fn keda_s_documented_example_with_a_trigger_authentication_imports_and_sca
     // 100 messages at KEDA's value 20 per replica: 5 replicas.
     let (_connection, _channel, queue) =
         common::rabbitmq::queue_with_messages("e2e-keda-example", 100).await;
-    let host = std::env::var("SPILLWAY_RABBITMQ_HTTP").expect("SPILLWAY_RABBITMQ_HTTP");
+    let host = common::endpoint("SPILLWAY_RABBITMQ_HTTP");
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/keda/rabbitmq-http-host.yaml"
@@ -1857,7 +1857,7 @@ async fn scaling_modifiers_scale_on_the_formula_over_named_triggers() {
     let sos: Api<ScaledObject> = Api::namespaced(admin.clone(), &ns);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
     let bootstrap = common::kafka::bootstrap();
-    let prometheus = std::env::var("SPILLWAY_PROMETHEUS_URL").expect("SPILLWAY_PROMETHEUS_URL");
+    let prometheus = common::endpoint("SPILLWAY_PROMETHEUS_URL");
     let mut kafka = kafka_trigger(&bootstrap, &group, &topic);
     kafka["name"] = json!("lag");
     let spec = json!({"minReplicaCount": 1, "maxReplicaCount": 8, "pollingInterval": 1,

@@ -40,6 +40,8 @@ use tokio_rustls::rustls::DistinguishedName;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+
+use super::serving_cert::ServingCertificate;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
 use super::lru::ExpiringLru;
@@ -104,6 +106,11 @@ impl ClientCertificates {
             chain: Arc::new(chain),
             checked: Arc::default(),
         }
+    }
+
+    /// The certificate the client presented (its chain's leaf), if any.
+    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.chain.first()
     }
 
     /// Which CA the chain verifies against under `verifiers`, with the leaf's subject: from
@@ -269,6 +276,9 @@ fn verifier(what: &'static str, pems: &[&str]) -> Result<Arc<dyn ClientCertVerif
 pub struct ClientCertPolicy {
     authenticator: Arc<Authenticator>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// With polling shared between replicas: the serving certificate, which a peer replica
+    /// presents as its client certificate (checked again by the peer routes).
+    peer: Option<Arc<ServingCertificate>>,
 }
 
 impl ClientCertPolicy {
@@ -276,13 +286,20 @@ impl ClientCertPolicy {
         Self {
             authenticator,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
+            peer: None,
         }
+    }
+
+    /// Also accepts `serving` itself as a client certificate: other replicas of the install.
+    pub fn with_peer_certificate(mut self, serving: Arc<ServingCertificate>) -> Self {
+        self.peer = Some(serving);
+        self
     }
 }
 
 impl ClientCertVerifier for ClientCertPolicy {
     fn offer_client_auth(&self) -> bool {
-        self.authenticator.verifiers().either.is_some()
+        self.peer.is_some() || self.authenticator.verifiers().either.is_some()
     }
 
     fn client_auth_mandatory(&self) -> bool {
@@ -301,6 +318,13 @@ impl ClientCertVerifier for ClientCertPolicy {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Some(serving) = &self.peer
+            && serving.current().cert.first() == Some(end_entity)
+        {
+            // Its signature over the handshake is checked as any client's: the peer holds
+            // the serving key.
+            return Ok(ClientCertVerified::assertion());
+        }
         match &self.authenticator.verifiers().either {
             Some(verifier) => verifier.verify_client_cert(end_entity, intermediates, now),
             None => Err(rustls::Error::General(

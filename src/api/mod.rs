@@ -258,14 +258,24 @@ pub fn tls_config(
     client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, ApiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let serving = serving_cert::ServingCertificate::load(files, Arc::clone(&provider))?;
+    let serving = serving_cert::ServingCertificate::load(files, provider)?;
+    tls_config_serving(Arc::new(serving), client_certs)
+}
+
+/// [`tls_config`] serving `serving`, which the caller shares (the peer routes and the peer
+/// client use it too).
+pub fn tls_config_serving(
+    serving: Arc<serving_cert::ServingCertificate>,
+    client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<rustls::ServerConfig, ApiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?;
     let builder = match client_certs {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(serving));
+    let mut config = builder.with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

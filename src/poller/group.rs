@@ -49,6 +49,20 @@ pub(super) struct GroupAddress {
     pub kind: &'static str,
     pub connection: String,
     pub endpoint: String,
+    /// What replicas sharing the polling hash to choose the group's owner; see
+    /// [`GroupAddress::ownership_key`].
+    owner_key: String,
+}
+
+impl GroupAddress {
+    /// The key replicas that share polling hash to choose the group's owner: the kind, the
+    /// endpoint, and the namespace of a connection that carries credentials. Not the
+    /// connection key: its credential fingerprints are keyed per process, so two replicas
+    /// would name one group differently. Groups that differ only by credentials share an
+    /// owner, which keeps them in one process like the rest of the endpoint's.
+    pub fn ownership_key(&self) -> String {
+        self.owner_key.clone()
+    }
 }
 
 /// The connection group of `trigger`, polled for a scaled object in `namespace`: its scaler's
@@ -99,10 +113,19 @@ impl<S: Scaler> GroupKind for KindOf<S> {
         trigger: &Trigger,
     ) -> Option<Result<GroupAddress, ScalerError>> {
         S::trigger_of(trigger).map(|typed| {
-            typed.validate().map(|()| GroupAddress {
-                kind: S::KIND,
-                connection: connection_group::<S>(&id.namespace, typed),
-                endpoint: S::endpoint(typed),
+            typed.validate().map(|()| {
+                let endpoint = S::endpoint(typed);
+                let owner_key = if carries_credentials(typed) {
+                    format!("{}|{endpoint}|namespace={}", S::KIND, id.namespace)
+                } else {
+                    format!("{}|{endpoint}", S::KIND)
+                };
+                GroupAddress {
+                    kind: S::KIND,
+                    connection: connection_group::<S>(&id.namespace, typed),
+                    endpoint,
+                    owner_key,
+                }
             })
         })
     }

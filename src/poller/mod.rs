@@ -15,6 +15,9 @@
 //! - [`Poller::tick`], one round over a list of triggers that returns when every outcome is in
 //!   the cache (`spillway watch`, `plan --live`, `check`), through a [`pool::ScalerPool`] per kind.
 //!
+//! With replicas sharing the polling ([`shard`]), the scheduler runs only the connection groups
+//! this replica owns and forwards cold misses on the others to their owner.
+//!
 //! Every round has a deadline ([`ROUND_DEADLINE`]) on top of the scalers' own timeouts: a
 //! round cut there is a timeout for each of its triggers, never a value.
 
@@ -22,6 +25,7 @@ mod group;
 pub mod limits;
 pub mod pool;
 pub mod scheduler;
+pub mod shard;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +158,20 @@ impl Poller {
         requests: mpsc::UnboundedReceiver<TriggerId>,
     ) {
         scheduler::Scheduler::new(self.cache, self.metrics)
+            .run(registry, requests)
+            .await;
+    }
+
+    /// [`Poller::run_registry`] polling only the connection groups `shard` says this replica
+    /// owns (see [`shard`]).
+    pub async fn run_registry_shared(
+        self,
+        registry: Arc<Registry>,
+        requests: mpsc::UnboundedReceiver<TriggerId>,
+        shard: shard::Shard,
+    ) {
+        scheduler::Scheduler::new(self.cache, self.metrics)
+            .with_shard(shard)
             .run(registry, requests)
             .await;
     }

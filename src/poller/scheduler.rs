@@ -9,6 +9,11 @@
 //! group polls it at once. A trigger that cannot be polled (invalid parameters) gets its error
 //! recorded every interval, like a failed poll.
 //!
+//! Shared polling ([`Shard`]): only the groups this replica owns run here; the others' triggers
+//! are still tracked (their copies from the owner age and turn stale here like any reading),
+//! cold misses on them go to their owner, and each sync publishes every trigger's
+//! [`Placement`]. A change of the live set is a sync too.
+//!
 //! Freshness: a trigger with no poll finished within [`freshness_bound`] of its interval is
 //! marked stale in the cache, and again every interval after, so it answers 503 and counts
 //! toward `fallback.failureThreshold` like a failed poll, however long its broker takes.
@@ -24,6 +29,7 @@ use tokio::time::Instant;
 use super::group::{GroupAddress, GroupKind, GroupKinds, Member, Shared};
 use super::limits::RoundLimits;
 use super::observe_outcome;
+use super::shard::{ForwardedAsk, Owners, Placed, Placement, Shard};
 use crate::cache::{MetricCache, TriggerId};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Served};
@@ -58,6 +64,10 @@ struct Tracked {
     since: Instant,
     /// Its group, or why it cannot be polled.
     place: Result<GroupAddress, ScalerError>,
+    /// Its spec's fingerprint, the same in every replica.
+    fingerprint: u64,
+    /// Whether this replica polls its group (always, without a [`Shard`]).
+    owned: bool,
     /// For an invalid trigger: when its error is recorded next.
     next_error: Instant,
 }
@@ -86,6 +96,8 @@ pub struct Scheduler {
     synced: Option<Arc<Served>>,
     /// [`MIN_FRESHNESS`], shorter in tests.
     min_freshness: Duration,
+    /// The polling shared with other replicas, when it is.
+    shard: Option<Shard>,
 }
 
 impl Scheduler {
@@ -103,7 +115,14 @@ impl Scheduler {
             groups: HashMap::new(),
             synced: None,
             min_freshness: MIN_FRESHNESS,
+            shard: None,
         }
+    }
+
+    /// Polls only the groups `shard`'s live set gives this replica; see the module doc.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = Some(shard);
+        self
     }
 
     /// Runs until the task is dropped; dropping it stops every group.
@@ -114,9 +133,15 @@ impl Scheduler {
     ) {
         let mut seconds = tokio::time::interval(RESOLUTION);
         seconds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut owners = self.shard.as_ref().map(|s| s.owners.clone());
         loop {
             tokio::select! {
                 biased;
+                Some(()) = owners_changed(&mut owners) => {
+                    // Groups move: every placement is looked at again.
+                    self.synced = None;
+                    self.sync(registry.served());
+                }
                 _ = seconds.tick() => {
                     self.sync(registry.served());
                     self.check_freshness(Instant::now());
@@ -137,6 +162,7 @@ impl Scheduler {
 
     /// Follows `served` if it changed since the last sync, or a group task ended.
     fn sync(&mut self, served: Arc<Served>) {
+        let owners = self.shard.as_ref().map(|s| Arc::clone(&s.owners.borrow()));
         let unchanged = self
             .synced
             .as_ref()
@@ -147,17 +173,43 @@ impl Scheduler {
         let now = Instant::now();
         let mut live = HashSet::new();
         let mut members: HashMap<GroupAddress, Vec<Member>> = HashMap::new();
+        let mut placement = Placement::default();
+        let mut all_groups = HashSet::new();
         for object in served.objects.values() {
             for (id, trigger) in &object.triggers {
                 live.insert(id.clone());
                 let version = served.spec_versions.get(id).copied().unwrap_or(0);
                 let tracked = self.track(id, trigger, version, object.polling_interval, now);
-                if let Ok(address) = &tracked.place {
+                let (place, fingerprint) = (tracked.place.clone(), tracked.fingerprint);
+                if let Ok(address) = &place {
+                    let owned = match &owners {
+                        Some(owners) => {
+                            let key = address.ownership_key();
+                            let owner = owners.owner(&key);
+                            placement.triggers.insert(
+                                id.clone(),
+                                Placed {
+                                    version,
+                                    fingerprint,
+                                    owner: owner.identity.clone(),
+                                },
+                            );
+                            all_groups.insert(address.clone());
+                            owners.is_mine(&key)
+                        }
+                        None => true,
+                    };
+                    if let Some(tracked) = self.tracked.get_mut(id) {
+                        tracked.owned = owned;
+                    }
+                    if !owned {
+                        continue;
+                    }
                     members.entry(address.clone()).or_default().push(Member {
                         id: id.clone(),
                         trigger: trigger.clone(),
-                        version: tracked.version,
-                        interval: tracked.interval,
+                        version,
+                        interval: object.polling_interval,
                     });
                 }
             }
@@ -193,6 +245,11 @@ impl Scheduler {
             groups = self.groups.len(),
             "following the registry"
         );
+        if let Some(shard) = &self.shard {
+            placement.owned_groups = self.groups.len();
+            placement.groups = all_groups.len();
+            shard.placement.send_replace(Arc::new(placement));
+        }
         self.synced = Some(served);
     }
 
@@ -230,6 +287,7 @@ impl Scheduler {
                 Some(t) if !spec_changed => t.since,
                 _ => now,
             };
+            let owned = self.tracked.get(id).is_none_or(|t| t.owned);
             self.tracked.insert(
                 id.clone(),
                 Tracked {
@@ -238,6 +296,8 @@ impl Scheduler {
                     version,
                     since,
                     place,
+                    fingerprint: trigger.spec_fingerprint(),
+                    owned,
                     next_error: now,
                 },
             );
@@ -265,17 +325,38 @@ impl Scheduler {
     /// its error at once.
     fn ask(&mut self, ids: &[TriggerId]) {
         let now = Instant::now();
+        let owners = self.shard.as_ref().map(|s| Arc::clone(&s.owners.borrow()));
+        let mut forwarded: HashMap<String, ForwardedAsk> = HashMap::new();
         for id in ids {
             let Some(tracked) = self.tracked.get_mut(id) else {
                 continue;
             };
             match &tracked.place {
-                Ok(address) => {
+                Ok(address) if tracked.owned => {
                     if let Some(group) = self.groups.get(address) {
                         let _ = group.asks.send(id.clone());
                     }
                 }
+                Ok(address) => {
+                    // Another replica polls it: that one is asked.
+                    if let Some(owners) = &owners {
+                        let owner = owners.owner(&address.ownership_key());
+                        forwarded
+                            .entry(owner.identity.clone())
+                            .or_insert_with(|| ForwardedAsk {
+                                owner: owner.clone(),
+                                triggers: Vec::new(),
+                            })
+                            .triggers
+                            .push((id.clone(), tracked.fingerprint));
+                    }
+                }
                 Err(_) => tracked.next_error = now,
+            }
+        }
+        if let Some(shard) = &self.shard {
+            for ask in forwarded.into_values() {
+                let _ = shard.forward.send(ask);
             }
         }
         self.check_freshness(now);
@@ -323,11 +404,23 @@ impl Scheduler {
                         };
                         tracing::warn!(trigger = %id, broker = address.kind, error = %error, "reading is stale");
                         self.shared.metrics.observe_stale(id, address.kind);
-                        cache.mark_stale(id, tracked.version, error);
+                        cache.mark_stale(id, tracked.version, error, tracked.owned);
                     }
                 }
             }
         }
+    }
+}
+
+/// The next change of the live set, when there is one to follow; never without.
+async fn owners_changed(owners: &mut Option<watch::Receiver<Arc<Owners>>>) -> Option<()> {
+    match owners {
+        Some(owners) => match owners.changed().await {
+            Ok(()) => Some(()),
+            // The live set's sender is gone: nothing more will move.
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

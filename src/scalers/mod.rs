@@ -53,7 +53,13 @@ impl Reading {
         }
     }
 
+    /// Adds a further metric; `suffix` must be one of [`EXTRA_SUFFIXES`] (a replica that
+    /// receives the reading from another names it from there).
     pub fn with_extra(mut self, suffix: &'static str, value: f64) -> Self {
+        debug_assert!(
+            EXTRA_SUFFIXES.contains(&suffix),
+            "{suffix} is missing from EXTRA_SUFFIXES"
+        );
         self.extra.push((suffix, value));
         self
     }
@@ -65,6 +71,18 @@ impl Reading {
         self
     }
 }
+
+/// Every suffix of a further metric ([`Reading::extra`]) any scaler reports: a reading another
+/// replica sends names its extras by these.
+pub const EXTRA_SUFFIXES: [&str; 7] = [
+    "lag-seconds",
+    "pending",
+    "ack-pending",
+    "publish-rate",
+    "messages",
+    "deliver-rate",
+    "series",
+];
 
 /// The most backlog samples (partitions, queues) one trigger exports. Each sample is a few
 /// series on `/metrics`, so this bounds what one trigger on a huge topic, or a queue regex
@@ -507,6 +525,46 @@ impl Trigger {
             Self::Cron(t) => t,
         }
     }
+}
+
+impl Trigger {
+    /// A fingerprint of the trigger's spec as written (credentials by reference, never their
+    /// values), equal in every process that registered the same spec: replicas name a reading
+    /// by it, since each numbers spec versions on its own.
+    pub fn spec_fingerprint(&self) -> u64 {
+        let json = match self {
+            Self::Kafka(t) => serde_json::to_vec(t),
+            Self::RabbitMq(t) => serde_json::to_vec(t),
+            Self::NatsJetStream(t) => serde_json::to_vec(t),
+            Self::Prometheus(t) => serde_json::to_vec(t),
+            Self::Cron(t) => serde_json::to_vec(t),
+        }
+        .unwrap_or_default();
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(self.config_key().as_bytes());
+        context.update(&[0]);
+        context.update(&json);
+        let digest = context.finish();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_ref()[..8]);
+        u64::from_be_bytes(first)
+    }
+}
+
+/// The broker kind named `kind` (as [`Trigger::kind`] writes it), as the static name the
+/// scalers use; `None` for a name no scaler has.
+pub fn known_kind(kind: &str) -> Option<&'static str> {
+    struct Find<'a>(&'a str, Option<&'static str>);
+    impl KindVisitor for Find<'_> {
+        fn visit<S: Scaler>(&mut self) {
+            if S::KIND == self.0 {
+                self.1 = Some(S::KIND);
+            }
+        }
+    }
+    let mut find = Find(kind, None);
+    for_each_kind(&mut find);
+    find.1
 }
 
 impl TriggerParams for Trigger {

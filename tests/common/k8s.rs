@@ -717,6 +717,23 @@ impl SpillwayController {
         self.child.id()
     }
 
+    /// SIGTERM, as Kubernetes stops a pod, and waits up to `timeout` for the exit; true when
+    /// it exited in time.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL: no graceful release of the Lease, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -5,12 +5,14 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod helm;
+pub mod http_proxy;
 pub mod k8s;
 pub mod kafka;
 pub mod nats;
 pub mod rabbitmq;
 pub mod replicas;
 pub mod serve;
+pub mod service_proxy;
 pub mod toxiproxy;
 
 use std::collections::HashMap;
