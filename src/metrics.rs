@@ -385,7 +385,7 @@ impl Metrics {
         let sharing = SharingMetrics::default();
         registry.register(
             "sharing_members",
-            "Live replicas sharing the polling, this one included (1 when it polls alone)",
+            "Live replicas sharing the polling, this one included (0 when replicas do not share it)",
             sharing.members.clone(),
         );
         registry.register(

@@ -248,6 +248,13 @@ impl Scheduler {
         if let Some(shard) = &self.shard {
             placement.owned_groups = self.groups.len();
             placement.groups = all_groups.len();
+            let sharing = self.shared.metrics.sharing();
+            sharing
+                .owned_groups
+                .set(i64::try_from(placement.owned_groups).unwrap_or(i64::MAX));
+            sharing
+                .groups
+                .set(i64::try_from(placement.groups).unwrap_or(i64::MAX));
             shard.placement.send_replace(Arc::new(placement));
         }
         self.synced = Some(served);
