@@ -313,6 +313,7 @@ fn values_change_what_values_yaml_says() {
         "image": {"repository": "registry.example/spillway", "tag": "0.2.0", "pullPolicy": "Always"},
         "imagePullSecrets": ["pull"],
         "replicas": 3,
+        "sharePolling": false,
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "logFormat": "text",
         "logLevel": "spillway=debug,info",
@@ -392,6 +393,10 @@ fn values_change_what_values_yaml_says() {
         "platform-credentials"
     );
     assert_eq!(env["SPILLWAY_METRICS_LISTEN"]["value"], "0.0.0.0:9100");
+    assert!(
+        !env.contains_key("SPILLWAY_SHARE_POLLING"),
+        "sharePolling: false: every replica polls everything"
+    );
     assert_eq!(
         container["ports"][1],
         json!({"name": "metrics", "containerPort": 9100, "protocol": "TCP"})
