@@ -533,6 +533,16 @@ async fn run_in_cluster(
         .with_cluster_auth_namespace(credentials.cluster_trigger_auth_namespace)
         .with_max_concurrent_reconciles(reconcile_args.max_concurrent_reconciles),
     );
+    // Unready (no Service traffic) until the objects that exist now are registered here.
+    api::set_ready(false);
+    let catching_up = Arc::clone(&context);
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let caught_up =
+            reconcile::wait_caught_up(&catching_up, std::time::Duration::from_secs(30)).await;
+        tracing::info!(caught_up, after = ?started.elapsed(), "ready: serving the metrics of the ScaledObjects registered here");
+        api::set_ready(true);
+    });
     let controller = tokio::spawn(reconcile::run(context, until_stopped()));
     tracing::info!(%identity, lease = %format!("{}/{}", election.lease_namespace, election.lease_name), "running the ScaledObject controller");
     // A member renews its Lease until the stop signal, then deletes it.

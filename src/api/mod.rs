@@ -226,7 +226,29 @@ fn health_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+}
+
+/// Whether `/readyz` answers ok; see [`set_ready`].
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Marks the process ready or not for `/readyz`. Ready unless told otherwise; `spillway run`
+/// is unready until it has registered the ScaledObjects that existed at its start, so a new
+/// replica gets no aggregator traffic it would answer 404.
+pub fn set_ready(ready: bool) {
+    READY.store(ready, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn readyz() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if READY.load(std::sync::atomic::Ordering::Relaxed) {
+        "ok".into_response()
+    } else {
+        Status::service_unavailable(
+            "not ready: registering the ScaledObjects that existed at start",
+        )
+        .into_response()
+    }
 }
 
 async fn not_found(uri: Uri) -> Status {

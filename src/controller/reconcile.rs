@@ -141,6 +141,53 @@ pub struct Context {
     /// Per object: when this leader last saw a trigger active. `status.lastActiveTime` is
     /// written at most every [`active_time_refresh`], so the cooldown is measured from this.
     last_active: Mutex<HashMap<(String, String), Timestamp>>,
+    /// Objects (namespace, name) reconciled at least once by this replica: what
+    /// [`wait_caught_up`] waits for before the replica calls itself ready.
+    reconciled: Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// Waits until this replica has reconciled once every ScaledObject that existed when it
+/// started (so it serves their metrics and does not answer 404 for them), or until `bound`
+/// passes (an object that never reconciles must not keep the replica unready for ever).
+/// True when caught up within the bound.
+pub async fn wait_caught_up(ctx: &Context, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    let objects: Api<ScaledObject> = Api::all(ctx.client.clone());
+    let listed = loop {
+        match objects
+            .list_metadata(&kube::api::ListParams::default())
+            .await
+        {
+            Ok(list) => break list.items,
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(error = %err, "cannot list ScaledObjects yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(_) => return false,
+        }
+    };
+    let keys: Vec<(String, String)> = listed
+        .into_iter()
+        .filter_map(|o| Some((o.metadata.namespace?, o.metadata.name?)))
+        .collect();
+    loop {
+        let pending = {
+            let reconciled = ctx.reconciled.lock().expect("reconciled lock");
+            keys.iter().filter(|k| !reconciled.contains(*k)).count()
+        };
+        if pending == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                pending,
+                of = keys.len(),
+                "ready before every ScaledObject was reconciled once"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A target's replicas as read through its scale subresource, or as spillway set them.
@@ -182,6 +229,7 @@ impl Context {
             hpas: OnceLock::new(),
             scale_reads: Mutex::new(HashMap::new()),
             last_active: Mutex::new(HashMap::new()),
+            reconciled: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -537,7 +585,12 @@ fn failure_reason(index: usize, state: Option<&TriggerState>) -> String {
 async fn reconcile(so: Arc<ScaledObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let leading = ctx.is_leader();
     let started = std::time::Instant::now();
+    let key = (
+        so.metadata.namespace.clone().unwrap_or_default(),
+        so.metadata.name.clone().unwrap_or_default(),
+    );
     let outcome = reconcile_object(so, &ctx).await;
+    ctx.reconciled.lock().expect("reconciled lock").insert(key);
     if leading {
         ctx.metrics.observe_reconcile(
             outcome.as_ref().map(|_| ()).map_err(ReconcileError::reason),

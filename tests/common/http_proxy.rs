@@ -99,6 +99,17 @@ impl CountingProxy {
             .max()
     }
 
+    /// The first request by one of `pids` at or after `from`.
+    pub fn first_by_any(&self, pids: &[u32], from: Instant) -> Option<(u32, Instant)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .find(|(p, at)| pids.contains(p) && *at >= from)
+            .copied()
+    }
+
     /// The first request by a pid not in `pids` at or after `from`.
     pub fn first_by_other(&self, pids: &[u32], from: Instant) -> Option<(u32, Instant)> {
         self.seen

@@ -712,6 +712,22 @@ impl SpillwayController {
         }
     }
 
+    /// Waits until `/readyz` answers ok, as a Service would before sending it traffic.
+    pub async fn wait_ready(&self, timeout: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        super::eventually(
+            &format!("{} to be ready", self.identity),
+            timeout,
+            || async {
+                let response = reqwest::get(&url).await.ok()?;
+                response.status().is_success().then_some(())
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+
     /// The process id, to read its footprint under `/proc`.
     pub fn pid(&self) -> u32 {
         self.child.id()
