@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench bench-api bench-compare fuzz faults soak services-up services-down services-status lint deps build
+.PHONY: run test bench bench-api bench-compare bench-sharing fuzz faults soak services-up services-down services-status lint deps build
 
 run: deps
 	scripts/run.sh
@@ -59,6 +59,15 @@ bench-api: services-up
 # build; COMPARE_KEDA_SIZES=10,100 picks sizes.
 bench-compare: services-up
 	KEDA_DRIVER="$$(scripts/keda-driver.sh)" $(CARGO) bench --locked --bench compare_keda
+
+# Replicas sharing the polling (issue #20 item 5; not in make test): broker requests per
+# polling interval with 1, 2 and 3 replicas sharing and 2 without, metrics GET latency for an
+# own vs a copied trigger and the copy delay, failover after SIGKILL (member Lease 10 s and
+# 4 s) and SIGTERM, and RSS per replica with 5,000 Kafka objects over 1 and over 3 replicas.
+# Prints a markdown table. SPILLWAY_SHARING_FLEET=1000 for a quicker run (the fleet's creation
+# dominates), SPILLWAY_SHARING_KAFKA (200), SPILLWAY_SHARING_WINDOW (30 s).
+bench-sharing: services-up
+	$(CARGO) bench --locked --bench sharing
 
 # The fault matrix alone (it also runs in make test, about 5 minutes): broker kill -9, SIGSTOP,
 # restart, Toxiproxy latency, bandwidth, cut answers, resets and blackhole, Secret rotation,
