@@ -110,6 +110,20 @@ wait_port_closed() {
 }
 
 # Writes the endpoints every test and tool reads, so ports live in one place.
+# reserve_ports: keeps the services' ports inside Linux's ephemeral range (32768-60999) from
+# being handed to outgoing connections (kube-apiserver opens many to etcd), so a service that
+# restarts mid-test can bind its port again. Needs root; without it, a note and nothing else.
+reserve_ports() {
+  local file=/proc/sys/net/ipv4/ip_local_reserved_ports ports current
+  ports="$RABBITMQ_AMQP_PORT,$RABBITMQ_DIST_PORT,$RABBITMQ_MGMT_PORT,$RABBITMQ_PROM_PORT"
+  ports+=",$RABBITMQ_EPMD_PORT,$RABBITMQ_CTL_DIST_PORT,$NATS_PORT,$NATS_MONITOR_PORT"
+  ports+=",$PROMETHEUS_PORT,$K8S_ETCD_PORT,$K8S_ETCD_PEER_PORT,$K8S_APISERVER_PORT,$TOXIPROXY_PORT"
+  current="$(cat "$file" 2>/dev/null)" || return 0
+  if ! { [[ -w $file ]] && echo "${current:+$current,}$ports" >"$file"; } 2>/dev/null; then
+    log "note: could not reserve ports $ports from the ephemeral range (not root?)"
+  fi
+}
+
 write_endpoints() {
   mkdir -p "$SERVICES_DIR"
   cat >"$SERVICES_DIR/endpoints.env" <<EOF

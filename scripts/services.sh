@@ -16,6 +16,7 @@ services=("$@")
 case "$cmd" in
 up)
   write_endpoints
+  reserve_ports
   # Kafka's JVM and RabbitMQ's BEAM take the longest; start them side by side.
   pids=()
   for s in "${services[@]}"; do

@@ -588,6 +588,8 @@ async fn three_replicas_poll_each_group_once_and_an_hpa_keeps_scaling_through_a_
         .skip_while(|r| *r < 4)
         .any(|r| r < 4);
     assert!(!dropped, "worker dropped below 4: {seen_after}");
+    // Later tests share the cluster: leave none of this test's objects to their spillways.
+    k8s::delete_namespaces_starting_with(&admin, "e2e-share-").await;
     drop(service);
     drop(killed);
 }

@@ -883,6 +883,32 @@ async fn delete_fleet_namespaces(admin: &kube::Client, matching: impl Fn(&str) -
     }
 }
 
+/// The ScaledObjects outside the soak's namespaces: other tests' objects in the same cluster,
+/// which spillway registers too.
+async fn objects_of_other_tests(admin: &kube::Client) -> usize {
+    let objects = k8s::dynamic_api(
+        admin,
+        "spillway.dev",
+        "v1alpha1",
+        "ScaledObject",
+        "scaledobjects",
+        None,
+    );
+    objects
+        .list_metadata(&ListParams::default())
+        .await
+        .expect("list every ScaledObject")
+        .items
+        .iter()
+        .filter(|o| {
+            !o.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns.starts_with(NAMESPACE_PREFIX))
+        })
+        .count()
+}
+
 /// What an earlier, failed run left: the ScaledObjects of its namespaces (this run's
 /// controller would reconcile them) and the namespaces, and the APIService of its dead
 /// spillway, which holds up the deletion of namespaces (kube-apiserver finishes one only when
@@ -1031,11 +1057,13 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
         (s.created, s.edited, s.removed)
     };
     let start = Footprint::settled(pid, metrics_port).await;
+    let others_at_start = objects_of_other_tests(&admin).await;
     let run_started = Instant::now();
     let restarts = broker_restarts(run_started, vec![settings.run / 4, settings.run / 2]);
     tokio::time::sleep_until((run_started + settings.run).into()).await;
     let restarts = restarts.await.expect("broker restarts");
     let end = Footprint::settled(pid, metrics_port).await;
+    let others_at_end = objects_of_other_tests(&admin).await;
     let alive_at_end = fleet.alive();
 
     stop.store(true, Ordering::Relaxed);
@@ -1190,13 +1218,17 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
             .take(10)
             .collect::<Vec<_>>()
     );
-    // spillway followed the cluster: what it registers is what is alive.
-    for (when, footprint) in [("start", &start), ("end", &end)] {
+    // spillway followed the cluster: what it registers is what is alive, the fleet's and
+    // what other tests left in their own namespaces.
+    for (when, footprint, others) in [
+        ("start", &start, others_at_start),
+        ("end", &end, others_at_end),
+    ] {
         let registered = footprint.registered_objects;
+        let alive = (settings.objects + others) as f64;
         assert!(
-            (registered - settings.objects as f64).abs()
-                <= (settings.objects as f64 * 0.01).max(3.0),
-            "at the {when} spillway registered {registered} objects, {} are alive",
+            (registered - alive).abs() <= (settings.objects as f64 * 0.01).max(3.0),
+            "at the {when} spillway registered {registered} objects, {alive} are alive ({} of the soak, {others} of other tests)",
             settings.objects
         );
     }

@@ -14,12 +14,14 @@ use serde_json::json;
 
 /// The port the e2e spillway listens on; the APIService points at it, so one control plane
 /// has one. `SPILLWAY_E2E_PORT` moves it, for a second control plane on the same machine.
+/// Below Linux's ephemeral range (32768-60999): a port in it is now and then the local end of
+/// some outgoing connection (kube-apiserver's to etcd) when a test binds it.
 pub fn spillway_port() -> u16 {
     match std::env::var("SPILLWAY_E2E_PORT") {
         Ok(port) => port
             .parse()
             .unwrap_or_else(|_| panic!("SPILLWAY_E2E_PORT={port:?} is not a port")),
-        Err(_) => 36450,
+        Err(_) => 31450,
     }
 }
 /// Where the aggregator looks for spillway (the serving certificate names this Service).
