@@ -1163,13 +1163,16 @@ async fn spillway_holds_steady_under_churn_restarts_and_load() {
     // Deleting 1,000 objects, their HPAs and Events is etcd's slowest work here: 5 minutes.
     // What other tests left in the cluster (outside the fleet's namespaces) stays registered:
     // the fleet's share is what `start` held beyond the objects other than its own.
+    // Each fleet object has one trigger; other tests' objects may have several, and cache
+    // entries and specs are per trigger.
     let others = (start.registered_objects - settings.objects as f64).max(0.0);
+    let others_triggers = (start.registered_triggers - settings.objects as f64).max(0.0);
     let emptied = tokio::time::timeout(Duration::from_secs(300), async {
         loop {
             let now = Footprint::read(pid, metrics_port).await;
             if now.registered_objects <= others
-                && now.cache_entries <= others
-                && now.tracked_specs <= others
+                && now.cache_entries <= others_triggers
+                && now.tracked_specs <= others_triggers
                 && now
                     .owners
                     .iter()
