@@ -258,6 +258,7 @@ restart() {
   # would give a static pod its grace period), then SIGKILL.
   stop_pid "$DIR/$component.pid" "$component" "${SPILLWAY_K8S_RESTART_GRACE:-5}"
   wait_port_closed "$port" "$component"
+  [[ $component == etcd ]] && wait_port_closed "$K8S_ETCD_PEER_PORT" "etcd (peer)"
   # start() skips what is running and waits for the restarted component's readiness.
   start
 }

@@ -94,6 +94,12 @@ stop_pid() {
     if kill -0 "$pid" 2>/dev/null; then
       log "$name did not stop in ${grace}s; killing"
       kill -KILL "$pid" 2>/dev/null || true
+      # SIGKILL is delivered, not done: until the process is gone its listeners stay open and
+      # a start right after finds its own ports taken.
+      for _ in $(seq 1 40); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+      done
     fi
   fi
   rm -f "$pidfile"
@@ -109,7 +115,6 @@ wait_port_closed() {
   die "$name still listening on port $port after stop"
 }
 
-# Writes the endpoints every test and tool reads, so ports live in one place.
 # reserve_ports: keeps the services' ports inside Linux's ephemeral range (32768-60999) from
 # being handed to outgoing connections (kube-apiserver opens many to etcd), so a service that
 # restarts mid-test can bind its port again. Needs root; without it, a note and nothing else.
@@ -124,6 +129,7 @@ reserve_ports() {
   fi
 }
 
+# Writes the endpoints every test and tool reads, so ports live in one place.
 write_endpoints() {
   mkdir -p "$SERVICES_DIR"
   cat >"$SERVICES_DIR/endpoints.env" <<EOF

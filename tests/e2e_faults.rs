@@ -1069,20 +1069,6 @@ fn table(rows: &[Row]) -> String {
     text
 }
 
-/// A Deployment `name` of pause containers at 1 replica (Pending for ever without a kubelet;
-/// the ReplicaSet still reports them, which is all the HPA needs).
-async fn deployment(admin: &kube::Client, ns: &str, name: &str) {
-    k8s::apply(
-        admin,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-                "template": {"metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "worker", "image": "registry.k8s.io/pause:3.10"}]}}}}),
-    )
-    .await;
-}
-
 /// A ScaledObject `name` on the Deployment `name` with `trigger`, the fallback, and no
 /// downscale stabilization (back from fallback at the next HPA sync, so the cases stay
 /// short); the probe of what its HPA reads, once the HPA exists.
@@ -1182,9 +1168,9 @@ async fn setup(_restore: &Restore) -> Bench {
         ],
     );
 
-    deployment(&admin, &ns, "rabbitmq-worker").await;
-    deployment(&admin, &ns, "rabbitmq-holder").await;
-    deployment(&admin, &ns, "kafka-worker").await;
+    k8s::pause_deployment(&admin, &ns, "rabbitmq-worker").await;
+    k8s::pause_deployment(&admin, &ns, "rabbitmq-holder").await;
+    k8s::pause_deployment(&admin, &ns, "kafka-worker").await;
     let lease = common::unique_name("e2e-faults-lease");
     let timings = LeaseTimings {
         lease_duration: 3,

@@ -129,20 +129,6 @@ fn name_of(pid: u32, replicas: &[&SpillwayController]) -> String {
         .map_or_else(|| format!("pid {pid}"), |r| r.identity.clone())
 }
 
-/// A Deployment of one pause container (Pending for ever without a kubelet; the HPA needs
-/// only the ReplicaSet's count).
-async fn idle_deployment(admin: &kube::Client, ns: &str, name: &str) {
-    k8s::apply(
-        admin,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-                "template": {"metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "consumer", "image": "registry.k8s.io/pause:3.10"}]}}}}),
-    )
-    .await;
-}
-
 async fn start_replica(
     cluster_kubeconfig: &std::path::Path,
     lease: &str,
@@ -206,7 +192,7 @@ async fn three_replicas_poll_each_group_once_and_an_hpa_keeps_scaling_through_a_
         for o in 0..OBJECTS_PER_GROUP {
             let name = format!("prom-{g}-{o}");
             let value = (10 * g + o + 11) as f64;
-            idle_deployment(&admin, &ns, &format!("idle-{g}-{o}")).await;
+            k8s::pause_deployment(&admin, &ns, &format!("idle-{g}-{o}")).await;
             k8s::apply(
                 &admin,
                 json!({"apiVersion": "spillway.dev/v1alpha1", "kind": "ScaledObject",
@@ -221,7 +207,7 @@ async fn three_replicas_poll_each_group_once_and_an_hpa_keeps_scaling_through_a_
         }
     }
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
-    idle_deployment(&admin, &ns, "worker").await;
+    k8s::pause_deployment(&admin, &ns, "worker").await;
     // The management URL carries the password: from a Secret, as spillway requires.
     let with_password = management.replacen(
         &management_origin["http://".len()..],

@@ -53,6 +53,20 @@ pub async fn admin() -> kube::Client {
     client_as("admin").await
 }
 
+/// A Deployment `name` of one pause container at 1 replica: Pending for ever without a
+/// kubelet, but its ReplicaSet reports the count, which is all an HPA needs.
+pub async fn pause_deployment(client: &kube::Client, ns: &str, name: &str) {
+    apply(
+        client,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "worker", "image": "registry.k8s.io/pause:3.10"}]}}}}),
+    )
+    .await;
+}
+
 /// Server-side applies one object given as JSON (apiVersion, kind, metadata.name and, when
 /// namespaced, metadata.namespace set) and returns what the API server stored.
 pub async fn apply(client: &kube::Client, object: serde_json::Value) -> DynamicObject {
