@@ -262,7 +262,7 @@ pub struct Metrics {
     sharing: SharingMetrics,
 }
 
-/// The figures of polling shared between replicas (`crate::sharing`).
+/// The figures of polling shared between replicas (`--share-polling`).
 #[derive(Debug, Clone, Default)]
 pub struct SharingMetrics {
     /// Live replicas this one knows of, itself included.

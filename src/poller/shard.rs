@@ -11,8 +11,8 @@
 //! stays within one process. The hash is SHA-256, fixed across builds and platforms, so
 //! replicas of different versions during a rolling upgrade still agree.
 //!
-//! Filling these is `crate::sharing`'s job (Leases, the peer protocol); the scheduler only
-//! reads the live set and publishes what it places.
+//! Filling these is the job of the replicas' membership (Leases, the peer protocol), a layer
+//! above; the scheduler only reads the live set and publishes what it places.
 
 use std::collections::HashMap;
 use std::sync::Arc;
