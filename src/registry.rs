@@ -317,35 +317,6 @@ impl Registry {
 /// Registries built for unit tests, not through [`Registry::upsert`].
 #[cfg(test)]
 impl Registry {
-    /// A registry of bare triggers, without scale targets.
-    pub(crate) fn from_triggers(triggers: &[(TriggerId, Trigger)], interval: Duration) -> Self {
-        let registry = Self::new();
-        let mut by_object: BTreeMap<(String, String), Vec<(TriggerId, Trigger)>> = BTreeMap::new();
-        for (id, trigger) in triggers {
-            by_object
-                .entry((id.namespace.clone(), id.scaled_object.clone()))
-                .or_default()
-                .push((id.clone(), trigger.clone()));
-        }
-        for ((namespace, name), triggers) in by_object {
-            registry.upsert(Registered {
-                config: ScaledObjectConfig {
-                    name,
-                    namespace,
-                    min_replica_count: 0,
-                    max_replica_count: 100,
-                    scale_target_ref: None,
-                    triggers: Vec::new(),
-                },
-                triggers,
-                polling_interval: interval,
-                fallback: None,
-                composite: None,
-            });
-        }
-        registry
-    }
-
     /// A registry serving a fixed catalog of metrics and targets, with no objects to poll
     /// (API tests that fill the cache themselves).
     pub(crate) fn with_catalog(metrics: Vec<MetricSource>, targets: Vec<ScaleTarget>) -> Self {
