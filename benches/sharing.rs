@@ -726,13 +726,10 @@ async fn main() {
     // Graceful: the survivors of the 4 s run.
     tokio::time::sleep(interval * 2).await;
     let owner = rabbit_owner(&replicas, Instant::now() - interval).expect("an owner");
-    let mut stopping = replicas.remove(owner);
+    let stopping = replicas.remove(owner);
     let pid = stopping.pid();
     let stop_at = Instant::now();
-    let stopped = tokio::task::spawn_blocking(move || {
-        let exited = stopping.terminate(Duration::from_secs(30));
-        (stopping, exited)
-    });
+    let stopped = stopping.terminate_in_background(Duration::from_secs(30));
     let (_, first) = common::eventually(
         "another replica to poll the group after SIGTERM",
         Duration::from_secs(60),

@@ -499,16 +499,13 @@ async fn three_replicas_poll_each_group_once_and_an_hpa_keeps_scaling_through_a_
         .iter()
         .position(|r| r.pid() == owner_pid)
         .unwrap();
-    let mut stopping = replicas_now.remove(index);
+    let stopping = replicas_now.remove(index);
     // A terminating pod leaves the Service's endpoints.
     live_ports.lock().unwrap().retain(|p| *p != stopping.port);
     service.set_targets(replicas_now.iter().map(|r| r.port).collect());
     let stop_at = Instant::now();
     println!("stopping {} (SIGTERM; polls the queue)", stopping.identity);
-    let stopped = tokio::task::spawn_blocking(move || {
-        let exited = stopping.terminate(Duration::from_secs(30));
-        (stopping, exited)
-    });
+    let stopped = stopping.terminate_in_background(Duration::from_secs(30));
     let (successor, first) = common::eventually(
         "the queue's group to be polled by another replica after the SIGTERM",
         Duration::from_secs(20),

@@ -223,14 +223,7 @@ struct Fleet {
 
 impl Fleet {
     fn api(&self, namespace: &str) -> Api<DynamicObject> {
-        k8s::dynamic_api(
-            &self.admin,
-            "spillway.dev",
-            "v1alpha1",
-            "ScaledObject",
-            "scaledobjects",
-            Some(namespace),
-        )
+        k8s::scaled_objects(&self.admin, Some(namespace))
     }
 
     /// The trigger of `kind` in its `variant`: which queue, group or query, and the threshold.
@@ -851,14 +844,7 @@ async fn delete_fleet_namespaces(admin: &kube::Client, matching: impl Fn(&str) -
         .filter(|n| matching(n))
         .collect();
     for name in &names {
-        let objects = k8s::dynamic_api(
-            admin,
-            "spillway.dev",
-            "v1alpha1",
-            "ScaledObject",
-            "scaledobjects",
-            Some(name),
-        );
+        let objects = k8s::scaled_objects(admin, Some(name));
         let listed = objects
             .list_metadata(&ListParams::default())
             .await
@@ -886,14 +872,7 @@ async fn delete_fleet_namespaces(admin: &kube::Client, matching: impl Fn(&str) -
 /// The ScaledObjects outside the soak's namespaces: other tests' objects in the same cluster,
 /// which spillway registers too.
 async fn objects_of_other_tests(admin: &kube::Client) -> usize {
-    let objects = k8s::dynamic_api(
-        admin,
-        "spillway.dev",
-        "v1alpha1",
-        "ScaledObject",
-        "scaledobjects",
-        None,
-    );
+    let objects = k8s::scaled_objects(admin, None);
     objects
         .list_metadata(&ListParams::default())
         .await

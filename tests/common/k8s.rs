@@ -133,6 +133,18 @@ pub fn dynamic_api(
     }
 }
 
+/// spillway's ScaledObjects in `namespace`, or in every namespace.
+pub fn scaled_objects(client: &kube::Client, namespace: Option<&str>) -> Api<DynamicObject> {
+    dynamic_api(
+        client,
+        "spillway.dev",
+        "v1alpha1",
+        "ScaledObject",
+        "scaledobjects",
+        namespace,
+    )
+}
+
 /// A fresh namespace for one test.
 pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
     let name = super::unique_name(prefix).replace('_', "-");
@@ -764,6 +776,18 @@ impl SpillwayController {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    /// [`Self::terminate`] on a blocking thread, so the caller can watch the hand-over while
+    /// the replica stops; the replica and whether it exited in time come back.
+    pub fn terminate_in_background(
+        mut self,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<(Self, bool)> {
+        tokio::task::spawn_blocking(move || {
+            let exited = self.terminate(timeout);
+            (self, exited)
+        })
     }
 
     /// SIGKILL: no graceful release of the Lease, as in a crash.
