@@ -5,7 +5,8 @@
 //! same certificate, versions, ciphers, ALPN). Both get the same load from the same lean
 //! load generator (`support/http_load.rs`, one thread, HTTP/1.1 keep-alive, raw requests):
 //!
-//! - saturation: 16 connections each sending as soon as its last answer is in, 10 s;
+//! - saturation: 16 connections each sending as soon as its last answer is in, 10 s per
+//!   server, run as floor, spillway, spillway, floor for 5 s each so drift weighs on both;
 //! - a fixed 10,000 requests per second, open loop, 16 connections, 10 s: p50/p99;
 //!
 //! first without authentication (`--no-auth`; the floor asks for no certificate), then with
@@ -20,6 +21,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "support/http_load.rs"]
 mod http_load;
 
@@ -31,10 +34,7 @@ use std::time::Duration;
 
 use common::k8s;
 use serde_json::json;
-use tokio_rustls::rustls;
 
-/// Set in the child process that serves the floor: `<port>` or `<port>,auth`.
-const FLOOR_ENV: &str = "SPILLWAY_API_FLOOR_SERVE";
 const CONNECTIONS: usize = 16;
 const RATE: u64 = 10_000;
 const LENGTH: Duration = Duration::from_secs(10);
@@ -42,8 +42,8 @@ const NAMESPACE: &str = "bench-floor";
 const USER: &str = "bench-hpa";
 
 fn main() {
-    if let Ok(spec) = std::env::var(FLOOR_ENV) {
-        return floor::serve(&spec);
+    if floor::serve_from_env() {
+        return;
     }
     let rounds: usize = std::env::var("SPILLWAY_FLOOR_ROUNDS")
         .ok()
@@ -126,17 +126,24 @@ fn main() {
         let mut fixed = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             println!("   load: {}", load_average());
-            for (name, target, rates) in [
-                ("floor", &floor_target, &mut saturation.0),
-                ("spillway", &spillway_target, &mut saturation.1),
+            // Floor, spillway, spillway, floor, half a run each: a machine that speeds up or
+            // slows down during the round (CPU frequency, neighbours) weighs on both alike.
+            let mut rates = [0.0, 0.0];
+            for (side, name, target) in [
+                (0, "floor", &floor_target),
+                (1, "spillway", &spillway_target),
+                (1, "spillway", &spillway_target),
+                (0, "floor", &floor_target),
             ] {
-                let summary = http_load::run(target, CONNECTIONS, None, LENGTH, 1);
+                let summary = http_load::run(target, CONNECTIONS, None, LENGTH / 2, 1);
                 println!(
                     "{}",
                     summary.line(&format!("{mode}, {name}, saturation, round {round}"))
                 );
-                rates.push(summary.rate());
+                rates[side] += summary.rate() / 2.0;
             }
+            saturation.0.push(rates[0]);
+            saturation.1.push(rates[1]);
             for (name, target, p99s) in [
                 ("floor", &floor_target, &mut fixed.0),
                 ("spillway", &spillway_target, &mut fixed.1),
@@ -154,10 +161,10 @@ fn main() {
             }
             if !auth
                 && let Some((floor, spillway)) =
-                    wrk(floor_port, &path).zip(wrk(spillway_port, &path))
+                    wrk_floor_then_spillway(floor_port, spillway_port, &path)
             {
                 println!(
-                    "{mode}, wrk -t1 -c{CONNECTIONS} -d{}s, round {round}: floor {floor:.0} req/s, spillway {spillway:.0} req/s, {:.2}x",
+                    "{mode}, wrk -t1 -c{CONNECTIONS}, {} s each, round {round}: floor {floor:.0} req/s, spillway {spillway:.0} req/s, {:.2}x",
                     LENGTH.as_secs(),
                     spillway / floor
                 );
@@ -208,18 +215,7 @@ struct Server(Child);
 
 impl Server {
     fn floor(port: u16, auth: bool) -> Self {
-        let spec = if auth {
-            format!("{port},auth")
-        } else {
-            port.to_string()
-        };
-        Self(
-            Command::new(std::env::current_exe().unwrap())
-                .env(FLOOR_ENV, spec)
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start the floor server"),
-        )
+        Self(floor::start(port, auth))
     }
 
     fn spillway(config: &std::path::Path, auth: bool) -> Self {
@@ -248,13 +244,21 @@ impl Drop for Server {
     }
 }
 
-/// `wrk`'s requests per second at saturation against `port`, when wrk is installed.
+/// `wrk`'s requests per second at saturation against the floor and spillway, when wrk is
+/// installed, in the same floor, spillway, spillway, floor order as our own load.
+fn wrk_floor_then_spillway(floor_port: u16, spillway_port: u16, path: &str) -> Option<(f64, f64)> {
+    let floor = wrk(floor_port, path)?;
+    let spillway = wrk(spillway_port, path)? + wrk(spillway_port, path)?;
+    Some(((floor + wrk(floor_port, path)?) / 2.0, spillway / 2.0))
+}
+
+/// `wrk`'s requests per second at saturation against `port` for half a run.
 fn wrk(port: u16, path: &str) -> Option<f64> {
     let output = Command::new("wrk")
         .args([
             "-t1".to_owned(),
             format!("-c{CONNECTIONS}"),
-            format!("-d{}s", LENGTH.as_secs()),
+            format!("-d{}s", (LENGTH / 2).as_secs()),
             format!("https://127.0.0.1:{port}{path}"),
         ])
         .output()
@@ -272,98 +276,4 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-/// The floor: what serving one fixed answer over spillway's TLS setup costs, and nothing else.
-mod floor {
-    use super::*;
-    use axum::Router;
-    use axum::http::{HeaderMap, StatusCode, header};
-    use axum::response::IntoResponse;
-    use axum::routing::get;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-    use spillway::api::external::{ExternalMetricValue, ExternalMetricValueList};
-
-    pub fn serve(spec: &str) {
-        let (port, auth) = match spec.split_once(',') {
-            Some((port, _)) => (port, true),
-            None => (spec, false),
-        };
-        let port: u16 = port.parse().expect("floor port");
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(run(port, auth));
-    }
-
-    async fn run(port: u16, auth: bool) {
-        let files = spillway::config::TlsFiles {
-            cert_file: k8s::pki("spillway-serving.crt"),
-            key_file: k8s::pki("spillway-serving.key"),
-        };
-        let verifier = auth.then(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(
-                std::fs::File::open(k8s::pki("front-proxy-ca.crt")).unwrap(),
-            )) {
-                roots.add(cert.unwrap()).unwrap();
-            }
-            // As spillway's: asked for, checked when given, not mandatory at the TLS layer.
-            rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                Arc::new(rustls::crypto::ring::default_provider()),
-            )
-            .allow_unauthenticated()
-            .build()
-            .unwrap()
-        });
-        let tls = spillway::api::tls_config(Some(&files), verifier).expect("TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let answer = ExternalMetricValueList {
-            kind: "ExternalMetricValueList",
-            api_version: spillway::api::external::GROUP_VERSION,
-            metadata: serde_json::Map::new(),
-            items: vec![ExternalMetricValue {
-                metric_name: "so-0".into(),
-                metric_labels: [("scaledobject.spillway.dev/name".into(), "so-0".into())].into(),
-                timestamp: "2026-12-04T00:00:00Z".into(),
-                value: "3".into(),
-            }],
-        };
-        let body = bytes::Bytes::from(serde_json::to_vec(&answer).unwrap());
-        let app = Router::new().route(
-            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
-            get(move |headers: HeaderMap| {
-                let body = body.clone();
-                async move {
-                    if auth && !headers.contains_key("x-remote-user") {
-                        return StatusCode::UNAUTHORIZED.into_response();
-                    }
-                    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("bind the floor port");
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if auth && stream.get_ref().1.peer_certificates().is_none() {
-                    return;
-                }
-                let _ = Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
-                    .await;
-            });
-        }
-    }
 }

@@ -12,10 +12,15 @@
 //! capped the figures at about 6,000 requests per second). Two runs, each twice: a fixed rate
 //! of 10,000 requests per second for 20 s, open loop (latency counted from when each request
 //! was due, so a stall is not hidden by the clients waiting on it), then saturation (every
-//! client sends as fast as answers come, 10 s). Figures only.
+//! client sends as fast as answers come, 10 s). Each run goes first to the floor
+//! (`support/floor.rs`: a bare axum + rustls server with the same TLS setup and front-proxy
+//! certificate check, answering a fixed list), started beside spillway while spillway polls,
+//! so the table shows what this machine allows any server under the same load. Figures only.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "support/http_load.rs"]
 mod http_load;
 
@@ -54,8 +59,16 @@ fn config(ns: &str, prometheus: &str, port: u16, metrics_port: u16) -> String {
     text
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    if floor::serve_from_env() {
+        return;
+    }
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_bench());
+}
+
+async fn run_bench() {
     let admin = k8s::admin().await;
     k8s::install_spillway_access(&admin).await;
     let ns = k8s::namespace(&admin, "bench-load").await;
@@ -117,30 +130,86 @@ async fn main() {
             http_load::Target::new(addr, Arc::clone(&tls), std::slice::from_ref(path), &headers);
         http_load::wait_ready(&one, Duration::from_secs(60)).await;
     }
+    // The floor under the same load, while spillway runs and polls beside it: what this
+    // machine allows any server.
+    let floor_port = common::free_port();
+    let mut floor_server = floor::start(floor_port, true);
+    let floor_target = http_load::Target::new(
+        SocketAddr::from(([127, 0, 0, 1], floor_port)),
+        Arc::clone(&tls),
+        &paths,
+        &headers,
+    );
+    http_load::wait_ready(&floor_target, Duration::from_secs(30)).await;
     let target = http_load::Target::new(addr, tls, &paths, &headers);
-    let run = |rate, length| {
+    let run = |target: &http_load::Target, rate, length| {
         let target = target.clone();
         tokio::task::spawn_blocking(move || http_load::run(&target, CLIENTS, rate, length, 1))
     };
     // Connections, the SubjectAccessReview cache and the allocator warm.
-    run(Some(1_000), Duration::from_secs(2)).await.unwrap();
+    run(&floor_target, Some(1_000), Duration::from_secs(2))
+        .await
+        .unwrap();
+    run(&target, Some(1_000), Duration::from_secs(2))
+        .await
+        .unwrap();
 
     println!(
         "metrics API under load: {SCALED_OBJECTS} triggers polled every 5 s, {CLIENTS} clients with the front-proxy certificate, one keep-alive connection each, one load thread"
     );
+    let mut table = Vec::new();
     for round in 1..=2 {
         println!("load average: {}", load_average());
-        let fixed = run(Some(RATE), FIXED_RATE_FOR).await.unwrap();
+        let mut row = Vec::new();
+        for (name, server) in [("floor", &floor_target), ("spillway", &target)] {
+            let fixed = run(server, Some(RATE), FIXED_RATE_FOR).await.unwrap();
+            println!(
+                "{}",
+                fixed.line(&format!(
+                    "{name}, fixed rate 10,000 req/s, 20 s, round {round}"
+                ))
+            );
+            row.push((
+                fixed.quantile_ms(0.5),
+                fixed.quantile_ms(0.99),
+                fixed.errors,
+            ));
+        }
+        for (name, server) in [("floor", &floor_target), ("spillway", &target)] {
+            let saturation = run(server, None, SATURATION_FOR).await.unwrap();
+            println!(
+                "{}",
+                saturation.line(&format!("{name}, saturation, 10 s, round {round}"))
+            );
+            row.push((
+                saturation.rate(),
+                saturation.quantile_ms(0.99),
+                saturation.errors,
+            ));
+        }
+        table.push(row);
+    }
+    println!();
+    println!(
+        "| round | 10,000 req/s p50 / p99, floor | spillway | errors | saturation req/s, floor | spillway |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (round, row) in table.iter().enumerate() {
         println!(
-            "{}",
-            fixed.line(&format!("fixed rate 10,000 req/s, 20 s, round {round}"))
-        );
-        let saturation = run(None, SATURATION_FOR).await.unwrap();
-        println!(
-            "{}",
-            saturation.line(&format!("saturation, 10 s, round {round}"))
+            "| {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {} / {} | {:.0} | {:.0} |",
+            round + 1,
+            row[0].0,
+            row[0].1,
+            row[1].0,
+            row[1].1,
+            row[0].2,
+            row[1].2,
+            row[2].0,
+            row[3].0
         );
     }
+    let _ = floor_server.kill();
+    let _ = floor_server.wait();
     let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
         .await
         .unwrap()

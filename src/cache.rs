@@ -359,6 +359,23 @@ impl MetricCache {
             .is_some_and(|state| state.is_for_spec(version))
     }
 
+    /// What `read` makes of `id`'s state when it was read with spec `version`, without cloning
+    /// the state: what the metrics API does on every request.
+    pub fn read_for_spec<R>(
+        &self,
+        id: &TriggerId,
+        version: u64,
+        read: impl FnOnce(&TriggerState) -> R,
+    ) -> Option<R> {
+        self.entries
+            .read()
+            .expect("cache lock")
+            .states
+            .get(id)
+            .filter(|state| state.is_for_spec(version))
+            .map(read)
+    }
+
     /// One trigger's state.
     pub fn get(&self, id: &TriggerId) -> Option<TriggerState> {
         self.entries

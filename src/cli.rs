@@ -14,7 +14,8 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SPILLWAY_LOG_FORMAT")]
     pub log_format: LogFormat,
 
-    /// Log filter in RUST_LOG syntax, e.g. `info` or `spillway=debug,rdkafka=warn`.
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `spillway=debug,rdkafka=warn`. rustls is
+    /// held to errors unless the filter names it (its warnings are about what peers send).
     #[arg(
         long,
         global = true,

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -187,15 +187,20 @@ impl Connections {
 
     /// Serves `app` on `io` until the client closes, the connection has been idle for the
     /// idle timeout, or shutdown asks it to finish (its requests in flight are answered).
-    pub async fn serve<I>(
+    pub async fn serve<I, S>(
         &self,
         mut admitted: Admitted,
         builder: &Builder<TokioExecutor>,
         io: I,
-        app: Router,
+        app: S,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: tower::Service<Request, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
     {
         let activity = Arc::new(Activity::new());
         let tracked = Arc::clone(&activity);

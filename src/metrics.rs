@@ -92,6 +92,22 @@ struct RequestLabels {
     code: u16,
 }
 
+/// One route and code's request series: `spillway_api_request_duration_seconds` and
+/// `spillway_api_requests_total`, shared with the registry.
+#[derive(Debug, Clone)]
+pub struct RequestSeries {
+    duration: Histogram,
+    count: Counter,
+}
+
+impl RequestSeries {
+    /// Counts one request that took `took`.
+    pub fn observe(&self, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+        self.count.inc();
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconcileLabels {
     /// `ok` or `error`.
@@ -633,14 +649,20 @@ impl Metrics {
 
     /// Counts one answered API request.
     pub fn observe_request(&self, route: &str, code: StatusCode, took: Duration) {
+        self.request_series(route, code).observe(took);
+    }
+
+    /// The series of requests to `route` answered `code`, held by a caller that counts many
+    /// (the value route), so each request costs no label lookup.
+    pub fn request_series(&self, route: &str, code: StatusCode) -> RequestSeries {
         let labels = RequestLabels {
             route: route.to_owned(),
             code: code.as_u16(),
         };
-        self.api_request_duration
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        self.api_requests.get_or_create(&labels).inc();
+        RequestSeries {
+            duration: self.api_request_duration.get_or_create(&labels).clone(),
+            count: self.api_requests.get_or_create(&labels).clone(),
+        }
     }
 
     /// Every series in the OpenMetrics text format, ending in `# EOF`.

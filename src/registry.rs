@@ -126,9 +126,49 @@ pub struct Served {
     /// topic, query), so a reading of the old spec is never served for the new one. The
     /// poller reads with it and the cache keeps it beside each reading.
     pub spec_versions: HashMap<TriggerId, u64>,
+    /// Positions in `metrics` by namespace and served name: what a value request looks up,
+    /// rather than scanning every trigger of the cluster.
+    metrics_by_namespace: HashMap<String, NamespaceMetrics>,
+}
+
+/// One namespace's positions in [`Served::metrics`].
+#[derive(Debug, Default)]
+struct NamespaceMetrics {
+    /// Every trigger's, in order.
+    all: Vec<usize>,
+    /// By main metric name.
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl NamespaceMetrics {
+    /// The positions of `metrics` by namespace.
+    fn index(metrics: &[MetricSource]) -> HashMap<String, Self> {
+        let mut by_namespace: HashMap<String, Self> = HashMap::new();
+        for (position, source) in metrics.iter().enumerate() {
+            let index = by_namespace.entry(source.id.namespace.clone()).or_default();
+            index.all.push(position);
+            index
+                .by_name
+                .entry(source.metric.clone())
+                .or_default()
+                .push(position);
+        }
+        by_namespace
+    }
 }
 
 impl Served {
+    /// The metric sources of `namespace` a request for `metric` may mean: those whose main
+    /// metric it is when any is, else every one of the namespace (`metric` may be an extra,
+    /// `<main>-<suffix>`, which only a reading confirms).
+    pub fn metric_sources(&self, namespace: &str, metric: &str) -> Vec<&MetricSource> {
+        let Some(index) = self.metrics_by_namespace.get(namespace) else {
+            return Vec::new();
+        };
+        let positions = index.by_name.get(metric).unwrap_or(&index.all);
+        positions.iter().map(|&i| &self.metrics[i]).collect()
+    }
+
     fn build(
         objects: BTreeMap<(String, String), Arc<Registered>>,
         spec_versions: HashMap<TriggerId, u64>,
@@ -178,6 +218,7 @@ impl Served {
             }
         }
         Self {
+            metrics_by_namespace: NamespaceMetrics::index(&metrics),
             objects,
             metrics: metrics.into(),
             targets: targets.into(),
@@ -324,6 +365,7 @@ impl Registry {
             state: Mutex::new(RegistryState {
                 view: Some(Arc::new(Served {
                     objects: BTreeMap::new(),
+                    metrics_by_namespace: NamespaceMetrics::index(&metrics),
                     metrics: metrics.into(),
                     targets: targets.into(),
                     composites: Arc::new([]),
@@ -414,5 +456,37 @@ mod tests {
         assert!(!registry.remove("default", "a"));
         assert_eq!(registry.served().metrics.len(), 1);
         assert_eq!(served.metrics.len(), 2, "an old view is unchanged");
+    }
+
+    #[test]
+    fn metric_sources_are_found_by_namespace_and_name() {
+        let registry = Registry::new();
+        // The same cron window: one metric name for both objects.
+        registry.upsert(object("a", None));
+        registry.upsert(object("b", None));
+        let served = registry.served();
+        let metric = served.metrics[0].metric.clone();
+        let objects = |sources: Vec<&MetricSource>| {
+            sources
+                .iter()
+                .map(|s| s.id.scaled_object.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            objects(served.metric_sources("default", &metric)),
+            ["a", "b"]
+        );
+        // Maybe an extra of one of them: every trigger of the namespace, for the lookup to
+        // decide from readings.
+        assert_eq!(
+            objects(served.metric_sources("default", &format!("{metric}-lag"))),
+            ["a", "b"]
+        );
+        assert!(served.metric_sources("other", &metric).is_empty());
+        registry.remove("default", "a");
+        assert_eq!(
+            objects(registry.served().metric_sources("default", &metric)),
+            ["b"]
+        );
     }
 }

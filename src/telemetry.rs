@@ -31,9 +31,11 @@ pub enum TelemetryError {
 
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (`info`, `spillway=debug,rdkafka=warn`).
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
-    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
-        filter: filter.to_owned(),
-        source,
+    let env_filter = EnvFilter::try_new(with_peer_noise_quieted(filter)).map_err(|source| {
+        TelemetryError::Filter {
+            filter: filter.to_owned(),
+            source,
+        }
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
@@ -50,4 +52,34 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryErro
             .try_init(),
     };
     installed.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+/// `filter` with rustls held to errors unless the filter names rustls itself. rustls warns
+/// once per handshake about what the peer sent (an IP address as SNI, for one, which curl and
+/// wrk send): any client could otherwise write a warning per connection into spillway's log.
+/// Failed handshakes are still logged (at debug) by the metrics API itself.
+fn with_peer_noise_quieted(filter: &str) -> String {
+    if filter.contains("rustls") {
+        filter.to_owned()
+    } else if filter.trim().is_empty() {
+        "rustls=error".to_owned()
+    } else {
+        format!("{filter},rustls=error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustls_is_quieted_unless_the_filter_names_it() {
+        assert_eq!(with_peer_noise_quieted("info"), "info,rustls=error");
+        assert_eq!(with_peer_noise_quieted(""), "rustls=error");
+        assert_eq!(
+            with_peer_noise_quieted("warn,rustls=debug"),
+            "warn,rustls=debug"
+        );
+        assert!(EnvFilter::try_new(with_peer_noise_quieted("info,lapin=off")).is_ok());
+    }
 }

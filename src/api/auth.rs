@@ -21,7 +21,7 @@
 //! X-Remote-* headers from anyone but a verified front proxy are ignored: they would let any
 //! client claim any identity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,9 @@ const AUTHENTICATED_GROUP: &str = "system:authenticated";
 const REVIEW_TTL: Duration = Duration::from_secs(10);
 /// A review kube-apiserver has not answered by then fails the request instead of holding it.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long before a cached decision expires a request for it has it reviewed again in the
+/// background.
+const REFRESH_AHEAD: Duration = Duration::from_secs(3);
 /// Decisions kept; beyond that the least recently used is dropped. Only authenticated callers
 /// reach it, so nobody can flood it with made-up identities.
 const CACHE_CAPACITY: usize = 4096;
@@ -373,7 +376,7 @@ pub struct Authenticator {
     client: kube::Client,
     verifiers: RwLock<Arc<Verifiers>>,
     tokens: TokenReviews,
-    decisions: Mutex<ExpiringLru<String, Result<(), String>>>,
+    decisions: Arc<Mutex<Decisions>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -409,7 +412,10 @@ impl Authenticator {
             client,
             verifiers: RwLock::new(Arc::new(Verifiers::new(config)?)),
             tokens: TokenReviews::new(metrics),
-            decisions: Mutex::new(ExpiringLru::new(CACHE_CAPACITY)),
+            decisions: Arc::new(Mutex::new(Decisions {
+                cached: ExpiringLru::new(CACHE_CAPACITY),
+                refreshing: HashSet::new(),
+            })),
         }))
     }
 
@@ -526,7 +532,8 @@ impl Authenticator {
         {
             return Ok(Ok(()));
         }
-        let spec = SubjectAccessReviewSpec {
+        let key = decision_key(user, attributes);
+        let spec = || SubjectAccessReviewSpec {
             user: Some(user.name.clone()),
             uid: user.uid.clone(),
             groups: Some(user.groups.clone()),
@@ -534,54 +541,134 @@ impl Authenticator {
             resource_attributes: attributes.resource.clone(),
             non_resource_attributes: attributes.non_resource.clone(),
         };
-        let key = serde_json::to_string(&spec).expect("a review spec serializes");
-        let cached = self
-            .decisions
+        let now = Instant::now();
+        let cached = {
+            let mut decisions = self.decisions.lock().expect("decision cache lock");
+            let cached = decisions
+                .cached
+                .get_until(&key, now)
+                .map(|(decision, until)| (decision.clone(), until));
+            // Asked again near its expiry: reviewed again in the background while the cached
+            // decision still holds, so a steady caller never waits on a review. Never served
+            // past its expiry: a revoked permission still ends within REVIEW_TTL.
+            if let Some((_, until)) = &cached
+                && *until - now < REFRESH_AHEAD
+                && decisions.refreshing.insert(key)
+            {
+                let (client, decisions, spec) =
+                    (self.client.clone(), Arc::clone(&self.decisions), spec());
+                tokio::spawn(async move {
+                    let reviewed = review(client, spec).await;
+                    let mut decisions = decisions.lock().expect("decision cache lock");
+                    decisions.refreshing.remove(&key);
+                    match reviewed {
+                        Ok(decision) => {
+                            decisions
+                                .cached
+                                .put(key, decision, Instant::now() + REVIEW_TTL)
+                        }
+                        Err(status) => tracing::debug!(
+                            message = %status.message,
+                            "a SubjectAccessReview ahead of expiry failed; the cached decision expires as due"
+                        ),
+                    }
+                });
+            }
+            cached
+        };
+        if let Some((decision, _)) = cached {
+            return Ok(decision);
+        }
+        let decision = review(self.client.clone(), spec()).await?;
+        self.decisions
             .lock()
             .expect("decision cache lock")
-            .get(&key, Instant::now())
-            .cloned();
-        let decision = match cached {
-            Some(decision) => decision,
-            None => {
-                let review = SubjectAccessReview {
-                    spec,
-                    ..Default::default()
-                };
-                let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-                let answer = tokio::time::timeout(
-                    REVIEW_TIMEOUT,
-                    api.create(&PostParams::default(), &review),
-                )
-                .await;
-                let status = match answer {
-                    Ok(Ok(review)) => review.status.unwrap_or_default(),
-                    Ok(Err(err)) => {
-                        return Err(Status::internal(format!(
-                            "cannot authorize: SubjectAccessReview failed: {err}"
-                        )));
-                    }
-                    Err(_) => {
-                        return Err(Status::internal(format!(
-                            "cannot authorize: SubjectAccessReview did not answer within {REVIEW_TIMEOUT:?}"
-                        )));
-                    }
-                };
-                let decision = if status.allowed && !status.denied.unwrap_or(false) {
-                    Ok(())
-                } else {
-                    Err(status.reason.unwrap_or_default())
-                };
-                self.decisions.lock().expect("decision cache lock").put(
-                    key,
-                    decision.clone(),
-                    Instant::now() + REVIEW_TTL,
-                );
-                decision
-            }
-        };
+            .cached
+            .put(key, decision.clone(), Instant::now() + REVIEW_TTL);
         Ok(decision)
     }
+}
+
+/// Cached SubjectAccessReview decisions by [`decision_key`], and the keys being reviewed again
+/// ahead of their expiry.
+#[derive(Debug)]
+struct Decisions {
+    cached: ExpiringLru<DecisionKey, Result<(), String>>,
+    refreshing: HashSet<DecisionKey>,
+}
+
+/// One SubjectAccessReview: `Ok(Ok(()))` allowed, `Ok(Err(reason))` denied, `Err` when
+/// kube-apiserver gave no answer.
+async fn review(
+    client: kube::Client,
+    spec: SubjectAccessReviewSpec,
+) -> Result<Result<(), String>, Status> {
+    let review = SubjectAccessReview {
+        spec,
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client);
+    let answer =
+        tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review)).await;
+    let status = match answer {
+        Ok(Ok(review)) => review.status.unwrap_or_default(),
+        Ok(Err(err)) => {
+            return Err(Status::internal(format!(
+                "cannot authorize: SubjectAccessReview failed: {err}"
+            )));
+        }
+        Err(_) => {
+            return Err(Status::internal(format!(
+                "cannot authorize: SubjectAccessReview did not answer within {REVIEW_TIMEOUT:?}"
+            )));
+        }
+    };
+    Ok(if status.allowed && !status.denied.unwrap_or(false) {
+        Ok(())
+    } else {
+        Err(status.reason.unwrap_or_default())
+    })
+}
+
+/// What a cached decision is found by: the SHA-256 of everything a SubjectAccessReview asks
+/// (user, uid, groups, extra, attributes) in JSON, an unambiguous encoding. Computed without
+/// building the review, since every authorized request looks its decision up.
+type DecisionKey = [u8; 32];
+
+fn decision_key(user: &UserInfo, attributes: &RequestAttributes) -> DecisionKey {
+    #[derive(serde::Serialize)]
+    struct Asked<'a> {
+        user: &'a str,
+        uid: &'a Option<String>,
+        groups: &'a [String],
+        extra: &'a BTreeMap<String, Vec<String>>,
+        resource: &'a Option<ResourceAttributes>,
+        non_resource: &'a Option<NonResourceAttributes>,
+    }
+    /// Feeds what is written into the digest.
+    struct Digesting(ring::digest::Context);
+    impl std::io::Write for Digesting {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let asked = Asked {
+        user: &user.name,
+        uid: &user.uid,
+        groups: &user.groups,
+        extra: &user.extra,
+        resource: &attributes.resource,
+        non_resource: &attributes.non_resource,
+    };
+    let mut digesting = Digesting(ring::digest::Context::new(&ring::digest::SHA256));
+    serde_json::to_writer(&mut digesting, &asked).expect("review attributes serialize");
+    let mut key = [0; 32];
+    key.copy_from_slice(digesting.0.finish().as_ref());
+    key
 }
 
 /// One TokenReview: the user, or why the token is not valid; `Err` without an answer.
@@ -856,24 +943,47 @@ pub async fn require_authorization(
     request: Request,
     next: Next,
 ) -> Response {
-    let path = request.uri().path().to_owned();
-    if ALWAYS_ALLOWED_PATHS.contains(&path.as_str()) {
-        return next.run(request).await;
-    }
     let certs = request.extensions().get::<ClientCertificates>();
-    let user = match auth.authenticate(certs, request.headers()).await {
-        Ok(user) => user,
-        Err(status) => {
-            tracing::info!(%path, message = %status.message, "unauthenticated request refused");
-            return status.into_response();
-        }
-    };
-    if let Err(status) = auth.authorize(&user, request.method(), &path).await {
-        tracing::info!(%path, user = %user.name, code = status.code.as_u16(), message = %status.message, "request refused");
-        return status.into_response();
+    match auth
+        .admit(
+            certs,
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+        )
+        .await
+    {
+        Ok(()) => next.run(request).await,
+        Err(status) => status.into_response(),
     }
-    tracing::trace!(%path, user = %user.name, "authorized");
-    next.run(request).await
+}
+
+impl Authenticator {
+    /// What [`require_authorization`] checks, for callers outside the Router (the value
+    /// route): health paths pass; anyone else is authenticated and authorized, and a refusal
+    /// is logged and returned as its Status.
+    pub async fn admit(
+        &self,
+        certs: Option<&ClientCertificates>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), Status> {
+        if ALWAYS_ALLOWED_PATHS.contains(&path) {
+            return Ok(());
+        }
+        let user = self
+            .authenticate(certs, headers)
+            .await
+            .inspect_err(|status| {
+                tracing::info!(%path, message = %status.message, "unauthenticated request refused");
+            })?;
+        self.authorize(&user, method, path).await.inspect_err(|status| {
+            tracing::info!(%path, user = %user.name, code = status.code.as_u16(), message = %status.message, "request refused");
+        })?;
+        tracing::trace!(%path, user = %user.name, "authorized");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -959,6 +1069,53 @@ mod tests {
             err.contains("requestheader-allowed-names: not a JSON list"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn decisions_are_keyed_by_everything_a_review_asks() {
+        let user = |name: &str, groups: &[&str]| UserInfo {
+            name: name.into(),
+            uid: None,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            extra: BTreeMap::new(),
+        };
+        let path = |p: &str| RequestAttributes::from_request(&Method::GET, p);
+        let values = "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/s0-lag";
+        let hpa = user("hpa", &["system:authenticated"]);
+        let key = decision_key(&hpa, &path(values));
+        assert_eq!(key, decision_key(&hpa, &path(values)), "stable");
+        let mut with_extra = hpa.clone();
+        with_extra.extra.insert("scopes".into(), vec!["x".into()]);
+        let mut with_uid = hpa.clone();
+        with_uid.uid = Some("1".into());
+        for (what, other) in [
+            (
+                "another user",
+                decision_key(&user("hpb", &["system:authenticated"]), &path(values)),
+            ),
+            (
+                "another group",
+                decision_key(&user("hpa", &["system:masters"]), &path(values)),
+            ),
+            // Names that run together the same way must not collide.
+            (
+                "regrouped",
+                decision_key(&user("hpa", &["system:", "authenticated"]), &path(values)),
+            ),
+            ("an extra", decision_key(&with_extra, &path(values))),
+            ("a uid", decision_key(&with_uid, &path(values))),
+            (
+                "another namespace",
+                decision_key(&hpa, &path(&values.replace("shop", "bank"))),
+            ),
+            (
+                "another metric",
+                decision_key(&hpa, &path(&values.replace("s0-lag", "s1-lag"))),
+            ),
+            ("a non-resource path", decision_key(&hpa, &path("/apis"))),
+        ] {
+            assert_ne!(key, other, "{what}");
+        }
     }
 
     fn proxy_config() -> AuthenticationConfig {

@@ -17,7 +17,7 @@ use super::AppState;
 use super::status::Status;
 use super::values::{self, Miss};
 use crate::composite::COMPOSITE_METRIC;
-use crate::registry::{CompositeSource, MetricSource};
+use crate::registry::CompositeSource;
 
 /// The API group and version this module serves.
 pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
@@ -51,7 +51,18 @@ pub async fn get_metric(
     RawQuery(query): RawQuery,
 ) -> Result<Json<ExternalMetricValueList>, Status> {
     let Path((namespace, metric)) = path.map_err(values::bad_path)?;
-    let answer = metric_values(&state, &namespace, &metric, query.as_deref()).await;
+    answer(&state, &namespace, &metric, query.as_deref()).await
+}
+
+/// [`metric_values`] as the answer to a request, logged: what both the Router's route and
+/// the value route ([`super::value_route`]) send.
+pub async fn answer(
+    state: &AppState,
+    namespace: &str,
+    metric: &str,
+    query: Option<&str>,
+) -> Result<Json<ExternalMetricValueList>, Status> {
+    let answer = metric_values(state, namespace, metric, query).await;
     values::log_answer(
         format_args!("{GROUP_VERSION}/namespaces/{namespace}/{metric}"),
         answer.as_ref().map(|list| list.items.len()),
@@ -78,11 +89,8 @@ pub async fn metric_values(
             served.iter().filter(|c| c.namespace == namespace).collect();
         values::lookup_composite(state, &composites, &selector).await
     } else {
-        let metrics = state.metrics();
-        let sources: Vec<&MetricSource> = metrics
-            .iter()
-            .filter(|s| s.id.namespace == namespace)
-            .collect();
+        let served = state.registry.served();
+        let sources = served.metric_sources(namespace, metric);
         values::lookup(state, &sources, metric, &selector).await
     };
     let found = found.map_err(|miss| match miss {

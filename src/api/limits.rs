@@ -37,16 +37,7 @@ pub fn configure_connections(builder: &mut Builder<TokioExecutor>) {
 /// Router middleware: 431 for oversized headers, 413 for an oversized body (declared or
 /// streamed), 400 for a malformed `Content-Length`; a small body is read whole and passed on.
 pub async fn limit_requests(request: Request, next: Next) -> Response {
-    let header_bytes = request
-        .uri()
-        .path_and_query()
-        .map_or(0, |p| p.as_str().len())
-        + request
-            .headers()
-            .iter()
-            // ": " and CRLF around each header, as on the wire.
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum::<usize>();
+    let header_bytes = header_bytes(&request);
     if header_bytes > MAX_HEADER_BYTES {
         return Status::header_fields_too_large(format!(
             "the request line and headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
@@ -89,6 +80,20 @@ pub async fn limit_requests(request: Request, next: Next) -> Response {
         }
     }
     next.run(Request::from_parts(parts, Body::from(kept))).await
+}
+
+/// The bytes of `request`'s path, query and headers, counted as on the wire.
+pub fn header_bytes<B>(request: &axum::http::Request<B>) -> usize {
+    request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len())
+        + request
+            .headers()
+            .iter()
+            // ": " and CRLF around each header, as on the wire.
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
 }
 
 fn too_large() -> Status {

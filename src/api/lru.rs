@@ -29,6 +29,11 @@ impl<K: std::hash::Hash + Eq + Clone, V> ExpiringLru<K, V> {
     /// The value of `key` if it has not expired at `now` (an expired one is dropped); a hit
     /// counts as a use.
     pub fn get(&mut self, key: &K, now: Instant) -> Option<&V> {
+        self.get_until(key, now).map(|(value, _)| value)
+    }
+
+    /// [`Self::get`], with when the value expires.
+    pub fn get_until(&mut self, key: &K, now: Instant) -> Option<(&V, Instant)> {
         let (_, until, _) = self.entries.get(key)?;
         if *until <= now {
             self.remove(key);
@@ -39,7 +44,9 @@ impl<K: std::hash::Hash + Eq + Clone, V> ExpiringLru<K, V> {
         self.order.remove(used);
         *used = self.stamp;
         self.order.insert(self.stamp, key.clone());
-        self.entries.get(key).map(|(value, _, _)| value)
+        self.entries
+            .get(key)
+            .map(|(value, until, _)| (value, *until))
     }
 
     /// Stores `value` for `key` until `until`, dropping the least recently used beyond the

@@ -23,6 +23,7 @@ pub mod selector;
 pub mod serving_cert;
 pub mod status;
 pub mod token_reviews;
+pub mod value_route;
 pub mod values;
 
 use std::future::Future;
@@ -382,6 +383,7 @@ pub async fn serve(
         state.own_metrics.connections_refused("api", "client"),
     );
     let own_metrics = Arc::clone(&state.own_metrics);
+    let values = Arc::new(value_route::ValueRoute::new(state.clone(), auth.clone()));
     let app = match auth {
         Some(auth) => authenticated_router(state, auth),
         None => router(state),
@@ -405,6 +407,7 @@ pub async fn serve(
         .await
     {
         let (acceptor, app, health) = (acceptor.clone(), app.clone(), health.clone());
+        let values = Arc::clone(&values);
         let connections = Arc::clone(&connections);
         // The handshake runs in the connection's task so one slow client never stalls accept.
         tokio::spawn(async move {
@@ -417,8 +420,7 @@ pub async fn serve(
                 Ok(Some(TLS_HANDSHAKE)) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            // The verified chain, for the authenticator: per connection, since
-                            // a front proxy keeps its connection for many users' requests.
+                            // The verified chain, for the authenticator.
                             let certs = auth::ClientCertificates::new(
                                 stream
                                     .get_ref()
@@ -427,7 +429,7 @@ pub async fn serve(
                                     .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                                     .unwrap_or_default(),
                             );
-                            let app = app.layer(axum::Extension(certs));
+                            let app = value_route::ApiService::new(values, app, certs);
                             connections.serve(admitted, &builder, stream, app).await
                         }
                         Ok(Err(err)) => {

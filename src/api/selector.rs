@@ -35,13 +35,18 @@ impl Requirement {
     /// Whether `labels` meet this requirement; `!=` and `notin` hold when the label is absent,
     /// as in Kubernetes.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_label(|key| labels.get(key).map(String::as_str))
+    }
+
+    /// [`Self::matches`] over labels read by `label` (a key's value, `None` when absent).
+    pub fn matches_label<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         match self {
-            Self::Equals(k, v) => labels.get(k) == Some(v),
-            Self::NotEquals(k, v) => labels.get(k) != Some(v),
-            Self::In(k, set) => labels.get(k).is_some_and(|v| set.contains(v)),
-            Self::NotIn(k, set) => labels.get(k).is_none_or(|v| !set.contains(v)),
-            Self::Exists(k) => labels.contains_key(k),
-            Self::DoesNotExist(k) => !labels.contains_key(k),
+            Self::Equals(k, v) => label(k) == Some(v),
+            Self::NotEquals(k, v) => label(k) != Some(v),
+            Self::In(k, set) => label(k).is_some_and(|v| set.iter().any(|s| s == v)),
+            Self::NotIn(k, set) => label(k).is_none_or(|v| !set.iter().any(|s| s == v)),
+            Self::Exists(k) => label(k).is_some(),
+            Self::DoesNotExist(k) => label(k).is_none(),
         }
     }
 }
@@ -57,6 +62,11 @@ impl Selector {
     /// Whether `labels` meet every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
+    }
+
+    /// Whether the labels `label` reads meet every requirement: [`Self::matches`] without a map.
+    pub fn matches_label<'a>(&self, label: impl Fn(&str) -> Option<&'a str> + Copy) -> bool {
+        self.requirements.iter().all(|r| r.matches_label(label))
     }
 
     /// Parses a selector string; an empty or blank string selects everything.

@@ -111,14 +111,51 @@ async fn send(method: &str, uri: &str) -> (StatusCode, Value) {
 
 /// One request through the router of `state`: code, headers and the body as JSON (or as a
 /// JSON string when it is not JSON).
+///
+/// Every request goes both through what a connection is served (the value route, then the
+/// Router) and through the Router alone, and both answers must be the same bytes.
 async fn call(
     state: &AppState,
     request: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let response = router(state.clone()).oneshot(request).await.unwrap();
-    let code = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let again = || {
+        let mut request = Request::new(Body::from(body.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        request
+    };
+    let answer = |response: axum::response::Response| async move {
+        let (parts, body) = response.into_parts();
+        (parts, body.collect().await.unwrap().to_bytes())
+    };
+    let values = Arc::new(super::value_route::ValueRoute::new(state.clone(), None));
+    let service =
+        super::value_route::ApiService::new(values, router(state.clone()), Default::default());
+    let (served, bytes) = answer(service.oneshot(again()).await.unwrap()).await;
+    // Counted apart, so the state's series count each request once.
+    let apart = AppState {
+        own_metrics: Arc::new(crate::metrics::Metrics::new(Arc::clone(&state.cache))),
+        ..state.clone()
+    };
+    let (routed, routed_bytes) = answer(router(apart).oneshot(again()).await.unwrap()).await;
+    assert_eq!(served.status, routed.status, "{parts:?}");
+    // The Router writes content-length itself; hyper writes it for the value route's answer
+    // from the body's exact length, so it is the same on the wire.
+    let without_length = |headers: &axum::http::HeaderMap| {
+        let mut headers = headers.clone();
+        headers.remove(axum::http::header::CONTENT_LENGTH);
+        headers
+    };
+    assert_eq!(
+        without_length(&served.headers),
+        without_length(&routed.headers),
+        "{parts:?}"
+    );
+    assert_eq!(bytes, routed_bytes, "{parts:?}");
+    let (code, headers) = (served.status, served.headers);
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (code, headers, body)

@@ -6,7 +6,9 @@
 //! poll (asks for the same trigger are coalesced into one poll) and waits for it, bounded by
 //! [`FIRST_POLL_TIMEOUT`], so an HPA never waits on a broker for long.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
@@ -80,14 +82,54 @@ fn object_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(SCALED_OBJECT_LABEL.to_owned(), name.to_owned())])
 }
 
+/// The longest query whose parsed selector is kept (see [`selector_param`]).
+const REMEMBERED_QUERY_BYTES: usize = 512;
+/// How many parsed selectors each worker thread keeps; all are forgotten when it is full.
+const REMEMBERED_SELECTORS: usize = 4096;
+
+/// Parsed selectors of one query parameter, by the whole query they came from.
+type SelectorsByQuery = HashMap<Box<str>, Arc<Selector>>;
+
+thread_local! {
+    /// Parsed selectors by parameter and query, per worker thread (no lock): an HPA sends the
+    /// same query on every sync, and parsing it was a good part of an answer's cost.
+    static PARSED_SELECTORS: RefCell<HashMap<&'static str, SelectorsByQuery>> =
+        RefCell::new(HashMap::new());
+}
+
 /// The query parameter `name` (`labelSelector`, `metricLabelSelector`) parsed as a label
-/// selector; absent means everything, malformed is a 400.
-pub fn selector_param(query: Option<&str>, name: &str) -> Result<Selector, Status> {
-    let text = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+/// selector; absent means everything, malformed is a 400. Selectors parsed from short queries
+/// are remembered (bounded in count and size), so a repeated query is parsed once.
+pub fn selector_param(query: Option<&str>, name: &'static str) -> Result<Arc<Selector>, Status> {
+    let query = query.unwrap_or("");
+    let remembered = query.len() <= REMEMBERED_QUERY_BYTES;
+    if remembered
+        && let Some(selector) = PARSED_SELECTORS.with_borrow(|parsed| {
+            parsed
+                .get(name)
+                .and_then(|by_query| by_query.get(query))
+                .cloned()
+        })
+    {
+        return Ok(selector);
+    }
+    let text = url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    Selector::parse(&text).map_err(|err| Status::bad_request(format!("{name}: {err}")))
+    let selector = Arc::new(
+        Selector::parse(&text).map_err(|err| Status::bad_request(format!("{name}: {err}")))?,
+    );
+    if remembered {
+        PARSED_SELECTORS.with_borrow_mut(|parsed| {
+            let by_query = parsed.entry(name).or_default();
+            if by_query.len() >= REMEMBERED_SELECTORS {
+                by_query.clear();
+            }
+            by_query.insert(query.into(), Arc::clone(&selector));
+        });
+    }
+    Ok(selector)
 }
 
 /// A path whose segments do not decode (bad percent-encoding, not UTF-8) is a 400 Status,
@@ -265,9 +307,12 @@ fn select<'a>(
             // Extras are known from readings; before the first one, any suffix of a
             // not-yet-polled trigger may be real, so it waits like the main metric.
             let seen = cache
-                .get_for_spec(&source.id, source.spec_version)
-                .and_then(|s| s.last_reading)
-                .map(|r| r.extra.iter().any(|(n, _)| *n == suffix));
+                .read_for_spec(&source.id, source.spec_version, |s| {
+                    s.last_reading
+                        .as_ref()
+                        .map(|r| r.extra.iter().any(|(n, _)| *n == suffix))
+                })
+                .flatten();
             match seen {
                 Some(true) | None => Part::Extra(suffix),
                 Some(false) => continue,
@@ -276,12 +321,14 @@ fn select<'a>(
             continue;
         };
         known = true;
-        let labels = metric_labels(&source.id);
-        if selector.matches(&labels) {
+        // Matched without building the labels: a metric name many objects share (a cron
+        // window) is read with a selector picking one of them.
+        let name = source.id.scaled_object.as_str();
+        if selector.matches_label(|key| (key == SCALED_OBJECT_LABEL).then_some(name)) {
             selected.push(Selected {
                 source,
                 part,
-                labels,
+                labels: metric_labels(&source.id),
             });
         }
     }
@@ -290,6 +337,14 @@ fn select<'a>(
         (true, true) => Err(Miss::NoneSelected),
         (true, false) => Ok(selected),
     }
+}
+
+/// What a selected trigger's state gives: its value and when it was read, the fallback value
+/// (with the error that called for it), or why there is none.
+enum Found {
+    Value(f64, std::time::SystemTime),
+    Fallback(String),
+    Unavailable(String),
 }
 
 /// The current value of each selected trigger; the first that has none fails the lookup.
@@ -311,58 +366,47 @@ fn read(
     } in selected
     {
         let id = &source.id;
-        let Some(state) = cache.get_for_spec(id, source.spec_version) else {
-            return Err(unavailable(
-                id,
-                "no reading yet (the first poll has not finished)".into(),
-            ));
-        };
-        let reading = match (state.current(), &state.error) {
-            (Some(reading), _) => reading,
-            // Failed often enough: the value that holds the HPA at fallback.replicas. Only the
-            // main metric has one; extras stay unavailable.
-            (None, Some(err))
-                if matches!(part, Part::Main)
-                    && source
-                        .fallback
-                        .is_some_and(|f| f.applies(state.consecutive_failures)) =>
-            {
-                let fallback = source.fallback.expect("checked");
-                tracing::debug!(trigger = %id, %metric, replicas = fallback.replicas, error = %err, "serving the fallback value");
-                let quantity = format_quantity(fallback.value).map_err(|err| {
-                    Miss::Failed(Status::internal(format!("metric {metric} of {id}: {err}")))
-                })?;
-                values.push(MetricValue {
-                    id: id.clone(),
-                    labels: labels.clone(),
-                    timestamp: chrono::Utc::now()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    value: quantity.text,
-                });
-                continue;
+        // Read in place: a state can hold a large reading (a backlog's samples).
+        let found = cache.read_for_spec(id, source.spec_version, |state| {
+            match (state.current(), &state.error) {
+                (Some(reading), _) => match part {
+                    Part::Main => Found::Value(reading.value, reading.timestamp),
+                    Part::Extra(suffix) => match reading.extra.iter().find(|(n, _)| n == suffix) {
+                        Some((_, v)) => Found::Value(*v, reading.timestamp),
+                        None => Found::Unavailable(format!("the latest reading has no {suffix}")),
+                    },
+                },
+                // Failed often enough: the value that holds the HPA at fallback.replicas. Only
+                // the main metric has one; extras stay unavailable.
+                (None, Some(err))
+                    if matches!(part, Part::Main)
+                        && source
+                            .fallback
+                            .is_some_and(|f| f.applies(state.consecutive_failures)) =>
+                {
+                    Found::Fallback(err.to_string())
+                }
+                (None, Some(err)) => Found::Unavailable(format!(
+                    "the latest poll failed ({} in a row): {err}",
+                    state.consecutive_failures
+                )),
+                (None, None) => Found::Unavailable("no reading yet".into()),
             }
-            (None, Some(err)) => {
+        });
+        let (value, timestamp) = match found {
+            None => {
                 return Err(unavailable(
                     id,
-                    format!(
-                        "the latest poll failed ({} in a row): {err}",
-                        state.consecutive_failures
-                    ),
+                    "no reading yet (the first poll has not finished)".into(),
                 ));
             }
-            (None, None) => return Err(unavailable(id, "no reading yet".into())),
-        };
-        let value = match part {
-            Part::Main => reading.value,
-            Part::Extra(suffix) => match reading.extra.iter().find(|(n, _)| n == suffix) {
-                Some((_, v)) => *v,
-                None => {
-                    return Err(unavailable(
-                        id,
-                        format!("the latest reading has no {suffix}"),
-                    ));
-                }
-            },
+            Some(Found::Unavailable(why)) => return Err(unavailable(id, why)),
+            Some(Found::Fallback(error)) => {
+                let fallback = source.fallback.expect("checked");
+                tracing::debug!(trigger = %id, %metric, replicas = fallback.replicas, %error, "serving the fallback value");
+                (fallback.value, std::time::SystemTime::now())
+            }
+            Some(Found::Value(value, timestamp)) => (value, timestamp),
         };
         let quantity = format_quantity(value).map_err(|err| {
             Miss::Failed(Status::internal(format!("metric {metric} of {id}: {err}")))
@@ -373,7 +417,7 @@ fn read(
         values.push(MetricValue {
             id: id.clone(),
             labels: labels.clone(),
-            timestamp: rfc3339(reading.timestamp),
+            timestamp: rfc3339(timestamp),
             value: quantity.text,
         });
     }
@@ -396,5 +440,52 @@ pub fn log_answer(path: std::fmt::Arguments<'_>, answer: Result<usize, &Status>)
             %path, code = status.code.as_u16(), reason = status.reason,
             message = %status.message, "metric not served"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remembered(name: &'static str) -> usize {
+        PARSED_SELECTORS.with_borrow(|parsed| parsed.get(name).map_or(0, HashMap::len))
+    }
+
+    #[test]
+    fn a_repeated_selector_is_parsed_once_and_the_memory_is_bounded() {
+        let query = Some("labelSelector=scaledobject.spillway.dev%2Fname%3Dorders");
+        let first = selector_param(query, "labelSelector").unwrap();
+        let again = selector_param(query, "labelSelector").unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second is the remembered one"
+        );
+        assert_eq!(first.requirements.len(), 1);
+        // Per parameter: the same query names no metricLabelSelector.
+        let other = selector_param(query, "metricLabelSelector").unwrap();
+        assert!(other.requirements.is_empty());
+
+        // Malformed stays a 400 every time, and is not remembered.
+        let before = remembered("labelSelector");
+        for _ in 0..2 {
+            let refused =
+                selector_param(Some("labelSelector=a%20in%20("), "labelSelector").unwrap_err();
+            assert_eq!(refused.code, axum::http::StatusCode::BAD_REQUEST);
+        }
+        assert_eq!(remembered("labelSelector"), before);
+
+        // A long query is parsed every time; a flood of distinct ones never grows the memory
+        // past its bound.
+        let values: Vec<String> = (0..REMEMBERED_QUERY_BYTES / 4)
+            .map(|i| format!("v{i}"))
+            .collect();
+        let long = format!("labelSelector=a%20in%20({})", values.join(","));
+        let long_first = selector_param(Some(&long), "labelSelector").unwrap();
+        let long_again = selector_param(Some(&long), "labelSelector").unwrap();
+        assert!(!Arc::ptr_eq(&long_first, &long_again));
+        for i in 0..REMEMBERED_SELECTORS + 10 {
+            selector_param(Some(&format!("labelSelector=n%3D{i}")), "labelSelector").unwrap();
+            assert!(remembered("labelSelector") <= REMEMBERED_SELECTORS);
+        }
     }
 }
