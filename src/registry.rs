@@ -137,7 +137,17 @@ struct NamespaceMetrics {
     /// Every trigger's, in order.
     all: Vec<usize>,
     /// By main metric name.
-    by_name: HashMap<String, Vec<usize>>,
+    by_name: HashMap<String, NamedMetric>,
+}
+
+/// The positions of the triggers serving one main metric name in a namespace.
+#[derive(Debug, Default)]
+struct NamedMetric {
+    /// Every one, in order.
+    all: Vec<usize>,
+    /// By scaled object: many objects share a name (every cron window of one timezone and
+    /// schedule), and the HPA's selector names one of them.
+    by_object: HashMap<String, Vec<usize>>,
 }
 
 impl NamespaceMetrics {
@@ -147,9 +157,11 @@ impl NamespaceMetrics {
         for (position, source) in metrics.iter().enumerate() {
             let index = by_namespace.entry(source.id.namespace.clone()).or_default();
             index.all.push(position);
-            index
-                .by_name
-                .entry(source.metric.clone())
+            let named = index.by_name.entry(source.metric.clone()).or_default();
+            named.all.push(position);
+            named
+                .by_object
+                .entry(source.id.scaled_object.clone())
                 .or_default()
                 .push(position);
         }
@@ -161,11 +173,26 @@ impl Served {
     /// The metric sources of `namespace` a request for `metric` may mean: those whose main
     /// metric it is when any is, else every one of the namespace (`metric` may be an extra,
     /// `<main>-<suffix>`, which only a reading confirms).
-    pub fn metric_sources(&self, namespace: &str, metric: &str) -> Vec<&MetricSource> {
+    ///
+    /// `object`, the one scaled object the request's selector can match when it names one,
+    /// narrows a main metric's sources to that object's, when it has any: what the others
+    /// would add the selector turns away. Without any, every source of the name is given, so
+    /// the caller still tells a metric nobody serves from a selector that picks none.
+    pub fn metric_sources(
+        &self,
+        namespace: &str,
+        metric: &str,
+        object: Option<&str>,
+    ) -> Vec<&MetricSource> {
         let Some(index) = self.metrics_by_namespace.get(namespace) else {
             return Vec::new();
         };
-        let positions = index.by_name.get(metric).unwrap_or(&index.all);
+        let positions = match index.by_name.get(metric) {
+            Some(named) => object
+                .and_then(|object| named.by_object.get(object))
+                .unwrap_or(&named.all),
+            None => &index.all,
+        };
         positions.iter().map(|&i| &self.metrics[i]).collect()
     }
 
@@ -473,19 +500,35 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            objects(served.metric_sources("default", &metric)),
+            objects(served.metric_sources("default", &metric, None)),
+            ["a", "b"]
+        );
+        // A selector naming one object: that object's alone; naming one without it: all, so
+        // the lookup tells "none selected" from "nobody serves it".
+        assert_eq!(
+            objects(served.metric_sources("default", &metric, Some("b"))),
+            ["b"]
+        );
+        assert_eq!(
+            objects(served.metric_sources("default", &metric, Some("c"))),
             ["a", "b"]
         );
         // Maybe an extra of one of them: every trigger of the namespace, for the lookup to
-        // decide from readings.
-        assert_eq!(
-            objects(served.metric_sources("default", &format!("{metric}-lag"))),
-            ["a", "b"]
-        );
-        assert!(served.metric_sources("other", &metric).is_empty());
+        // decide from readings, whichever object the selector names.
+        for object in [None, Some("a")] {
+            assert_eq!(
+                objects(served.metric_sources("default", &format!("{metric}-lag"), object)),
+                ["a", "b"]
+            );
+        }
+        assert!(served.metric_sources("other", &metric, None).is_empty());
         registry.remove("default", "a");
         assert_eq!(
-            objects(registry.served().metric_sources("default", &metric)),
+            objects(
+                registry
+                    .served()
+                    .metric_sources("default", &metric, Some("a"))
+            ),
             ["b"]
         );
     }

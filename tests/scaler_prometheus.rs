@@ -1,7 +1,8 @@
 //! The Prometheus scaler against the harness's real Prometheus: PromQL over series it really
 //! scraped (a small exposition target registered through file_sd, so the values are known),
 //! empty, NaN and malformed queries, and the scrape mode on Prometheus's own `/metrics` and on
-//! the test target (credentials and headers on the wire, one request per URL).
+//! the test target (credentials and headers on the wire, one request per URL), and a round of
+//! many queries keeping a bounded few in flight.
 
 mod common;
 
@@ -11,7 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spillway::scalers::prometheus::{Aggregation, KeyValues, PrometheusScaler, PrometheusTrigger};
+use common::http_proxy::CountingProxy;
+use spillway::scalers::prometheus::{
+    Aggregation, KeyValues, PrometheusScaler, PrometheusTrigger, REQUESTS_IN_FLIGHT,
+};
 use spillway::scalers::{Reading, Scaler, ScalerError, TriggerParams};
 use spillway::secret::SecretSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -492,5 +496,35 @@ async fn one_bad_query_fails_only_its_trigger() {
     println!(
         "prometheus: query past its deadline -> {}",
         readings[5].as_ref().unwrap_err()
+    );
+}
+
+#[tokio::test]
+async fn a_round_of_many_queries_keeps_a_bounded_few_in_flight() {
+    // Through a proxy that counts what Prometheus is asked at once.
+    let proxy = CountingProxy::start(&prometheus_url()).await;
+    let triggers: Vec<PrometheusTrigger> = (0..100)
+        .map(|i| {
+            serde_json::from_value(serde_json::json!({
+                "serverAddress": format!("http://{}", proxy.address),
+                "query": format!("vector({i})"),
+                "threshold": 10,
+            }))
+            .expect("trigger")
+        })
+        .collect();
+    let scaler = PrometheusScaler::connect(&triggers[0]).expect("connect");
+    let values: Vec<f64> = scaler
+        .poll(&triggers)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every query answers").value)
+        .collect();
+    assert_eq!(values, (0..100).map(f64::from).collect::<Vec<_>>());
+    let most = proxy.most_in_flight();
+    println!("prometheus: 100 queries in one round, at most {most} in flight");
+    assert!(
+        (1..=REQUESTS_IN_FLIGHT).contains(&most),
+        "{most} requests in flight at once, more than {REQUESTS_IN_FLIGHT}"
     );
 }

@@ -17,7 +17,7 @@ use super::AppState;
 use super::status::Status;
 use super::values::{self, Miss};
 use crate::composite::COMPOSITE_METRIC;
-use crate::registry::CompositeSource;
+use crate::registry::{CompositeSource, SCALED_OBJECT_LABEL};
 
 /// The API group and version this module serves.
 pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
@@ -90,7 +90,8 @@ pub async fn metric_values(
         values::lookup_composite(state, &composites, &selector).await
     } else {
         let served = state.registry.served();
-        let sources = served.metric_sources(namespace, metric);
+        let object = selector.pinned(SCALED_OBJECT_LABEL);
+        let sources = served.metric_sources(namespace, metric, object);
         values::lookup(state, &sources, metric, &selector).await
     };
     let found = found.map_err(|miss| match miss {

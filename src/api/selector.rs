@@ -69,6 +69,17 @@ impl Selector {
         self.requirements.iter().all(|r| r.matches_label(label))
     }
 
+    /// The one value label `key` must have for this selector to match, when a requirement
+    /// says so (`key=v`, `key==v`, `key in (v)`): what lets a caller look that value up
+    /// instead of testing every candidate.
+    pub fn pinned(&self, key: &str) -> Option<&str> {
+        self.requirements.iter().find_map(|r| match r {
+            Requirement::Equals(k, v) if k == key => Some(v.as_str()),
+            Requirement::In(k, set) if k == key && set.len() == 1 => Some(set[0].as_str()),
+            _ => None,
+        })
+    }
+
     /// Parses a selector string; an empty or blank string selects everything.
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
         let mut parser = Parser {
@@ -341,6 +352,22 @@ mod tests {
 
     fn s(v: &str) -> String {
         v.to_owned()
+    }
+
+    #[test]
+    fn a_value_is_pinned_by_equality_or_a_set_of_one() {
+        let pinned = |text: &str| {
+            Selector::parse(text)
+                .unwrap()
+                .pinned("k")
+                .map(str::to_owned)
+        };
+        assert_eq!(pinned("k=a"), Some(s("a")));
+        assert_eq!(pinned("x=y,k==a"), Some(s("a")));
+        assert_eq!(pinned("k in (a)"), Some(s("a")));
+        for loose in ["", "k", "k!=a", "k in (a,b)", "k notin (a)", "!k", "x=a"] {
+            assert_eq!(pinned(loose), None, "{loose}");
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt;
 use prometheus_parse::{Scrape, Value};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -61,6 +61,13 @@ const BROKER: &str = "prometheus";
 pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
 /// Longest query text quoted in an error.
 const QUERY_EXCERPT: usize = 120;
+/// Requests of one round in flight at once. A round holds every due trigger of one server and
+/// credentials: sent all at once, 500 distinct queries held 500 connections to Prometheus
+/// (whose `--web.max-connections` default is 512), queued behind its `--query.max-concurrency`
+/// (20) anyway, and came back in one burst that stalled the metrics API beside them (p99.9 at
+/// 10,000 req/s from 3 ms to 11 ms every 5 s). A slow query holds one of these places, never
+/// the others' answers: the round waited for its slowest request before too.
+pub const REQUESTS_IN_FLIGHT: usize = 16;
 
 /// A `prometheus` trigger in query mode or scrape mode (see the module docs).
 // The schema's rules repeat the mode and credential checks of `validate`, so a ScaledObject
@@ -937,12 +944,16 @@ impl Scaler for PrometheusScaler {
             }
         }
 
-        let bodies = join_all(
-            requests
-                .iter()
-                .map(|r| self.http.get_text(&r.url, &r.auth, &r.headers, &r.target)),
-        )
-        .await;
+        // Collected first: a stream over the iterator's closure is not `Send` for every
+        // lifetime the trait's future needs.
+        let asks: Vec<_> = requests
+            .iter()
+            .map(|r| self.http.get_text(&r.url, &r.auth, &r.headers, &r.target))
+            .collect();
+        let bodies: Vec<_> = futures::stream::iter(asks)
+            .buffered(REQUESTS_IN_FLIGHT)
+            .collect()
+            .await;
 
         for (request, body) in requests.iter().zip(bodies) {
             let body = match body {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,7 +24,15 @@ pub struct CountingProxy {
     pub address: SocketAddr,
     upstream: String,
     seen: Arc<Mutex<Seen>>,
+    in_flight: Arc<InFlight>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Requests being forwarded now, and the most there have been at once.
+#[derive(Debug, Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -31,6 +40,7 @@ struct ProxyState {
     upstream: String,
     client: reqwest::Client,
     seen: Arc<Mutex<Seen>>,
+    in_flight: Arc<InFlight>,
 }
 
 impl CountingProxy {
@@ -40,10 +50,12 @@ impl CountingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let in_flight = Arc::new(InFlight::default());
         let state = ProxyState {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
             seen: Arc::clone(&seen),
+            in_flight: Arc::clone(&in_flight),
         };
         let app = axum::Router::new().fallback(forward).with_state(state);
         let task = tokio::spawn(async move {
@@ -57,12 +69,18 @@ impl CountingProxy {
             address,
             upstream: upstream.to_owned(),
             seen,
+            in_flight,
             task,
         }
     }
 
     pub fn upstream(&self) -> &str {
         &self.upstream
+    }
+
+    /// The most requests that were being forwarded at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.in_flight.most.load(Ordering::SeqCst)
     }
 
     /// Requests by pid since `from`.
@@ -147,6 +165,14 @@ async fn forward(
         pid
     };
     let _ = pid;
+    let now = state.in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+    state.in_flight.most.fetch_max(now, Ordering::SeqCst);
+    let response = send_upstream(&state, request).await;
+    state.in_flight.now.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn send_upstream(state: &ProxyState, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts
         .uri
